@@ -1,0 +1,46 @@
+//! Every CRD kmm-fleet ships, rendered from the Rust types (never hand-edited).
+//!
+//! `kmm-hub crds` and `kmm-spoke crds` print these; `just gen` writes them to `manifests/crds/`,
+//! and a test in this crate fails when the committed files differ from what the code renders.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::{ManagedClusterModule, Module, NodeModulesConfig};
+
+/// First line of every generated file.
+pub const GENERATED_HEADER: &str =
+    "# Generated from the Rust types in api/ by `just gen`; do not edit by hand.\n";
+
+/// CRDs installed on the hub cluster.
+pub fn hub_crds() -> Vec<CustomResourceDefinition> {
+    vec![ManagedClusterModule::crd()]
+}
+
+/// CRDs installed on each spoke cluster.
+pub fn spoke_crds() -> Vec<CustomResourceDefinition> {
+    vec![Module::crd(), NodeModulesConfig::crd()]
+}
+
+/// File name of a CRD under `manifests/crds/`: `<plural>.<group>.yaml`, as kubectl names CRDs.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// The YAML document of a CRD, with the generated-file header.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
+    Ok(format!("{GENERATED_HEADER}{}", serde_saphyr::to_string(crd)?))
+}
+
+/// Several CRDs as one multi-document YAML stream (what `crds` prints to stdout).
+pub fn to_yaml_stream(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::from(GENERATED_HEADER);
+    for crd in crds {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

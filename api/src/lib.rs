@@ -1,0 +1,23 @@
+//! kmm-api: the types kmm-fleet reads and writes, and the pure decisions built on them.
+//!
+//! - [`module`], [`mcm`], [`nmc`]: the KMM v1beta1 custom resources.
+//! - [`ocm`]: the subset of Open Cluster Management objects the hub and spoke use.
+//! - [`kernel`]: kernel-mapping resolution and `${VAR}` substitution.
+//! - [`labels`]: label keys the product writes, and the name-length limit they impose.
+//! - [`crds`]: every CRD this project ships, rendered from the types.
+//!
+//! No I/O lives here: the controllers in `kmm-hub` and `kmm-spoke` depend on this crate, never the
+//! other way round.
+
+pub mod crds;
+pub mod kernel;
+pub mod labels;
+pub mod mcm;
+pub mod module;
+pub mod nmc;
+pub mod ocm;
+mod schema;
+
+pub use mcm::{ManagedClusterModule, ManagedClusterModuleSpec, ManagedClusterModuleStatus};
+pub use module::{Module, ModuleSpec, ModuleStatus};
+pub use nmc::NodeModulesConfig;

@@ -1,0 +1,1 @@
+//! kmm-hub: the hub-side library behind the `kmm-hub` binary.

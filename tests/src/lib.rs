@@ -1,0 +1,1 @@
+//! Whole-system tests for kmm-fleet; the tests live under `tests/tests/`.
