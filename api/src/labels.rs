@@ -49,7 +49,10 @@ pub fn derived_namespace_and_name_limit() -> usize {
 }
 
 fn key(prefix: &str, shape: &str, namespace: &str, name: &str) -> String {
-    format!("{prefix}/{}", shape.replace("{ns}", namespace).replace("{name}", name))
+    format!(
+        "{prefix}/{}",
+        shape.replace("{ns}", namespace).replace("{name}", name)
+    )
 }
 
 /// `kmm.node.kubernetes.io/<ns>.<name>.ready`: set on a node once the module is loaded.
@@ -64,12 +67,22 @@ pub fn module_version_ready(namespace: &str, name: &str) -> String {
 
 /// `kmm.node.kubernetes.io/<ns>.<name>.device-plugin-ready`: the device plugin pod is ready.
 pub fn device_plugin_ready(namespace: &str, name: &str) -> String {
-    key(NODE_LABEL_PREFIX, "{ns}.{name}.device-plugin-ready", namespace, name)
+    key(
+        NODE_LABEL_PREFIX,
+        "{ns}.{name}.device-plugin-ready",
+        namespace,
+        name,
+    )
 }
 
 /// `kmm.node.kubernetes.io/<ns>.<name>.device-plugin-target`: the device plugin may run here.
 pub fn device_plugin_target(namespace: &str, name: &str) -> String {
-    key(NODE_LABEL_PREFIX, "{ns}.{name}.device-plugin-target", namespace, name)
+    key(
+        NODE_LABEL_PREFIX,
+        "{ns}.{name}.device-plugin-target",
+        namespace,
+        name,
+    )
 }
 
 /// `kmm.node.kubernetes.io/version-module.<ns>.<name>`: set by the user to start an upgrade.
@@ -79,12 +92,22 @@ pub fn version_module(namespace: &str, name: &str) -> String {
 
 /// `beta.kmm.node.kubernetes.io/version-worker-pod.<ns>.<name>`: version the worker may load.
 pub fn version_worker_pod(namespace: &str, name: &str) -> String {
-    key(BETA_LABEL_PREFIX, "version-worker-pod.{ns}.{name}", namespace, name)
+    key(
+        BETA_LABEL_PREFIX,
+        "version-worker-pod.{ns}.{name}",
+        namespace,
+        name,
+    )
 }
 
 /// `beta.kmm.node.kubernetes.io/version-schedule-pod.<ns>.<name>`: version the device plugin may run.
 pub fn version_schedule_pod(namespace: &str, name: &str) -> String {
-    key(BETA_LABEL_PREFIX, "version-schedule-pod.{ns}.{name}", namespace, name)
+    key(
+        BETA_LABEL_PREFIX,
+        "version-schedule-pod.{ns}.{name}",
+        namespace,
+        name,
+    )
 }
 
 /// Checks that a Module's namespace and name fit every label key; the error says by how much not.
@@ -136,7 +159,10 @@ mod tests {
             let overflow = key(prefix, shape, &ns, &over);
             some_key_overflows |= overflow.split_once('/').map(|(_, n)| n.len()).unwrap_or(0) > 63;
         }
-        assert!(some_key_overflows, "one more character must break at least one key");
+        assert!(
+            some_key_overflows,
+            "one more character must break at least one key"
+        );
         assert!(check_namespace_and_name(&ns, &at_limit).is_ok());
         let err = check_namespace_and_name(&ns, &over).unwrap_err();
         assert!(err.contains("42 characters, 1 too many"), "{err}");
@@ -145,11 +171,26 @@ mod tests {
     #[test]
     fn key_builders_write_upstream_keys() {
         assert_eq!(module_ready("ns", "m"), "kmm.node.kubernetes.io/ns.m.ready");
-        assert_eq!(module_version_ready("ns", "m"), "kmm.node.kubernetes.io/ns.m.version.ready");
-        assert_eq!(device_plugin_ready("ns", "m"), "kmm.node.kubernetes.io/ns.m.device-plugin-ready");
-        assert_eq!(device_plugin_target("ns", "m"), "kmm.node.kubernetes.io/ns.m.device-plugin-target");
-        assert_eq!(version_module("ns", "m"), "kmm.node.kubernetes.io/version-module.ns.m");
-        assert_eq!(version_worker_pod("ns", "m"), "beta.kmm.node.kubernetes.io/version-worker-pod.ns.m");
+        assert_eq!(
+            module_version_ready("ns", "m"),
+            "kmm.node.kubernetes.io/ns.m.version.ready"
+        );
+        assert_eq!(
+            device_plugin_ready("ns", "m"),
+            "kmm.node.kubernetes.io/ns.m.device-plugin-ready"
+        );
+        assert_eq!(
+            device_plugin_target("ns", "m"),
+            "kmm.node.kubernetes.io/ns.m.device-plugin-target"
+        );
+        assert_eq!(
+            version_module("ns", "m"),
+            "kmm.node.kubernetes.io/version-module.ns.m"
+        );
+        assert_eq!(
+            version_worker_pod("ns", "m"),
+            "beta.kmm.node.kubernetes.io/version-worker-pod.ns.m"
+        );
         assert_eq!(
             version_schedule_pod("ns", "m"),
             "beta.kmm.node.kubernetes.io/version-schedule-pod.ns.m"

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::{labels::MAX_NAMESPACE_AND_NAME_LEN, module::ModuleSpec, schema::conditions};
 
 /// A Module to deliver to every ManagedCluster that `selector` picks.
+// Each printcolumn(...) repeats the same keys, which clippy reads as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hub.kmm.sigs.x-k8s.io",
@@ -38,7 +40,10 @@ pub struct ManagedClusterModuleSpec {
     pub module_spec: ModuleSpec,
 
     /// Namespace of the Module on the spoke clusters.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub spoke_namespace: String,
 
     /// ManagedCluster labels that select the clusters; `{}` selects every cluster.

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        core::v1::{
-            EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
-        },
+        core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount},
         resource::v1::{DeviceClassConfiguration, DeviceSelector},
     },
     apimachinery::pkg::apis::meta::v1::Condition,
@@ -25,6 +23,8 @@ use crate::schema::conditions;
 pub const MAX_KERNEL_MAPPINGS: usize = 500;
 
 /// Desired state of a kernel module on the nodes that `selector` picks.
+// Each printcolumn(...) repeats the same keys, which clippy reads as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "kmm.sigs.x-k8s.io",
@@ -134,7 +134,10 @@ pub struct ModuleLoaderContainerSpec {
     /// Module version for ordered upgrades; nodes load it only once labelled
     /// `kmm.node.kubernetes.io/version-module.<namespace>.<name>=<version>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63), regex(pattern = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(max = 63),
+        regex(pattern = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    )]
     pub version: Option<String>,
 
     /// Default build for kernel mappings (merged with each mapping's own build).
@@ -151,6 +154,7 @@ pub struct ModuleLoaderContainerSpec {
 
     /// In-tree modules to unload before loading this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub in_tree_modules_to_remove: Option<Vec<String>>,
 
     /// Deprecated: use inTreeModulesToRemove.
@@ -201,6 +205,7 @@ pub struct KernelMapping {
 
     /// In-tree modules to unload first; replaces the container-level list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub in_tree_modules_to_remove: Option<Vec<String>>,
 
     /// Deprecated: use inTreeModulesToRemove.
@@ -284,7 +289,11 @@ pub struct TlsOptions {
     pub insecure: bool,
 
     /// Use TLS but do not verify the registry's certificate.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not", rename = "insecureSkipTLSVerify")]
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        rename = "insecureSkipTLSVerify"
+    )]
     pub insecure_skip_tls_verify: bool,
 }
 
@@ -456,9 +465,7 @@ pub struct DraSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct DeviceClassSpec {
     /// DeviceClass name (DNS subdomain).
-    #[schemars(regex(
-        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-    ))]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
     pub name: String,
 
     /// Device selectors.

@@ -32,6 +32,15 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::S
     Ok(format!("{GENERATED_HEADER}{}", serde_saphyr::to_string(crd)?))
 }
 
+/// `(file name, YAML)` of each CRD, as `--dir` writes them.
+pub fn files(
+    crds: &[CustomResourceDefinition],
+) -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    crds.iter()
+        .map(|crd| Ok((file_name(crd), to_yaml(crd)?)))
+        .collect()
+}
+
 /// Several CRDs as one multi-document YAML stream (what `crds` prints to stdout).
 pub fn to_yaml_stream(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::from(GENERATED_HEADER);

@@ -29,7 +29,10 @@ pub fn build(container: Option<&Build>, mapping: Option<&Build>) -> Option<Build
         merged.build_args = Some(args);
     }
     if let Some(mapping_secrets) = &mapping.secrets {
-        merged.secrets.get_or_insert_with(Vec::new).extend(mapping_secrets.iter().cloned());
+        merged
+            .secrets
+            .get_or_insert_with(Vec::new)
+            .extend(mapping_secrets.iter().cloned());
     }
     Some(merged)
 }
@@ -53,7 +56,10 @@ pub fn sign(container: Option<&Sign>, mapping: Option<&Sign>) -> Option<Sign> {
         merged.cert_secret = mapping.cert_secret.clone();
     }
     if let Some(files) = &mapping.files_to_sign {
-        merged.files_to_sign.get_or_insert_with(Vec::new).extend(files.iter().cloned());
+        merged
+            .files_to_sign
+            .get_or_insert_with(Vec::new)
+            .extend(files.iter().cloned());
     }
     Some(merged)
 }
@@ -68,7 +74,10 @@ pub fn in_tree_modules_to_remove(
         .in_tree_module_to_remove
         .as_deref()
         .filter(|s| !s.is_empty())
-        .or(container.in_tree_module_to_remove.as_deref().filter(|s| !s.is_empty()));
+        .or(container
+            .in_tree_module_to_remove
+            .as_deref()
+            .filter(|s| !s.is_empty()));
     if let Some(single) = single {
         return vec![single.to_owned()];
     }

@@ -28,7 +28,11 @@ pub enum MappingError {
     NoMapping { kernel: String },
     /// A mapping's regexp does not compile.
     #[error("kernelMappings[{index}].regexp {regexp:?} is not a valid regular expression: {reason}")]
-    InvalidRegexp { index: usize, regexp: String, reason: String },
+    InvalidRegexp {
+        index: usize,
+        regexp: String,
+        reason: String,
+    },
     /// The kernel version does not split into at least three components.
     #[error("kernel version {kernel:?} must have at least three components separated by '.', ',' or '-'")]
     KernelFormat { kernel: String },
@@ -67,7 +71,13 @@ pub fn trim_kernel(kernel: &str) -> &str {
 pub fn normalize_kernel(kernel: &str) -> String {
     kernel
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -90,10 +100,18 @@ impl KernelVars {
         let full = normalize_kernel(kernel);
         let parts: Vec<&str> = full.split(['.', ',', '-']).collect();
         let [x, y, z, ..] = parts.as_slice() else {
-            return Err(MappingError::KernelFormat { kernel: kernel.to_owned() });
+            return Err(MappingError::KernelFormat {
+                kernel: kernel.to_owned(),
+            });
         };
         let (x, y, z) = (x.to_string(), y.to_string(), z.to_string());
-        Ok(Self { xyz: format!("{x}.{y}.{z}"), x, y, z, full })
+        Ok(Self {
+            xyz: format!("{x}.{y}.{z}"),
+            x,
+            y,
+            z,
+            full,
+        })
     }
 
     /// Variables offered to sign fields (`unsignedImage`, `filesToSign`).
@@ -164,7 +182,10 @@ impl ResolvedMapping {
             (Some(_), None) => Ok(Some(self.container_image.clone())),
             (Some(_), Some(_)) => unsigned_image_name(&self.container_image, namespace, name)
                 .map(Some)
-                .map_err(|reason| MappingError::UnsignedImageName { index: self.mapping_index, reason }),
+                .map_err(|reason| MappingError::UnsignedImageName {
+                    index: self.mapping_index,
+                    reason,
+                }),
         }
     }
 
@@ -190,33 +211,46 @@ pub struct KernelMapper<'a> {
 impl<'a> KernelMapper<'a> {
     /// Compiles every regexp of the Module named `namespace/name`.
     pub fn new(spec: &'a ModuleSpec, name: &'a str, namespace: &'a str) -> Result<Self, MappingError> {
-        let container = &spec.module_loader.as_ref().ok_or(MappingError::NoModuleLoader)?.container;
+        let container = &spec
+            .module_loader
+            .as_ref()
+            .ok_or(MappingError::NoModuleLoader)?
+            .container;
         let regexps = container
             .kernel_mappings
             .iter()
             .enumerate()
             .map(|(index, m)| compile_mapping_regexp(index, m))
             .collect::<Result<_, _>>()?;
-        Ok(Self { container, regexps, name, namespace })
+        Ok(Self {
+            container,
+            regexps,
+            name,
+            namespace,
+        })
     }
 
     /// Index of the first mapping matching an already-trimmed kernel.
     pub fn find(&self, kernel: &str) -> Option<usize> {
-        self.container.kernel_mappings.iter().zip(&self.regexps).position(|(m, re)| {
-            match (m.literal.as_deref().filter(|l| !l.is_empty()), re) {
-                (Some(literal), _) => literal == kernel,
-                (None, Some(re)) => re.is_match(kernel),
-                (None, None) => false,
-            }
-        })
+        self.container
+            .kernel_mappings
+            .iter()
+            .zip(&self.regexps)
+            .position(
+                |(m, re)| match (m.literal.as_deref().filter(|l| !l.is_empty()), re) {
+                    (Some(literal), _) => literal == kernel,
+                    (None, Some(re)) => re.is_match(kernel),
+                    (None, None) => false,
+                },
+            )
     }
 
     /// Loader data for `kernel` (a trailing `+` is trimmed first).
     pub fn resolve(&self, kernel: &str) -> Result<ResolvedMapping, MappingError> {
         let kernel = trim_kernel(kernel);
-        let index = self
-            .find(kernel)
-            .ok_or_else(|| MappingError::NoMapping { kernel: kernel.to_owned() })?;
+        let index = self.find(kernel).ok_or_else(|| MappingError::NoMapping {
+            kernel: kernel.to_owned(),
+        })?;
         let mapping = &self.container.kernel_mappings[index];
         let vars = KernelVars::new(kernel)?;
         let template_err = |field| move |source| MappingError::Template { index, field, source };
@@ -225,7 +259,11 @@ impl<'a> KernelMapper<'a> {
             .container_image
             .as_deref()
             .filter(|i| !i.is_empty())
-            .or(self.container.container_image.as_deref().filter(|i| !i.is_empty()))
+            .or(self
+                .container
+                .container_image
+                .as_deref()
+                .filter(|i| !i.is_empty()))
             .ok_or(MappingError::NoImage { index })?;
         let container_image = template::expand(image, &vars.image_vars(self.name, self.namespace))
             .map_err(template_err("containerImage"))?;
@@ -273,13 +311,17 @@ fn compile_mapping_regexp(index: usize, mapping: &KernelMapping) -> Result<Optio
         Some(re) => Regex::new(re).map(Some).map_err(|e| MappingError::InvalidRegexp {
             index,
             regexp: re.to_owned(),
-            reason: first_line(&e.to_string()),
+            reason: error_summary(&e.to_string()),
         }),
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_owned()
+fn error_summary(s: &str) -> String {
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_owned()
 }
 
 /// Resolves one kernel for the Module `namespace/name` (compiles the regexps each call; use
@@ -305,7 +347,10 @@ pub fn unsigned_image_name(image: &str, namespace: &str, name: &str) -> Result<S
     }
     let last_slash = image.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match image[last_slash..].rfind(':') {
-        Some(colon) => (&image[..last_slash + colon], Some(&image[last_slash + colon + 1..])),
+        Some(colon) => (
+            &image[..last_slash + colon],
+            Some(&image[last_slash + colon + 1..]),
+        ),
         None => (image, None),
     };
     let tag = match tag {

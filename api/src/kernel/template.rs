@@ -113,13 +113,19 @@ fn lookup<'v>(name: &str, vars: &Vars<'v>) -> Result<&'v str, TemplateError> {
         .map(|(_, v)| *v)
         .ok_or_else(|| TemplateError::UnknownVariable {
             name: name.to_owned(),
-            offered: vars.iter().map(|(n, _)| format!("${{{n}}}")).collect::<Vec<_>>().join(", "),
+            offered: vars
+                .iter()
+                .map(|(n, _)| format!("${{{n}}}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
 /// The inside of `${...}`.
 fn braced(expr: &str, vars: &Vars<'_>) -> Result<String, TemplateError> {
-    let bad = || TemplateError::BadExpression { expr: expr.to_owned() };
+    let bad = || TemplateError::BadExpression {
+        expr: expr.to_owned(),
+    };
     if let Some(name) = expr.strip_prefix('#') {
         if name.is_empty() || name_len(name) != name.len() {
             return Err(bad());
@@ -137,10 +143,18 @@ fn braced(expr: &str, vars: &Vars<'_>) -> Result<String, TemplateError> {
     Ok(match rest {
         "" => value.to_owned(),
         _ if rest.starts_with(":-") || rest.starts_with(":=") => {
-            if is_empty { rest[2..].to_owned() } else { value.to_owned() }
+            if is_empty {
+                rest[2..].to_owned()
+            } else {
+                value.to_owned()
+            }
         }
         _ if rest.starts_with(":+") => {
-            if is_empty { String::new() } else { rest[2..].to_owned() }
+            if is_empty {
+                String::new()
+            } else {
+                rest[2..].to_owned()
+            }
         }
         _ if rest.starts_with('-') || rest.starts_with('=') => value.to_owned(),
         _ if rest.starts_with('+') => rest[1..].to_owned(),
@@ -152,7 +166,10 @@ fn braced(expr: &str, vars: &Vars<'_>) -> Result<String, TemplateError> {
 /// `${VAR:offset}` / `${VAR:offset:length}`, counted in characters; out-of-range parts clamp.
 fn substring(value: &str, spec: &str) -> Option<String> {
     let (offset, length) = match spec.split_once(':') {
-        Some((o, l)) => (o.trim().parse::<usize>().ok()?, Some(l.trim().parse::<usize>().ok()?)),
+        Some((o, l)) => (
+            o.trim().parse::<usize>().ok()?,
+            Some(l.trim().parse::<usize>().ok()?),
+        ),
         None => (spec.trim().parse::<usize>().ok()?, None),
     };
     let chars = value.chars().skip(offset);
@@ -193,11 +210,17 @@ mod tests {
     }
 
     #[rstest]
-    #[case("${KERNEL_FULLVERSION}", "unknown variable ${KERNEL_FULLVERSION}; this field offers ${KERNEL_FULL_VERSION}, ${EMPTY}")]
+    #[case(
+        "${KERNEL_FULLVERSION}",
+        "unknown variable ${KERNEL_FULLVERSION}; this field offers ${KERNEL_FULL_VERSION}, ${EMPTY}"
+    )]
     #[case("$MOD_NAME", "unknown variable ${MOD_NAME}")]
     #[case("repo:${KERNEL_FULL_VERSION", "unterminated ${ at byte 5")]
     #[case("${}", "unsupported expression ${}")]
-    #[case("${KERNEL_FULL_VERSION/x/y}", "unsupported expression ${KERNEL_FULL_VERSION/x/y}")]
+    #[case(
+        "${KERNEL_FULL_VERSION/x/y}",
+        "unsupported expression ${KERNEL_FULL_VERSION/x/y}"
+    )]
     #[case("${KERNEL_FULL_VERSION:x}", "unsupported expression ${KERNEL_FULL_VERSION:x}")]
     fn refuses(#[case] template: &str, #[case] message: &str) {
         let err = expand(template, VARS).unwrap_err().to_string();

@@ -1,0 +1,30 @@
+# kmm-fleet developer commands. `just` lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default:
+    @just --list
+
+# Install what the tests need (Debian packages), when missing.
+deps:
+    scripts/test-deps
+
+# Run every test, then clippy and rustfmt, as CI does.
+test: deps
+    cargo nextest run --workspace --no-fail-fast || (status=$?; [ "$status" = 127 ] && cargo test --workspace --no-fail-fast || exit $status)
+    cargo test --workspace --doc
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo fmt --all --check
+
+# Regenerate the CRDs in manifests/crds from the Rust types.
+gen:
+    cargo run --quiet -p kmm-hub -- crds --dir manifests/crds
+    cargo run --quiet -p kmm-spoke -- crds --dir manifests/crds
+
+# Lint Module / ManagedClusterModule YAML: just lint path/to/file.yaml ...
+lint +files:
+    cargo run --quiet -p kmm-hub -- lint -f {{files}}
+
+# Format the code.
+fmt:
+    cargo fmt --all
