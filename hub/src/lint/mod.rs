@@ -12,11 +12,11 @@
 mod semantic;
 mod structural;
 
-use std::fmt;
+use std::{fmt, sync::OnceLock};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kmm_api::{ManagedClusterModule, Module, crds};
-use kube_cel::Validator;
+use kube_cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -66,34 +66,62 @@ pub struct DocumentReport {
 #[error("not valid YAML: {0}")]
 pub struct ParseError(String);
 
-/// The kinds lint checks, with the CRD that defines each.
+/// The kinds lint checks: the CRD that defines each, its schema, and its compiled CEL rules.
 struct Kinds {
-    module: CustomResourceDefinition,
-    mcm: CustomResourceDefinition,
-    validator: Validator,
+    module: Kind,
+    mcm: Kind,
+}
+
+struct Kind {
+    crd: CustomResourceDefinition,
+    schema: Value,
+    rules: CompiledSchema,
+}
+
+impl Kind {
+    fn new(crd: CustomResourceDefinition) -> Self {
+        let schema = crd
+            .spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null);
+        let rules = compile_schema(&schema);
+        Self { crd, schema, rules }
+    }
+}
+
+/// Compiling the CEL rules of the large CRD schemas is the slow part of lint; do it once.
+fn kinds() -> &'static Kinds {
+    static KINDS: OnceLock<Kinds> = OnceLock::new();
+    KINDS.get_or_init(|| Kinds {
+        module: Kind::new(
+            crds::spoke_crds()
+                .into_iter()
+                .find(|c| c.spec.names.kind == "Module")
+                .unwrap_or_default(),
+        ),
+        mcm: Kind::new(crds::hub_crds().into_iter().next().unwrap_or_default()),
+    })
 }
 
 /// Lints a YAML stream of one or more documents.
 pub fn lint_str(yaml: &str) -> Result<Vec<DocumentReport>, ParseError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| ParseError(e.to_string()))?;
-    let kinds = Kinds {
-        module: crds::spoke_crds()
-            .into_iter()
-            .find(|c| c.spec.names.kind == "Module")
-            .unwrap_or_default(),
-        mcm: crds::hub_crds().into_iter().next().unwrap_or_default(),
-        validator: Validator::new(),
-    };
+    let kinds = kinds();
+    let validator = Validator::new();
     Ok(docs
         .iter()
         .enumerate()
         .filter(|(_, doc)| !doc.is_null())
-        .map(|(i, doc)| kinds.lint_document(i + 1, doc))
+        .map(|(i, doc)| kinds.lint_document(&validator, i + 1, doc))
         .collect())
 }
 
 impl Kinds {
-    fn lint_document(&self, index: usize, doc: &Value) -> DocumentReport {
+    fn lint_document(&self, validator: &Validator, index: usize, doc: &Value) -> DocumentReport {
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
         let name = doc
@@ -101,7 +129,7 @@ impl Kinds {
             .and_then(Value::as_str)
             .unwrap_or("<no name>");
         let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str);
-        let crd = match kind {
+        let Kind { crd, schema, rules } = match kind {
             "Module" => &self.module,
             "ManagedClusterModule" => &self.mcm,
             _ => {
@@ -134,16 +162,8 @@ impl Kinds {
             ));
         }
         problems.extend(semantic::metadata(doc, kind));
-        let schema = crd
-            .spec
-            .versions
-            .first()
-            .and_then(|v| v.schema.as_ref())
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null);
         let before_schema = problems.len();
-        structural::check(&schema, doc, "", &mut problems);
+        structural::check(schema, doc, "", &mut problems);
         if problems.len() > before_schema {
             return DocumentReport {
                 index,
@@ -152,7 +172,7 @@ impl Kinds {
                 problems,
             };
         }
-        if let Err(errors) = self.validator.validate(&schema, doc, None) {
+        if let Err(errors) = validator.validate_compiled(rules, doc, None) {
             problems.extend(
                 errors
                     .iter()
