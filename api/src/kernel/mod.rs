@@ -144,15 +144,8 @@ pub const IMAGE_VARIABLES: &[&str] = &[
     "MOD_NAME",
     "MOD_NAMESPACE",
 ];
-/// Names offered to sign templates (no `MOD_*`, as upstream).
-pub const SIGN_VARIABLES: &[&str] = &[
-    "KERNEL_FULL_VERSION",
-    "KERNEL_VERSION",
-    "KERNEL_XYZ",
-    "KERNEL_X",
-    "KERNEL_Y",
-    "KERNEL_Z",
-];
+/// Names offered to sign templates: the kernel ones only, no `MOD_*` (as upstream).
+pub const SIGN_VARIABLES: &[&str] = IMAGE_VARIABLES.split_at(6).0;
 
 /// Everything needed to get the module onto a node running `kernel`.
 #[derive(Debug, Clone, PartialEq)]

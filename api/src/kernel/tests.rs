@@ -502,3 +502,10 @@ proptest! {
         let _ = template::referenced(&kernel);
     }
 }
+
+#[test]
+fn offered_variable_lists_match_what_expansion_provides() {
+    let vars = KernelVars::new("5.14.0-1").expect("valid kernel");
+    assert_eq!(vars.kernel_vars().map(|(n, _)| n), SIGN_VARIABLES);
+    assert_eq!(vars.image_vars("m", "ns").map(|(n, _)| n), IMAGE_VARIABLES);
+}
