@@ -230,6 +230,7 @@ pub struct Build {
 
     /// TLS settings for the registry of the Dockerfile's base images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "baseImageRegistryTLS")]
     pub base_image_registry_tls: Option<TlsOptions>,
 
     /// Kept for compatibility with older KMM releases; has no effect.
@@ -267,6 +268,7 @@ pub struct Sign {
 
     /// TLS settings for the registry of the unsigned image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "unsignedImageRegistryTLS")]
     pub unsigned_image_registry_tls: Option<TlsOptions>,
 
     /// Secret with the private signing key under the key `key`.

@@ -174,6 +174,21 @@ fn mcm_rule_rejects(#[case] patch: Value, #[case] expected: &str) {
 }
 
 #[test]
+fn upstream_acronym_field_names_are_accepted() {
+    let mut doc = valid_module();
+    merge(
+        &mut doc,
+        &container_patch(json!({
+            "registryTLS": {"insecure": true, "insecureSkipTLSVerify": true},
+            "build": {"dockerfileConfigMap": {"name": "df"}, "baseImageRegistryTLS": {"insecure": true}},
+            "sign": {"keySecret": {"name": "k"}, "certSecret": {"name": "c"}, "unsignedImageRegistryTLS": {"insecure": true},
+                     "filesToSign": ["/opt/lib/modules/x.ko"]}
+        })),
+    );
+    assert_eq!(lint_value(&doc), Vec::<String>::new());
+}
+
+#[test]
 fn other_kinds_are_skipped_and_documents_are_numbered() {
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n".to_owned()
         + &serde_json::to_string(&valid_module()).expect("json");
