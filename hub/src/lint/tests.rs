@@ -1,5 +1,6 @@
 //! One failing input per validation rule, each a small merge patch over a valid object.
 
+use proptest::prelude::*;
 use rstest::rstest;
 use serde_json::{Value, json};
 
@@ -205,4 +206,48 @@ fn other_kinds_are_skipped_and_documents_are_numbered() {
 fn broken_yaml_is_an_error_not_a_panic() {
     let err = lint_str("spec: [unclosed").unwrap_err();
     assert!(err.to_string().starts_with("not valid YAML"), "{err}");
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[ -~]{0,12}".prop_map(Value::from), // printable: YAML refuses raw control characters
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    /// Any text gives a report or a parse error, never a panic.
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,200}") {
+        let _ = lint_str(&text);
+    }
+
+    /// Any value anywhere in an otherwise valid Module gives problems, never a panic.
+    #[test]
+    fn arbitrary_values_in_a_module_never_panic(
+        field in prop_oneof![
+            Just("spec"), Just("moduleLoader"), Just("container"), Just("modprobe"),
+            Just("kernelMappings"), Just("sign"), Just("selector"), Just("metadata"),
+        ],
+        value in arbitrary_json(),
+    ) {
+        let mut doc = valid_module();
+        let patch = match field {
+            "spec" | "metadata" => json!({ field: value }),
+            "moduleLoader" | "selector" => json!({"spec": { field: value }}),
+            "container" => json!({"spec": {"moduleLoader": {"container": value}}}),
+            other => container_patch(json!({ other: value })),
+        };
+        merge(&mut doc, &patch);
+        let _ = lint_value(&doc);
+    }
 }
