@@ -16,7 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the CRDs installed on each spoke cluster (YAML), or write one file each into --dir.
+    /// Print the CRDs installed on each spoke cluster and the admission policy guarding Module names
+    /// (YAML), or write one file each into --dir.
     Crds {
         /// Directory to write `<plural>.<group>.yaml` files into.
         #[arg(long)]
@@ -39,6 +40,10 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
                 println!("wrote {}", path.display());
             }
+            let path = dir.join(crds::admission::FILE_NAME);
+            let policy = crds::admission::to_yaml().context("rendering the admission policy")?;
+            std::fs::write(&path, policy).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
         }
     }
     Ok(())

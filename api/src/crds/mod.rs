@@ -8,6 +8,8 @@ use kube::CustomResourceExt;
 
 use crate::{ManagedClusterModule, Module, NodeModulesConfig};
 
+pub mod admission;
+
 /// First line of every generated file.
 pub const GENERATED_HEADER: &str =
     "# Generated from the Rust types in api/ by `just gen`; do not edit by hand.\n";
