@@ -4,11 +4,13 @@
 //! - [`ocm`]: the subset of Open Cluster Management objects the hub and spoke use.
 //! - [`kernel`]: kernel-mapping resolution and `${VAR}` substitution.
 //! - [`labels`]: label keys the product writes, and the name-length limit they impose.
+//! - [`claims`]: the kernel-versions ClusterClaim format shared by kmm-spoke and kmm-hub.
 //! - [`crds`]: every CRD this project ships, rendered from the types.
 //!
 //! No I/O lives here: the controllers in `kmm-hub` and `kmm-spoke` depend on this crate, never the
 //! other way round.
 
+pub mod claims;
 pub mod crds;
 pub mod kernel;
 pub mod labels;

@@ -1,0 +1,305 @@
+//! The kernel-versions ClusterClaim: how kmm-spoke tells the hub which kernels its nodes run.
+//!
+//! The value is the sorted, de-duplicated kernel versions joined by `\n`, as upstream writes it,
+//! in the claim `kernel-versions.kmm.node.kubernetes.io`. A ClusterClaim value holds at most 1024
+//! characters (about 30 kernel strings), so a longer list continues in claims named
+//! `kernel-versions-2.kmm.node.kubernetes.io`, `-3`, ... and the first claim then ends with a line
+//! `+N` giving how many continuation claims belong to it. A short list is exactly upstream's
+//! format, so upstream hubs and spokes interoperate with ours; stale continuation claims left
+//! from a longer list are ignored because the `+N` line says how many to read.
+
+use thiserror::Error;
+
+use crate::{
+    kernel::{KernelVars, trim_kernel},
+    ocm::{KERNEL_VERSIONS_CLAIM, MAX_CLAIM_VALUE_LEN},
+};
+
+/// Most claims one kernel list may span. OCM keeps only 20 custom claims per cluster (cut
+/// alphabetically), so the list must not crowd out everyone else's.
+pub const MAX_KERNEL_CLAIMS: usize = 8;
+
+/// Why a kernel list cannot be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClaimError {
+    /// The cluster reports no kernel-versions claim at all.
+    #[error("the cluster reports no {KERNEL_VERSIONS_CLAIM} claim (is kmm-spoke running there?)")]
+    Missing,
+    /// The first claim announces continuation claims that are not there (yet).
+    #[error("the kernel list continues in claim {name}, which the cluster does not report (yet)")]
+    MissingContinuation { name: String },
+    /// A line of a claim is not a kernel version.
+    #[error("claim {claim} holds {line:?}, which is not a kernel version: {reason}")]
+    Malformed {
+        claim: String,
+        line: String,
+        reason: String,
+    },
+    /// No kernel to report: the cluster has no node with a kernel version.
+    #[error("no node reports a kernel version")]
+    NoKernels,
+    /// The list needs more claims than [`MAX_KERNEL_CLAIMS`].
+    #[error(
+        "{count} distinct kernel versions need more than {MAX_KERNEL_CLAIMS} claims of {MAX_CLAIM_VALUE_LEN} characters"
+    )]
+    TooManyKernels { count: usize },
+}
+
+/// Name of continuation claim `index` (2, 3, ...).
+pub fn continuation_claim_name(index: usize) -> String {
+    KERNEL_VERSIONS_CLAIM.replacen("kernel-versions", &format!("kernel-versions-{index}"), 1)
+}
+
+/// `(claim name, value)` pairs to write for the given node kernels (raw, as nodes report them).
+pub fn encode_kernel_claims<'a>(
+    kernels: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, String)>, ClaimError> {
+    let mut kernels: Vec<&str> = kernels
+        .into_iter()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    if kernels.is_empty() {
+        return Err(ClaimError::NoKernels);
+    }
+    let too_many = || ClaimError::TooManyKernels { count: kernels.len() };
+    // Room left in the first claim for the "\n+N" line when the list continues.
+    let marker_room = 1 + 1 + MAX_KERNEL_CLAIMS.to_string().len();
+    let mut parts: Vec<String> = vec![String::new()];
+    for kernel in &kernels {
+        let limit = if parts.len() == 1 {
+            MAX_CLAIM_VALUE_LEN - marker_room
+        } else {
+            MAX_CLAIM_VALUE_LEN
+        };
+        let current = parts.last_mut().ok_or_else(too_many)?;
+        let needed = if current.is_empty() {
+            kernel.len()
+        } else {
+            current.len() + 1 + kernel.len()
+        };
+        if needed <= limit {
+            if !current.is_empty() {
+                current.push('\n');
+            }
+            current.push_str(kernel);
+        } else if kernel.len() <= MAX_CLAIM_VALUE_LEN - marker_room {
+            parts.push((*kernel).to_owned());
+        } else {
+            return Err(ClaimError::Malformed {
+                claim: KERNEL_VERSIONS_CLAIM.into(),
+                line: (*kernel).to_owned(),
+                reason: "longer than a claim can hold".into(),
+            });
+        }
+    }
+    if parts.len() > MAX_KERNEL_CLAIMS {
+        return Err(too_many());
+    }
+    let continuations = parts.len() - 1;
+    if continuations > 0 {
+        parts[0].push_str(&format!("\n+{continuations}"));
+    }
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let name = if i == 0 {
+                KERNEL_VERSIONS_CLAIM.to_owned()
+            } else {
+                continuation_claim_name(i + 1)
+            };
+            (name, value)
+        })
+        .collect())
+}
+
+/// The kernel versions a cluster reports, from its claims (`claim(name)` looks one up), sorted
+/// and de-duplicated, each with one trailing `+` trimmed as kernel mapping expects.
+pub fn decode_kernel_claims<'a>(claim: impl Fn(&str) -> Option<&'a str>) -> Result<Vec<String>, ClaimError> {
+    let first = claim(KERNEL_VERSIONS_CLAIM).ok_or(ClaimError::Missing)?;
+    let mut lines: Vec<(&str, String)> = lines_of(first)
+        .map(|l| (l, KERNEL_VERSIONS_CLAIM.to_owned()))
+        .collect();
+    let continuations = match lines.last().and_then(|(l, _)| l.strip_prefix('+')) {
+        Some(n) => {
+            let count = n.parse::<usize>().map_err(|_| ClaimError::Malformed {
+                claim: KERNEL_VERSIONS_CLAIM.into(),
+                line: format!("+{n}"),
+                reason: "a continuation line is + followed by a number".into(),
+            })?;
+            lines.pop();
+            count
+        }
+        None => 0,
+    };
+    if continuations >= MAX_KERNEL_CLAIMS {
+        return Err(ClaimError::Malformed {
+            claim: KERNEL_VERSIONS_CLAIM.into(),
+            line: format!("+{continuations}"),
+            reason: format!("at most {} continuation claims are read", MAX_KERNEL_CLAIMS - 1),
+        });
+    }
+    for index in 2..=continuations + 1 {
+        let name = continuation_claim_name(index);
+        let value = claim(&name).ok_or_else(|| ClaimError::MissingContinuation { name: name.clone() })?;
+        lines.extend(lines_of(value).map(|l| (l, name.clone())));
+    }
+    let mut kernels = Vec::with_capacity(lines.len());
+    for (line, claim) in lines {
+        let kernel = trim_kernel(line);
+        if let Some(bad) = kernel.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ClaimError::Malformed {
+                claim,
+                line: line.to_owned(),
+                reason: format!("contains {bad:?}"),
+            });
+        }
+        KernelVars::new(kernel).map_err(|e| ClaimError::Malformed {
+            claim: claim.clone(),
+            line: line.to_owned(),
+            reason: e.to_string(),
+        })?;
+        kernels.push(kernel.to_owned());
+    }
+    if kernels.is_empty() {
+        return Err(ClaimError::NoKernels);
+    }
+    kernels.sort_unstable();
+    kernels.dedup();
+    Ok(kernels)
+}
+
+fn lines_of(value: &str) -> impl Iterator<Item = &str> {
+    value.split('\n').map(str::trim).filter(|l| !l.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use rstest::rstest;
+
+    use super::*;
+
+    fn decode(claims: &[(String, String)]) -> Result<Vec<String>, ClaimError> {
+        let map: BTreeMap<&str, &str> = claims.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        decode_kernel_claims(|name| map.get(name).copied())
+    }
+
+    fn kernels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("5.14.0-{i}.el9_{i}.x86_64")).collect()
+    }
+
+    #[test]
+    fn a_short_list_is_upstreams_single_claim() {
+        let claims = encode_kernel_claims([
+            "6.1.0-18-cloud-amd64",
+            "5.14.0-70.el9.x86_64",
+            "6.1.0-18-cloud-amd64",
+        ])
+        .unwrap();
+        assert_eq!(
+            claims,
+            [(
+                KERNEL_VERSIONS_CLAIM.to_owned(),
+                "5.14.0-70.el9.x86_64\n6.1.0-18-cloud-amd64".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_long_list_continues_and_reads_back() {
+        let all = kernels(120);
+        let claims = encode_kernel_claims(all.iter().map(String::as_str)).unwrap();
+        assert!(claims.len() > 1, "120 kernels need several claims");
+        assert!(claims.iter().all(|(_, v)| v.len() <= MAX_CLAIM_VALUE_LEN));
+        assert_eq!(claims[1].0, "kernel-versions-2.kmm.node.kubernetes.io");
+        assert!(claims[0].1.ends_with(&format!("\n+{}", claims.len() - 1)));
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(decode(&claims).unwrap(), want);
+    }
+
+    #[test]
+    fn stale_continuations_are_ignored_and_missing_ones_reported() {
+        let mut claims = encode_kernel_claims(kernels(3).iter().map(String::as_str)).unwrap();
+        claims.push((continuation_claim_name(2), "9.9.9-stale".into()));
+        assert_eq!(decode(&claims).unwrap().len(), 3);
+
+        let long = encode_kernel_claims(kernels(120).iter().map(String::as_str)).unwrap();
+        let err = decode(&long[..1]).unwrap_err();
+        assert_eq!(
+            err,
+            ClaimError::MissingContinuation {
+                name: continuation_claim_name(2)
+            }
+        );
+    }
+
+    #[rstest]
+    #[case(
+        "5.14.0-1\nnot a kernel",
+        "claim kernel-versions.kmm.node.kubernetes.io holds \"not a kernel\", which is not a kernel version: contains ' '"
+    )]
+    #[case(
+        "5.14",
+        "holds \"5.14\", which is not a kernel version: kernel version \"5.14\" must have at least three components"
+    )]
+    #[case(
+        "5.14.0-1\n+x",
+        "holds \"+x\", which is not a kernel version: a continuation line is + followed by a number"
+    )]
+    #[case("5.14.0-1\n+9", "at most 7 continuation claims are read")]
+    fn malformed_claims_are_reported(#[case] value: &str, #[case] message: &str) {
+        let err = decode(&[(KERNEL_VERSIONS_CLAIM.into(), value.into())]).unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+
+    #[test]
+    fn missing_and_empty_claims_are_errors() {
+        assert_eq!(decode(&[]).unwrap_err(), ClaimError::Missing);
+        assert_eq!(
+            decode(&[(KERNEL_VERSIONS_CLAIM.into(), "\n".into())]).unwrap_err(),
+            ClaimError::NoKernels
+        );
+        assert_eq!(
+            encode_kernel_claims(["", " "]).unwrap_err(),
+            ClaimError::NoKernels
+        );
+    }
+
+    #[test]
+    fn trailing_plus_is_trimmed_on_read() {
+        let claims = [(KERNEL_VERSIONS_CLAIM.to_owned(), "6.1.58+\n6.1.58".to_owned())];
+        assert_eq!(decode(&claims).unwrap(), ["6.1.58"]);
+    }
+
+    #[test]
+    fn too_many_kernels_is_an_error() {
+        let err = encode_kernel_claims(kernels(400).iter().map(String::as_str)).unwrap_err();
+        assert_eq!(err, ClaimError::TooManyKernels { count: 400 });
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(list in proptest::collection::vec("[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,3}-[a-z0-9._]{0,40}", 1..150)) {
+            if let Ok(claims) = encode_kernel_claims(list.iter().map(String::as_str)) {
+                prop_assert!(claims.iter().all(|(_, v)| v.len() <= MAX_CLAIM_VALUE_LEN && !v.is_empty()));
+                let mut want: Vec<String> = list.iter().map(|k| trim_kernel(k).to_owned()).collect();
+                want.sort();
+                want.dedup();
+                prop_assert_eq!(decode(&claims).unwrap(), want);
+            }
+        }
+
+        #[test]
+        fn decoding_never_panics(value in ".{0,300}", extra in ".{0,50}") {
+            let claims = [(KERNEL_VERSIONS_CLAIM.to_owned(), value), (continuation_claim_name(2), extra)];
+            let _ = decode(&claims);
+        }
+    }
+}
