@@ -5,6 +5,7 @@
 //! - [`kernel`]: kernel-mapping resolution and `${VAR}` substitution.
 //! - [`labels`]: label keys the product writes, and the name-length limit they impose.
 //! - [`claims`]: the kernel-versions ClusterClaim format shared by kmm-spoke and kmm-hub.
+//! - [`trim`]: the Module a spoke receives (resolved, pinned, no build or sign).
 //! - [`crds`]: every CRD this project ships, rendered from the types.
 //!
 //! No I/O lives here: the controllers in `kmm-hub` and `kmm-spoke` depend on this crate, never the
@@ -19,6 +20,7 @@ pub mod module;
 pub mod nmc;
 pub mod ocm;
 mod schema;
+pub mod trim;
 
 pub use mcm::{ManagedClusterModule, ManagedClusterModuleSpec, ManagedClusterModuleStatus};
 pub use module::{Module, ModuleSpec, ModuleStatus};
