@@ -2,6 +2,8 @@
 //!
 //! - [`lint`]: offline validation of Module and ManagedClusterModule YAML.
 //! - [`cli`]: subcommands shared with `kmm-spoke` (writing CRDs).
+//! - [`mcm_controller`]: the ManagedClusterModule controller (so far its pure rendering step).
 
 pub mod cli;
 pub mod lint;
+pub mod mcm_controller;

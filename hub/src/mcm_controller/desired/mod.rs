@@ -1,0 +1,3 @@
+//! Pure rendering of what the hub wants to exist for one MCM; one file per rendered kind.
+
+pub mod manifestwork;
