@@ -1,4 +1,6 @@
 //! The ManagedClusterModule controller (hub issue). Steps, as STYLE.md lays them out:
-//! observe -> desired (pure) -> apply -> status. Only the pure `desired` step exists so far.
+//! observe -> desired (pure) -> apply -> status. So far only the pure parts exist: rendering the
+//! ManifestWork (`desired`) and reading its outcome back (`status`).
 
 pub mod desired;
+pub mod status;
