@@ -51,11 +51,6 @@ pub fn work_outcome(work: &ManifestWork) -> WorkOutcome {
             .and_then(|v| integer(&v.field_value))
             .unwrap_or(0)
     };
-    debug_assert!(
-        feedback_paths()
-            .iter()
-            .any(|(n, _)| n == "moduleLoader.availableNumber")
-    );
     WorkOutcome {
         applied,
         failure,
