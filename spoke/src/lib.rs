@@ -1,5 +1,7 @@
 //! kmm-spoke: the managed-mode Module controller and the node worker (spoke issue).
 //!
+//! - [`module_controller`]: the Module controller's decisions (pure, so far).
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
 
+pub mod module_controller;
 pub mod ordered_upgrade;
