@@ -2,6 +2,8 @@
 //!
 //! - [`module_controller`]: the Module controller's decisions (pure, so far).
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
+//! - [`worker`]: the node worker's modprobe command lines and files (pure, so far).
 
 pub mod module_controller;
 pub mod ordered_upgrade;
+pub mod worker;
