@@ -338,14 +338,7 @@ pub fn unsigned_image_name(image: &str, namespace: &str, name: &str) -> Result<S
             "image {image} is pinned by digest; a build target needs a tag to derive the unsigned image name"
         ));
     }
-    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match image[last_slash..].rfind(':') {
-        Some(colon) => (
-            &image[..last_slash + colon],
-            Some(&image[last_slash + colon + 1..]),
-        ),
-        None => (image, None),
-    };
+    let (repo, tag) = crate::image::split_tag(image);
     let tag = match tag {
         Some(tag) => format!("{tag}-{suffix}"),
         None => suffix,
