@@ -4,8 +4,10 @@
 //! - [`cli`]: subcommands shared with `kmm-spoke` (writing CRDs).
 //! - [`mcm_controller`]: the ManagedClusterModule controller (so far its pure rendering step).
 //! - [`registry`]: tag-to-digest resolution with a per-image cache.
+//! - [`pull_secret`]: registry credentials from `imageRepoSecret`.
 
 pub mod cli;
 pub mod lint;
 pub mod mcm_controller;
+pub mod pull_secret;
 pub mod registry;
