@@ -1,0 +1,311 @@
+//! Pod status as the kubelet writes it, and the exec runner.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::script::Outcome;
+
+/// Longest termination message the kubelet keeps (it caps them at 4 KiB).
+pub const MAX_TERMINATION_MESSAGE: usize = 4096;
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+fn cond(type_: &str, status: bool, reason: Option<&str>, now: &str) -> Value {
+    let mut c =
+        json!({"type": type_, "status": if status { "True" } else { "False" }, "lastTransitionTime": now});
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    c
+}
+
+fn time(t: Timestamp) -> String {
+    // RFC 3339 in whole seconds, like metav1.Time.
+    t.round(k8s_openapi::jiff::Unit::Second)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// The `status` the kubelet writes for `outcome` (for `Exec`, the running state).
+pub fn pod_status(pod: &Pod, outcome: &Outcome, now: Timestamp) -> Value {
+    let now_s = time(now);
+    let start = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| time(t.0))
+        .unwrap_or_else(|| now_s.clone());
+    let containers: Vec<(String, String)> = pod
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let status_of = |state: Value, ready: bool, started: bool| -> Value {
+        Value::Array(
+            containers
+                .iter()
+                .map(|(name, image)| {
+                    json!({"name": name, "image": image, "imageID": "", "ready": ready, "started": started,
+                           "restartCount": 0, "state": state.clone()})
+                })
+                .collect(),
+        )
+    };
+    let scheduled = cond("PodScheduled", true, None, &now_s);
+    match outcome {
+        Outcome::Pending => json!({
+            "phase": "Pending",
+            "conditions": [scheduled, cond("Ready", false, Some("ContainersNotReady"), &now_s)],
+            "containerStatuses": status_of(json!({"waiting": {"reason": "ContainerCreating"}}), false, false),
+        }),
+        Outcome::Running | Outcome::Exec => json!({
+            "phase": "Running",
+            "hostIP": "10.0.0.1",
+            "podIP": "10.244.0.10",
+            "startTime": start,
+            "conditions": [
+                scheduled,
+                cond("Initialized", true, None, &now_s),
+                cond("ContainersReady", true, None, &now_s),
+                cond("Ready", true, None, &now_s),
+            ],
+            "containerStatuses": status_of(json!({"running": {"startedAt": start}}), true, true),
+        }),
+        Outcome::Succeeded | Outcome::Failed { .. } => {
+            let (phase, code, reason, message) = match outcome {
+                Outcome::Failed {
+                    exit_code,
+                    message,
+                    reason,
+                } => ("Failed", *exit_code, reason.as_str(), message.as_str()),
+                _ => ("Succeeded", 0, "Completed", ""),
+            };
+            let mut terminated =
+                json!({"exitCode": code, "reason": reason, "startedAt": start, "finishedAt": now_s});
+            if !message.is_empty() {
+                terminated["message"] = json!(tail(message, MAX_TERMINATION_MESSAGE));
+            }
+            json!({
+                "phase": phase,
+                "hostIP": "10.0.0.1",
+                "podIP": "10.244.0.10",
+                "startTime": start,
+                "conditions": [
+                    scheduled,
+                    cond("Initialized", true, None, &now_s),
+                    cond("ContainersReady", false, Some("PodCompleted"), &now_s),
+                    cond("Ready", false, Some("PodCompleted"), &now_s),
+                ],
+                "containerStatuses": status_of(json!({"terminated": terminated}), false, false),
+            })
+        }
+    }
+}
+
+/// What running a pod's first container on this machine produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// stdout followed by stderr.
+    pub output: String,
+    /// The final outcome: `Succeeded` for exit 0, else `Failed` with the output's tail.
+    pub outcome: Outcome,
+}
+
+/// The argv and literal env of the pod's first container.
+pub fn exec_command(pod: &Pod) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+    let c = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .ok_or_else(|| format!("pod {} has no container", pod.name_any()))?;
+    let argv: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect();
+    if argv.is_empty() {
+        return Err(format!("container {} has no command to run", c.name));
+    }
+    let env = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    Ok((argv, env))
+}
+
+/// Runs the pod's first container command; never panics, every problem becomes a failure.
+pub async fn run_exec(pod: &Pod, timeout: Duration) -> ExecResult {
+    let (argv, env) = match exec_command(pod) {
+        Ok(x) => x,
+        Err(e) => {
+            return ExecResult {
+                output: e.clone(),
+                outcome: Outcome::failed(127, e),
+            };
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("failed to start {:?}: {e}", argv[0]);
+            return ExecResult {
+                output: msg.clone(),
+                outcome: Outcome::Failed {
+                    exit_code: 128,
+                    message: msg,
+                    reason: "StartError".into(),
+                },
+            };
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            let msg = format!("{:?} did not finish within {timeout:?}", argv[0]);
+            ExecResult {
+                output: msg.clone(),
+                outcome: Outcome::Failed {
+                    exit_code: 137,
+                    message: msg,
+                    reason: "DeadlineExceeded".into(),
+                },
+            }
+        }
+        Ok(Err(e)) => {
+            let msg = format!("waiting for {:?} failed: {e}", argv[0]);
+            ExecResult {
+                output: msg.clone(),
+                outcome: Outcome::failed(128, msg),
+            }
+        }
+        Ok(Ok(out)) => {
+            let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+            output.push_str(&String::from_utf8_lossy(&out.stderr));
+            // Killed by a signal: report it like the kubelet does (128 + signal), 137 when unknown.
+            let code = out.status.code().unwrap_or(137);
+            let outcome = if code == 0 {
+                Outcome::Succeeded
+            } else {
+                Outcome::failed(code, tail(&output, MAX_TERMINATION_MESSAGE))
+            };
+            ExecResult { output, outcome }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+
+    fn pod_with(command: &[&str], args: &[&str], env: &[(&str, &str)]) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some("img".into()),
+                    command: Some(command.iter().map(|s| s.to_string()).collect()),
+                    args: Some(args.iter().map(|s| s.to_string()).collect()),
+                    env: Some(
+                        env.iter()
+                            .map(|(k, v)| EnvVar {
+                                name: k.to_string(),
+                                value: Some(v.to_string()),
+                                value_from: None,
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tail_keeps_the_end_on_a_char_boundary() {
+        assert_eq!(tail("abc", 5), "abc");
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("aé", 1), "");
+        assert_eq!(tail("xaé", 2), "é");
+    }
+
+    #[test]
+    fn failed_status_carries_exit_code_reason_and_message() {
+        let p = pod_with(&["true"], &[], &[]);
+        let s = pod_status(&p, &Outcome::failed(3, "modprobe: FATAL"), Timestamp::now());
+        assert_eq!(s["phase"], "Failed");
+        let t = &s["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(t["exitCode"], 3);
+        assert_eq!(t["reason"], "Error");
+        assert_eq!(t["message"], "modprobe: FATAL");
+        let s = pod_status(&p, &Outcome::Running, Timestamp::now());
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["containerStatuses"][0]["ready"], true);
+        assert!(
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_runs_the_command_with_env_and_exit_code_decides() {
+        let ok = pod_with(
+            &["sh", "-c"],
+            &["echo hello $WHO; echo oops >&2"],
+            &[("WHO", "kmm")],
+        );
+        let r = run_exec(&ok, Duration::from_secs(10)).await;
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert_eq!(r.output, "hello kmm\noops\n");
+
+        let bad = pod_with(&["sh", "-c", "echo insmod failed; exit 4"], &[], &[]);
+        let r = run_exec(&bad, Duration::from_secs(10)).await;
+        assert_eq!(r.outcome, Outcome::failed(4, "insmod failed\n"));
+
+        let missing = pod_with(&["/nonexistent/binary"], &[], &[]);
+        assert!(matches!(
+            run_exec(&missing, Duration::from_secs(10)).await.outcome,
+            Outcome::Failed { .. }
+        ));
+
+        let slow = pod_with(&["sleep", "5"], &[], &[]);
+        let r = run_exec(&slow, Duration::from_millis(100)).await;
+        assert!(matches!(r.outcome, Outcome::Failed { exit_code: 137, .. }));
+    }
+}
