@@ -39,7 +39,51 @@ fn group_versions(registry: &Registry) -> BTreeMap<String, Vec<String>> {
             }
         }
     }
+    for vs in groups.values_mut() {
+        vs.sort_by_key(|v| version_priority(v));
+    }
     groups
+}
+
+/// Sort key putting the version Kubernetes prefers first: GA over beta over alpha, higher
+/// numbers first, unparseable names last (as the apiserver orders them).
+pub fn version_priority(v: &str) -> (u8, std::cmp::Reverse<u32>, std::cmp::Reverse<u32>, String) {
+    let parse = || -> Option<(u8, u32, u32)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let major = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((0, major, 0));
+        }
+        let (level, minor) = tail
+            .strip_prefix("beta")
+            .map(|m| (1, m))
+            .or_else(|| tail.strip_prefix("alpha").map(|m| (2, m)))?;
+        Some((level, major, minor.parse().ok()?))
+    };
+    match parse() {
+        Some((level, major, minor)) => (
+            level,
+            std::cmp::Reverse(major),
+            std::cmp::Reverse(minor),
+            String::new(),
+        ),
+        None => (3, std::cmp::Reverse(0), std::cmp::Reverse(0), v.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        let mut vs = vec!["v1alpha1", "v1beta1", "foo", "v2", "v1", "v1beta2", "v10alpha3"];
+        vs.sort_by_key(|v| super::version_priority(v));
+        assert_eq!(
+            vs,
+            ["v2", "v1", "v1beta2", "v1beta1", "v10alpha3", "v1alpha1", "foo"]
+        );
+    }
 }
 
 pub fn groups(registry: &Registry) -> Value {
