@@ -123,7 +123,15 @@ impl Registration {
                         },
                     );
                     mc.metadata.labels = Some(labels.clone());
-                    clusters.create(&PostParams::default(), &mc).await?
+                    clusters
+                        .create(
+                            &PostParams {
+                                field_manager: Some("registration-agent".into()),
+                                ..Default::default()
+                            },
+                            &mc,
+                        )
+                        .await?
                 }
                 None => {
                     tracing::debug!(cluster = %self.cluster, "ManagedCluster does not exist yet");
@@ -170,7 +178,14 @@ impl Registration {
         if conditions != old.conditions || claims != old.cluster_claims {
             let patch = json!({"status": {"conditions": conditions, "clusterClaims": claims}});
             clusters
-                .patch_status(&self.cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(
+                    &self.cluster,
+                    &PatchParams {
+                        field_manager: Some("registration-agent".into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(&patch),
+                )
                 .await?;
         }
 
@@ -191,7 +206,16 @@ impl Registration {
                 },
                 ..Default::default()
             };
-            match namespaces.create(&PostParams::default(), &ns).await {
+            match namespaces
+                .create(
+                    &PostParams {
+                        field_manager: Some("registration-agent".into()),
+                        ..Default::default()
+                    },
+                    &ns,
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e),
@@ -241,7 +265,13 @@ impl Registration {
                 ..Default::default()
             };
             match Api::<Event>::namespaced(self.hub.clone(), ns)
-                .create(&PostParams::default(), &event)
+                .create(
+                    &PostParams {
+                        field_manager: Some("registration-agent".into()),
+                        ..Default::default()
+                    },
+                    &event,
+                )
                 .await
             {
                 Ok(_) => return,

@@ -276,7 +276,7 @@ impl Agent {
         let patch =
             json!({"metadata": {"finalizers": finalizers, "resourceVersion": work.resource_version()}});
         self.works
-            .patch(&work.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(&work.name_any(), &agent_params(), &Patch::Merge(&patch))
             .await
     }
 
@@ -587,7 +587,7 @@ impl Agent {
         }
         let patch = json!({"status": status});
         self.works
-            .patch_status(&work.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&work.name_any(), &agent_params(), &Patch::Merge(&patch))
             .await?;
         Ok(())
     }
@@ -651,7 +651,7 @@ impl Agent {
             let patch =
                 json!({"metadata": {"finalizers": finalizers, "resourceVersion": work.resource_version()}});
             self.works
-                .patch(&work.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&work.name_any(), &agent_params(), &Patch::Merge(&patch))
                 .await?;
             self.states.remove(uid);
             return Ok(());
@@ -918,4 +918,12 @@ fn merge_for_update(desired: &Value, existing: &Value) -> Value {
         meta.insert("resourceVersion".into(), rv.clone());
     }
     merged
+}
+
+/// Writes to the hub's ManifestWork are recorded under the agent's own manager name.
+fn agent_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(DEFAULT_FIELD_MANAGER.to_string()),
+        ..Default::default()
+    }
 }

@@ -202,7 +202,13 @@ async fn sync_one(client: &Client, ds: &DaemonSet, nodes: &[Node]) -> Result<(),
             || live.iter().any(|p| pod_node(p) == Some(node.as_str()));
         if !taken {
             match pods_api
-                .create(&PostParams::default(), &pod_for(ds, node, &hash))
+                .create(
+                    &PostParams {
+                        field_manager: Some("daemonset-controller".into()),
+                        ..Default::default()
+                    },
+                    &pod_for(ds, node, &hash),
+                )
                 .await
             {
                 Ok(p) => live.push(p),
@@ -216,7 +222,10 @@ async fn sync_one(client: &Client, ds: &DaemonSet, nodes: &[Node]) -> Result<(),
         let api = Api::<DaemonSet>::namespaced(client.clone(), &ns);
         api.patch_status(
             &ds.name_any(),
-            &PatchParams::default(),
+            &PatchParams {
+                field_manager: Some("daemonset-controller".into()),
+                ..Default::default()
+            },
             &Patch::Merge(&json!({"status": new})),
         )
         .await?;

@@ -303,7 +303,13 @@ async fn sync_one(
                 .unwrap_or_default();
             let node = pick_node(nodes.as_deref().unwrap_or_default(), &selector);
             pods_api
-                .create(&PostParams::default(), &pod_for(job, node))
+                .create(
+                    &PostParams {
+                        field_manager: Some("job-controller".into()),
+                        ..Default::default()
+                    },
+                    &pod_for(job, node),
+                )
                 .await?;
             c_after.active += 1;
         }
@@ -324,12 +330,19 @@ async fn sync_one(
     let new = job_status(job, c_after, &step, now);
     if job.status.as_ref() != Some(&new) {
         let api = Api::<Job>::namespaced(client.clone(), &ns);
-        api.patch_status(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": new})),
-        )
-        .await?;
+        // A merge patch keeps fields it does not mention: counts that dropped to zero are nulled.
+        let mut status = serde_json::to_value(&new).map_err(kube::Error::SerdeError)?;
+        if let Some(obj) = status.as_object_mut() {
+            for key in ["active", "succeeded", "failed"] {
+                obj.entry(key).or_insert(serde_json::Value::Null);
+            }
+        }
+        let pp = PatchParams {
+            field_manager: Some("job-controller".into()),
+            ..Default::default()
+        };
+        api.patch_status(&job.name_any(), &pp, &Patch::Merge(&json!({"status": status})))
+            .await?;
     }
     Ok(())
 }

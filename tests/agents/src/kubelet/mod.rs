@@ -340,7 +340,10 @@ impl KubeletLoop {
         let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         api.patch_status(
             &pod.name_any(),
-            &PatchParams::default(),
+            &PatchParams {
+                field_manager: Some("kubelet".into()),
+                ..Default::default()
+            },
             &Patch::Merge(&json!({"status": status})),
         )
         .await?;
