@@ -96,7 +96,12 @@ pub(crate) fn is_subset(desired: &serde_json::Value, actual: &serde_json::Value)
     match (desired, actual) {
         (Value::Object(d), Value::Object(a)) => d.iter().all(|(k, dv)| match a.get(k) {
             Some(av) => is_subset(dv, av),
-            None => dv.is_null(),
+            // Servers may drop empty maps and lists; that is not drift.
+            None => {
+                dv.is_null()
+                    || dv.as_object().is_some_and(|m| m.is_empty())
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+            }
         }),
         (Value::Array(d), Value::Array(a)) => {
             d.len() == a.len() && d.iter().zip(a).all(|(x, y)| is_subset(x, y))
@@ -123,6 +128,8 @@ mod tests {
             &json!({"spec": {"a": 1, "l": [{"x": 1}, {"x": 2}]}})
         ));
         assert!(!is_subset(&desired, &json!({"spec": {"l": [{"x": 1}]}})));
+        assert!(is_subset(&json!({"data": {}, "l": [], "n": null}), &json!({})));
+        assert!(!is_subset(&json!({"data": {"a": "b"}}), &json!({})));
     }
 
     #[test]

@@ -559,3 +559,105 @@ async fn an_unreachable_spoke_fails_the_work_and_recovers() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoke_answering_only_503_does_not_stop_the_agent() {
+    let f = fleet("spoke1").await;
+    let works = Api::<ManifestWork>::namespaced(f.hub.client(), "spoke1");
+    // Without kube's default retry layer a 503 reaches the agent at once, as a refused
+    // connection to a dead cluster would.
+    let mut config = kube::Config::new(f.spoke.url().parse().unwrap());
+    config.default_retry = false;
+    let spoke = Client::try_from(config).unwrap();
+    let opts = WorkAgentOptions {
+        retry_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let agent = WorkAgent::spawn(f.hub.client(), spoke, "spoke1", opts);
+    f.spoke.set_faults(Faults::unreachable());
+    works
+        .create(
+            &PostParams::default(),
+            &work("dead", vec![cm("c", json!({}))], json!({})),
+        )
+        .await
+        .unwrap();
+    let w = applied(&works, "dead", "False").await;
+    let m = manifest(&w, 0).unwrap();
+    assert_eq!(
+        cond(&m.conditions, "Applied").unwrap().reason,
+        "AppliedManifestFailed"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(agent.is_running());
+    f.spoke.clear_faults();
+    applied(&works, "dead", "True").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_applied_before_what_lives_in_them_and_read_only_objects_are_never_touched() {
+    let f = fleet("spoke1").await;
+    let works = Api::<ManifestWork>::namespaced(f.hub.client(), "spoke1");
+    let spoke_cms = Api::<ConfigMap>::namespaced(f.spoke.client(), "kmm");
+    spoke_cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(cm("watched", json!({"x": "1"}))).unwrap(),
+        )
+        .await
+        .unwrap();
+    let opts = WorkAgentOptions {
+        retry_interval: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let _agent = WorkAgent::spawn(f.hub.client(), f.spoke.client(), "spoke1", opts);
+    let in_fresh =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "fresh"}});
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}});
+    let w = work(
+        "ordered",
+        vec![in_fresh, ns, cm("watched", json!({"x": "hub"}))],
+        json!({"manifestConfigs": [{
+            "resourceIdentifier": {"resource": "configmaps", "name": "watched", "namespace": "kmm"},
+            "updateStrategy": {"type": "ReadOnly"},
+            "feedbackRules": [{"type": "JSONPaths", "jsonPaths": [{"name": "x", "path": ".data.x"}]}]}]}),
+    );
+    works.create(&PostParams::default(), &w).await.unwrap();
+    // The first status the agent writes is already a success: no failed first attempt.
+    let first = eventually("first status", WAIT, || async {
+        let w = works.get("ordered").await.ok()?;
+        work_cond(&w, "Applied").map(|_| w)
+    })
+    .await;
+    assert_eq!(work_cond(&first, "Applied").unwrap().0, "True");
+    assert_eq!(
+        manifest(&first, 0).unwrap().resource_meta.namespace.as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(
+        manifest(&first, 1).unwrap().resource_meta.namespace.as_deref(),
+        Some("")
+    );
+    // The read-only object keeps the spoke's data and its feedback comes back.
+    let w = eventually("read-only feedback", WAIT, || async {
+        let w = works.get("ordered").await.ok()?;
+        let v = manifest(&w, 2)?.status_feedback?.values;
+        (v.len() == 1).then_some(w)
+    })
+    .await;
+    let v = manifest(&w, 2).unwrap().status_feedback.unwrap().values;
+    assert_eq!(v[0].field_value.string.as_deref(), Some("1"));
+    assert_eq!(spoke_cms.get("watched").await.unwrap().data.unwrap()["x"], "1");
+
+    works.delete("ordered", &DeleteParams::default()).await.unwrap();
+    eventually("work gone", WAIT, || async {
+        works.get_opt("ordered").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        spoke_cms.get_opt("watched").await.unwrap().is_some(),
+        "a ReadOnly object was deleted"
+    );
+    let fresh = Api::<ConfigMap>::namespaced(f.spoke.client(), "fresh");
+    assert!(fresh.get_opt("c").await.map(|o| o.is_none()).unwrap_or(true));
+}
