@@ -229,14 +229,23 @@ impl Agent {
             || state.last_apply.elapsed() >= self.opts.resync_interval;
         if due {
             let results = self.apply_all(&work).await;
-            let current: HashSet<ObjKey> = results
+            // Every object the work still names, whatever its strategy: switching a manifest to
+            // ReadOnly must not delete it.
+            let present: HashSet<ObjKey> = results.iter().filter_map(|r| r.key.clone()).collect();
+            // A manifest whose object could not be identified (discovery failed) might be any
+            // of the old ones, so nothing is deleted until every manifest is identified.
+            let all_identified = results.iter().all(|r| r.key.is_some());
+            let previous = self.states.get(&uid).map(|s| s.owned.clone()).unwrap_or_default();
+            let mut owned: HashSet<ObjKey> = results
                 .iter()
                 .filter(|r| !r.read_only)
                 .filter_map(|r| r.key.clone())
                 .collect();
-            let mut owned = self.states.get(&uid).map(|s| s.owned.clone()).unwrap_or_default();
-            let mut leftovers = HashSet::new();
-            for gone in owned.iter().filter(|k| !current.contains(*k)) {
+            for gone in previous.iter().filter(|k| !present.contains(*k)) {
+                if !all_identified {
+                    owned.insert(gone.clone());
+                    continue;
+                }
                 match gone
                     .api(&self.spoke)
                     .delete(&gone.name, &DeleteParams::foreground())
@@ -246,12 +255,10 @@ impl Agent {
                     Err(e) if is_not_found(&e) => {}
                     Err(e) => {
                         tracing::warn!(work = %work.name_any(), object = %gone.name, error = %e, "delete failed");
-                        leftovers.insert(gone.clone());
+                        owned.insert(gone.clone());
                     }
                 }
             }
-            owned = current;
-            owned.extend(leftovers);
             let state = WorkState {
                 generation,
                 last_apply: Instant::now(),

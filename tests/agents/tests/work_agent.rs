@@ -294,6 +294,25 @@ async fn removing_a_manifest_deletes_it_on_the_spoke() {
     assert!(cms.get_opt("keep").await.unwrap().is_some());
     let w = applied(&works, "two", "True").await;
     assert_eq!(w.status.unwrap().resource_status.unwrap().manifests.len(), 1);
+
+    // Turning the remaining manifest ReadOnly keeps the object, and so does deleting the work then.
+    let patch = json!({"spec": {"manifestConfigs": [{
+        "resourceIdentifier": {"resource": "configmaps", "name": "keep", "namespace": "kmm"},
+        "updateStrategy": {"type": "ReadOnly"}}]}});
+    works
+        .patch("two", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    applied(&works, "two", "True").await;
+    works.delete("two", &DeleteParams::default()).await.unwrap();
+    eventually("work two gone", WAIT, || async {
+        works.get_opt("two").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        cms.get_opt("keep").await.unwrap().is_some(),
+        "a manifest switched to ReadOnly was deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,8 @@ pub struct KubeletOptions {
     pub script: KubeletScript,
     /// Receives the output of `Exec` pods.
     pub log_sink: Option<Arc<dyn PodLogSink>>,
-    /// Pass period without watch events; default 100 ms.
+    /// Pass period without watch events (Job backoff and exec results are also picked up on
+    /// events); default 250 ms.
     pub sync_interval: Duration,
     /// First Job retry delay, doubled per failure; default 50 ms.
     pub job_backoff: Duration,
@@ -88,7 +89,7 @@ impl Default for KubeletOptions {
         Self {
             script: KubeletScript::default(),
             log_sink: None,
-            sync_interval: Duration::from_millis(100),
+            sync_interval: Duration::from_millis(250),
             job_backoff: Duration::from_millis(50),
             exec_timeout: Duration::from_secs(60),
             daemonsets: true,
