@@ -104,6 +104,12 @@ impl SimCluster {
     }
 
     pub fn try_client(&self) -> Result<kube::Client, SimError> {
+        kube::Client::try_from(self.config()?).map_err(|e| SimError::Client(e.to_string()))
+    }
+
+    /// The client configuration [`SimCluster::client`] uses, to adjust (e.g. `default_retry`,
+    /// which makes kube-rs retry 429/503 answers for a long while) before building a client.
+    pub fn config(&self) -> Result<kube::Config, SimError> {
         let uri = self
             .inner
             .url
@@ -111,7 +117,7 @@ impl SimCluster {
             .map_err(|e| SimError::Client(format!("{e}")))?;
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
-        kube::Client::try_from(config).map_err(|e| SimError::Client(e.to_string()))
+        Ok(config)
     }
 
     /// Registers the CRDs in a YAML file (multi-document) or in every `.yaml` file of a directory.

@@ -300,7 +300,6 @@ async fn serve(
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(header::TRANSFER_ENCODING, "chunked")
                 .body(b)
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }),
@@ -502,7 +501,14 @@ fn watch(
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs);
-    let (initial, mut rx, start_rv) = state.store.watch(&t.rt, from)?;
+    let (initial, mut rx, start_rv) = match state.store.watch(&t.rt, from) {
+        Ok(start) => start,
+        // Like the watch cache: the stream opens, then says 410 Gone as its only event.
+        Err(e) if e.code == 410 => {
+            return Ok(Body::from(event_line("ERROR", &e.to_status())));
+        }
+        Err(e) => return Err(e),
+    };
     let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let drop_now = lock(&state.store.faults).drop_watches;
     let ns = t.namespace.clone();
