@@ -15,6 +15,25 @@ pub fn version() -> Value {
            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "none", "compiler": "rustc", "platform": "linux/amd64"})
 }
 
+/// An OpenAPI v2 document without definitions: clients that validate against it find no schema
+/// for any kind and fall back to their own knowledge (kubectl's built-in patch strategies).
+pub fn openapi_v2() -> Value {
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes (kmm-sim)", "version": "v1.34.0"}, "paths": {}, "definitions": {}})
+}
+
+/// The same document in the protobuf form kubectl asks for (gnostic `openapi_v2.Document`:
+/// swagger = 1, info = 2 {title = 1, version = 2}, paths = 8, definitions = 9).
+pub fn openapi_v2_protobuf() -> Vec<u8> {
+    fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+        // Every part is far below 128 bytes, so the length is a one-byte varint.
+        let mut out = vec![tag << 3 | 2, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
+    }
+    let info = [field(1, b"Kubernetes (kmm-sim)"), field(2, b"v1.34.0")].concat();
+    [field(1, b"2.0"), field(2, &info), field(8, &[]), field(9, &[])].concat()
+}
+
 pub fn core_versions() -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"],
            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
@@ -70,19 +89,6 @@ pub fn version_priority(v: &str) -> (u8, std::cmp::Reverse<u32>, std::cmp::Rever
             String::new(),
         ),
         None => (3, std::cmp::Reverse(0), std::cmp::Reverse(0), v.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn versions_sort_as_kubernetes_prefers_them() {
-        let mut vs = vec!["v1alpha1", "v1beta1", "foo", "v2", "v1", "v1beta2", "v10alpha3"];
-        vs.sort_by_key(|v| super::version_priority(v));
-        assert_eq!(
-            vs,
-            ["v2", "v1", "v1beta2", "v1beta1", "v10alpha3", "v1alpha1", "foo"]
-        );
     }
 }
 
@@ -153,4 +159,17 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> ApiResult<V
         format!("{group}/{version}")
     };
     Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        let mut vs = vec!["v1alpha1", "v1beta1", "foo", "v2", "v1", "v1beta2", "v10alpha3"];
+        vs.sort_by_key(|v| super::version_priority(v));
+        assert_eq!(
+            vs,
+            ["v2", "v1", "v1beta2", "v1beta1", "v10alpha3", "v1alpha1", "foo"]
+        );
+    }
 }

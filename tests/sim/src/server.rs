@@ -145,6 +145,23 @@ async fn route(
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(json_response(StatusCode::OK, &discovery::version())),
         ["healthz" | "readyz" | "livez", ..] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or_default();
+            if accept.contains("protobuf") {
+                let ctype = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, ctype)],
+                    discovery::openapi_v2_protobuf(),
+                )
+                    .into_response());
+            }
+            return Ok(json_response(StatusCode::OK, &discovery::openapi_v2()));
+        }
+        ["openapi", "v3"] => return Ok(json_response(StatusCode::OK, &json!({"paths": {}}))),
         ["api"] => return Ok(json_response(StatusCode::OK, &discovery::core_versions())),
         ["apis"] => return Ok(json_response(StatusCode::OK, &discovery::groups(&registry))),
         ["api", v] => {
