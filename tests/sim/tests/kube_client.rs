@@ -1,4 +1,6 @@
 //! The simulator as kube-rs sees it: every behaviour the product relies on, through `Api<K>`.
+// Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

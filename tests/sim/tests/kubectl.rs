@@ -1,4 +1,6 @@
 //! The real kubectl against the simulator: apply, get, get -o yaml, describe, delete, get -w.
+// Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -128,14 +130,16 @@ async fn kubectl_watch_prints_new_objects() {
             };
             api.create(&PostParams::default(), &cm).await.unwrap();
         }
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if line.contains("configmap/watched") {
-                seen = true;
-                break;
-            }
+        if rx
+            .recv_timeout(Duration::from_millis(200))
+            .is_ok_and(|line| line.contains("configmap/watched"))
+        {
+            seen = true;
+            break;
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     assert!(seen, "kubectl get -w printed the new ConfigMap");
 }
 

@@ -1,4 +1,6 @@
 //! Watches, a kube-runtime Controller end to end, fault injection and scale mode.
+// Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
