@@ -23,6 +23,8 @@ pub mod ocm;
 mod schema;
 pub mod trim;
 
-pub use mcm::{ManagedClusterModule, ManagedClusterModuleSpec, ManagedClusterModuleStatus};
+pub use mcm::{
+    ClusterProblem, KernelSummary, ManagedClusterModule, ManagedClusterModuleSpec, ManagedClusterModuleStatus,
+};
 pub use module::{Module, ModuleSpec, ModuleStatus};
 pub use nmc::NodeModulesConfig;

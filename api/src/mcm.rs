@@ -50,11 +50,13 @@ pub struct ManagedClusterModuleSpec {
     pub selector: BTreeMap<String, String>,
 }
 
-/// Fleet-wide state of a ManagedClusterModule.
+/// Fleet-wide state of a ManagedClusterModule. It stays small at any fleet size: counts, a
+/// per-kernel summary and a bounded list of the clusters that need attention. Per-cluster detail
+/// lives on each cluster's ManifestWork (see `kmm-hub status`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedClusterModuleStatus {
-    /// Clusters selected, each with a ManifestWork.
+    /// Clusters the selector picks.
     #[serde(default)]
     pub number_desired: i32,
 
@@ -66,50 +68,82 @@ pub struct ManagedClusterModuleStatus {
     #[serde(default)]
     pub number_degraded: i32,
 
+    /// Clusters the hub cannot render a Module for yet (no kernel claim, no mapping, image missing,
+    /// registry error); see `problems`.
+    #[serde(default)]
+    pub number_blocked: i32,
+
+    /// Nodes, over all clusters, where the module should be loaded (from the spokes' feedback).
+    #[serde(default)]
+    pub nodes_desired: i64,
+
+    /// Nodes, over all clusters, where the module is loaded.
+    #[serde(default)]
+    pub nodes_loaded: i64,
+
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Fleet-wide conditions.
+    /// Fleet-wide conditions: `Ready`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,
 
-    /// Per-cluster detail.
+    /// One entry per kernel version seen in the selected clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    pub clusters: Vec<ClusterModuleStatus>,
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kernel".into()]))]
+    #[schemars(length(max = 256))]
+    pub kernels: Vec<KernelSummary>,
+
+    /// The first clusters (by name) that are blocked or degraded, with why; at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["cluster".into()]))]
+    #[schemars(length(max = 20))]
+    pub problems: Vec<ClusterProblem>,
+
+    /// Blocked or degraded clusters not listed in `problems`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub problems_omitted: i32,
 }
 
-/// How one selected cluster is doing.
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// One kernel version of the fleet and what it gets.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterModuleStatus {
-    /// ManagedCluster name.
-    pub name: String,
+pub struct KernelSummary {
+    /// Kernel version, as the nodes report it (trailing `+` trimmed).
+    pub kernel: String,
 
-    /// One word: for example `Applied`, `Pending`, `Degraded`, `Unknown`.
+    /// Image shipped for it, pinned by digest; empty when it cannot be resolved.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+
+    /// Selected clusters running this kernel on at least one node.
+    #[serde(default)]
+    pub clusters: i32,
+}
+
+/// A cluster that needs attention.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterProblem {
+    /// ManagedCluster name.
+    pub cluster: String,
+
+    /// `Blocked` (the hub cannot render its Module) or `Degraded` (the spoke fails).
     pub state: String,
 
-    /// Machine-readable cause of the state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// Machine-readable cause, e.g. `NoKernelClaim`, `NoKernelMapping`, `ImageNotFound`,
+    /// `RegistryError`, `ApplyFailed`, `NotLoaded`.
+    pub reason: String,
 
     /// What is wrong and how to fix it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-
-    /// Kernel versions the cluster reports.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kernels: Vec<String>,
-
-    /// Nodes where the module should be loaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes_desired: Option<i64>,
-
-    /// Nodes where the module is loaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes_loaded: Option<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Longest `metadata.name` + `spec.spokeNamespace` (see [`crate::labels`]).

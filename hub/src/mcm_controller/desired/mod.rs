@@ -1,3 +1,4 @@
 //! Pure rendering of what the hub wants to exist for one MCM; one file per rendered kind.
 
 pub mod manifestwork;
+pub mod plan;

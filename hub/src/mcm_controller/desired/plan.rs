@@ -1,0 +1,226 @@
+//! Pure planning for one MCM: which clusters it selects, what kernels each runs, which images
+//! they need pinned, and — once the digests are known — each cluster's ManifestWork or the reason
+//! it cannot have one yet.
+//!
+//! Every cluster is rendered from the same unmodified MCM, so nothing leaks from one cluster's
+//! rendering into the next, and `${MOD_NAMESPACE}` is `spec.spokeNamespace` everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kmm_api::{
+    ManagedClusterModule,
+    claims::{self, ClaimError},
+    kernel::{KernelMapper, trim_kernel},
+    module::TlsOptions,
+    ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork},
+    trim::{self, TrimError},
+};
+use kube::ResourceExt;
+
+use super::manifestwork::manifest_work;
+
+/// Why a selected cluster gets no (new) ManifestWork. `reason` is a stable CamelCase word used in
+/// status, Events and metric labels; `message` says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub mod reasons {
+    pub const NO_KERNEL_CLAIM: &str = "NoKernelClaim";
+    pub const MALFORMED_KERNEL_CLAIM: &str = "MalformedKernelClaim";
+    pub const NO_KERNEL_MAPPING: &str = "NoKernelMapping";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
+    pub const REGISTRY_ERROR: &str = "RegistryError";
+    pub const RENDER_ERROR: &str = "RenderError";
+}
+
+/// Does the MCM's label selector pick this cluster? `{}` picks every cluster.
+pub fn selects(mcm: &ManagedClusterModule, cluster: &ManagedCluster) -> bool {
+    let labels = cluster.labels();
+    mcm.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The kernel versions a cluster reports, trailing `+` trimmed, sorted and without repeats.
+pub fn cluster_kernels(cluster: &ManagedCluster) -> Result<Vec<String>, Blocker> {
+    let kernels = claims::decode_kernel_claims(|name| cluster.claim(name)).map_err(|e| match e {
+        ClaimError::Missing => Blocker {
+            reason: reasons::NO_KERNEL_CLAIM,
+            message: format!(
+                "cluster reports no ClusterClaim {KERNEL_VERSIONS_CLAIM}; is kmm-spoke running there \
+                 (rolled out by the kmm-spoke Policy) and is the ClusterClaim feature of the klusterlet on?"
+            ),
+        },
+        other => Blocker {
+            reason: reasons::MALFORMED_KERNEL_CLAIM,
+            message: other.to_string(),
+        },
+    })?;
+    let set: BTreeSet<String> = kernels
+        .iter()
+        .map(|k| trim_kernel(k).to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if set.is_empty() {
+        return Err(Blocker {
+            reason: reasons::MALFORMED_KERNEL_CLAIM,
+            message: format!("ClusterClaim {KERNEL_VERSIONS_CLAIM} lists no kernel version"),
+        });
+    }
+    Ok(set.into_iter().collect())
+}
+
+/// An image the spoke will pull, with how to reach its registry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageRef {
+    pub image: String,
+    pub insecure: bool,
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl ImageRef {
+    fn new(image: &str, tls: &TlsOptions) -> Self {
+        Self {
+            image: image.to_string(),
+            insecure: tls.insecure,
+            insecure_skip_tls_verify: tls.insecure_skip_tls_verify,
+        }
+    }
+
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            insecure: self.insecure,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+        }
+    }
+}
+
+/// The images a cluster running `kernels` will pull (kernels without a mapping are skipped;
+/// [`render`] reports them when no kernel at all matches).
+pub fn images_for(mcm: &ManagedClusterModule, kernels: &[String]) -> Result<Vec<ImageRef>, Blocker> {
+    let name = mcm.name_any();
+    let spec = &mcm.spec.module_spec;
+    let mut out = BTreeSet::new();
+    if let Some(plugin) = &spec.device_plugin {
+        out.insert(ImageRef::new(&plugin.container.image, &TlsOptions::default()));
+        if let Some(init) = &plugin.init_container {
+            out.insert(ImageRef::new(&init.image, &TlsOptions::default()));
+        }
+    }
+    if let Some(dra) = &spec.dra {
+        out.insert(ImageRef::new(&dra.container.image, &TlsOptions::default()));
+        if let Some(init) = &dra.init_container {
+            out.insert(ImageRef::new(&init.image, &TlsOptions::default()));
+        }
+    }
+    if spec.module_loader.is_some() {
+        let mapper = KernelMapper::new(spec, &name, &mcm.spec.spoke_namespace).map_err(invalid_spec)?;
+        for kernel in kernels {
+            match mapper.resolve(kernel) {
+                Ok(r) => {
+                    out.insert(ImageRef::new(&r.container_image, &r.registry_tls));
+                }
+                Err(e) if e.is_no_mapping() => {}
+                Err(e) => return Err(invalid_spec(e)),
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn invalid_spec(e: impl std::fmt::Display) -> Blocker {
+    Blocker {
+        reason: reasons::INVALID_SPEC,
+        message: format!("spec.moduleSpec: {e}"),
+    }
+}
+
+/// The outcome of looking an image up in its registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// `repo@sha256:...`
+    Pinned(String),
+    /// The registry says the image does not exist (yet).
+    Missing,
+    /// The registry could not be asked, or refused.
+    Failed(String),
+}
+
+/// The kernel each summary line is about, with its image as shipped (pinned when known).
+pub type KernelImages = BTreeMap<String, String>;
+
+/// The ManifestWork for one cluster, or why there is none.
+pub fn render(
+    mcm: &ManagedClusterModule,
+    cluster: &str,
+    kernels: &[String],
+    pins: &BTreeMap<String, Pin>,
+) -> Result<ManifestWork, Blocker> {
+    let lookup = |image: &str| match pins.get(image) {
+        Some(Pin::Pinned(p)) => Some(p.clone()),
+        _ => None,
+    };
+    let spec = trim::spoke_module_spec(&mcm.spec.module_spec, &mcm.name_any(), &mcm.spec.spoke_namespace, kernels, lookup)
+        .map_err(|e| match e {
+            TrimError::Mapping(m) => invalid_spec(m),
+            TrimError::NoKernelMatches { kernels } => Blocker {
+                reason: reasons::NO_KERNEL_MAPPING,
+                message: format!(
+                    "no kernelMappings entry matches the cluster's kernels ({}); add a literal or regexp mapping for them",
+                    kernels.join(", ")
+                ),
+            },
+            TrimError::NotPinned { image } => match pins.get(&image) {
+                Some(Pin::Failed(why)) => Blocker {
+                    reason: reasons::REGISTRY_ERROR,
+                    message: format!("cannot look up {image}: {why}"),
+                },
+                _ => Blocker {
+                    reason: reasons::IMAGE_NOT_FOUND,
+                    message: format!(
+                        "image {image} does not exist in its registry; push it, or add build/sign so the hub builds it"
+                    ),
+                },
+            },
+        })?;
+    let mut work = manifest_work(mcm, cluster, spec).map_err(|e| Blocker {
+        reason: reasons::RENDER_ERROR,
+        message: e.to_string(),
+    })?;
+    work.annotations_mut()
+        .insert(KERNELS_ANNOTATION.to_string(), kernels.join(","));
+    Ok(work)
+}
+
+/// Annotation on each ManifestWork: the kernels its Module was rendered for.
+pub const KERNELS_ANNOTATION: &str = "hub.kmm.sigs.x-k8s.io/kernels";
+
+/// For the status summary: each kernel's image as shipped, pinned when known.
+pub fn kernel_images(
+    mcm: &ManagedClusterModule,
+    kernels: &BTreeSet<String>,
+    pins: &BTreeMap<String, Pin>,
+) -> KernelImages {
+    let name = mcm.name_any();
+    let Ok(mapper) = KernelMapper::new(&mcm.spec.module_spec, &name, &mcm.spec.spoke_namespace) else {
+        return KernelImages::new();
+    };
+    kernels
+        .iter()
+        .map(|k| {
+            let image = match mapper.resolve(k) {
+                Ok(r) => match pins.get(&r.container_image) {
+                    Some(Pin::Pinned(p)) => p.clone(),
+                    _ => String::new(),
+                },
+                Err(_) => String::new(),
+            };
+            (k.clone(), image)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
