@@ -3,4 +3,5 @@
 //! ManifestWork (`desired`) and reading its outcome back (`status`).
 
 pub mod desired;
+pub mod fleet_status;
 pub mod status;

@@ -1,0 +1,381 @@
+//! The MCM's status from every selected cluster's state (pure). It stays small at any fleet size:
+//! counts, one line per kernel and at most [`MAX_PROBLEMS`] clusters named.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kmm_api::{ClusterProblem, KernelSummary, ManagedClusterModuleStatus};
+
+use super::{desired::plan::Blocker, status::WorkOutcome};
+
+/// Clusters named in `status.problems`; the rest are only counted.
+pub const MAX_PROBLEMS: usize = 20;
+/// Kernel lines in `status.kernels`.
+pub const MAX_KERNELS: usize = 256;
+/// Longest message kept per problem.
+const MAX_MESSAGE: usize = 512;
+
+/// How one selected cluster stands this round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterState {
+    /// No ManifestWork could be rendered (an older one, if any, is left alone).
+    Blocked(Blocker),
+    /// The ManifestWork is written; this is what the work agent reported on it so far.
+    Work(WorkOutcome),
+}
+
+/// One selected cluster as the status sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    pub name: String,
+    /// Kernels it reports (empty when unknown).
+    pub kernels: Vec<String>,
+    pub state: ClusterState,
+}
+
+impl ClusterView {
+    /// `(state, reason, message)` when the cluster needs attention.
+    pub fn problem(&self) -> Option<(&'static str, String, String)> {
+        match &self.state {
+            ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
+            ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
+                let reason = if reason.is_empty() {
+                    "ApplyFailed".to_string()
+                } else {
+                    reason.clone()
+                };
+                ("Degraded", reason, message.clone())
+            }),
+        }
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// The status for `clusters`; `previous` keeps condition transition times stable.
+pub fn fleet_status(
+    generation: Option<i64>,
+    clusters: &[ClusterView],
+    kernel_images: &BTreeMap<String, String>,
+    previous: Option<&ManagedClusterModuleStatus>,
+    now: Time,
+) -> ManagedClusterModuleStatus {
+    let mut s = ManagedClusterModuleStatus {
+        observed_generation: generation,
+        ..Default::default()
+    };
+    let mut per_kernel: BTreeMap<&str, i32> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut pending = 0;
+    for c in clusters {
+        s.number_desired += 1;
+        for k in &c.kernels {
+            *per_kernel.entry(k.as_str()).or_default() += 1;
+        }
+        match &c.state {
+            ClusterState::Blocked(_) => s.number_blocked += 1,
+            ClusterState::Work(w) => {
+                if w.applied {
+                    s.number_applied += 1;
+                } else {
+                    pending += 1;
+                }
+                if w.failure.is_some() {
+                    s.number_degraded += 1;
+                }
+                s.nodes_desired += w.nodes_desired;
+                s.nodes_loaded += w.nodes_loaded;
+            }
+        }
+        if let Some(p) = c.problem() {
+            problems.push(p_of(&c.name, p));
+        }
+    }
+    problems.sort_by(|a: &ClusterProblem, b| a.cluster.cmp(&b.cluster));
+    s.problems_omitted = problems.len().saturating_sub(MAX_PROBLEMS) as i32;
+    problems.truncate(MAX_PROBLEMS);
+    s.problems = problems;
+    s.kernels = per_kernel
+        .into_iter()
+        .take(MAX_KERNELS)
+        .map(|(k, n)| KernelSummary {
+            kernel: k.to_string(),
+            image: kernel_images.get(k).cloned().unwrap_or_default(),
+            clusters: n,
+        })
+        .collect();
+
+    let all_loaded = s.nodes_loaded >= s.nodes_desired;
+    let ready = s.number_blocked == 0 && s.number_degraded == 0 && pending == 0 && all_loaded;
+    let (ready_reason, ready_msg) = if s.number_desired == 0 {
+        (
+            "NoClusterSelected",
+            "the selector matches no ManagedCluster".to_string(),
+        )
+    } else if ready {
+        (
+            "Loaded",
+            format!(
+                "{} clusters applied; module loaded on {} nodes",
+                s.number_applied, s.nodes_loaded
+            ),
+        )
+    } else {
+        (
+            "NotReady",
+            format!(
+                "{} of {} clusters applied, {} blocked, {} degraded; module loaded on {} of {} nodes",
+                s.number_applied,
+                s.number_desired,
+                s.number_blocked,
+                s.number_degraded,
+                s.nodes_loaded,
+                s.nodes_desired
+            ),
+        )
+    };
+    let progressing = pending > 0 || !all_loaded;
+    let degraded = s.number_blocked + s.number_degraded;
+    let old = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    s.conditions = vec![
+        condition(
+            old,
+            "Ready",
+            ready || s.number_desired == 0,
+            ready_reason,
+            &ready_msg,
+            generation,
+            &now,
+        ),
+        condition(
+            old,
+            "Progressing",
+            progressing,
+            if progressing { "Rollout" } else { "Done" },
+            &format!(
+                "{pending} clusters not applied yet; {} of {} nodes loaded",
+                s.nodes_loaded, s.nodes_desired
+            ),
+            generation,
+            &now,
+        ),
+        condition(
+            old,
+            "Degraded",
+            degraded > 0,
+            if degraded > 0 {
+                "ClustersNeedAttention"
+            } else {
+                "AsExpected"
+            },
+            &format!(
+                "{} blocked and {} degraded clusters; see status.problems",
+                s.number_blocked, s.number_degraded
+            ),
+            generation,
+            &now,
+        ),
+    ];
+    s
+}
+
+fn p_of(cluster: &str, (state, reason, message): (&'static str, String, String)) -> ClusterProblem {
+    ClusterProblem {
+        cluster: cluster.to_string(),
+        state: state.to_string(),
+        reason,
+        message: clip(&message),
+    }
+}
+
+/// A condition whose `lastTransitionTime` moves only when its status does.
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::mcm_controller::desired::plan::reasons;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn applied(desired: i64, loaded: i64) -> ClusterState {
+        ClusterState::Work(WorkOutcome {
+            applied: true,
+            nodes_desired: desired,
+            nodes_loaded: loaded,
+            ..Default::default()
+        })
+    }
+
+    fn view(name: &str, kernels: &[&str], state: ClusterState) -> ClusterView {
+        ClusterView {
+            name: name.into(),
+            kernels: kernels.iter().map(|k| k.to_string()).collect(),
+            state,
+        }
+    }
+
+    fn blocked(reason: &'static str) -> ClusterState {
+        ClusterState::Blocked(Blocker {
+            reason,
+            message: format!("{reason} happened"),
+        })
+    }
+
+    fn cond<'a>(s: &'a ManagedClusterModuleStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn counts_kernels_and_conditions_for_a_mixed_fleet() {
+        let clusters = vec![
+            view("a", &["k1"], applied(2, 2)),
+            view("b", &["k1", "k2"], applied(3, 1)),
+            view("c", &[], blocked(reasons::NO_KERNEL_CLAIM)),
+            view(
+                "d",
+                &["k2"],
+                ClusterState::Work(WorkOutcome {
+                    failure: Some(("AppliedManifestWorkFailed".into(), "conflict".into())),
+                    ..Default::default()
+                }),
+            ),
+        ];
+        let images = BTreeMap::from([("k1".to_string(), "r/m@sha256:1".to_string())]);
+        let s = fleet_status(Some(3), &clusters, &images, None, now());
+        assert_eq!(
+            (
+                s.number_desired,
+                s.number_applied,
+                s.number_blocked,
+                s.number_degraded
+            ),
+            (4, 2, 1, 1)
+        );
+        assert_eq!((s.nodes_desired, s.nodes_loaded), (5, 3));
+        assert_eq!(
+            s.kernels,
+            vec![
+                KernelSummary {
+                    kernel: "k1".into(),
+                    image: "r/m@sha256:1".into(),
+                    clusters: 2
+                },
+                KernelSummary {
+                    kernel: "k2".into(),
+                    image: String::new(),
+                    clusters: 2
+                },
+            ]
+        );
+        let names: Vec<(&str, &str)> = s
+            .problems
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("c", "NoKernelClaim"), ("d", "AppliedManifestWorkFailed")]
+        );
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        assert_eq!(cond(&s, "Degraded").status, "True");
+        assert_eq!(cond(&s, "Ready").observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_fully_loaded_fleet_is_ready_and_transition_times_stay_put() {
+        let clusters = vec![view("a", &["k1"], applied(2, 2))];
+        let first = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+        assert_eq!(cond(&first, "Ready").status, "True");
+        assert_eq!(cond(&first, "Degraded").status, "False");
+        let later = Time(Timestamp::from_second(1_800_000_500).unwrap());
+        let second = fleet_status(Some(1), &clusters, &BTreeMap::new(), Some(&first), later);
+        assert_eq!(
+            first, second,
+            "an unchanged fleet gives a byte-identical status (no write)"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_blocked_clusters_keep_the_object_small() {
+        let long = "x".repeat(4000);
+        let clusters: Vec<ClusterView> = (0..10_000)
+            .map(|i| {
+                let kernels = vec![format!("5.14.0-{}.el9.x86_64", i % 300)];
+                let state = if i % 2 == 0 {
+                    ClusterState::Blocked(Blocker {
+                        reason: reasons::IMAGE_NOT_FOUND,
+                        message: long.clone(),
+                    })
+                } else {
+                    applied(10, 9)
+                };
+                ClusterView {
+                    name: format!("cluster-{i:05}"),
+                    kernels,
+                    state,
+                }
+            })
+            .collect();
+        let images: BTreeMap<String, String> = (0..300)
+            .map(|k| {
+                (
+                    format!("5.14.0-{k}.el9.x86_64"),
+                    format!("registry.example.com/org/kmod@sha256:{:064x}", k),
+                )
+            })
+            .collect();
+        let s = fleet_status(Some(1), &clusters, &images, None, now());
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(size < 64 * 1024, "status is {size} bytes");
+        assert_eq!(s.problems.len(), MAX_PROBLEMS);
+        assert_eq!(s.problems_omitted, 5000 - MAX_PROBLEMS as i32);
+        assert_eq!(s.problems[0].cluster, "cluster-00000");
+        assert_eq!(s.kernels.len(), MAX_KERNELS);
+        assert_eq!(
+            (
+                s.number_desired,
+                s.number_blocked,
+                s.nodes_desired,
+                s.nodes_loaded
+            ),
+            (10_000, 5000, 50_000, 45_000)
+        );
+    }
+}
