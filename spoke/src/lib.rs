@@ -1,11 +1,17 @@
-//! kmm-spoke: the managed-mode Module controller and the node worker (spoke issue).
+//! kmm-spoke: the managed-mode Module controller and the node worker.
 //!
-//! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) computed from the Nodes (pure).
-//! - [`module_controller`]: the Module controller's decisions (pure, so far).
+//! - [`cli`]: `kmm-spoke run`, which wires the controllers below together.
+//! - [`node_controller`]: per node, the NodeModulesConfig record, worker pods and node labels.
+//! - [`module_controller`]: per Module, finalizer, device plugin DaemonSets and status.
+//! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) from the Nodes.
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
-//! - [`worker`]: the node worker's modprobe command lines and files (pure, so far).
+//! - [`worker`]: `kmm-spoke worker load|unload`, its modprobe command lines and its pod.
+//! - [`context`]: what the controllers share, and their error type.
 
+pub mod cli;
+pub mod context;
 pub mod kernel_claim;
 pub mod module_controller;
+pub mod node_controller;
 pub mod ordered_upgrade;
 pub mod worker;

@@ -3,8 +3,9 @@
 use std::{io::Write, path::PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kmm_api::crds;
+use kmm_spoke::worker::run::{self as worker, Action, WorkerOptions};
 
 /// kmm-spoke loads kernel modules on the nodes of a managed cluster.
 #[derive(Parser)]
@@ -23,10 +24,95 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Load or unload a kernel module on this node (what worker pods run; needs no API access).
+    Worker(WorkerArgs),
+    /// Run the spoke controllers (managed mode only).
+    Run(kmm_spoke::cli::RunArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkerAction {
+    Load,
+    Unload,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// load or unload.
+    action: WorkerAction,
+    /// Worker configuration file (YAML or JSON, the format of a NodeModulesConfig entry's config).
+    #[arg(long, default_value = worker::CONFIG_PATH)]
+    config: PathBuf,
+    /// Pass --dry-run to every modprobe call.
+    #[arg(long)]
+    dry_run: bool,
+    /// Directory the init container copied the image's files into.
+    #[arg(long, default_value = kmm_spoke::worker::modprobe::SHARED_ROOT)]
+    shared_root: PathBuf,
+    /// Root of the host's /lib/modules (in-tree modules are looked up there).
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
+    /// Host firmware directory (needed when the config sets modprobe.firmwarePath).
+    #[arg(long)]
+    firmware_host_path: Option<PathBuf>,
+    /// Write the firmware host path into this file (the kernel's firmware class path) first.
+    #[arg(long)]
+    firmware_class_path_file: Option<PathBuf>,
+    /// modprobe binary.
+    #[arg(long, default_value = "modprobe")]
+    modprobe: PathBuf,
+    /// Directory for the modprobe configuration the worker writes (softdeps).
+    #[arg(long, default_value = "/run/kmm-worker/modprobe.d")]
+    modprobe_conf_dir: PathBuf,
+    /// Where the one-line failure reason goes (the pod's termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
+}
+
+fn run_worker(args: WorkerArgs) -> std::process::ExitCode {
+    let action = match args.action {
+        WorkerAction::Load => Action::Load,
+        WorkerAction::Unload => Action::Unload,
+    };
+    let opts = WorkerOptions {
+        config: args.config,
+        dry_run: args.dry_run,
+        shared_root: args.shared_root,
+        host_root: args.host_root,
+        firmware_host_path: args.firmware_host_path,
+        firmware_class_path_file: args.firmware_class_path_file,
+        modprobe: args.modprobe,
+        modprobe_conf_dir: args.modprobe_conf_dir,
+    };
+    match worker::run(action, &opts) {
+        Ok(report) => {
+            for file in &report.firmware_files {
+                println!("firmware: {}", file.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let message = err.termination_message();
+            eprintln!("error: {message}");
+            if let Err(e) = std::fs::write(&args.termination_log, format!("{message}\n")) {
+                eprintln!("could not write {}: {e}", args.termination_log.display());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
+        Command::Worker(args) => return Ok(run_worker(args)),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(kmm_spoke::cli::run(args))?;
+        }
         Command::Crds { dir: None } => {
             let yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;
             std::io::stdout()
@@ -46,5 +132,5 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", path.display());
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,4 +1,246 @@
-//! The managed-mode Module controller (spoke issue). So far its pure decisions exist: which nodes
-//! get an entry in their NodeModulesConfig, and which service account the worker pods use.
+//! The Module controller (managed mode): finalizer, device plugin DaemonSets, status, and the
+//! signal that makes the node controller look at every node when a Module changes.
+//!
+//! The node records themselves are written by [`crate::node_controller`], which derives them from
+//! every Module at once. Deleting a Module keeps it (finalizer) until no node record still has
+//! it, so the hub sees it go only once it is unloaded everywhere.
 
 pub mod desired;
+pub mod device_plugin;
+pub mod status;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::{api::apps::v1::DaemonSet, jiff::Timestamp};
+use kmm_api::{Module, nmc::NodeModulesConfig};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+
+use crate::context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err};
+
+/// Finalizer kmm-spoke puts on Modules.
+pub const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
+
+/// Builds the Module controller.
+pub fn controller(client: kube::Client) -> Controller<DeserializeGuard<Module>> {
+    Controller::new(
+        Api::<DeserializeGuard<Module>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+    .watches(
+        Api::<NodeModulesConfig>::all(client),
+        watcher::Config::default(),
+        |nmc| {
+            let spec = nmc.spec.modules.iter().map(|e| &e.item);
+            let status = nmc.status.iter().flat_map(|s| s.modules.iter().map(|e| &e.item));
+            spec.chain(status)
+                .map(|i| ObjectRef::new(&i.name).within(&i.namespace))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// Runs the Module controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<DeserializeGuard<Module>>,
+    ctx: SharedCtx,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(error) = res {
+                tracing::warn!(%error, "module reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_m: Arc<DeserializeGuard<Module>>, err: &Error, _ctx: SharedCtx) -> Action {
+    match err.retry_after() {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
+}
+
+async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Result<Action, Error> {
+    let module = match &guard.0 {
+        Ok(m) => Arc::new(m.clone()),
+        Err(invalid) => {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidObject".into(),
+                note: Some(invalid.to_string()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            let _ = ctx.recorder.publish(&event, &guard.object_ref(&())).await;
+            return Err(Error::InvalidObject(invalid.to_string()));
+        }
+    };
+    let ns = module.namespace().unwrap_or_default();
+    let key = (ns.clone(), module.name_any());
+    let seen = (
+        module.metadata.generation,
+        module.metadata.deletion_timestamp.is_some(),
+    );
+    let changed = ctx
+        .seen_modules
+        .lock()
+        .map(|mut m| m.insert(key, seen) != Some(seen))
+        .unwrap_or(true);
+    if changed {
+        // Full channel: a pass over every node is already queued.
+        let _ = ctx.nodes_tx.try_send(());
+    }
+    let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, module, |event| async {
+        match event {
+            Finalizer::Apply(m) => apply(m, ctx.clone()).await,
+            Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn module_daemonsets(module: &Module, ctx: &SharedCtx) -> Result<Vec<DaemonSet>, Error> {
+    let ns = module.namespace().unwrap_or_default();
+    let selector = device_plugin::selector_labels(module)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err(format!("listing device plugin DaemonSets in {ns}")))?
+        .items)
+}
+
+async fn delete_daemonset(ctx: &SharedCtx, ns: &str, name: &str) -> Result<(), Error> {
+    match Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(kube_err(format!("deleting DaemonSet {ns}/{name}"))(e)),
+    }
+}
+
+async fn apply(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
+    let ns = module.namespace().unwrap_or_default();
+    let name = module.name_any();
+
+    // Device plugin: the current version's DaemonSet; older ones go once no node runs them.
+    let mut daemonsets = module_daemonsets(&module, &ctx).await?;
+    let wanted = device_plugin::daemonset(&module, &ctx.settings.node.operator_namespace);
+    let wanted_name = wanted.as_ref().and_then(|d| d.metadata.name.clone());
+    if let Some(ds) = &wanted {
+        let applied = Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &ds.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(ds),
+            )
+            .await
+            .map_err(kube_err(format!("applying DaemonSet {ns}/{}", ds.name_any())))?;
+        daemonsets.retain(|d| d.metadata.name != applied.metadata.name);
+        daemonsets.push(applied);
+    }
+    let mut kept = Vec::new();
+    for ds in daemonsets {
+        let idle = ds.status.as_ref().is_none_or(|s| s.desired_number_scheduled == 0);
+        if ds.metadata.name != wanted_name && (wanted.is_none() || idle) {
+            delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
+        } else {
+            kept.push(ds);
+        }
+    }
+
+    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing NodeModulesConfigs"))?
+        .items;
+    let nodes: Vec<_> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
+    let status = status::module_status(&module, &nodes, &nmcs, &kept, Timestamp::now());
+    let had_build_sign = module
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == status::BUILD_SIGN_IGNORED));
+    if module.status.as_ref() != Some(&status) {
+        Api::<Module>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+                    "kind": "Module",
+                    "status": status,
+                })),
+            )
+            .await
+            .map_err(kube_err(format!("writing the status of Module {ns}/{name}")))?;
+    }
+    if !had_build_sign
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == status::BUILD_SIGN_IGNORED)
+    {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: status::BUILD_SIGN_IGNORED.into(),
+            note: Some(
+                "managed mode: build and sign are ignored; the hub builds and signs, the spoke loads images as given"
+                    .into(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let _ = ctx.recorder.publish(&event, &module.object_ref(&())).await;
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+async fn cleanup(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
+    let ns = module.namespace().unwrap_or_default();
+    let name = module.name_any();
+    for ds in module_daemonsets(&module, &ctx).await? {
+        delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
+    }
+    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing NodeModulesConfigs"))?
+        .items;
+    let holding = nmcs
+        .iter()
+        .filter(|n| {
+            let is_it = |i: &kmm_api::nmc::ModuleItem| i.namespace == ns && i.name == name;
+            n.spec.modules.iter().any(|e| is_it(&e.item))
+                || n.status.iter().any(|s| s.modules.iter().any(|e| is_it(&e.item)))
+        })
+        .count();
+    if holding > 0 {
+        return Err(Error::StillLoaded(holding));
+    }
+    Ok(Action::await_change())
+}

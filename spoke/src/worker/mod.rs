@@ -1,4 +1,7 @@
-//! The node worker (`kmm-spoke worker load|unload`, spoke issue). So far: the exact commands and
-//! files it uses, as pure functions, so the pod builder and the worker agree on them.
+//! The node worker (`kmm-spoke worker load|unload --config <file>`): the modprobe command lines
+//! and files it uses ([`modprobe`]), what it does on the node ([`run`]), and the worker pod the
+//! controller starts for it ([`pod`]).
 
 pub mod modprobe;
+pub mod pod;
+pub mod run;

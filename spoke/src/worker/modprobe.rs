@@ -10,10 +10,15 @@ pub const SHARED_ROOT: &str = "/tmp";
 
 /// `modprobe` arguments that load the module.
 pub fn load_args(modprobe: &ModprobeSpec) -> Vec<String> {
+    load_args_at(modprobe, SHARED_ROOT)
+}
+
+/// [`load_args`] with the module tree copied under `shared_root` instead of [`SHARED_ROOT`].
+pub fn load_args_at(modprobe: &ModprobeSpec, shared_root: &str) -> Vec<String> {
     if let Some(raw) = modprobe.raw_args.as_ref().and_then(|r| r.load.as_ref()) {
         return raw.clone();
     }
-    let mut args = vec!["-vd".to_owned(), module_root(modprobe)];
+    let mut args = vec!["-vd".to_owned(), module_root(modprobe, shared_root)];
     args.extend(
         modprobe
             .args
@@ -28,10 +33,15 @@ pub fn load_args(modprobe: &ModprobeSpec) -> Vec<String> {
 
 /// `modprobe` arguments that unload the module (and, with a loading order, its soft dependencies).
 pub fn unload_args(modprobe: &ModprobeSpec) -> Vec<String> {
+    unload_args_at(modprobe, SHARED_ROOT)
+}
+
+/// [`unload_args`] with the module tree copied under `shared_root` instead of [`SHARED_ROOT`].
+pub fn unload_args_at(modprobe: &ModprobeSpec, shared_root: &str) -> Vec<String> {
     if let Some(raw) = modprobe.raw_args.as_ref().and_then(|r| r.unload.as_ref()) {
         return raw.clone();
     }
-    let mut args = vec!["-rvd".to_owned(), module_root(modprobe)];
+    let mut args = vec!["-rvd".to_owned(), module_root(modprobe, shared_root)];
     args.extend(
         modprobe
             .args
@@ -80,8 +90,14 @@ pub fn copy_script(modprobe: &ModprobeSpec, kernel: &str) -> String {
     script
 }
 
-fn module_root(modprobe: &ModprobeSpec) -> String {
-    format!("{SHARED_ROOT}{}", modprobe.dir_name.trim_end_matches('/'))
+fn module_root(modprobe: &ModprobeSpec, shared_root: &str) -> String {
+    let dir = modprobe.dir_name.trim_end_matches('/');
+    let dir = if dir.starts_with('/') {
+        dir.to_owned()
+    } else {
+        format!("/{dir}")
+    };
+    format!("{}{dir}", shared_root.trim_end_matches('/'))
 }
 
 #[cfg(test)]

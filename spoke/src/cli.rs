@@ -1,0 +1,178 @@
+//! `kmm-spoke run`: wires the controllers together (managed mode).
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use clap::Args;
+use kmm_api::Module;
+use kube::{
+    Api, Client,
+    api::ListParams,
+    runtime::events::{Recorder, Reporter},
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::{
+    context::{Ctx, Settings},
+    kernel_claim, module_controller,
+    node_controller::{self, desired::NodeSettings},
+    worker::pod::WorkerPodSettings,
+};
+
+/// Flags and environment of `kmm-spoke run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Managed mode (a spoke of a kmm-fleet hub): the only mode kmm-spoke implements.
+    #[arg(long, env = "KMM_MANAGED", value_parser = parse_bool, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub managed: bool,
+    /// Namespace kmm-spoke runs in.
+    #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "kmm-operator-system")]
+    pub operator_namespace: String,
+    /// Image of the worker pods (kmm-spoke's own image).
+    #[arg(long, env = "RELATED_IMAGE_WORKER")]
+    pub worker_image: String,
+    /// Path of kmm-spoke inside that image.
+    #[arg(long, default_value = "/usr/local/bin/kmm-spoke")]
+    pub worker_binary: String,
+    /// Host firmware directory the workers copy firmware into.
+    #[arg(long, default_value = "/var/lib/firmware")]
+    pub firmware_host_path: String,
+    /// Also point the kernel's firmware class path at --firmware-host-path.
+    #[arg(long)]
+    pub set_firmware_class_path: bool,
+    /// Service account of worker pods for Modules in the operator namespace.
+    #[arg(long, default_value = "kmm-operator-module-loader")]
+    pub module_loader_service_account: String,
+    /// First retry delay after a failed worker pod, in milliseconds (doubles per failure).
+    #[arg(long, default_value_t = 10_000)]
+    pub worker_backoff_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, default_value_t = 300_000)]
+    pub worker_backoff_max_ms: u64,
+    /// Resync period of healthy objects, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub resync_seconds: u64,
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "f" | "false" => Ok(false),
+        "1" | "t" | "true" => Ok(true),
+        other => Err(format!("{other:?} is not a boolean (use true or false)")),
+    }
+}
+
+/// Why `run` stopped.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(
+        "kmm-spoke only implements managed mode (a spoke of a kmm-fleet hub, where the hub builds \
+         and signs): set KMM_MANAGED=1 or pass --managed"
+    )]
+    NotManaged,
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error(
+        "the Module CRD is not served ({0}); install the spoke CRDs first (`kmm-spoke crds | kubectl apply -f -`)"
+    )]
+    NoCrd(#[source] kube::Error),
+}
+
+impl RunArgs {
+    /// Settings from the flags.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            node: NodeSettings {
+                operator_namespace: self.operator_namespace.clone(),
+                operator_module_loader_sa: self.module_loader_service_account.clone(),
+                backoff_base: Duration::from_millis(self.worker_backoff_ms),
+                backoff_max: Duration::from_millis(self.worker_backoff_max_ms),
+            },
+            worker: WorkerPodSettings {
+                image: self.worker_image.clone(),
+                binary: self.worker_binary.clone(),
+                firmware_host_path: self.firmware_host_path.clone(),
+                set_firmware_class_path: self.set_firmware_class_path,
+            },
+            resync: Duration::from_secs(self.resync_seconds.max(1)),
+        }
+    }
+}
+
+/// Runs every spoke controller with the default client until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    if !args.managed {
+        return Err(RunError::NotManaged);
+    }
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    run_with(client, args.settings(), shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// Runs every spoke controller against `client` until `shutdown` resolves (tests call this).
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    Api::<Module>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::NoCrd)?;
+    let (nodes_tx, nodes_rx) = mpsc::channel(1);
+    let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
+    let module_ctrl = module_controller::controller(client.clone());
+    let ctx = std::sync::Arc::new(Ctx {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kmm-spoke".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        settings,
+        modules: module_ctrl.store(),
+        nodes: node_ctrl.store(),
+        nodes_tx,
+        seen_modules: Mutex::new(HashMap::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let claims = tokio::spawn({
+        let client = client.clone();
+        let rx = stop_rx.clone();
+        async move {
+            tokio::select! {
+                () = kernel_claim::run(client) => {}
+                () = stopped(rx) => {}
+            }
+        }
+    });
+    let nodes = tokio::spawn(node_controller::run(
+        node_ctrl,
+        ctx.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let modules = tokio::spawn(module_controller::run(module_ctrl, ctx, stopped(stop_rx)));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(claims, nodes, modules);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! What every controller of the spoke shares: the client, the event recorder, settings, the
+//! caches, and the error type of reconciles.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Node;
+use kmm_api::Module;
+use kube::{
+    Client,
+    core::DeserializeGuard,
+    runtime::{events::Recorder, finalizer, reflector::Store},
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::{
+    node_controller::desired::{ModuleKey, NodeSettings},
+    worker::pod::WorkerPodSettings,
+};
+
+/// Field manager of every write kmm-spoke makes.
+pub const FIELD_MANAGER: &str = "kmm-spoke";
+
+/// Everything that shapes what the spoke writes.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub worker: WorkerPodSettings,
+    /// Resync period of a healthy object.
+    pub resync: Duration,
+}
+
+/// Shared by the reconciles.
+pub struct Ctx {
+    /// API client of the spoke cluster.
+    pub client: Client,
+    /// One recorder for every Event (so the API server can aggregate repeats).
+    pub recorder: Recorder,
+    /// Read-only settings.
+    pub settings: Settings,
+    /// Every Module (the Module controller's cache).
+    pub modules: Store<DeserializeGuard<Module>>,
+    /// Every Node (the node controller's cache).
+    pub nodes: Store<Node>,
+    /// Tells the node controller to look at every node again (a Module changed).
+    pub nodes_tx: mpsc::Sender<()>,
+    /// Last (generation, deleting) seen per Module, to signal only real changes.
+    pub seen_modules: Mutex<HashMap<ModuleKey, (Option<i64>, bool)>>,
+}
+
+impl Ctx {
+    /// Every Module that parses.
+    pub fn modules(&self) -> Vec<Module> {
+        self.modules
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().cloned())
+            .collect()
+    }
+}
+
+/// Shared pointer to the context.
+pub type SharedCtx = Arc<Ctx>;
+
+/// Why a reconcile failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serializing {what}: {reason}")]
+    Serialize { what: &'static str, reason: String },
+    #[error("the object does not parse: {0}")]
+    InvalidObject(String),
+    #[error("the module is still loaded on {0} node(s); waiting for the unload workers")]
+    StillLoaded(usize),
+    #[error(transparent)]
+    Finalizer(#[from] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A bounded name for Event reasons and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "ApiError",
+            Error::Serialize { .. } => "SerializeError",
+            Error::InvalidObject(_) => "InvalidObject",
+            Error::StillLoaded(_) => "StillLoaded",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+
+    /// Errors the user must fix wait for a change; the rest are retried soon.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::InvalidObject(_) => None,
+            Error::StillLoaded(_) => Some(Duration::from_secs(5)),
+            _ => Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Wraps a kube error with what was being done.
+pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Whether a kube error is an API answer with this HTTP code.
+pub fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == code)
+}

@@ -1,0 +1,162 @@
+//! The device plugin DaemonSet of a Module (pure), as upstream renders it (reference 4.7).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, DaemonSetSpec},
+        core::v1::{
+            Container, HostPathVolumeSource, PodSpec, PodTemplateSpec, SecurityContext, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+};
+use kmm_api::{
+    Module, labels,
+    module::{DevicePluginContainerSpec, DevicePluginSpec},
+};
+use kube::{Resource, ResourceExt};
+
+use crate::worker::pod::MODULE_NAME_LABEL;
+
+/// Role label of device plugin DaemonSets and pods.
+pub const ROLE_LABEL: &str = "kmm.node.kubernetes.io/role";
+/// Where the kubelet's device plugin sockets live.
+pub const DEVICE_PLUGINS_DIR: &str = "/var/lib/kubelet/device-plugins";
+
+/// Name of the DaemonSet for the Module's current version.
+pub fn daemonset_name(module: &Module) -> String {
+    let base = format!("{}-device-plugin", module.name_any());
+    match version(module) {
+        None => base,
+        Some(v) => format!("{base}-{}", v.to_ascii_lowercase().replace('_', "-")),
+    }
+}
+
+fn version(module: &Module) -> Option<&str> {
+    module
+        .spec
+        .module_loader
+        .as_ref()?
+        .container
+        .version
+        .as_deref()
+        .filter(|v| !v.is_empty())
+}
+
+/// Labels every device plugin DaemonSet of the Module carries (and its pods).
+pub fn selector_labels(module: &Module) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MODULE_NAME_LABEL.to_owned(), module.name_any()),
+        (ROLE_LABEL.to_owned(), "device-plugin".to_owned()),
+    ])
+}
+
+/// The DaemonSet, or `None` when the Module has no device plugin.
+pub fn daemonset(module: &Module, operator_namespace: &str) -> Option<DaemonSet> {
+    let plugin: &DevicePluginSpec = module.spec.device_plugin.as_ref()?;
+    let name = module.name_any();
+    let ns = module.namespace().unwrap_or_default();
+    let mut ds_labels = selector_labels(module);
+    let node_selector = if module.spec.module_loader.is_some() {
+        let mut sel = BTreeMap::from([
+            (labels::module_ready(&ns, &name), String::new()),
+            (labels::device_plugin_target(&ns, &name), String::new()),
+        ]);
+        if let Some(v) = version(module) {
+            sel.insert(labels::version_schedule_pod(&ns, &name), v.to_owned());
+            ds_labels.insert(labels::version_schedule_pod(&ns, &name), v.to_owned());
+        }
+        sel
+    } else {
+        module.spec.selector.clone()
+    };
+    let mut pod_labels = ds_labels.clone();
+    pod_labels.extend([
+        ("app.kubernetes.io/name".to_owned(), "kmm".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "device-plugin".to_owned(),
+        ),
+        ("app.kubernetes.io/part-of".to_owned(), "kmm".to_owned()),
+    ]);
+    let mut volumes = vec![Volume {
+        name: "kubelet-device-plugins".into(),
+        host_path: Some(HostPathVolumeSource {
+            path: DEVICE_PLUGINS_DIR.into(),
+            type_: Some("Directory".into()),
+        }),
+        ..Default::default()
+    }];
+    volumes.extend(plugin.volumes.clone().unwrap_or_default());
+    let service_account = plugin
+        .service_account_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| (ns == operator_namespace).then(|| "kmm-operator-device-plugin".to_owned()));
+    Some(DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(daemonset_name(module)),
+            namespace: Some(ns),
+            labels: Some(ds_labels.clone()),
+            owner_references: module.controller_owner_ref(&()).map(|o: OwnerReference| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(ds_labels),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container("device-plugin", &plugin.container, true)],
+                    init_containers: plugin
+                        .init_container
+                        .as_ref()
+                        .map(|c| vec![container("device-plugin-init", c, false)]),
+                    node_selector: Some(node_selector),
+                    priority_class_name: Some("system-node-critical".into()),
+                    tolerations: module.spec.tolerations.clone(),
+                    service_account_name: service_account,
+                    automount_service_account_token: plugin.automount_service_account_token,
+                    image_pull_secrets: module.spec.image_repo_secret.clone().map(|s| vec![s]),
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn container(name: &str, spec: &DevicePluginContainerSpec, main: bool) -> Container {
+    let mut mounts = Vec::new();
+    if main {
+        mounts.push(VolumeMount {
+            name: "kubelet-device-plugins".into(),
+            mount_path: DEVICE_PLUGINS_DIR.into(),
+            ..Default::default()
+        });
+    }
+    mounts.extend(spec.volume_mounts.clone().unwrap_or_default());
+    Container {
+        name: name.into(),
+        image: Some(spec.image.clone()),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        ..Default::default()
+    }
+}

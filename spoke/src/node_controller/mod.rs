@@ -1,0 +1,285 @@
+//! The node controller: per node, keep the NodeModulesConfig (the durable record of what should
+//! be and what is loaded), run the worker pods that make it true, and keep kmm-spoke's node
+//! labels (module ready, device-plugin target, ordered-upgrade versions).
+//!
+//! Triggers: the Node; its record (same name); pods on it carrying the module-name label
+//! (workers and device plugins); every Module change (via the Module controller, which signals
+//! a pass over all nodes). Each pass: observe (node, record, pods, Modules from the cache), pure
+//! [`desired::desired`], then apply (record spec by SSA, record status, pod deletions and
+//! creations, node labels by SSA), each write only when something differs.
+
+pub mod desired;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::{Node, Pod},
+    jiff::Timestamp,
+};
+use kmm_api::{
+    labels,
+    nmc::{NodeModulesConfig, NodeModulesConfigStatus},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use self::desired::{NodeDesired, NodeObserved};
+use crate::{
+    context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err},
+    worker::pod::{MODULE_NAME_LABEL, WorkerPodInput, worker_pod},
+};
+
+/// Builds the node controller. `nodes_rx` receives "look at every node" signals.
+pub fn controller(client: kube::Client, nodes_rx: mpsc::Receiver<()>) -> Controller<Node> {
+    let trigger = futures::stream::unfold(
+        nodes_rx,
+        |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+    );
+    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<NodeModulesConfig>::all(client.clone()),
+            watcher::Config::default(),
+            |nmc| Some(ObjectRef::<Node>::new(&nmc.name_any())),
+        )
+        .watches(
+            Api::<Pod>::all(client),
+            watcher::Config::default().labels(MODULE_NAME_LABEL),
+            |pod| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .map(ObjectRef::<Node>::new)
+            },
+        )
+        .reconcile_all_on(trigger)
+}
+
+/// Runs the node controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<Node>,
+    ctx: SharedCtx,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(error) = res {
+                tracing::warn!(%error, "node reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_node: Arc<Node>, err: &Error, _ctx: SharedCtx) -> Action {
+    match err.retry_after() {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
+}
+
+/// One pass over one node.
+pub async fn reconcile(node: Arc<Node>, ctx: SharedCtx) -> Result<Action, Error> {
+    let name = node.name_any();
+    let client = &ctx.client;
+    let nmc_api = Api::<NodeModulesConfig>::all(client.clone());
+    let nmc = nmc_api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading NodeModulesConfig {name}")))?;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(
+            &ListParams::default()
+                .labels(MODULE_NAME_LABEL)
+                .fields(&format!("spec.nodeName={name}")),
+        )
+        .await
+        .map_err(kube_err(format!("listing pods on {name}")))?
+        .items;
+    let modules = ctx.modules();
+    let want = desired::desired(
+        NodeObserved {
+            node: &node,
+            nmc: nmc.as_ref(),
+            modules: &modules,
+            pods: &pods,
+            now: Timestamp::now(),
+        },
+        &ctx.settings.node,
+    );
+    apply(&node, nmc, &want, &ctx).await?;
+    Ok(match want.requeue_after {
+        Some(d) => Action::requeue(d.max(Duration::from_millis(10))),
+        None => Action::requeue(ctx.settings.resync),
+    })
+}
+
+async fn apply(
+    node: &Node,
+    nmc: Option<NodeModulesConfig>,
+    want: &NodeDesired,
+    ctx: &SharedCtx,
+) -> Result<(), Error> {
+    let name = node.name_any();
+    let client = &ctx.client;
+    let nmc_api = Api::<NodeModulesConfig>::all(client.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+
+    // The record first: pods are owned by it, and its status must hold a finished load before
+    // the pod that proves it is deleted.
+    let spec_differs = nmc.as_ref().map(|n| &n.spec.modules) != Some(&want.spec);
+    let current_status = nmc
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .map(|s| s.modules.clone())
+        .unwrap_or_default();
+    let mut nmc = nmc;
+    let needed = !want.spec.is_empty() || !want.status.is_empty() || !want.create_pods.is_empty();
+    if spec_differs && (nmc.is_some() || needed) {
+        let body = json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "NodeModulesConfig",
+            "metadata": {
+                "name": name,
+                "ownerReferences": [{
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": name,
+                    "uid": node.uid().unwrap_or_default(),
+                }],
+            },
+            "spec": { "modules": want.spec },
+        });
+        nmc = Some(
+            nmc_api
+                .patch(&name, &pp, &Patch::Apply(body))
+                .await
+                .map_err(kube_err(format!("applying NodeModulesConfig {name}")))?,
+        );
+    }
+    if current_status != want.status && nmc.is_some() {
+        let body = json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "NodeModulesConfig",
+            "status": NodeModulesConfigStatus { modules: want.status.clone() },
+        });
+        nmc_api
+            .patch_status(&name, &pp, &Patch::Apply(body))
+            .await
+            .map_err(kube_err(format!(
+                "writing the status of NodeModulesConfig {name}"
+            )))?;
+    }
+
+    for (ns, pod) in &want.delete_pods {
+        match Api::<Pod>::namespaced(client.clone(), ns)
+            .delete(pod, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(kube_err(format!("deleting worker pod {ns}/{pod}"))(e)),
+        }
+    }
+    let owner = nmc.as_ref().map(|n| (n.name_any(), n.uid().unwrap_or_default()));
+    for plan in &want.create_pods {
+        let pod = worker_pod(
+            &WorkerPodInput {
+                node: &name,
+                action: plan.action,
+                item: &plan.item,
+                config: &plan.config,
+                owner: owner.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
+                attempt: plan.attempt,
+            },
+            &ctx.settings.worker,
+        )
+        .map_err(|e| Error::Serialize {
+            what: "the worker config",
+            reason: e.to_string(),
+        })?;
+        let ns = plan.item.namespace.clone();
+        match Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &pod)
+            .await
+        {
+            Ok(_) => {}
+            // The previous pod of this module is still going away: the next pass retries.
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => {
+                return Err(kube_err(format!("creating worker pod {ns}/{}", pod.name_any()))(
+                    e,
+                ));
+            }
+        }
+    }
+
+    if labels_differ(node, want) {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": { "name": name, "labels": want.labels },
+        });
+        Api::<Node>::all(client.clone())
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
+            .await
+            .map_err(kube_err(format!("labelling node {name}")))?;
+    }
+
+    let reference = node.object_ref(&());
+    for ev in &want.events {
+        let event = Event {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.into(),
+            note: Some(ev.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, node = %name, "publishing an event failed");
+        }
+    }
+    Ok(())
+}
+
+/// Whether a label kmm-spoke writes is missing, has another value, or is present but no longer
+/// wanted.
+fn labels_differ(node: &Node, want: &NodeDesired) -> bool {
+    let have = node.labels();
+    let missing = want.labels.iter().any(|(k, v)| have.get(k) != Some(v));
+    let stale = have
+        .keys()
+        .any(|k| is_owned_label(k) && !want.labels.contains_key(k));
+    missing || stale
+}
+
+/// Label keys only kmm-spoke writes.
+pub fn is_owned_label(key: &str) -> bool {
+    let beta = format!("{}/", labels::BETA_LABEL_PREFIX);
+    let ours = format!("{}/", labels::NODE_LABEL_PREFIX);
+    if let Some(rest) = key.strip_prefix(&beta) {
+        return rest.starts_with("version-worker-pod.") || rest.starts_with("version-schedule-pod.");
+    }
+    key.strip_prefix(&ours).is_some_and(|rest| {
+        !rest.starts_with("version-module.")
+            && (rest.ends_with(".ready") || rest.ends_with(".device-plugin-target"))
+            && !rest.ends_with(".device-plugin-ready")
+            && !rest.ends_with(".dra-ready")
+    })
+}
