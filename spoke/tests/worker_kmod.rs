@@ -1,0 +1,324 @@
+//! `kmm-spoke worker` against the real kmod tools: modules compiled here against the Debian
+//! headers, depmod'ed, and loaded/unloaded with real `modprobe --dry-run` (nothing touches the
+//! running kernel). Needs kmod, gcc, make and linux-headers-cloud-amd64 (scripts/test-deps).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+const MOD_A: &str = r#"#include <linux/module.h>
+MODULE_LICENSE("GPL");
+extern int kmm_b_value(void);
+static int p = 1;
+module_param(p, int, 0444);
+static int __init a_init(void) { return kmm_b_value() - 42; }
+static void __exit a_exit(void) {}
+module_init(a_init);
+module_exit(a_exit);
+"#;
+const MOD_B: &str = r#"#include <linux/module.h>
+MODULE_LICENSE("GPL");
+int kmm_b_value(void) { return 42; }
+EXPORT_SYMBOL(kmm_b_value);
+static int __init b_init(void) { return 0; }
+static void __exit b_exit(void) {}
+module_init(b_init);
+module_exit(b_exit);
+"#;
+const MOD_C: &str = r#"#include <linux/module.h>
+MODULE_LICENSE("GPL");
+static int __init c_init(void) { return 0; }
+static void __exit c_exit(void) {}
+module_init(c_init);
+module_exit(c_exit);
+"#;
+
+/// (kernel version, dir holding kmm_a.ko, kmm_b.ko, kmm_c.ko), built once per test binary.
+fn built_modules() -> &'static (String, PathBuf) {
+    static BUILT: OnceLock<(String, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let headers = fs::read_dir("/usr/src")
+            .expect("/usr/src")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("linux-headers-") && n.ends_with("-cloud-amd64"))
+            })
+            .expect("no /usr/src/linux-headers-*-cloud-amd64: run scripts/test-deps");
+        let kernel = headers
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("linux-headers-"))
+            .expect("headers dir name")
+            .to_owned();
+        let dir = std::env::temp_dir().join(format!("kmm-spoke-kmod-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.c"), MOD_A).unwrap();
+        fs::write(dir.join("b.c"), MOD_B).unwrap();
+        fs::write(dir.join("c.c"), MOD_C).unwrap();
+        fs::write(
+            dir.join("Kbuild"),
+            "obj-m := kmm_a.o kmm_b.o kmm_c.o\nkmm_a-y := a.o\nkmm_b-y := b.o\nkmm_c-y := c.o\n",
+        )
+        .unwrap();
+        let out = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&headers)
+            .arg(format!("M={}", dir.display()))
+            .arg("modules")
+            .output()
+            .expect("make (install make and gcc)");
+        assert!(
+            out.status.success(),
+            "module build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (kernel, dir)
+    })
+}
+
+struct Node {
+    _tmp: tempfile::TempDir,
+    kernel: String,
+    shared: PathBuf,
+    host: PathBuf,
+    firmware: PathBuf,
+    class_path: PathBuf,
+    conf_dir: PathBuf,
+    termination: PathBuf,
+}
+
+/// A node as a worker pod sees it: the init container's copy under `shared` (`/opt` tree,
+/// depmod'ed, and `/firmware`), a host module tree with an in-tree `kmm_intree.ko`.
+fn mk_node() -> Node {
+    let (kernel, built) = built_modules();
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let tree = shared.join("opt/lib/modules").join(kernel).join("extra");
+    fs::create_dir_all(&tree).unwrap();
+    for m in ["kmm_a", "kmm_b", "kmm_c"] {
+        fs::copy(built.join(format!("{m}.ko")), tree.join(format!("{m}.ko"))).unwrap();
+    }
+    let out = Command::new("depmod")
+        .arg("-b")
+        .arg(shared.join("opt"))
+        .arg(kernel)
+        .output()
+        .expect("depmod (install kmod)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::create_dir_all(shared.join("firmware/vendor")).unwrap();
+    fs::write(shared.join("firmware/vendor/fw.bin"), b"firmware").unwrap();
+    let host = tmp.path().join("host");
+    let intree = host.join("lib/modules").join(kernel).join("kernel/drivers");
+    fs::create_dir_all(&intree).unwrap();
+    fs::copy(built.join("kmm_c.ko"), intree.join("kmm_intree.ko")).unwrap();
+    let out = Command::new("depmod")
+        .arg("-b")
+        .arg(&host)
+        .arg(kernel)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let firmware = tmp.path().join("host-firmware");
+    fs::create_dir_all(&firmware).unwrap();
+    fs::write(firmware.join("unrelated.bin"), b"keep").unwrap();
+    let class_path = tmp.path().join("firmware_class_path");
+    fs::write(&class_path, "\n").unwrap();
+    Node {
+        kernel: kernel.clone(),
+        shared,
+        host,
+        firmware,
+        class_path,
+        conf_dir: tmp.path().join("modprobe.d"),
+        termination: tmp.path().join("termination-log"),
+        _tmp: tmp,
+    }
+}
+
+fn worker(node: &Node, action: &str, config: &str) -> (bool, String) {
+    let path = node.shared.parent().unwrap().join(format!("{action}.yaml"));
+    fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
+        .args(["worker", action, "--dry-run", "--config"])
+        .arg(&path)
+        .arg("--shared-root")
+        .arg(&node.shared)
+        .arg("--host-root")
+        .arg(&node.host)
+        .arg("--firmware-host-path")
+        .arg(&node.firmware)
+        .arg("--firmware-class-path-file")
+        .arg(&node.class_path)
+        .arg("--modprobe-conf-dir")
+        .arg(&node.conf_dir)
+        .arg("--termination-log")
+        .arg(&node.termination)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn full_config(kernel: &str) -> String {
+    format!(
+        "kernelVersion: {kernel}\ncontainerImage: registry.example/kmm/a@sha256:{}\n\
+         inTreeModulesToRemove: [kmm_intree, not_on_this_host]\n\
+         modprobe:\n  moduleName: kmm_a\n  dirName: /opt\n  parameters: [p=3]\n  firmwarePath: /firmware\n\
+         \x20 modulesLoadingOrder: [kmm_a, kmm_c]\n  args: {{load: [--first-time], unload: [--verbose]}}\n",
+        "0".repeat(64)
+    )
+}
+
+fn insmods(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("modprobe: insmod "))
+        .map(|l| {
+            let (path, params) = l.split_once(' ').unwrap_or((l, ""));
+            let file = Path::new(path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            format!("{file} {}", params.trim()).trim().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn load_removes_in_tree_modules_copies_firmware_and_loads_in_order() {
+    let node = mk_node();
+    let (ok, out) = worker(&node, "load", &full_config(&node.kernel));
+    assert!(ok, "{out}");
+    let commands: Vec<&str> = out.lines().filter(|l| l.starts_with("running ")).collect();
+    assert_eq!(
+        commands[0],
+        format!(
+            "running modprobe --dry-run -d {} -S {} -rv kmm_intree",
+            node.host.display(),
+            node.kernel
+        ),
+        "only the in-tree module present on the host is removed"
+    );
+    assert_eq!(
+        commands[1],
+        format!(
+            "running modprobe --dry-run -C {} -S {} -vd {}/opt --first-time kmm_a p=3",
+            node.conf_dir.display(),
+            node.kernel,
+            node.shared.display()
+        )
+    );
+    // modprobe loads the symbol dependency kmm_b, then the softdep from modulesLoadingOrder
+    // (kmm_c), then kmm_a with its parameters.
+    assert_eq!(insmods(&out), ["kmm_b.ko", "kmm_c.ko", "kmm_a.ko p=3"], "{out}");
+    assert_eq!(
+        fs::read_to_string(node.conf_dir.join("softdep.conf")).unwrap(),
+        "softdep kmm_a pre: kmm_c\n"
+    );
+    assert_eq!(
+        fs::read(node.firmware.join("vendor/fw.bin")).unwrap(),
+        b"firmware"
+    );
+    assert_eq!(
+        fs::read_to_string(&node.class_path).unwrap(),
+        node.firmware.display().to_string()
+    );
+}
+
+#[test]
+fn unload_names_the_loading_order_and_removes_only_its_firmware() {
+    let node = mk_node();
+    let config = full_config(&node.kernel);
+    assert!(worker(&node, "load", &config).0);
+    let (ok, out) = worker(&node, "unload", &config);
+    assert!(ok, "{out}");
+    let command = out.lines().find(|l| l.starts_with("running ")).unwrap();
+    assert_eq!(
+        command,
+        format!(
+            "running modprobe --dry-run -C {} -S {} -rvd {}/opt --verbose kmm_a kmm_c",
+            node.conf_dir.display(),
+            node.kernel,
+            node.shared.display()
+        )
+    );
+    assert!(
+        !node.firmware.join("vendor").exists(),
+        "copied firmware and its dir are gone"
+    );
+    assert!(
+        node.firmware.join("unrelated.bin").exists(),
+        "other firmware stays"
+    );
+}
+
+#[test]
+fn raw_args_are_passed_as_given() {
+    let node = mk_node();
+    let root = node.shared.join("opt");
+    let config = format!(
+        "kernelVersion: {k}\ncontainerImage: img:1\nmodprobe:\n  rawArgs:\n    load: [-d, {r}, -S, {k}, -v, kmm_b]\n    unload: [-d, {r}, -S, {k}, -rv, kmm_b]\n",
+        k = node.kernel,
+        r = root.display()
+    );
+    let (ok, out) = worker(&node, "load", &config);
+    assert!(ok, "{out}");
+    assert_eq!(insmods(&out), ["kmm_b.ko"]);
+    assert!(out.contains(&format!(
+        "running modprobe --dry-run -d {} -S {} -v kmm_b",
+        root.display(),
+        node.kernel
+    )));
+}
+
+#[test]
+fn a_failing_modprobe_exits_non_zero_with_a_one_line_reason() {
+    let node = mk_node();
+    let config = format!(
+        "kernelVersion: {}\ncontainerImage: img:1\nmodprobe:\n  moduleName: kmm_missing\n",
+        node.kernel
+    );
+    let (ok, out) = worker(&node, "load", &config);
+    assert!(!ok, "{out}");
+    let message = fs::read_to_string(&node.termination).unwrap();
+    assert_eq!(message.lines().count(), 1, "{message:?}");
+    assert!(message.contains("kmm_missing"), "{message}");
+    assert!(message.contains("not found"), "{message}");
+}
+
+#[test]
+fn firmware_without_a_host_path_is_refused_before_loading() {
+    let node = mk_node();
+    let config_path = node.shared.parent().unwrap().join("c.yaml");
+    fs::write(&config_path, full_config(&node.kernel)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
+        .args(["worker", "load", "--dry-run", "--config"])
+        .arg(&config_path)
+        .arg("--shared-root")
+        .arg(&node.shared)
+        .arg("--host-root")
+        .arg(&node.host)
+        .arg("--termination-log")
+        .arg(&node.termination)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let message = fs::read_to_string(&node.termination).unwrap();
+    assert!(message.contains("--firmware-host-path"), "{message}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("insmod"));
+}
