@@ -2,12 +2,19 @@
 //!
 //! - [`lint`]: offline validation of Module and ManagedClusterModule YAML.
 //! - [`cli`]: subcommands shared with `kmm-spoke` (writing CRDs).
-//! - [`mcm_controller`]: the ManagedClusterModule controller (so far its pure rendering step).
+//! - [`mcm_controller`]: the ManagedClusterModule controller.
 //! - [`registry`]: tag-to-digest resolution with a per-image cache.
 //! - [`pull_secret`]: registry credentials from `imageRepoSecret`.
+//! - [`run`]: `kmm-hub run` (controller, fleet caches, health and metrics server).
+//! - [`leader`]: leader election with a Lease; [`metrics`]: Prometheus metrics.
 
 pub mod cli;
+pub mod leader;
 pub mod lint;
 pub mod mcm_controller;
+pub mod metrics;
 pub mod pull_secret;
 pub mod registry;
+pub mod render;
+pub mod run;
+pub mod telemetry;

@@ -21,6 +21,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the ManagedClusterModule controller against the hub cluster (KUBECONFIG or in-cluster).
+    Run(kmm_hub::run::RunArgs),
+    /// Print the ManifestWorks the controller would write for an MCM and a set of ManagedClusters
+    /// (multi-document YAML), for review; exit 1 when a selected cluster is blocked.
+    Render(kmm_hub::render::RenderArgs),
+    /// Print every selected cluster of one or all ManagedClusterModules, with its state.
+    Status {
+        /// Only this ManagedClusterModule.
+        mcm: Option<String>,
+    },
     /// Check Module and ManagedClusterModule YAML files; exit 1 when any has a problem.
     Lint {
         /// YAML files (several documents each are fine); `-` reads standard input.
@@ -30,8 +40,30 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    if let Command::Run(args) = cli.command {
+        kmm_hub::telemetry::init();
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(kmm_hub::run::run(args))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    match Cli::parse().command {
+    match cli.command {
+        Command::Run(_) => {}
+        Command::Render(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if !runtime.block_on(kmm_hub::render::render(&args, &mut out, &mut err))? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Status { mcm } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(kmm_hub::render::status(mcm.as_deref(), &mut out))?;
+        }
         Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
         Command::Lint { files } => {
             if !cli::lint_files(&files, &mut out, &mut err)? {

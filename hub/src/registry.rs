@@ -58,6 +58,7 @@ pub struct DigestResolver {
     plain_http: Client,
     ttl: Duration,
     cache: Mutex<HashMap<String, Arc<Entry>>>,
+    requests: AtomicU64,
     lookups: AtomicU64,
 }
 
@@ -77,6 +78,7 @@ impl DigestResolver {
             plain_http: client(ClientProtocol::Http, false),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            requests: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
         }
     }
@@ -84,6 +86,11 @@ impl DigestResolver {
     /// Registry requests made so far (cache misses), for metrics and benchmarks.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Lookups asked for so far, cache hits included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// `image` pinned to its digest. An image already given by digest is returned as it is.
@@ -103,6 +110,7 @@ impl DigestResolver {
         if reference.digest().is_some() {
             return Ok(image.to_owned());
         }
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let entry = {
             let mut cache = self.cache.lock().await;
             let fresh = cache

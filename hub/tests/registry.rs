@@ -1,113 +1,14 @@
 //! Digest pinning against a real CNCF distribution registry (Debian `docker-registry`), with
 //! skopeo as the independent oracle for what the digest must be.
 
-use std::{
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::{sync::Arc, time::Duration};
 
 use kmm_api::module::TlsOptions;
 use kmm_hub::registry::{DigestResolver, RegistryError};
 use oci_client::secrets::RegistryAuth;
-
-/// A registry process on a free loopback port, killed on drop.
-struct Registry {
-    child: Child,
-    host: String,
-    dir: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `just deps`)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_registry(name: &str) -> Registry {
-    let dir = std::env::temp_dir().join(format!("kmm-registry-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = free_port();
-    let config = dir.join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry starts (run `just deps`)");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "registry did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Registry {
-        child,
-        host: format!("127.0.0.1:{port}"),
-        dir,
-    }
-}
-
-/// Builds a small OCI image with umoci and pushes it with skopeo; returns skopeo's digest.
-fn push_image(registry: &Registry, repo_tag: &str) -> String {
-    let layout = registry
-        .dir
-        .join(format!("layout-{}", repo_tag.replace(['/', ':'], "-")));
-    let layout = layout.display().to_string();
-    run(Command::new("umoci").args(["init", "--layout", &layout]));
-    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:v")]));
-    // A label that differs per image, so different tags get different digests.
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &format!("{layout}:v"),
-        "--config.label",
-        &format!("tag={repo_tag}"),
-    ]));
-    let dest = format!("docker://{}/{repo_tag}", registry.host);
-    run(Command::new("skopeo").args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{layout}:v"),
-        &dest,
-    ]));
-    let inspect = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &dest]));
-    let json: serde_json::Value = serde_json::from_str(&inspect).expect("skopeo json");
-    json["Digest"].as_str().expect("Digest").to_owned()
-}
+use support::{free_port, push_image, start_registry};
 
 const INSECURE: TlsOptions = TlsOptions {
     insecure: true,

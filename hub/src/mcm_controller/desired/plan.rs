@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kmm_api::{
-    ManagedClusterModule,
+    ManagedClusterModule, ModuleSpec,
     claims::{self, ClaimError},
     kernel::{KernelMapper, trim_kernel},
     module::TlsOptions,
@@ -151,18 +151,17 @@ pub enum Pin {
 /// The kernel each summary line is about, with its image as shipped (pinned when known).
 pub type KernelImages = BTreeMap<String, String>;
 
-/// The ManifestWork for one cluster, or why there is none.
-pub fn render(
+/// The Module spec a cluster running `kernels` receives, or why it cannot have one.
+pub fn render_spec(
     mcm: &ManagedClusterModule,
-    cluster: &str,
     kernels: &[String],
     pins: &BTreeMap<String, Pin>,
-) -> Result<ManifestWork, Blocker> {
+) -> Result<ModuleSpec, Blocker> {
     let lookup = |image: &str| match pins.get(image) {
         Some(Pin::Pinned(p)) => Some(p.clone()),
         _ => None,
     };
-    let spec = trim::spoke_module_spec(&mcm.spec.module_spec, &mcm.name_any(), &mcm.spec.spoke_namespace, kernels, lookup)
+    trim::spoke_module_spec(&mcm.spec.module_spec, &mcm.name_any(), &mcm.spec.spoke_namespace, kernels, lookup)
         .map_err(|e| match e {
             TrimError::Mapping(m) => invalid_spec(m),
             TrimError::NoKernelMatches { kernels } => Blocker {
@@ -184,7 +183,16 @@ pub fn render(
                     ),
                 },
             },
-        })?;
+        })
+}
+
+/// The ManifestWork carrying `spec` to `cluster`, annotated with the kernels it was rendered for.
+pub fn work_for(
+    mcm: &ManagedClusterModule,
+    cluster: &str,
+    kernels: &[String],
+    spec: ModuleSpec,
+) -> Result<ManifestWork, Blocker> {
     let mut work = manifest_work(mcm, cluster, spec).map_err(|e| Blocker {
         reason: reasons::RENDER_ERROR,
         message: e.to_string(),
@@ -192,6 +200,16 @@ pub fn render(
     work.annotations_mut()
         .insert(KERNELS_ANNOTATION.to_string(), kernels.join(","));
     Ok(work)
+}
+
+/// The ManifestWork for one cluster, or why there is none.
+pub fn render(
+    mcm: &ManagedClusterModule,
+    cluster: &str,
+    kernels: &[String],
+    pins: &BTreeMap<String, Pin>,
+) -> Result<ManifestWork, Blocker> {
+    work_for(mcm, cluster, kernels, render_spec(mcm, kernels, pins)?)
 }
 
 /// Annotation on each ManifestWork: the kernels its Module was rendered for.

@@ -1,0 +1,170 @@
+//! Observe: everything reconcile needs from the API and the registry, gathered before any
+//! decision. Clusters and ManifestWorks come from the shared reflector stores (one watch each for
+//! the whole fleet, never a list per reconcile); digests from the cached [`DigestResolver`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Secret;
+use kmm_api::{
+    ManagedClusterModule,
+    labels::MCM_NAME_LABEL,
+    ocm::{ManagedCluster, ManifestWork},
+};
+use kube::{Api, ResourceExt};
+use oci_client::secrets::RegistryAuth;
+
+use super::{
+    Context,
+    desired::plan::{self, Blocker, ImageRef, Pin},
+};
+use crate::{
+    pull_secret::Credentials,
+    registry::{DigestResolver, RegistryError},
+};
+
+/// Registry lookups in flight at once for one reconcile.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+/// One selected cluster and what it reports.
+pub struct SelectedCluster {
+    pub name: String,
+    pub kernels: Result<Vec<String>, Blocker>,
+}
+
+/// The world as one MCM's reconcile sees it.
+pub struct Observed {
+    pub clusters: Vec<SelectedCluster>,
+    /// This MCM's ManifestWorks, by cluster namespace.
+    pub works: BTreeMap<String, Arc<ManifestWork>>,
+    /// Every image any selected cluster needs, looked up.
+    pub pins: BTreeMap<String, Pin>,
+    /// A spec error that blocks every cluster (bad regexp, unknown variable, ...).
+    pub spec_error: Option<Blocker>,
+}
+
+/// The clusters an MCM selects, sorted by name.
+pub fn selected_clusters(
+    mcm: &ManagedClusterModule,
+    clusters: &[Arc<ManagedCluster>],
+) -> Vec<SelectedCluster> {
+    let mut out: Vec<SelectedCluster> = clusters
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && plan::selects(mcm, c))
+        .map(|c| SelectedCluster {
+            name: c.name_any(),
+            kernels: plan::cluster_kernels(c),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// This MCM's ManifestWorks (by the MCM-name label), by namespace.
+pub fn own_works(
+    mcm: &ManagedClusterModule,
+    works: &[Arc<ManifestWork>],
+) -> BTreeMap<String, Arc<ManifestWork>> {
+    let name = mcm.name_any();
+    works
+        .iter()
+        .filter(|w| w.labels().get(MCM_NAME_LABEL) == Some(&name) && w.name_any() == name)
+        .map(|w| (w.namespace().unwrap_or_default(), w.clone()))
+        .collect()
+}
+
+/// The distinct kernel sets of the selected clusters and the images each needs.
+pub fn images_needed(
+    mcm: &ManagedClusterModule,
+    clusters: &[SelectedCluster],
+) -> Result<BTreeSet<ImageRef>, Blocker> {
+    let kernel_sets: BTreeSet<&Vec<String>> =
+        clusters.iter().filter_map(|c| c.kernels.as_ref().ok()).collect();
+    let mut images = BTreeSet::new();
+    for kernels in kernel_sets {
+        images.extend(plan::images_for(mcm, kernels)?);
+    }
+    Ok(images)
+}
+
+/// Gathers the state one reconcile of `mcm` needs.
+pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
+    let clusters = selected_clusters(mcm, &ctx.clusters.state());
+    let works = own_works(mcm, &ctx.works.state());
+    let (images, spec_error) = match images_needed(mcm, &clusters) {
+        Ok(images) => (images, None),
+        Err(b) => (BTreeSet::new(), Some(b)),
+    };
+    let auth = pull_auth(mcm, ctx).await;
+    let pins = resolve(&ctx.resolver, images, &auth).await;
+    Observed {
+        clusters,
+        works,
+        pins,
+        spec_error,
+    }
+}
+
+/// Credentials from `imageRepoSecret`, read from the hub's namespace; an error text when the
+/// secret is named but unusable (every lookup then reports it).
+async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<Credentials>, String> {
+    let Some(secret) = mcm
+        .spec
+        .module_spec
+        .image_repo_secret
+        .as_ref()
+        .map(|s| s.name.clone())
+    else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let ns = &ctx.config.namespace;
+    match api.get_opt(&secret).await {
+        Ok(Some(s)) => {
+            let data: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            Credentials::from_secret_data(&data)
+                .map(Some)
+                .map_err(|e| format!("imageRepoSecret {ns}/{secret}: {e}"))
+        }
+        Ok(None) => Err(format!(
+            "imageRepoSecret {secret} not found in the hub namespace {ns}"
+        )),
+        Err(e) => Err(format!("reading imageRepoSecret {ns}/{secret}: {e}")),
+    }
+}
+
+/// Looks every image up, a few at a time; the resolver caches and de-duplicates across MCMs.
+pub async fn resolve(
+    resolver: &DigestResolver,
+    images: BTreeSet<ImageRef>,
+    auth: &Result<Option<Credentials>, String>,
+) -> BTreeMap<String, Pin> {
+    stream::iter(images)
+        .map(|image| async move {
+            let pin = match auth {
+                Err(why) => Pin::Failed(why.clone()),
+                Ok(creds) => {
+                    let auth = creds
+                        .as_ref()
+                        .map_or(RegistryAuth::Anonymous, |c| c.for_image(&image.image));
+                    match resolver.pin(&image.image, &image.tls(), &auth).await {
+                        Ok(pinned) => Pin::Pinned(pinned),
+                        Err(RegistryError::NotFound { .. }) => Pin::Missing,
+                        Err(e) => Pin::Failed(e.to_string()),
+                    }
+                }
+            };
+            (image.image, pin)
+        })
+        .buffer_unordered(LOOKUP_CONCURRENCY)
+        .collect()
+        .await
+}

@@ -1,0 +1,233 @@
+//! `kmm-hub render` (offline: the ManifestWorks the controller would write, from files) and
+//! `kmm-hub status` (online: every selected cluster of the hub's MCMs, one line each).
+//! Both use the controller's own pure steps, so what they show is what it does.
+
+use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use kmm_api::{
+    ManagedClusterModule,
+    labels::MCM_NAME_LABEL,
+    ocm::{ManagedCluster, ManifestWork},
+};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use serde_json::Value;
+
+use crate::{
+    mcm_controller::{
+        desired::plan::{self, ImageRef, KERNELS_ANNOTATION, Pin},
+        observe,
+        status::work_outcome,
+    },
+    registry::DigestResolver,
+};
+
+/// Flags of `kmm-hub render`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RenderArgs {
+    /// The ManagedClusterModule (YAML).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// ManagedCluster objects (multi-document YAML, or a List), with their status.clusterClaims.
+    #[arg(long)]
+    pub clusters: PathBuf,
+    /// Keep image references as written instead of pinning them to digests.
+    #[arg(long)]
+    pub no_resolve: bool,
+    /// Reach every registry over plain HTTP (for a local test registry).
+    #[arg(long)]
+    pub registry_insecure: bool,
+}
+
+fn documents(path: &PathBuf) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).with_context(|| format!("parsing {} as YAML", path.display()))?;
+    let mut out = Vec::new();
+    for d in docs.into_iter().filter(|d| !d.is_null()) {
+        match d.get("items").and_then(Value::as_array) {
+            Some(items)
+                if d.get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.ends_with("List")) =>
+            {
+                out.extend(items.iter().cloned())
+            }
+            _ => out.push(d),
+        }
+    }
+    Ok(out)
+}
+
+/// Renders; returns false when a selected cluster is blocked (reported on `err`).
+pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<bool> {
+    let mut mcms = documents(&args.file)?
+        .into_iter()
+        .filter(|d| d["kind"] == "ManagedClusterModule");
+    let Some(mcm) = mcms.next() else {
+        bail!("{} holds no ManagedClusterModule", args.file.display())
+    };
+    let mcm: ManagedClusterModule =
+        serde_json::from_value(mcm).context("reading the ManagedClusterModule")?;
+    let clusters: Vec<Arc<ManagedCluster>> = documents(&args.clusters)?
+        .into_iter()
+        .filter(|d| d["kind"] == "ManagedCluster")
+        .map(|d| serde_json::from_value(d).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .context("reading the ManagedClusters")?;
+    let selected = observe::selected_clusters(&mcm, &clusters);
+    let images = match observe::images_needed(&mcm, &selected) {
+        Ok(images) => images,
+        Err(b) => {
+            writeln!(err, "{}: {}", b.reason, b.message)?;
+            return Ok(false);
+        }
+    };
+    let pins: BTreeMap<String, Pin> = if args.no_resolve {
+        images
+            .into_iter()
+            .map(|i| (i.image.clone(), Pin::Pinned(i.image)))
+            .collect()
+    } else {
+        let resolver = DigestResolver::new(Duration::from_secs(60));
+        let images = images
+            .into_iter()
+            .map(|i| ImageRef {
+                insecure: i.insecure || args.registry_insecure,
+                ..i
+            })
+            .collect();
+        observe::resolve(&resolver, images, &Ok(None)).await
+    };
+    let mut ok = true;
+    for cluster in &selected {
+        let work = cluster
+            .kernels
+            .clone()
+            .and_then(|k| plan::render(&mcm, &cluster.name, &k, &pins));
+        match work {
+            Ok(work) => {
+                let mut v = serde_json::to_value(&work)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("status");
+                }
+                writeln!(out, "---\n{}", serde_saphyr::to_string(&v)?.trim_end())?;
+            }
+            Err(b) => {
+                ok = false;
+                writeln!(err, "cluster {}: {}: {}", cluster.name, b.reason, b.message)?;
+            }
+        }
+    }
+    writeln!(err, "{} clusters selected of {}", selected.len(), clusters.len())?;
+    Ok(ok)
+}
+
+/// One line per selected cluster of each MCM: state, kernels, node counts, reason.
+pub async fn status(only: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the hub (KUBECONFIG or in-cluster)")?;
+    let mcms: Vec<ManagedClusterModule> = match only {
+        Some(name) => vec![Api::<ManagedClusterModule>::all(client.clone()).get(name).await?],
+        None => {
+            Api::<ManagedClusterModule>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+        }
+    };
+    let clusters: Vec<Arc<ManagedCluster>> = Api::<ManagedCluster>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let works: Vec<Arc<ManifestWork>> = Api::<ManifestWork>::all(client)
+        .list(&ListParams::default().labels(MCM_NAME_LABEL))
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    for mcm in &mcms {
+        writeln!(out, "{}", status_table(mcm, &clusters, &works))?;
+    }
+    Ok(())
+}
+
+/// The per-cluster table of one MCM (pure, so it is tested without a cluster).
+pub fn status_table(
+    mcm: &ManagedClusterModule,
+    clusters: &[Arc<ManagedCluster>],
+    works: &[Arc<ManifestWork>],
+) -> String {
+    let own = observe::own_works(mcm, works);
+    let problems: BTreeMap<&str, (&str, &str)> = mcm
+        .status
+        .iter()
+        .flat_map(|s| {
+            s.problems
+                .iter()
+                .map(|p| (p.cluster.as_str(), (p.reason.as_str(), p.message.as_str())))
+        })
+        .collect();
+    let mut rows = vec![["CLUSTER", "STATE", "KERNELS", "NODES", "REASON"].map(str::to_string)];
+    for c in observe::selected_clusters(mcm, clusters) {
+        let work = own.get(&c.name);
+        let kernels = work
+            .and_then(|w| w.annotations().get(KERNELS_ANNOTATION).cloned())
+            .or_else(|| c.kernels.as_ref().ok().map(|k| k.join(",")))
+            .unwrap_or_default();
+        let (state, nodes, mut reason) = match work.map(|w| work_outcome(w)) {
+            Some(o) if o.failure.is_some() => {
+                let (r, m) = o.failure.unwrap_or_default();
+                (
+                    "Degraded",
+                    format!("{}/{}", o.nodes_loaded, o.nodes_desired),
+                    format!("{r}: {m}"),
+                )
+            }
+            Some(o) if o.applied => (
+                "Applied",
+                format!("{}/{}", o.nodes_loaded, o.nodes_desired),
+                String::new(),
+            ),
+            Some(_) => (
+                "Pending",
+                "-".to_string(),
+                "waiting for the work agent".to_string(),
+            ),
+            None => match &c.kernels {
+                Err(b) => ("Blocked", "-".to_string(), format!("{}: {}", b.reason, b.message)),
+                Ok(_) => ("Blocked", "-".to_string(), String::new()),
+            },
+        };
+        if let (true, Some((r, m))) = (reason.is_empty(), problems.get(c.name.as_str())) {
+            reason = format!("{r}: {m}");
+        }
+        rows.push([c.name.clone(), state.to_string(), kernels, nodes, reason]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut text = format!("ManagedClusterModule {}\n", mcm.name_any());
+    for r in rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}

@@ -1,0 +1,278 @@
+//! `kmm-hub run`: wires the controller, the fleet-wide stores, leader election and the
+//! health/metrics server together. Startup code: errors here are `anyhow`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use futures::{FutureExt, StreamExt};
+use kmm_api::{
+    ManagedClusterModule,
+    labels::MCM_NAME_LABEL,
+    ocm::{ManagedCluster, ManifestWork},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::ListParams,
+    runtime::{
+        Controller, WatchStreamExt, controller,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{error, info};
+
+use crate::{
+    leader::{self, Leadership, LeaseConfig},
+    mcm_controller::{self, Context, desired::plan},
+    metrics::Metrics,
+    registry::DigestResolver,
+};
+
+/// Settings of `kmm-hub run` (flags and environment; defaults in the docs).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Namespace the hub runs in (imageRepoSecrets, the leader Lease).
+    #[arg(long, env = "KMM_HUB_NAMESPACE", default_value = "kmm-hub")]
+    pub namespace: String,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "KMM_HUB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// ManagedClusterModules reconciled at once.
+    #[arg(long, env = "KMM_HUB_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Seconds a tag-to-digest answer is trusted.
+    #[arg(long, env = "KMM_HUB_CACHE_TTL_SECONDS", default_value_t = 300)]
+    pub cache_ttl_seconds: u64,
+    /// Seconds between full re-checks of an MCM that is fine.
+    #[arg(long, env = "KMM_HUB_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Seconds before re-checking an MCM waiting for an image or a registry.
+    #[arg(long, env = "KMM_HUB_RETRY_SECONDS", default_value_t = 30)]
+    pub retry_seconds: u64,
+    /// Elect a leader with a Lease, so several replicas can run (only the leader writes).
+    #[arg(long, env = "KMM_HUB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "KMM_HUB_LEASE_NAME", default_value = "kmm-hub")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (defaults to the pod or host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs the hub until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the hub's API server (KUBECONFIG or in-cluster)")?;
+    let mcms: Api<ManagedClusterModule> = Api::all(client.clone());
+    mcms.list(&ListParams::default().limit(1)).await.context(
+        "listing ManagedClusterModules failed: are the CRDs installed (kubectl apply --server-side -f manifests/crds) \
+         and may this account list them?",
+    )?;
+    let resolver = Arc::new(DigestResolver::new(Duration::from_secs(args.cache_ttl_seconds)));
+    let metrics = Arc::new(Metrics::new(resolver.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kmm-hub-{}", std::process::id()))
+    });
+    let leadership = Arc::new(if args.leader_election {
+        Leadership::default()
+    } else {
+        Leadership::always()
+    });
+    if args.leader_election {
+        let lease = LeaseConfig {
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(15),
+            renew: Duration::from_secs(5),
+        };
+        tokio::spawn(leader::run(client.clone(), lease, leadership.clone()));
+    }
+
+    let (clusters, clusters_task) = reflect(
+        Api::<ManagedCluster>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (works, works_task) = reflect(
+        Api::<ManifestWork>::all(client.clone()),
+        watcher::Config::default().labels(MCM_NAME_LABEL),
+    );
+    tokio::spawn(clusters_task);
+    tokio::spawn(works_task);
+
+    let health = Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(|State(h): State<Health>| async move { h.metrics.encode() }),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(|State(h): State<Health>| async move {
+                    if h.ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stores not synced")
+                    }
+                }),
+            )
+            .with_state(health);
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+
+    clusters
+        .wait_until_ready()
+        .await
+        .context("ManagedCluster watch never synced")?;
+    works
+        .wait_until_ready()
+        .await
+        .context("ManifestWork watch never synced")?;
+    ready.store(true, Ordering::Relaxed);
+    info!(
+        clusters = clusters.len(),
+        works = works.len(),
+        "fleet caches synced"
+    );
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kmm-hub".into(),
+                instance: Some(identity),
+            },
+        ),
+        metrics,
+        resolver,
+        clusters: clusters.clone(),
+        works: works.clone(),
+        leader: leadership,
+        config: mcm_controller::Config {
+            namespace: args.namespace.clone(),
+            resync: Duration::from_secs(args.resync_seconds),
+            retry: Duration::from_secs(args.retry_seconds),
+        },
+    });
+    let controller = Controller::new(mcms, watcher::Config::default().any_semantic());
+    let mcm_store = controller.store();
+    let works_for_mapper = works.clone();
+    controller
+        .watches(
+            Api::<ManagedCluster>::all(client.clone()),
+            watcher::Config::default(),
+            move |cluster| mcms_for_cluster(&mcm_store, &works_for_mapper, &cluster),
+        )
+        .watches(
+            Api::<ManifestWork>::all(client),
+            watcher::Config::default().labels(MCM_NAME_LABEL),
+            |work| {
+                work.labels()
+                    .get(MCM_NAME_LABEL)
+                    .map(|name| ObjectRef::<ManagedClusterModule>::new(name))
+            },
+        )
+        .with_config(
+            controller::Config::default()
+                .concurrency(args.concurrency)
+                .debounce(Duration::from_millis(200)),
+        )
+        .graceful_shutdown_on(shutdown_signal())
+        .run(mcm_controller::reconcile, mcm_controller::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    info!("stopped");
+    Ok(())
+}
+
+/// A store fed by its own watch, and the task driving it.
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    (reader, stream)
+}
+
+/// MCMs to reconcile when a cluster changes: those selecting it now, and those with a work in its
+/// namespace (it may just have stopped matching).
+pub fn mcms_for_cluster(
+    mcms: &Store<ManagedClusterModule>,
+    works: &Store<ManifestWork>,
+    cluster: &ManagedCluster,
+) -> Vec<ObjectRef<ManagedClusterModule>> {
+    let name = cluster.name_any();
+    let mut out: Vec<ObjectRef<ManagedClusterModule>> = mcms
+        .state()
+        .iter()
+        .filter(|m| plan::selects(m, cluster))
+        .map(|m| ObjectRef::from_obj(&**m))
+        .collect();
+    for w in works
+        .state()
+        .iter()
+        .filter(|w| w.namespace().as_deref() == Some(name.as_str()))
+    {
+        if let Some(mcm) = w.labels().get(MCM_NAME_LABEL) {
+            out.push(ObjectRef::new(mcm));
+        }
+    }
+    out
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
