@@ -109,6 +109,28 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
         let _ = ctx.nodes_tx.try_send(());
     }
     let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = module.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && module.metadata.deletion_timestamp.is_none() {
+        // Add it with server-side apply (finalizers are a set, so other managers' stay). kube's
+        // finalizer() would add it with a JSON patch `test` of a missing path, which kmm-sim
+        // refuses; with the finalizer present it goes straight to Apply.
+        let body = json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "Module",
+            "metadata": { "name": module.name_any(), "finalizers": [FINALIZER] },
+        });
+        api.patch(
+            &module.name_any(),
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "adding the finalizer to Module {ns}/{}",
+            module.name_any()
+        )))?;
+        return Ok(Action::requeue(std::time::Duration::from_millis(1)));
+    }
     finalizer(&api, FINALIZER, module, |event| async {
         match event {
             Finalizer::Apply(m) => apply(m, ctx.clone()).await,
