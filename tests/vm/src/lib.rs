@@ -6,6 +6,7 @@
 pub mod initramfs;
 pub mod kernel;
 pub mod kmod;
+pub mod pod;
 pub mod vm;
 
 use std::{
@@ -17,6 +18,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kmm_api::nmc::{ModuleConfig, ModuleItem};
+use kmm_spoke::worker::{
+    pod::{WorkerPodInput, WorkerPodSettings},
+    run::Action,
+};
 
 pub use crate::{
     initramfs::Initramfs,
@@ -55,9 +62,17 @@ pub fn env(cache: &Path) -> Result<&'static Env, String> {
 /// already built it. Built once per test process.
 pub fn spoke_binary() -> Result<&'static Path, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_spoke().map_err(|e| format!("{e:#}")))
-        .as_deref()
-        .map_err(Clone::clone)
+    BIN.get_or_init(|| {
+        let started = std::time::Instant::now();
+        let built = build_spoke().map_err(|e| format!("{e:#}"));
+        eprintln!(
+            "cargo build -p kmm-spoke: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        built
+    })
+    .as_deref()
+    .map_err(Clone::clone)
 }
 
 fn build_spoke() -> anyhow::Result<PathBuf> {
@@ -114,6 +129,7 @@ pub fn node_initramfs(kernel: &Kernel, in_tree: &[&str]) -> anyhow::Result<Initr
     for tool in KMOD_TOOLS {
         fs.symlink(&format!("/usr/sbin/{tool}"), "/usr/bin/kmod");
     }
+    fs.symlink("/bin/sh", "/bin/busybox");
     for dir in [
         "/proc",
         "/sys",
@@ -178,6 +194,46 @@ fn module_name(file: &str) -> String {
     let base = file.rsplit('/').next().unwrap_or(file);
     let stem = base.split(".ko").next().unwrap_or(base);
     stem.replace('-', "_")
+}
+
+/// The worker pod the spoke would create on a node for `config` (built by kmm-spoke itself).
+pub fn worker_pod(
+    action: Action,
+    config: &ModuleConfig,
+    settings: &WorkerPodSettings,
+) -> anyhow::Result<Pod> {
+    let item = ModuleItem {
+        name: config
+            .modprobe
+            .module_name
+            .clone()
+            .unwrap_or_else(|| "kmm-vm".to_owned()),
+        namespace: "default".to_owned(),
+        service_account_name: "default".to_owned(),
+        ..Default::default()
+    };
+    let input = WorkerPodInput {
+        node: "vm",
+        action,
+        item: &item,
+        config,
+        owner: None,
+        attempt: 0,
+    };
+    kmm_spoke::worker::pod::worker_pod(&input, settings).context("building the worker pod")
+}
+
+/// The node's initramfs ([`node_initramfs`]) plus the spoke image's part: the `kmm-spoke`
+/// binary cargo built ([`spoke_binary`]) at the path the worker pods run it from.
+pub fn worker_initramfs(
+    kernel: &Kernel,
+    in_tree: &[&str],
+    settings: &WorkerPodSettings,
+) -> anyhow::Result<Initramfs> {
+    let mut fs = node_initramfs(kernel, in_tree)?;
+    let spoke = spoke_binary().map_err(anyhow::Error::msg)?;
+    fs.binary(&settings.binary, spoke)?;
+    Ok(fs)
 }
 
 /// A kmod image's files, as a `Dockerfile` building one would leave them: the modules under

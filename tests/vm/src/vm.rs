@@ -235,6 +235,8 @@ pub struct Report {
     pub steps: Vec<StepResult>,
     /// The kernel console (`ttyS0`), for error messages.
     pub console: String,
+    /// Wall time from starting QEMU to its exit (reported, never asserted on).
+    pub elapsed: Duration,
 }
 
 impl Report {
@@ -395,7 +397,8 @@ pub fn run(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64 (scripts/test-deps installs qemu-system-x86)")?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             break Some(status);
@@ -407,6 +410,7 @@ pub fn run(
         }
         thread::sleep(Duration::from_millis(50));
     };
+    let elapsed = started.elapsed();
     let qemu_output = child.wait_with_output().ok();
     let console_text = read_lossy(&console);
     let results_text = read_lossy(&results);
@@ -428,9 +432,15 @@ pub fn run(
         Some(_) => {}
     }
     let steps = parse_results(&results_text).with_context(context)?;
+    eprintln!(
+        "VM: {} MiB initramfs, QEMU ran {:.1} s",
+        fs::metadata(&cpio).map(|m| m.len() >> 20).unwrap_or(0),
+        elapsed.as_secs_f64()
+    );
     Ok(Report {
         steps,
         console: console_text,
+        elapsed,
     })
 }
 
