@@ -111,6 +111,12 @@ fn boot(fs: &Initramfs, scenario: &Scenario) -> Report {
         "VM",
     );
     for step in &report.steps {
+        if let Some(reason) = &step.termination {
+            eprintln!(
+                "step {}: exit {:?}, termination message {reason:?}",
+                step.name, step.exit
+            );
+        }
         if step.name.ends_with("-init") {
             assert_eq!(
                 step.exit,
@@ -239,10 +245,28 @@ fn loading_order_loads_the_soft_dependency_first_and_unload_reverses_it() {
         modules_loading_order: Some(strings(&["kmm_vm_first", "kmm_vm_second"])),
         ..Default::default()
     });
-    let mut s = scenario(&[], &[]);
+    let kernel = &env().kernel.version;
+    // Control: without the worker's softdep configuration nothing ties the two modules.
+    let mut s = scenario(&[], &[])
+        .step(
+            "plain-modprobe",
+            format!("/usr/sbin/modprobe -v -d /opt -S {kernel} kmm_vm_first"),
+        )
+        .step(
+            "plain-modprobe-r",
+            format!("/usr/sbin/modprobe -rv -d /opt -S {kernel} kmm_vm_first"),
+        );
     s = with_pod(s, "load", Action::Load, &config, &settings(false));
     s = with_pod(s, "unload", Action::Unload, &config, &settings(false));
     let report = boot(&initramfs(&[], &["kmm_vm_first", "kmm_vm_second"]), &s);
+
+    let plain = report.step("plain-modprobe");
+    assert_eq!(plain.exit, Some(0), "{}", plain.output_text());
+    assert!(plain.is_live("kmm_vm_first"), "{:?}", plain.modules);
+    assert!(plain.module("kmm_vm_second").is_none(), "{:?}", plain.modules);
+    let plain = report.step("plain-modprobe-r");
+    assert_eq!(plain.exit, Some(0), "{}", plain.output_text());
+    assert!(plain.module("kmm_vm_first").is_none(), "{:?}", plain.modules);
 
     let load = report.step("load");
     assert_eq!(load.exit, Some(0), "{}", load.output_text());
