@@ -8,7 +8,10 @@ pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let text = std::env::var("KMM_LOG_FORMAT").is_ok_and(|f| f == "text");
     let result = if text {
-        fmt().with_env_filter(filter).try_init()
+        fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .try_init()
     } else {
         fmt()
             .json()

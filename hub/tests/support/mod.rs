@@ -2,6 +2,8 @@
 //! (Debian `docker-registry`) on a free loopback port, and images pushed to it with umoci/skopeo.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fleet;
+
 use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,

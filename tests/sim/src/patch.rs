@@ -27,9 +27,26 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// RFC 6902, with the error text the apiserver would put in its 422.
+///
+/// Like the apiserver's implementation, a `test` of `null` passes on a missing path: kube-rs
+/// relies on this to add the first finalizer (`test /metadata/finalizers null`, then `add`).
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
+    let mut ops = patch
+        .as_array()
+        .cloned()
+        .ok_or("invalid JSON patch: not a list of operations")?;
+    let is_null_test = |op: &Value| {
+        op.get("op").and_then(Value::as_str) == Some("test") && op.get("value").is_some_and(Value::is_null)
+    };
+    for op in ops.iter().filter(|op| is_null_test(op)) {
+        let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
+        if !target.pointer(path).is_none_or(Value::is_null) {
+            return Err(format!("testing value {path} failed: not null"));
+        }
+    }
+    ops.retain(|op| !is_null_test(op));
     let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+        serde_json::from_value(Value::Array(ops)).map_err(|e| format!("invalid JSON patch: {e}"))?;
     json_patch::patch(target, &ops).map_err(|e| e.to_string())
 }
 
@@ -137,6 +154,12 @@ mod tests {
         .unwrap_err();
         assert!(!err.is_empty());
         assert!(json_patch(&mut t, &json!({"op": "add"})).is_err());
+        // A test of null passes on a missing path (kube-rs adds its first finalizer this way).
+        let first_finalizer = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                                     {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        json_patch(&mut t, &first_finalizer).unwrap_or_else(|e| panic!("{e}: {t}"));
+        assert_eq!(t["metadata"]["finalizers"], json!(["f"]));
+        assert!(json_patch(&mut t, &first_finalizer).is_err(), "no longer null");
     }
 
     #[test]
