@@ -8,7 +8,10 @@
 
 use std::{path::Path, time::Duration};
 
-use kmm_api::{module::ModprobeSpec, nmc::ModuleConfig};
+use kmm_api::{
+    module::{ModprobeArgs, ModprobeSpec},
+    nmc::ModuleConfig,
+};
 use kmm_spoke::worker::{pod::WorkerPodSettings, run::Action};
 use kmm_vm_tests::{Env, Initramfs, Report, Scenario, add_kmod_image, pod, worker_initramfs, worker_pod};
 
@@ -399,5 +402,90 @@ fn module_refused_by_the_kernel_fails_the_worker_with_the_kernels_reason() {
     assert!(
         reason[0].contains("could not insert 'kmm_vm_params'"),
         "{reason:?}"
+    );
+}
+
+#[test]
+fn repeated_pods_and_raw_args_in_the_real_kernel() {
+    let with_greeting = |greeting: &str| {
+        config(ModprobeSpec {
+            module_name: Some("kmm_vm_params".into()),
+            parameters: Some(vec![format!("greeting={greeting}")]),
+            ..Default::default()
+        })
+    };
+    let raw = config(ModprobeSpec {
+        raw_args: Some(ModprobeArgs {
+            load: Some(strings(&[
+                "-v",
+                "-d",
+                "/tmp/opt",
+                "kmm_vm_params",
+                "greeting=raw",
+            ])),
+            unload: Some(strings(&["-rv", "-d", "/tmp/opt", "kmm_vm_params"])),
+        }),
+        ..Default::default()
+    });
+    let mut s = scenario(&[], &["kmm_vm_params"]);
+    s = with_pod(
+        s,
+        "unload-not-loaded",
+        Action::Unload,
+        &with_greeting("one"),
+        &settings(false),
+    );
+    s = with_pod(s, "load", Action::Load, &with_greeting("one"), &settings(false));
+    s = with_pod(
+        s,
+        "load-changed",
+        Action::Load,
+        &with_greeting("two"),
+        &settings(false),
+    );
+    s = with_pod(
+        s,
+        "unload",
+        Action::Unload,
+        &with_greeting("two"),
+        &settings(false),
+    );
+    s = with_pod(s, "raw-load", Action::Load, &raw, &settings(false));
+    s = with_pod(s, "raw-unload", Action::Unload, &raw, &settings(false));
+    let report = boot(&initramfs(&[], &["kmm_vm_params"]), &s);
+
+    // Unloading what is not loaded (say, after the node rebooted) succeeds.
+    let idle = report.step("unload-not-loaded");
+    assert_eq!(idle.exit, Some(0), "{}", idle.output_text());
+    assert_eq!(idle.termination, None);
+
+    let load = report.step("load");
+    assert_eq!(load.exit, Some(0), "{}", load.output_text());
+    assert_eq!(load.param("kmm_vm_params", "greeting"), Some("one"));
+    // Loading again with other parameters succeeds without touching the loaded module: new
+    // parameters need an unload first.
+    let again = report.step("load-changed");
+    assert_eq!(again.exit, Some(0), "{}", again.output_text());
+    assert_eq!(again.param("kmm_vm_params", "greeting"), Some("one"));
+    assert!(
+        again.dmesg_index("kmm_vm_params: init").is_none(),
+        "{:?}",
+        again.dmesg
+    );
+    let unload = report.step("unload");
+    assert_eq!(unload.exit, Some(0), "{}", unload.output_text());
+    assert!(unload.module("kmm_vm_params").is_none(), "{:?}", unload.modules);
+
+    // rawArgs are the whole modprobe command line.
+    let raw_load = report.step("raw-load");
+    assert_eq!(raw_load.exit, Some(0), "{}", raw_load.output_text());
+    assert!(raw_load.is_live("kmm_vm_params"), "{:?}", raw_load.modules);
+    assert_eq!(raw_load.param("kmm_vm_params", "greeting"), Some("raw"));
+    let raw_unload = report.step("raw-unload");
+    assert_eq!(raw_unload.exit, Some(0), "{}", raw_unload.output_text());
+    assert!(
+        raw_unload.module("kmm_vm_params").is_none(),
+        "{:?}",
+        raw_unload.modules
     );
 }
