@@ -231,3 +231,73 @@ pub fn status_table(
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use kmm_api::{ClusterProblem, ManagedClusterModuleStatus};
+
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn status_table_shows_every_selected_cluster_with_its_state_and_reason() {
+        let mut mcm: ManagedClusterModule = parse(
+            "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\nmetadata: {name: gpu}\n\
+             spec: {spokeNamespace: d, selector: {env: prod}, moduleSpec: {selector: {}}}\n",
+        );
+        mcm.status = Some(ManagedClusterModuleStatus {
+            problems: vec![ClusterProblem {
+                cluster: "c".into(),
+                state: "Blocked".into(),
+                reason: "ImageNotFound".into(),
+                message: "push it".into(),
+            }],
+            ..Default::default()
+        });
+        let claim = |k: &str| {
+            format!(
+                "status: {{clusterClaims: [{{name: kernel-versions.kmm.node.kubernetes.io, value: '{k}'}}]}}"
+            )
+        };
+        let cluster = |name: &str, env: &str, extra: &str| -> Arc<ManagedCluster> {
+            Arc::new(parse(&format!(
+                "apiVersion: cluster.open-cluster-management.io/v1\nkind: ManagedCluster\n\
+                 metadata: {{name: {name}, labels: {{env: {env}}}}}\nspec: {{}}\n{extra}\n"
+            )))
+        };
+        let clusters = vec![
+            cluster("a", "prod", &claim("6.1.0-1")),
+            cluster("b", "prod", ""),
+            cluster("c", "prod", &claim("6.1.0-2")),
+            cluster("z", "dev", &claim("6.1.0-1")),
+        ];
+        let work: Arc<ManifestWork> = Arc::new(parse(
+            "apiVersion: work.open-cluster-management.io/v1\nkind: ManifestWork\n\
+             metadata: {name: gpu, namespace: a, generation: 2, labels: {kmm.node.kubernetes.io/managedclustermodule.name: gpu},\n\
+               annotations: {hub.kmm.sigs.x-k8s.io/kernels: 6.1.0-1}}\n\
+             spec: {workload: {manifests: []}}\n\
+             status:\n  conditions: [{type: Applied, status: 'True', reason: R, message: m, observedGeneration: 2,\n\
+               lastTransitionTime: '2026-01-01T00:00:00Z'}]\n  resourceStatus: {manifests: [{resourceMeta: {ordinal: 0}, conditions: [],\n\
+               statusFeedback: {values: [{name: moduleLoader.availableNumber, fieldValue: {type: Integer, integer: 3}},\n\
+                                         {name: moduleLoader.desiredNumber, fieldValue: {type: Integer, integer: 4}}]}}]}\n",
+        ));
+        let table = status_table(&mcm, &clusters, &[work]);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][..4], ["a", "Applied", "6.1.0-1", "3/4"]);
+        assert_eq!(lines[1][..3], ["b", "Blocked", "-"]);
+        assert!(table.lines().nth(3).unwrap().contains("NoKernelClaim"), "{table}");
+        assert_eq!(lines[2][..4], ["c", "Blocked", "6.1.0-2", "-"]);
+        assert!(table.contains("ImageNotFound: push it"), "{table}");
+        assert!(
+            !table.contains("\nz "),
+            "unselected clusters are not listed: {table}"
+        );
+    }
+}

@@ -87,3 +87,69 @@ fn crds_prints_the_hub_crd() {
         "the Module CRD belongs to the spoke"
     );
 }
+
+const MCM: &str = "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
+kind: ManagedClusterModule
+metadata: {name: gpu}
+spec:
+  spokeNamespace: drivers
+  selector: {env: prod}
+  moduleSpec:
+    selector: {}
+    moduleLoader:
+      container:
+        modprobe: {moduleName: gpu_kmod}
+        kernelMappings:
+          - regexp: '^.+$'
+            containerImage: 'reg.example/gpu-kmod:${KERNEL_FULL_VERSION}'
+";
+
+const CLUSTERS: &str = "apiVersion: v1
+kind: List
+items:
+  - apiVersion: cluster.open-cluster-management.io/v1
+    kind: ManagedCluster
+    metadata: {name: east, labels: {env: prod}}
+    spec: {hubAcceptsClient: true}
+    status:
+      clusterClaims:
+        - {name: kernel-versions.kmm.node.kubernetes.io, value: \"6.1.0-28-cloud-amd64\"}
+  - apiVersion: cluster.open-cluster-management.io/v1
+    kind: ManagedCluster
+    metadata: {name: west, labels: {env: prod}}
+    spec: {hubAcceptsClient: true}
+  - apiVersion: cluster.open-cluster-management.io/v1
+    kind: ManagedCluster
+    metadata: {name: lab, labels: {env: dev}}
+    spec: {hubAcceptsClient: true}
+";
+
+#[test]
+fn render_prints_works_for_selected_clusters_and_fails_on_blocked_ones() {
+    let dir = std::env::temp_dir().join(format!("kmm-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (mcm, clusters) = (dir.join("mcm.yaml"), dir.join("clusters.yaml"));
+    std::fs::write(&mcm, MCM).expect("write");
+    std::fs::write(&clusters, CLUSTERS).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+        .args(["render", "--no-resolve", "-f"])
+        .arg(&mcm)
+        .arg("--clusters")
+        .arg(&clusters)
+        .output()
+        .expect("kmm-hub runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "west has no kernel claim: {stderr}");
+    assert!(stderr.contains("cluster west: NoKernelClaim"), "{stderr}");
+    assert!(stderr.contains("2 clusters selected of 3"), "{stderr}");
+    assert_eq!(stdout.matches("kind: ManifestWork").count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("namespace: east") && stdout.contains("literal: 6.1.0-28-cloud-amd64"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("regexp"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

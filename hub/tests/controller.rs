@@ -19,7 +19,7 @@ use kube::{
 };
 use support::{
     fleet::{Fleet, HUB_NAMESPACE, HubProcess, SPOKE_NAMESPACE, SpokeSpec, eventually, set_kernels},
-    push_image,
+    free_port, push_image, start_registry_at,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -225,6 +225,35 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         );
         assert_eq!(r.annotations(), written.annotations());
     }
+
+    // The MCM is edited: every work follows, the generation of each work moves once.
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .patch(
+            "gpu",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"moduleSpec": {"moduleLoader": {"container": {"modprobe": {"moduleName": "gpu_kmod_v2"}}}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(30, "works carry the edited module name", Some(&hub), || async {
+        let name = |w: Option<ManifestWork>| {
+            w.map(|w| {
+                w.spec.workload.manifests[0]["spec"]["moduleLoader"]["container"]["modprobe"]["moduleName"]
+                    .clone()
+            })
+        };
+        name(work(&fleet, "a", "gpu").await) == Some("gpu_kmod_v2".into())
+            && name(work(&fleet, "b", "gpu").await) == Some("gpu_kmod_v2".into())
+    })
+    .await;
+    eventually(30, "the spoke Module follows", Some(&hub), || async {
+        spoke_module(&fleet, "a", "gpu")
+            .await
+            .and_then(|m| m.spec.module_loader)
+            .and_then(|l| l.container.modprobe.module_name)
+            == Some("gpu_kmod_v2".into())
+    })
+    .await;
 
     // b upgrades to K2: only b's work changes, to a K2 mapping.
     let a_version = work(&fleet, "a", "gpu").await.unwrap().metadata.generation;
@@ -453,4 +482,63 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
         ],
         generations
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back() {
+    let fleet = Fleet::start(
+        "down",
+        &[SpokeSpec {
+            name: "a",
+            labels: &[("env", "prod")],
+            kernels: Some(&[K1]),
+        }],
+    )
+    .await;
+    // The MCM points at a registry port where nothing listens yet.
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    let hub = HubProcess::start(
+        &fleet.hub,
+        fleet.sim.dir(),
+        "hub-0",
+        &["--leader-election", "false"],
+    );
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&host, "gpu")).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+    eventually(
+        30,
+        "the cluster is blocked by the registry error",
+        Some(&hub),
+        || async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.problems.iter().any(|p| p.reason == "RegistryError"))
+        },
+    )
+    .await;
+    assert!(work(&fleet, "a", "gpu").await.is_none());
+
+    let registry = start_registry_at("down-later", port);
+    let digest = push_image(&registry, &format!("kmm/gpu-kmod:{K1}"));
+    eventually(
+        30,
+        "the work appears once the registry answers",
+        Some(&hub),
+        || async {
+            work(&fleet, "a", "gpu")
+                .await
+                .is_some_and(|w| literals(&w)[0].1 == format!("{host}/kmm/gpu-kmod@{digest}"))
+        },
+    )
+    .await;
+    eventually(30, "no problem left", Some(&hub), || async {
+        mcm_status(&fleet, "gpu")
+            .await
+            .is_some_and(|s| s.problems.is_empty() && s.number_applied == 1)
+    })
+    .await;
 }

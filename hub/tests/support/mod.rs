@@ -48,10 +48,14 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 pub fn start_registry(name: &str) -> Registry {
+    start_registry_at(name, free_port())
+}
+
+/// A registry on the given port (e.g. one a test kept free to simulate the registry being down).
+pub fn start_registry_at(name: &str, port: u16) -> Registry {
     let dir = std::env::temp_dir().join(format!("kmm-registry-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = free_port();
     let config = dir.join("config.yml");
     std::fs::write(
         &config,
