@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use futures::{StreamExt, stream};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kmm_api::{ManagedClusterModule, ModuleSpec, ocm::ManagedCluster, ocm::ManifestWork};
 use kube::{
@@ -44,6 +45,9 @@ use crate::{leader::Leadership, metrics::Metrics, registry::DigestResolver};
 /// Finalizer on every MCM: its ManifestWorks live in other namespaces, so owner references alone
 /// cannot be relied on to remove them (and the spokes must unload first).
 pub const FINALIZER: &str = "hub.kmm.sigs.x-k8s.io/manifestwork-cleanup";
+
+/// ManifestWork writes in flight at once for one MCM.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// Read-only settings of the controller.
 #[derive(Clone, Debug)]
@@ -158,18 +162,31 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
 
     // Render per distinct kernel set (10,000 clusters on 3 kernels render 3 Modules), then write.
     let mut specs: BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>> = BTreeMap::new();
+    let planned: Vec<Result<ManifestWork, Blocker>> = observed
+        .clusters
+        .iter()
+        .map(|c| cluster_state(mcm, c, &observed, &mut specs))
+        .collect();
+    // Writes go out a few at a time: a cold start over thousands of clusters is bound by round trips.
+    let outcomes: Vec<Result<(ClusterState, bool), Error>> = stream::iter(planned)
+        .map(|plan| async {
+            match plan {
+                Ok(work) => {
+                    let current = observed.works.get(&work.namespace().unwrap_or_default());
+                    let (stored, sent) = apply::apply_work(ctx, work, current).await?;
+                    Ok((ClusterState::Work(status::work_outcome(&stored)), sent))
+                }
+                Err(blocker) => Ok((ClusterState::Blocked(blocker), false)),
+            }
+        })
+        .buffered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
     let mut views = Vec::with_capacity(observed.clusters.len());
     let mut written = 0usize;
-    for cluster in &observed.clusters {
-        let state = match cluster_state(mcm, cluster, &observed, &mut specs) {
-            Ok(work) => {
-                let current = observed.works.get(&cluster.name);
-                let (stored, sent) = apply::apply_work(ctx, work, current).await?;
-                written += usize::from(sent);
-                ClusterState::Work(status::work_outcome(&stored))
-            }
-            Err(blocker) => ClusterState::Blocked(blocker),
-        };
+    for (cluster, outcome) in observed.clusters.iter().zip(outcomes) {
+        let (state, sent) = outcome?;
+        written += usize::from(sent);
         views.push(ClusterView {
             name: cluster.name.clone(),
             kernels: cluster.kernels.clone().unwrap_or_default(),

@@ -184,6 +184,7 @@ pub fn remove(
         Some(old.clone()),
         tx,
     );
+    st.mirror_event(&rt.group_resource(), &last, true, tx);
     if rt.crd.is_none() && rt.group == "apiextensions.k8s.io" {
         drop_crd(st, &old, tx);
     }

@@ -18,6 +18,7 @@
 
 mod cluster;
 mod discovery;
+mod events;
 pub mod faults;
 mod fields;
 mod gc;

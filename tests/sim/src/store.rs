@@ -903,6 +903,7 @@ impl State {
             .or_default()
             .insert(key_of(&obj), obj.clone());
         self.record(rt.group_resource(), kind, obj.clone(), old, tx);
+        self.mirror_event(&rt.group_resource(), &obj, false, tx);
         Ok(obj)
     }
 
@@ -929,6 +930,49 @@ impl State {
         }
         // No receiver is not an error: nobody is watching.
         let _ = tx.send(change);
+    }
+
+    /// `events.k8s.io/v1` Events also show as `v1` Events, as the apiserver serves one store in
+    /// both versions: kube-rs records the former, `kubectl describe` reads the latter.
+    pub fn mirror_event(
+        &mut self,
+        gr: &GroupResource,
+        ev: &Value,
+        deleted: bool,
+        tx: &broadcast::Sender<Arc<Change>>,
+    ) {
+        if gr.group != "events.k8s.io" || gr.resource != "events" {
+            return;
+        }
+        let core = GroupResource {
+            group: String::new(),
+            resource: "events".into(),
+        };
+        let key = key_of(ev);
+        let old = self.objects.get(&core).and_then(|m| m.get(&key)).cloned();
+        self.rv += 1;
+        if deleted {
+            if let Some(old) = old {
+                if let Some(m) = self.objects.get_mut(&core) {
+                    m.remove(&key);
+                }
+                self.record(core, ChangeKind::Deleted, old.clone(), Some(old), tx);
+            }
+            return;
+        }
+        let mut mirrored = crate::events::to_core(ev);
+        mirrored["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let obj = Arc::new(mirrored);
+        let kind = if old.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        self.objects
+            .entry(core.clone())
+            .or_default()
+            .insert(key, obj.clone());
+        self.record(core, kind, obj, old, tx);
     }
 
     /// Forgets the watch history up to now: older resource versions get 410 Gone.

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kmm_api::ocm::{ManagedCluster, ManifestWork};
 use kmm_sim::Sim;
 use kube::{
-    Api, Client, Discovery, ResourceExt,
+    Api, Client, Discovery, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, PropagationPolicy},
     core::Status,
 };
@@ -549,4 +549,41 @@ async fn cluster_scoped_kinds_have_no_namespace() {
         created.status.unwrap().node_info.unwrap().kernel_version,
         "6.1.0-28-cloud-amd64"
     );
+}
+
+#[tokio::test]
+async fn events_recorded_by_kube_rs_are_listed_as_v1_events_for_kubectl_describe() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_sim, client) = simple().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let target = cms
+        .create(&PostParams::default(), &cm("target", &[]))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-ctl".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "Broken".into(),
+        note: Some("it broke".into()),
+        action: "Check".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &target.object_ref(&())).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let found = core
+        .list(&ListParams::default().fields("involvedObject.name=target,involvedObject.kind=ConfigMap"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].reason.as_deref(), Some("Broken"));
+    assert_eq!(found[0].message.as_deref(), Some("it broke"));
+    assert_eq!(found[0].type_.as_deref(), Some("Warning"));
 }
