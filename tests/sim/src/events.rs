@@ -31,10 +31,8 @@ pub fn to_core(ev: &Value) -> Value {
             out.insert(to.into(), v);
         }
     }
-    if !out.contains_key("source") {
-        if let Some(c) = get("reportingController") {
-            out.insert("source".into(), json!({"component": c}));
-        }
+    if let (false, Some(c)) = (out.contains_key("source"), get("reportingController")) {
+        out.insert("source".into(), json!({"component": c}));
     }
     let last_seen = ev
         .pointer("/series/lastObservedTime")
