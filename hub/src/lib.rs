@@ -6,6 +6,7 @@
 //! - [`registry`]: tag-to-digest resolution with a per-image cache.
 //! - [`pull_secret`]: registry credentials from `imageRepoSecret`.
 //! - [`run`]: `kmm-hub run` (controller, fleet caches, health and metrics server).
+//! - [`sign`]: the pure-Rust kernel module signer, `sign-kmod` and `sign-image`.
 //! - [`leader`]: leader election with a Lease; [`metrics`]: Prometheus metrics.
 
 pub mod cli;
@@ -17,4 +18,5 @@ pub mod pull_secret;
 pub mod registry;
 pub mod render;
 pub mod run;
+pub mod sign;
 pub mod telemetry;

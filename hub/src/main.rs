@@ -37,6 +37,11 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<String>,
     },
+    /// Sign kernel modules in place, as the kernel's scripts/sign-file does.
+    SignKmod(kmm_hub::sign::cli::SignKmodArgs),
+    /// Sign the kernel modules of an image and push the result (what the sign Job runs);
+    /// prints the pushed digest.
+    SignImage(kmm_hub::sign::cli::SignImageArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -65,6 +70,17 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(kmm_hub::render::status(mcm.as_deref(), &mut out))?;
         }
         Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
+        Command::SignKmod(args) => {
+            if !kmm_hub::sign::cli::sign_kmod(&args, &mut out, &mut err)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::SignImage(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(kmm_hub::sign::cli::run_sign_image(&args, &mut out, &mut err))?;
+        }
         Command::Lint { files } => {
             if !cli::lint_files(&files, &mut out, &mut err)? {
                 return Ok(ExitCode::FAILURE);
