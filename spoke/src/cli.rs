@@ -1,6 +1,11 @@
 //! `kmm-spoke run`: wires the controllers together (managed mode).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
 
 use clap::Args;
 use kmm_api::Module;
@@ -14,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     context::{Ctx, Settings},
+    health::{self, Health},
     kernel_claim, module_controller,
     node_controller::{self, desired::NodeSettings},
     worker::pod::WorkerPodSettings,
@@ -52,6 +58,9 @@ pub struct RunArgs {
     /// Resync period of healthy objects, in seconds.
     #[arg(long, default_value_t = 600)]
     pub resync_seconds: u64,
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "KMM_SPOKE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -72,6 +81,12 @@ pub enum RunError {
     NotManaged,
     #[error("connecting to the Kubernetes API: {0}")]
     Client(#[source] kube::Error),
+    #[error("binding the health and metrics address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "the Module CRD is not served ({0}); install the spoke CRDs first (`kmm-spoke crds | kubectl apply -f -`)"
     )]
@@ -105,7 +120,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         return Err(RunError::NotManaged);
     }
     let client = Client::try_default().await.map_err(RunError::Client)?;
-    run_with(client, args.settings(), shutdown_signal()).await
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    run_with(client, args.settings(), Some(listener), shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
@@ -123,12 +144,25 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Runs every spoke controller against `client` until `shutdown` resolves (tests call this).
+/// Runs every spoke controller against `client` until `shutdown` resolves (tests call this),
+/// serving `/healthz`, `/readyz` and `/metrics` on `listener` when given.
 pub async fn run_with(
     client: Client,
     settings: Settings,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
+    let health = Health::default();
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().ok();
+        tracing::info!(addr = ?addr, "serving /healthz, /readyz and /metrics");
+        let app = health::router(health.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the health and metrics server stopped");
+            }
+        });
+    }
     Api::<Module>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
@@ -136,7 +170,7 @@ pub async fn run_with(
     let (nodes_tx, nodes_rx) = mpsc::channel(1);
     let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
     let module_ctrl = module_controller::controller(client.clone());
-    let ctx = std::sync::Arc::new(Ctx {
+    let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -150,6 +184,20 @@ pub async fn run_with(
         nodes: node_ctrl.store(),
         nodes_tx,
         seen_modules: Mutex::new(HashMap::new()),
+        metrics: health.metrics.clone(),
+    });
+    let synced = tokio::spawn({
+        let (nodes, modules) = (ctx.nodes.clone(), ctx.modules.clone());
+        let (nodes_flag, modules_flag) = (health.nodes_synced.clone(), health.modules_synced.clone());
+        async move {
+            if nodes.wait_until_ready().await.is_ok() {
+                nodes_flag.store(true, Ordering::Relaxed);
+            }
+            if modules.wait_until_ready().await.is_ok() {
+                modules_flag.store(true, Ordering::Relaxed);
+            }
+            tracing::info!("node and Module caches synced");
+        }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -158,9 +206,15 @@ pub async fn run_with(
     let claims = tokio::spawn({
         let client = client.clone();
         let rx = stop_rx.clone();
+        let report = kernel_claim::ClaimReporting {
+            metrics: health.metrics.clone(),
+            synced: health.claims_synced.clone(),
+        };
         async move {
             tokio::select! {
-                () = kernel_claim::run(client) => {}
+                () = kernel_claim::run(client, report) => {
+                    tracing::error!("the kernel-versions claim writer stopped");
+                }
                 () = stopped(rx) => {}
             }
         }
@@ -173,6 +227,7 @@ pub async fn run_with(
     let modules = tokio::spawn(module_controller::run(module_ctrl, ctx, stopped(stop_rx)));
     shutdown.await;
     let _ = stop_tx.send(true);
+    synced.abort();
     let _ = tokio::join!(claims, nodes, modules);
     Ok(())
 }

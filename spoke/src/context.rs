@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::{
+    metrics::Metrics,
     node_controller::desired::{ModuleKey, NodeSettings},
     worker::pod::WorkerPodSettings,
 };
@@ -50,6 +51,8 @@ pub struct Ctx {
     pub nodes_tx: mpsc::Sender<()>,
     /// Last (generation, deleting) seen per Module, to signal only real changes.
     pub seen_modules: Mutex<HashMap<ModuleKey, (Option<i64>, bool)>>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Ctx {

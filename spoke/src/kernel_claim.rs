@@ -4,7 +4,13 @@
 //! from this list, and a kernel missing from it would never get an image. Nodes that do not report
 //! a kernel yet are skipped rather than written as empty lines.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::ObjectMeta};
@@ -15,11 +21,18 @@ use kmm_api::{
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{
+        WatchStreamExt, reflector,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use serde_json::json;
 
-use crate::context::{Error, FIELD_MANAGER, is_status, kube_err};
+use crate::{
+    context::{Error, FIELD_MANAGER, is_status, kube_err},
+    metrics::Metrics,
+};
 
 /// The claims to apply for these nodes.
 pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
@@ -66,37 +79,130 @@ pub fn claim_changes(
     (apply, delete)
 }
 
-/// Keeps the kernel-versions claims in step with the Nodes until the watch ends. Reacts to Node
+/// What the writer reports to the rest of the spoke.
+#[derive(Clone, Default)]
+pub struct ClaimReporting {
+    /// Metrics (writes, failures, watch errors, kernel count).
+    pub metrics: Arc<Metrics>,
+    /// Set once both watches (Nodes and ClusterClaims) have listed; cleared while one fails.
+    pub synced: Arc<AtomicBool>,
+}
+
+/// One watch event of either kind, as the reflectors pass them on.
+enum Input {
+    /// `Ok(true)` once the initial list is done.
+    Nodes(Result<bool, watcher::Error>),
+    Claims(Result<Box<watcher::Event<ClusterClaim>>, watcher::Error>),
+}
+
+/// A write sent but not yet seen back through the claim watch: until it is, the cache still
+/// holds the old value, and the writer must not send it again.
+#[derive(Debug, Clone, PartialEq)]
+enum Pending {
+    /// Applied; the answer had this resourceVersion.
+    Applied {
+        value: String,
+        rv: Option<String>,
+    },
+    Deleted,
+}
+
+/// Keeps the kernel-versions claims in step with the Nodes until the watches end. Reacts to Node
 /// and claim changes; writes only claims whose value differs, deletes continuation claims no
-/// longer needed.
-pub async fn run(client: Client) {
+/// longer needed. Watch and write failures are logged (once per distinct error, and when they
+/// clear), counted in the metrics, and keep `synced` false while a watch fails.
+pub async fn run(client: Client, report: ClaimReporting) {
     let nodes_api = Api::<Node>::all(client.clone());
     let claims_api = Api::<ClusterClaim>::all(client.clone());
     let (nodes, nodes_writer) = reflector::store();
     let (claims, claims_writer) = reflector::store();
+    // The reflectors are polled only through `events`: nothing in this loop may wait on the
+    // stores themselves (that would stop the very streams that fill them).
     let node_events = reflector(nodes_writer, watcher(nodes_api, watcher::Config::default()))
         .default_backoff()
-        .map(|_| ());
+        .map(|r| Input::Nodes(r.map(|e| matches!(e, watcher::Event::InitDone))));
     let claim_events = reflector(
         claims_writer,
         watcher(claims_api.clone(), watcher::Config::default()),
     )
     .default_backoff()
-    .map(|_| ());
+    .map(|r| Input::Claims(r.map(Box::new)));
     let mut events = std::pin::pin!(futures::stream::select(node_events, claim_events));
-    let mut last_error: Option<String> = None;
-    while events.next().await.is_some() {
-        if nodes.wait_until_ready().await.is_err() || claims.wait_until_ready().await.is_err() {
-            return;
+    let (mut nodes_synced, mut claims_synced) = (false, false);
+    let mut node_error: Option<String> = None;
+    let mut claim_error: Option<String> = None;
+    let mut write_error: Option<String> = None;
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    while let Some(input) = events.next().await {
+        match input {
+            Input::Nodes(Ok(init_done)) => {
+                recovered("nodes", &mut node_error);
+                nodes_synced |= init_done;
+            }
+            Input::Claims(Ok(event)) => {
+                recovered("clusterclaims", &mut claim_error);
+                match *event {
+                    watcher::Event::InitDone => {
+                        claims_synced = true;
+                        // A fresh list is the truth.
+                        pending.clear();
+                    }
+                    watcher::Event::Apply(c) | watcher::Event::InitApply(c) => {
+                        let name = c.name_any();
+                        if let Some(Pending::Applied { rv, .. }) = pending.get(&name)
+                            && (rv.is_none() || *rv == c.resource_version())
+                        {
+                            pending.remove(&name);
+                        }
+                    }
+                    watcher::Event::Delete(c) => {
+                        pending.remove(&c.name_any());
+                    }
+                    watcher::Event::Init => {}
+                }
+            }
+            Input::Nodes(Err(error)) => {
+                report.metrics.watch_failed("nodes");
+                failed("nodes", &error.to_string(), &mut node_error);
+            }
+            Input::Claims(Err(error)) => {
+                report.metrics.watch_failed("clusterclaims");
+                failed("clusterclaims", &error.to_string(), &mut claim_error);
+            }
+        }
+        let synced = nodes_synced && claims_synced && node_error.is_none() && claim_error.is_none();
+        report.synced.store(synced, Ordering::Relaxed);
+        if !(nodes_synced && claims_synced) {
+            continue;
         }
         let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let existing: BTreeMap<String, String> = claims
+        let mut existing: BTreeMap<String, String> = claims
             .state()
             .iter()
             .map(|c| (c.name_any(), c.spec.value.clone()))
             .collect();
+        for (name, p) in &pending {
+            match p {
+                Pending::Applied { value, .. } => existing.insert(name.clone(), value.clone()),
+                Pending::Deleted => existing.remove(name),
+            };
+        }
         let result = match desired_claims(&node_list) {
-            Ok(desired) => sync(&claims_api, &desired, &existing).await,
+            Ok(desired) => {
+                report
+                    .metrics
+                    .kernels
+                    .set(i64::try_from(distinct_kernels(&node_list)).unwrap_or(i64::MAX));
+                sync(
+                    &claims_api,
+                    &claims,
+                    &desired,
+                    &existing,
+                    &mut pending,
+                    &report.metrics,
+                )
+                .await
+            }
             Err(ClaimError::NoKernels) => Ok(()),
             Err(e) => Err(Error::Serialize {
                 what: "the kernel-versions claims",
@@ -104,22 +210,47 @@ pub async fn run(client: Client) {
             }),
         };
         match result {
-            Ok(()) => last_error = None,
+            Ok(()) => recovered("writes", &mut write_error),
             Err(error) => {
-                let text = error.to_string();
-                if last_error.as_ref() != Some(&text) {
-                    tracing::warn!(%error, "updating the kernel-versions claims failed");
-                }
-                last_error = Some(text);
+                report.metrics.claim_write_errors.inc();
+                failed("writes", &error.to_string(), &mut write_error);
             }
         }
     }
 }
 
+fn distinct_kernels(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.node_info.as_ref())
+        .map(|i| i.kernel_version.trim())
+        .filter(|k| !k.is_empty())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// Logs a failure the first time it is seen (and whenever its text changes).
+fn failed(what: &str, text: &str, last: &mut Option<String>) {
+    if last.as_deref() != Some(text) {
+        tracing::warn!(what, error = %text, "kernel-versions claim writer: failing");
+    }
+    *last = Some(text.to_owned());
+}
+
+/// Logs that a failure has cleared.
+fn recovered(what: &str, last: &mut Option<String>) {
+    if last.take().is_some() {
+        tracing::info!(what, "kernel-versions claim writer: recovered");
+    }
+}
+
 async fn sync(
     api: &Api<ClusterClaim>,
+    cache: &Store<ClusterClaim>,
     desired: &[ClusterClaim],
     existing: &BTreeMap<String, String>,
+    pending: &mut BTreeMap<String, Pending>,
+    metrics: &Metrics,
 ) -> Result<(), Error> {
     let (mut apply, delete) = claim_changes(desired, existing);
     // Continuations before the first claim: a reader never sees "+N" without its claims.
@@ -131,20 +262,39 @@ async fn sync(
             "metadata": { "name": name },
             "spec": { "value": value },
         });
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(kube_err(format!("applying ClusterClaim {name}")))?;
+        metrics.claim_writes.inc();
+        let applied = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map_err(kube_err(format!("applying ClusterClaim {name}")))?;
+        tracing::info!(claim = %name, "kernel-versions claim written");
+        let cached_rv = cache
+            .get(&ObjectRef::new(name))
+            .and_then(|c| c.resource_version());
+        if cached_rv.is_some() && cached_rv == applied.resource_version() {
+            // The server had it already (our cache was behind): no watch event will follow.
+            continue;
+        }
+        pending.insert(
+            name.clone(),
+            Pending::Applied {
+                value: value.clone(),
+                rv: applied.resource_version(),
+            },
+        );
     }
     for name in delete {
+        metrics.claim_writes.inc();
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(kube_err(format!("deleting ClusterClaim {name}"))(e)),
         }
+        pending.insert(name, Pending::Deleted);
     }
     Ok(())
 }

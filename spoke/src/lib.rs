@@ -6,12 +6,18 @@
 //! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) from the Nodes.
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
 //! - [`worker`]: `kmm-spoke worker load|unload`, its modprobe command lines and its pod.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`telemetry`]: structured logs.
 //! - [`context`]: what the controllers share, and their error type.
 
 pub mod cli;
 pub mod context;
+pub mod health;
 pub mod kernel_claim;
+pub mod metrics;
 pub mod module_controller;
 pub mod node_controller;
 pub mod ordered_upgrade;
+pub mod telemetry;
 pub mod worker;

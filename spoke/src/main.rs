@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Worker(args) => return Ok(run_worker(args)),
         Command::Run(args) => {
+            kmm_spoke::telemetry::init();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

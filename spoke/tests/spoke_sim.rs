@@ -2,119 +2,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+mod common;
 
+use common::*;
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Node, Pod},
     events::v1::Event,
 };
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher};
-use kmm_api::{Module, labels, nmc::NodeModulesConfig};
-use kmm_spoke::{cli::run_with, context::Settings, node_controller::desired::NodeSettings};
+use kmm_api::{Module, labels};
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
-
-const K_DEBIAN: &str = "6.1.0-18-cloud-amd64";
-const K_RHEL: &str = "5.14.0-70.el9.x86_64";
-
-async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(&str, &str)]) {
-    let api = Api::<Node>::all(client.clone());
-    let labels: BTreeMap<_, _> = node_labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    api.create(&PostParams::default(), &node).await.unwrap();
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"nodeInfo": {
-            "kernelVersion": kernel, "bootID": format!("boot-{name}"), "machineID": "", "systemUUID": "",
-            "kubeProxyVersion": "", "kubeletVersion": "", "osImage": "", "containerRuntimeVersion": "",
-            "operatingSystem": "linux", "architecture": "amd64"}}})),
-    )
-    .await
-    .unwrap();
-}
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    // A bound so a broken controller fails the test instead of hanging it; not a speed check.
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-fn settings() -> Settings {
-    Settings {
-        node: NodeSettings {
-            operator_namespace: "kmm-operator-system".into(),
-            backoff_base: Duration::from_millis(100),
-            ..Default::default()
-        },
-        resync: Duration::from_secs(600),
-        ..Default::default()
-    }
-}
-
-struct Spoke {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn start_spoke(client: &Client) -> Spoke {
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let client = client.clone();
-    let task = tokio::spawn(async move {
-        run_with(client, settings(), async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Spoke { stop, task }
-}
-
-impl Spoke {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
-
-async fn node_labels(client: &Client, name: &str) -> BTreeMap<String, String> {
-    Api::<Node>::all(client.clone())
-        .get(name)
-        .await
-        .unwrap()
-        .labels()
-        .clone()
-}
-
-async fn nmc(client: &Client, name: &str) -> Option<NodeModulesConfig> {
-    Api::<NodeModulesConfig>::all(client.clone())
-        .get_opt(name)
-        .await
-        .unwrap()
-}
-
-fn loaded(nmc: &Option<NodeModulesConfig>) -> usize {
-    nmc.as_ref()
-        .and_then(|n| n.status.as_ref())
-        .map(|s| s.modules.len())
-        .unwrap_or(0)
-}
 
 const MODULE: &str = r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
@@ -140,24 +42,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_unloads_and_survives_a_restart() {
     let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = sim.add_cluster("spoke-1").await.unwrap();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    cluster
-        .install_crds_from_path(format!("{root}/manifests/crds/modules.kmm.sigs.x-k8s.io.yaml"))
-        .unwrap();
-    cluster
-        .install_crds_from_path(format!(
-            "{root}/manifests/crds/nodemodulesconfigs.kmm.sigs.x-k8s.io.yaml"
-        ))
-        .unwrap();
-    cluster
-        .install_crds_from_path(
-            "/work/shared/reference/ocm-crds/0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml",
-        )
-        .unwrap();
-    cluster
-        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: drivers}\n")
-        .unwrap();
+    let cluster = spoke_cluster(&sim, "spoke-1").await;
     let client = cluster.client();
     mk_node(&client, "node-a", K_DEBIAN, &[("role", "gpu")]).await;
     mk_node(&client, "node-b", K_RHEL, &[("role", "gpu")]).await;

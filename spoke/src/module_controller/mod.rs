@@ -34,6 +34,9 @@ use crate::context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err};
 /// Finalizer kmm-spoke puts on Modules.
 pub const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
 
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "module";
+
 /// Builds the Module controller.
 pub fn controller(client: kube::Client) -> Controller<DeserializeGuard<Module>> {
     Controller::new(
@@ -60,12 +63,23 @@ pub async fn run(
     ctx: SharedCtx,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let metrics = ctx.metrics.clone();
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(error) = res {
-                tracing::warn!(%error, "module reconcile failed");
+        .for_each(|res| {
+            let metrics = metrics.clone();
+            async move {
+                metrics.reconciled(CONTROLLER);
+                if let Err(error) = res {
+                    let reason = match &error {
+                        kube::runtime::controller::Error::ReconcilerFailed(e, _) => e.reason(),
+                        kube::runtime::controller::Error::QueueError(_) => "WatchError",
+                        _ => "Other",
+                    };
+                    metrics.reconcile_failed(CONTROLLER, reason);
+                    tracing::warn!(%error, reason, "module reconcile failed");
+                }
             }
         })
         .await;

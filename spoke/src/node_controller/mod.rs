@@ -41,6 +41,9 @@ use crate::{
     worker::pod::{MODULE_NAME_LABEL, WorkerPodInput, worker_pod},
 };
 
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "node";
+
 /// Builds the node controller. `nodes_rx` receives "look at every node" signals.
 pub fn controller(client: kube::Client, nodes_rx: mpsc::Receiver<()>) -> Controller<Node> {
     let trigger = futures::stream::unfold(
@@ -72,12 +75,23 @@ pub async fn run(
     ctx: SharedCtx,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let metrics = ctx.metrics.clone();
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(error) = res {
-                tracing::warn!(%error, "node reconcile failed");
+        .for_each(|res| {
+            let metrics = metrics.clone();
+            async move {
+                metrics.reconciled(CONTROLLER);
+                if let Err(error) = res {
+                    let reason = match &error {
+                        kube::runtime::controller::Error::ReconcilerFailed(e, _) => e.reason(),
+                        kube::runtime::controller::Error::QueueError(_) => "WatchError",
+                        _ => "Other",
+                    };
+                    metrics.reconcile_failed(CONTROLLER, reason);
+                    tracing::warn!(%error, reason, "node reconcile failed");
+                }
             }
         })
         .await;

@@ -1,0 +1,197 @@
+//! The kernel-versions ClusterClaim writer against the kmm-sim API server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
+mod common;
+
+use std::{collections::BTreeMap, sync::atomic::Ordering};
+
+use common::*;
+use k8s_openapi::api::core::v1::Node;
+use kmm_api::{
+    claims::decode_kernel_claims,
+    ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM},
+};
+use kmm_spoke::kernel_claim::{self, ClaimReporting};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+
+async fn claims(client: &Client) -> BTreeMap<String, String> {
+    Api::<ClusterClaim>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|c| (c.name_any(), c.spec.value))
+        .collect()
+}
+
+async fn first_claim(client: &Client) -> Option<String> {
+    claims(client).await.remove(KERNEL_VERSIONS_CLAIM)
+}
+
+fn start_writer(client: &Client) -> (ClaimReporting, tokio::task::JoinHandle<()>) {
+    let report = ClaimReporting::default();
+    let task = tokio::spawn(kernel_claim::run(client.clone(), report.clone()));
+    (report, task)
+}
+
+async fn delete_node(client: &Client, name: &str) {
+    Api::<Node>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_on_change() {
+    let sim = kmm_sim::Sim::new().unwrap();
+    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    let client = cluster.client();
+    mk_node(&client, "a", K_DEBIAN, &[]).await;
+    mk_node(&client, "b", K_RHEL, &[]).await;
+    mk_node(&client, "c", K_DEBIAN, &[]).await;
+    let (report, writer) = start_writer(&client);
+    let writes = || cluster.requests().writes("clusterclaims");
+
+    let both = format!("{K_RHEL}\n{K_DEBIAN}");
+    eventually("claim for 3 nodes on 2 kernels", || async {
+        first_claim(&client).await.as_deref() == Some(both.as_str())
+    })
+    .await;
+    assert_eq!(writes(), 1);
+    assert!(report.synced.load(Ordering::Relaxed));
+
+    // A node joins on a known kernel: nothing to write. The next change (a new kernel) is
+    // handled after it, so once that shows, the first one has been handled too.
+    const K_NEW: &str = "6.12.0-1-amd64";
+    mk_node(&client, "d", K_DEBIAN, &[]).await;
+    mk_node(&client, "e", K_NEW, &[]).await;
+    let three = format!("{K_RHEL}\n{K_DEBIAN}\n{K_NEW}");
+    eventually("new kernel claimed", || async {
+        first_claim(&client).await.as_deref() == Some(three.as_str())
+    })
+    .await;
+    assert_eq!(writes(), 2, "the node on a known kernel caused no write");
+
+    // b upgrades from RHEL to the new kernel: RHEL leaves the list.
+    set_kernel(&client, "b", K_NEW).await;
+    let two = format!("{K_DEBIAN}\n{K_NEW}");
+    eventually("upgrade claimed", || async {
+        first_claim(&client).await.as_deref() == Some(two.as_str())
+    })
+    .await;
+    assert_eq!(writes(), 3);
+
+    // Nodes leave: a (Debian stays on c and d) changes nothing; then b and e take the new
+    // kernel with them.
+    delete_node(&client, "a").await;
+    delete_node(&client, "b").await;
+    delete_node(&client, "e").await;
+    eventually("departures claimed", || async {
+        first_claim(&client).await.as_deref() == Some(K_DEBIAN)
+    })
+    .await;
+    assert_eq!(
+        writes(),
+        4,
+        "one write for the kernel that left, none for the others"
+    );
+
+    // Someone else overwrites the claim: the writer puts it back.
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: cluster.open-cluster-management.io/v1alpha1\nkind: ClusterClaim\n\
+             metadata: {{name: {KERNEL_VERSIONS_CLAIM}}}\nspec: {{value: bogus}}\n"
+        ))
+        .unwrap();
+    eventually("drift repaired", || async {
+        first_claim(&client).await.as_deref() == Some(K_DEBIAN)
+    })
+    .await;
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back() {
+    let sim = kmm_sim::Sim::new().unwrap();
+    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    let client = cluster.client();
+    let kernels: Vec<String> = (0..60)
+        .map(|i| format!("5.14.0-{}.{i}.1.el9_{i}.x86_64", 100 + i))
+        .collect();
+    for (i, k) in kernels.iter().enumerate() {
+        mk_node(&client, &format!("n{i:02}"), k, &[]).await;
+    }
+    let (_report, writer) = start_writer(&client);
+
+    let mut want = kernels.clone();
+    want.sort();
+    let joined = || async {
+        let all = claims(&client).await;
+        decode_kernel_claims(|name| all.get(name).map(String::as_str)).ok()
+    };
+    eventually("60 kernels claimed", || async {
+        joined().await.as_ref() == Some(&want)
+    })
+    .await;
+    let all = claims(&client).await;
+    assert!(
+        all.len() >= 2,
+        "split across continuation claims: {:?}",
+        all.keys()
+    );
+    assert!(
+        all.values().all(|v| v.len() <= 1024),
+        "every value fits OCM's 1024 characters"
+    );
+    let writes = cluster.requests().writes("clusterclaims");
+    assert_eq!(writes, all.len() as u64, "one write per claim");
+
+    // Down to 10 kernels: one claim again, continuations deleted.
+    for i in 10..60 {
+        delete_node(&client, &format!("n{i:02}")).await;
+    }
+    let mut ten = kernels[..10].to_vec();
+    ten.sort();
+    eventually("continuations removed", || async {
+        claims(&client).await.len() == 1 && joined().await.as_ref() == Some(&ten)
+    })
+    .await;
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_claim_crd_the_writer_reports_the_failure_and_recovers_once_installed() {
+    let sim = kmm_sim::Sim::new().unwrap();
+    let cluster = sim.add_cluster("spoke-1").await.unwrap();
+    let client = cluster.client();
+    mk_node(&client, "a", K_DEBIAN, &[]).await;
+    let (report, writer) = start_writer(&client);
+
+    let failures = || {
+        report
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with(r#"kmm_spoke_watch_errors_total{watch="clusterclaims"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually("the failing claim watch is counted", || async { failures() > 0 }).await;
+    assert!(
+        !report.synced.load(Ordering::Relaxed),
+        "not synced while the watch fails"
+    );
+
+    cluster.install_crds_from_path(CLAIM_CRD).unwrap();
+    eventually("claim written once the CRD exists", || async {
+        first_claim(&client).await.as_deref() == Some(K_DEBIAN)
+    })
+    .await;
+    assert!(report.synced.load(Ordering::Relaxed));
+    writer.abort();
+}
