@@ -380,9 +380,12 @@ fn collect_files(
                     },
                 };
                 files.insert(path, file);
+            } else if header.entry_type().is_dir() {
+                // A directory merges with the lower one; it only hides a file of that name.
+                files.remove(&path);
             } else {
-                // Replaced by something that is not a matching regular file (a symlink, a
-                // directory, a hard link): not ours to sign any more.
+                // Replaced by something that is not a matching regular file (a symlink, a hard
+                // link, another file), which also hides a lower directory of that name.
                 let prefix = format!("{path}/");
                 files.retain(|p, _| *p != path && !p.starts_with(&prefix));
             }
@@ -464,6 +467,12 @@ mod tests {
             header.set_gid(0);
             header.set_mtime(0);
             match data {
+                Some(_) if path.ends_with('/') => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    header.set_mode(0o755);
+                    builder.append_data(&mut header, path, std::io::empty()).unwrap();
+                }
                 Some(data) => {
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(data.len() as u64);
@@ -498,6 +507,7 @@ mod tests {
             ("opt/lib/modules/6.1/readme", Some(b"text")),
         ]);
         let (l2, b2) = tar_layer(&[
+            ("opt/lib/modules/6.1/", Some(b"")),
             ("opt/lib/modules/6.1/a.ko", Some(b"a2")),
             ("opt/lib/modules/6.1/.wh.b.ko", Some(b"")),
             ("opt/lib/modules/6.1/c.ko", None),
@@ -511,10 +521,23 @@ mod tests {
     }
 
     #[test]
+    fn an_upper_directory_entry_keeps_the_lower_files() {
+        let patterns = compile_patterns(&["/m/*.ko".to_owned()]).unwrap();
+        let (l1, b1) = tar_layer(&[("m/a.ko", Some(b"a")), ("m/b.ko", Some(b"b"))]);
+        let (l2, b2) = tar_layer(&[("m/", Some(b"")), ("m/b.ko/", Some(b""))]);
+        let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["/m/a.ko"]);
+    }
+
+    #[test]
     fn an_opaque_whiteout_hides_the_lower_directory() {
         let patterns = compile_patterns(&["/m/*.ko".to_owned()]).unwrap();
         let (l1, b1) = tar_layer(&[("m/a.ko", Some(b"a")), ("m/b.ko", Some(b"b"))]);
-        let (l2, b2) = tar_layer(&[("m/.wh..wh..opq", Some(b"")), ("m/b.ko", Some(b"b2"))]);
+        let (l2, b2) = tar_layer(&[
+            ("m/", Some(b"")),
+            ("m/.wh..wh..opq", Some(b"")),
+            ("m/b.ko", Some(b"b2")),
+        ]);
         let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
         assert_eq!(files.keys().collect::<Vec<_>>(), vec!["/m/b.ko"]);
         assert_eq!(files["/m/b.ko"].data, b"b2");
