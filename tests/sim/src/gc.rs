@@ -173,6 +173,7 @@ pub fn remove(
     if let Some(objs) = st.objects.get_mut(&rt.group_resource()) {
         objs.remove(&key);
     }
+    st.uids.remove(uid(&old));
     st.rv += 1;
     let mut last = last.unwrap_or_else(|| (*old).clone());
     last["metadata"]["resourceVersion"] = json!(st.rv.to_string());
@@ -284,6 +285,7 @@ fn drop_crd(st: &mut State, crd: &Value, tx: &broadcast::Sender<Arc<Change>>) {
     };
     let objs = st.objects.remove(&gr).unwrap_or_default();
     for (_, o) in objs {
+        st.uids.remove(uid(&o));
         st.rv += 1;
         let mut last = (*o).clone();
         last["metadata"]["resourceVersion"] = json!(st.rv.to_string());

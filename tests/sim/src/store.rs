@@ -108,6 +108,8 @@ pub(crate) struct State {
     /// Changes at or below this resource version are no longer in the log.
     compacted: u64,
     uid_counter: u64,
+    /// UIDs of every stored object, for owner-reference checks.
+    pub uids: std::collections::HashSet<String>,
 }
 
 /// A virtual cluster's API state.
@@ -178,6 +180,7 @@ impl Store {
             log_capacity,
             compacted: 1,
             uid_counter: 0,
+            uids: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -186,11 +189,18 @@ impl Store {
                 resource: "namespaces".into(),
             };
             let stamped = state.stamp_new(obj, "kube-apiserver", None);
+            let stamped_uid = stamped
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             state
                 .objects
                 .entry(gr)
                 .or_default()
                 .insert((String::new(), ns.to_string()), Arc::new(stamped));
+            if let Some(uid) = stamped_uid {
+                state.uids.insert(uid);
+            }
         }
         Self {
             state: Mutex::new(state),
@@ -904,7 +914,27 @@ impl State {
             .insert(key_of(&obj), obj.clone());
         self.record(rt.group_resource(), kind, obj.clone(), old, tx);
         self.mirror_event(&rt.group_resource(), &obj, false, tx);
+        if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
+            self.uids.insert(uid.to_string());
+        }
+        if self.dangling(&obj) {
+            // Like the garbage collector: a dependent whose owners are all gone is deleted.
+            gc::delete(self, rt, obj.clone(), Some("Background"), tx)?;
+        }
         Ok(obj)
+    }
+
+    /// Has owner references, none of which names an existing object.
+    fn dangling(&self, obj: &Value) -> bool {
+        let Some(refs) = obj.pointer("/metadata/ownerReferences").and_then(Value::as_array) else {
+            return false;
+        };
+        obj.pointer("/metadata/deletionTimestamp").is_none()
+            && !refs.is_empty()
+            && refs
+                .iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .all(|u| !self.uids.contains(u))
     }
 
     pub fn record(

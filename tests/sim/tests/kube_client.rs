@@ -587,3 +587,33 @@ async fn events_recorded_by_kube_rs_are_listed_as_v1_events_for_kubectl_describe
     assert_eq!(found[0].message.as_deref(), Some("it broke"));
     assert_eq!(found[0].type_.as_deref(), Some("Warning"));
 }
+
+#[tokio::test]
+async fn a_dependent_created_after_its_owner_is_gone_is_collected() {
+    let (_sim, client) = simple().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let owner = api
+        .create(&PostParams::default(), &cm("owner", &[]))
+        .await
+        .unwrap();
+    api.delete("owner", &DeleteParams::default()).await.unwrap();
+    let mut late = cm("late-child", &[]);
+    late.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    api.create(&PostParams::default(), &late).await.unwrap();
+    assert!(
+        api.get_opt("late-child").await.unwrap().is_none(),
+        "an orphan with a dangling owner is collected"
+    );
+    let mut free = cm("no-owner", &[]);
+    free.metadata.owner_references = Some(vec![]);
+    api.create(&PostParams::default(), &free).await.unwrap();
+    assert!(api.get_opt("no-owner").await.unwrap().is_some());
+}
