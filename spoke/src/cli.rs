@@ -43,9 +43,13 @@ pub struct RunArgs {
     /// Host firmware directory the workers copy firmware into.
     #[arg(long, default_value = "/var/lib/firmware")]
     pub firmware_host_path: String,
-    /// Also point the kernel's firmware class path at --firmware-host-path.
-    #[arg(long)]
+    /// Point the kernel's firmware class path at --firmware-host-path when a Module has a
+    /// firmwarePath (as upstream); `--set-firmware-class-path=false` turns it off.
+    #[arg(long, env = "KMM_SET_FIRMWARE_CLASS_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub set_firmware_class_path: bool,
+    /// Extra argument for every worker (repeatable), for example `--worker-arg=--dry-run`.
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    pub worker_args: Vec<String>,
     /// Service account of worker pods for Modules in the operator namespace.
     #[arg(long, default_value = "kmm-operator-module-loader")]
     pub module_loader_service_account: String,
@@ -108,6 +112,7 @@ impl RunArgs {
                 binary: self.worker_binary.clone(),
                 firmware_host_path: self.firmware_host_path.clone(),
                 set_firmware_class_path: self.set_firmware_class_path,
+                extra_args: self.worker_args.clone(),
             },
             resync: Duration::from_secs(self.resync_seconds.max(1)),
         }

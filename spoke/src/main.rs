@@ -43,6 +43,9 @@ struct WorkerArgs {
     /// Worker configuration file (YAML or JSON, the format of a NodeModulesConfig entry's config).
     #[arg(long, default_value = worker::CONFIG_PATH)]
     config: PathBuf,
+    /// The configuration itself; when set, --config is not read (worker pods set the env var).
+    #[arg(long, env = worker::CONFIG_ENV, hide_env_values = true)]
+    config_yaml: Option<String>,
     /// Pass --dry-run to every modprobe call.
     #[arg(long)]
     dry_run: bool,
@@ -76,6 +79,7 @@ fn run_worker(args: WorkerArgs) -> std::process::ExitCode {
     };
     let opts = WorkerOptions {
         config: args.config,
+        config_inline: args.config_yaml.filter(|c| !c.trim().is_empty()),
         dry_run: args.dry_run,
         shared_root: args.shared_root,
         host_root: args.host_root,

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
-        HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
-        SELinuxOptions, SecurityContext, Volume, VolumeMount,
+        EnvVar, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec,
+        ResourceRequirements, SELinuxOptions, SecurityContext, Volume, VolumeMount,
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -45,8 +45,11 @@ pub struct WorkerPodSettings {
     pub binary: String,
     /// Host firmware directory the worker copies firmware into.
     pub firmware_host_path: String,
-    /// Also point the kernel's firmware class path at `firmware_host_path`.
+    /// Point the kernel's firmware class path at `firmware_host_path` when a Module has a
+    /// `firmwarePath` (upstream always does; on by default).
     pub set_firmware_class_path: bool,
+    /// Appended to every worker's arguments (for example `--dry-run`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for WorkerPodSettings {
@@ -55,7 +58,8 @@ impl Default for WorkerPodSettings {
             image: "kmm-spoke:latest".into(),
             binary: "/usr/local/bin/kmm-spoke".into(),
             firmware_host_path: "/var/lib/firmware".into(),
-            set_firmware_class_path: false,
+            set_firmware_class_path: true,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -197,6 +201,8 @@ pub fn worker_pod(
         }
     }
 
+    args.extend(settings.extra_args.iter().cloned());
+
     let resources = ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("500m".into())),
@@ -247,6 +253,13 @@ pub fn worker_pod(
         image: Some(settings.image.clone()),
         command: Some(vec![settings.binary.clone()]),
         args: Some(args),
+        // The config again, literally: what the worker reads first, so it runs wherever the
+        // downward-API file is not there (a kubelet stand-in, a debugging copy of the pod).
+        env: Some(vec![EnvVar {
+            name: super::run::CONFIG_ENV.into(),
+            value: Some(config_yaml(config)?),
+            ..Default::default()
+        }]),
         resources: Some(resources),
         security_context: Some(security),
         termination_message_path: Some("/dev/termination-log".into()),

@@ -32,6 +32,8 @@ pub enum Action {
 pub struct WorkerOptions {
     /// The worker configuration file.
     pub config: PathBuf,
+    /// The configuration itself (YAML or JSON); when set, `config` is not read.
+    pub config_inline: Option<String>,
     /// Pass `--dry-run` to modprobe and change nothing on the host except in the given dirs.
     pub dry_run: bool,
     /// Directory the init container copied the image's module tree and firmware into.
@@ -53,6 +55,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
             config: PathBuf::from(CONFIG_PATH),
+            config_inline: None,
             dry_run: false,
             shared_root: PathBuf::from(modprobe::SHARED_ROOT),
             host_root: PathBuf::from("/"),
@@ -66,6 +69,9 @@ impl Default for WorkerOptions {
 
 /// Where worker pods mount the configuration file.
 pub const CONFIG_PATH: &str = "/etc/kmm-worker/config.yaml";
+/// Environment variable holding the configuration itself (worker pods set it; it wins over the
+/// file).
+pub const CONFIG_ENV: &str = "KMM_WORKER_CONFIG";
 
 /// Why the worker failed; the `Display` text is the pod's one-line termination message.
 #[derive(Debug, Error)]
@@ -129,15 +135,23 @@ pub fn read_config(path: &Path) -> Result<ModuleConfig, WorkerError> {
         path: path.to_owned(),
         source,
     })?;
-    serde_saphyr::from_str(&text).map_err(|e| WorkerError::ParseConfig {
-        path: path.to_owned(),
+    parse_config(&text, path)
+}
+
+/// Parses a worker configuration (`origin` names where it came from, for errors).
+pub fn parse_config(text: &str, origin: &Path) -> Result<ModuleConfig, WorkerError> {
+    serde_saphyr::from_str(text).map_err(|e| WorkerError::ParseConfig {
+        path: origin.to_owned(),
         reason: e.to_string().replace('\n', " "),
     })
 }
 
 /// Runs the worker.
 pub fn run(action: Action, opts: &WorkerOptions) -> Result<Report, WorkerError> {
-    let config = read_config(&opts.config)?;
+    let config = match &opts.config_inline {
+        Some(text) => parse_config(text, Path::new(CONFIG_ENV))?,
+        None => read_config(&opts.config)?,
+    };
     let mut report = Report::default();
     match action {
         Action::Load => load(&config, opts, &mut report)?,

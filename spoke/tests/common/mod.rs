@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test helpers: a panic is a failed test
 
+pub mod kmod;
+
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use k8s_openapi::api::core::v1::Node;
@@ -92,10 +94,14 @@ pub struct Spoke {
 }
 
 pub fn start_spoke(client: &Client) -> Spoke {
+    start_spoke_with(client, settings())
+}
+
+pub fn start_spoke_with(client: &Client, settings: Settings) -> Spoke {
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let client = client.clone();
     let task = tokio::spawn(async move {
-        run_with(client, settings(), None, async move {
+        run_with(client, settings, None, async move {
             let _ = rx.await;
         })
         .await
