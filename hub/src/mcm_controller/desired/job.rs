@@ -1,0 +1,433 @@
+//! Build and sign Jobs (pure): what must run on the hub before a missing image exists, and the
+//! Job that runs it. Names are a stable hash of what is produced, so many clusters and many MCMs
+//! needing one image share one Job, and a hub restart finds the Job it already started.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::{
+            ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
+            SecretVolumeSource, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kmm_api::{
+    ManagedClusterModule,
+    kernel::{KernelMapper, ResolvedMapping},
+    labels::MCM_NAME_LABEL,
+    module::{Build, Sign, TlsOptions},
+};
+use kube::ResourceExt;
+
+use super::plan::Pin;
+
+/// Label on every Job: `build` or `sign`.
+pub const JOB_TYPE_LABEL: &str = "hub.kmm.sigs.x-k8s.io/job-type";
+/// Annotation on every Job: the image it produces.
+pub const JOB_IMAGE_ANNOTATION: &str = "hub.kmm.sigs.x-k8s.io/image";
+/// Annotation on every Job: the kernel it is for.
+pub const JOB_KERNEL_ANNOTATION: &str = "hub.kmm.sigs.x-k8s.io/kernel";
+
+/// Hub-wide settings of the Jobs.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// Namespace the Jobs, Dockerfile ConfigMaps and Secrets live in.
+    pub namespace: String,
+    /// Image with buildah, for builds.
+    pub buildah_image: String,
+    /// Image of kmm-hub itself, for `kmm-hub sign-image`.
+    pub hub_image: String,
+}
+
+/// One step the hub must run for a missing image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Build {
+        kernel: String,
+        target: String,
+        build: Build,
+        push_tls: TlsOptions,
+        auth: Option<String>,
+    },
+    Sign {
+        kernel: String,
+        source: String,
+        target: String,
+        sign: Sign,
+        push_tls: TlsOptions,
+        auth: Option<String>,
+    },
+}
+
+impl Step {
+    pub fn target(&self) -> &str {
+        match self {
+            Step::Build { target, .. } | Step::Sign { target, .. } => target,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Build { .. } => "build",
+            Step::Sign { .. } => "sign",
+        }
+    }
+
+    fn kernel(&self) -> &str {
+        match self {
+            Step::Build { kernel, .. } | Step::Sign { kernel, .. } => kernel,
+        }
+    }
+
+    /// `kmm-build-<hash>` / `kmm-sign-<hash>`: a hash of what the step produces.
+    pub fn job_name(&self, trigger: Option<i64>) -> String {
+        let key = format!(
+            "{}\n{}\n{}\n{}",
+            self.kind(),
+            self.target(),
+            self.kernel(),
+            trigger.unwrap_or(0)
+        );
+        format!("kmm-{}-{:016x}", self.kind(), fnv1a(key.as_bytes()))
+    }
+}
+
+/// FNV-1a, 64 bits: tiny and stable across Rust releases (std's hasher is not guaranteed to be).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The images a missing one depends on, to look up before deciding ([`step_for`]): the unsigned
+/// intermediate of a build+sign mapping.
+pub fn intermediate_image(mcm: &ManagedClusterModule, resolved: &ResolvedMapping) -> Option<String> {
+    let name = mcm.name_any();
+    match (&resolved.build, &resolved.sign) {
+        (Some(_), Some(_)) => resolved
+            .build_target(&name, &mcm.spec.spoke_namespace)
+            .ok()
+            .flatten(),
+        _ => None,
+    }
+}
+
+/// What to run for `kernel`'s image, when it is missing and the mapping says how to make it.
+pub fn step_for(
+    mcm: &ManagedClusterModule,
+    resolved: &ResolvedMapping,
+    pins: &BTreeMap<String, Pin>,
+) -> Option<Step> {
+    if !matches!(pins.get(&resolved.container_image), Some(Pin::Missing)) {
+        return None;
+    }
+    let name = mcm.name_any();
+    let ns = &mcm.spec.spoke_namespace;
+    let auth = mcm
+        .spec
+        .module_spec
+        .image_repo_secret
+        .as_ref()
+        .map(|s| s.name.clone());
+    let kernel = resolved.kernel.clone();
+    match (&resolved.build, &resolved.sign) {
+        (Some(build), None) => Some(Step::Build {
+            kernel,
+            target: resolved.container_image.clone(),
+            build: build.clone(),
+            push_tls: resolved.registry_tls.clone(),
+            auth,
+        }),
+        (Some(build), Some(sign)) => {
+            let intermediate = resolved.build_target(&name, ns).ok().flatten()?;
+            if matches!(pins.get(&intermediate), Some(Pin::Pinned(_))) {
+                Some(Step::Sign {
+                    kernel,
+                    source: intermediate,
+                    target: resolved.container_image.clone(),
+                    sign: sign.clone(),
+                    push_tls: resolved.registry_tls.clone(),
+                    auth,
+                })
+            } else {
+                Some(Step::Build {
+                    kernel,
+                    target: intermediate,
+                    build: build.clone(),
+                    push_tls: resolved.registry_tls.clone(),
+                    auth,
+                })
+            }
+        }
+        (None, Some(sign)) => Some(Step::Sign {
+            kernel,
+            source: resolved.sign_source(&name, ns).ok().flatten()?,
+            target: resolved.container_image.clone(),
+            sign: sign.clone(),
+            push_tls: resolved.registry_tls.clone(),
+            auth,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// Resolves `kernel` with the MCM's mappings (spoke namespace as `MOD_NAMESPACE`).
+pub fn resolve(mcm: &ManagedClusterModule, kernel: &str) -> Option<ResolvedMapping> {
+    let name = mcm.name_any();
+    KernelMapper::new(&mcm.spec.module_spec, &name, &mcm.spec.spoke_namespace)
+        .ok()?
+        .resolve(kernel)
+        .ok()
+}
+
+/// The shell script of a build Job. Positional arguments are buildah's `--build-arg`s; paths come
+/// from the environment so the same command runs outside a pod (tests run it with buildah here).
+pub const BUILD_SCRIPT: &str = r#"set -eu
+ws="${KMM_WORKSPACE:-/workspace}"
+auth=""
+if [ -f "${KMM_AUTH_FILE:-/run/kmm/auth/config.json}" ]; then auth="--authfile=${KMM_AUTH_FILE:-/run/kmm/auth/config.json}"; fi
+storage="--storage-driver=vfs"
+if [ -n "${KMM_STORAGE_ROOT:-}" ]; then storage="$storage --root=$KMM_STORAGE_ROOT --runroot=$KMM_STORAGE_ROOT/run"; fi
+buildah $storage bud --isolation=chroot --tls-verify="$KMM_BASE_TLS_VERIFY" $auth "$@" -f "$ws/dockerfile" -t "$KMM_IMAGE" "$ws"
+buildah $storage push --tls-verify="$KMM_PUSH_TLS_VERIFY" $auth "$KMM_IMAGE" "docker://$KMM_IMAGE"
+"#;
+
+fn tls_verify(tls: &TlsOptions) -> &'static str {
+    if tls.insecure || tls.insecure_skip_tls_verify {
+        "false"
+    } else {
+        "true"
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(volume: &str, secret: &str, items: Option<Vec<KeyToPath>>) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The Job running `step` for `mcm` (build args get the kernel variables and the MCM's names).
+pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settings: &JobSettings) -> Job {
+    let name = step.job_name(trigger);
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut envs = vec![env("KMM_IMAGE", step.target())];
+    let auth = match step {
+        Step::Build { auth, .. } | Step::Sign { auth, .. } => auth.clone(),
+    };
+    if let Some(secret) = &auth {
+        let items = vec![KeyToPath {
+            key: ".dockerconfigjson".into(),
+            path: "config.json".into(),
+            mode: None,
+        }];
+        volumes.push(secret_volume("registry-auth", secret, Some(items)));
+        mounts.push(mount("registry-auth", "/run/kmm/auth"));
+    }
+    let (container, node_selector) = match step {
+        Step::Build {
+            kernel,
+            build,
+            push_tls,
+            ..
+        } => {
+            volumes.push(Volume {
+                name: "dockerfile".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: build.dockerfile_config_map.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: "dockerfile".into(),
+                        path: "dockerfile".into(),
+                        mode: None,
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("dockerfile", "/workspace"));
+            for s in build.secrets.iter().flatten() {
+                let volume = format!("secret-{}", s.name);
+                volumes.push(secret_volume(&volume, &s.name, None));
+                mounts.push(mount(&volume, &format!("/run/secrets/{}", s.name)));
+            }
+            envs.push(env(
+                "KMM_BASE_TLS_VERIFY",
+                tls_verify(&build.base_image_registry_tls.clone().unwrap_or_default()),
+            ));
+            envs.push(env("KMM_PUSH_TLS_VERIFY", tls_verify(push_tls)));
+            let mut args = vec![
+                "-c".to_string(),
+                BUILD_SCRIPT.to_string(),
+                "kmm-build".to_string(),
+            ];
+            let builtin = [
+                ("KERNEL_VERSION", kernel.clone()),
+                ("KERNEL_FULL_VERSION", kernel.clone()),
+                ("MOD_NAME", mcm.name_any()),
+                ("MOD_NAMESPACE", mcm.spec.spoke_namespace.clone()),
+            ];
+            for (k, v) in builtin {
+                args.push(format!("--build-arg={k}={v}"));
+            }
+            for a in build.build_args.iter().flatten() {
+                args.push(format!("--build-arg={}={}", a.name, a.value));
+            }
+            let c = Container {
+                name: "build".into(),
+                image: Some(settings.buildah_image.clone()),
+                command: Some(vec!["/bin/sh".into()]),
+                args: Some(args),
+                ..Default::default()
+            };
+            (c, build.selector.clone())
+        }
+        Step::Sign {
+            source,
+            target,
+            sign,
+            push_tls,
+            ..
+        } => {
+            volumes.push(secret_volume("signing-key", &sign.key_secret.name, None));
+            volumes.push(secret_volume("signing-cert", &sign.cert_secret.name, None));
+            mounts.push(mount("signing-key", "/run/kmm/signing-key"));
+            mounts.push(mount("signing-cert", "/run/kmm/signing-cert"));
+            let mut args = vec![
+                "sign-image".to_string(),
+                format!("--unsigned-image={source}"),
+                format!("--image={target}"),
+                "--key=/run/kmm/signing-key/key".to_string(),
+                "--cert=/run/kmm/signing-cert/cert".to_string(),
+            ];
+            for f in sign.files_to_sign.iter().flatten() {
+                args.push(format!("--file-to-sign={f}"));
+            }
+            let from_tls = sign.unsigned_image_registry_tls.clone().unwrap_or_default();
+            for (set, flag) in [
+                (from_tls.insecure, "--unsigned-image-insecure"),
+                (
+                    from_tls.insecure_skip_tls_verify,
+                    "--unsigned-image-insecure-skip-tls-verify",
+                ),
+                (push_tls.insecure, "--insecure"),
+                (push_tls.insecure_skip_tls_verify, "--insecure-skip-tls-verify"),
+            ] {
+                if set {
+                    args.push(flag.to_string());
+                }
+            }
+            if auth.is_some() {
+                args.push("--docker-config=/run/kmm/auth/config.json".into());
+            }
+            let c = Container {
+                name: "sign".into(),
+                image: Some(settings.hub_image.clone()),
+                command: Some(vec!["kmm-hub".into()]),
+                args: Some(args),
+                ..Default::default()
+            };
+            (c, None)
+        }
+    };
+    let container = Container {
+        env: Some(envs),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..container
+    };
+    let labels = BTreeMap::from([
+        (MCM_NAME_LABEL.to_string(), mcm.name_any()),
+        (JOB_TYPE_LABEL.to_string(), step.kind().to_string()),
+    ]);
+    let annotations = BTreeMap::from([
+        (JOB_IMAGE_ANNOTATION.to_string(), step.target().to_string()),
+        (JOB_KERNEL_ANNOTATION.to_string(), step.kernel().to_string()),
+    ]);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // A failed build is kept for inspection and reported; it is not retried in a loop.
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector,
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// How a Job ended, from its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+/// Reads a Job's outcome; `message` is the failed pod's termination message when known.
+pub fn job_state(job: &Job, message: Option<&str>) -> JobState {
+    let status = job.status.as_ref();
+    let cond = |t: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+    };
+    if cond("Complete") || status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+        JobState::Succeeded
+    } else if cond("Failed") {
+        let fallback = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed"))
+            .and_then(|c| c.message.clone())
+            .unwrap_or_else(|| "the Job failed".into());
+        JobState::Failed(message.map_or(fallback, |m| m.trim().to_string()))
+    } else {
+        JobState::Running
+    }
+}
+
+#[cfg(test)]
+mod tests;
