@@ -1,0 +1,108 @@
+//! Signing rate of kmm-hub's signer against Debian's `scripts/sign-file`, on copies of the
+//! compiled test module. A measurement, not a timed assertion: it prints modules per second
+//! and only asserts that both produced the same bytes. Run it optimized:
+//!
+//! ```sh
+//! cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
+//! ```
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/kmod.rs"]
+mod kmod;
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use kmm_hub::sign::{HashAlgorithm, Signer, module::sign_file};
+use kmod::{make_rsa_key, run, scratch, sign_file_tool, unsigned_module};
+
+const MODULES: usize = 200;
+
+fn copies(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    (0..MODULES)
+        .map(|i| {
+            let path = dir.join(format!("m{i}.ko"));
+            std::fs::write(&path, unsigned_module()).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn rate(label: &str, start: Instant) -> f64 {
+    let secs = start.elapsed().as_secs_f64();
+    let per_second = MODULES as f64 / secs;
+    println!("{label:<58} {MODULES} modules in {secs:7.3} s = {per_second:8.1} modules/s");
+    per_second
+}
+
+#[test]
+#[ignore = "a measurement; run with --release --ignored --nocapture"]
+fn signing_rate_against_sign_file() {
+    let dir = scratch("bench");
+    println!(
+        "module: {} bytes; profile: {}",
+        unsigned_module().len(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    for bits in [2048, 4096] {
+        let key = make_rsa_key(&dir, &format!("rsa{bits}"), bits, "kmm-fleet bench");
+        for hash in ["sha256", "sha512"] {
+            println!("RSA-{bits}, {hash}:");
+            let theirs = copies(&dir, "sign-file");
+            let start = Instant::now();
+            for path in &theirs {
+                run(Command::new(sign_file_tool())
+                    .arg(hash)
+                    .arg(&key.pkcs8_pem)
+                    .arg(&key.cert_der)
+                    .arg(path));
+            }
+            rate("  sign-file, one process per module", start);
+
+            let per_process = copies(&dir, "kmm-hub-per-process");
+            let start = Instant::now();
+            for path in &per_process {
+                run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+                    .args(["sign-kmod", "--hash", hash, "--key"])
+                    .arg(&key.pkcs8_pem)
+                    .arg("--cert")
+                    .arg(&key.cert_der)
+                    .arg(path));
+            }
+            rate("  kmm-hub sign-kmod, one process per module", start);
+
+            let one_process = copies(&dir, "kmm-hub-one-process");
+            let start = Instant::now();
+            run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+                .args(["sign-kmod", "--hash", hash, "--key"])
+                .arg(&key.pkcs8_pem)
+                .arg("--cert")
+                .arg(&key.cert_der)
+                .args(&one_process));
+            rate("  kmm-hub sign-kmod, all modules in one process", start);
+
+            let library = copies(&dir, "library");
+            let hash_algorithm: HashAlgorithm = hash.parse().unwrap();
+            let start = Instant::now();
+            let signer = Signer::from_files(&key.pkcs8_pem, &key.cert_der).unwrap();
+            for path in &library {
+                sign_file(&signer, path, hash_algorithm, false).unwrap();
+            }
+            rate("  kmm_hub::sign library (what sign-image calls)", start);
+
+            let expected = std::fs::read(&theirs[0]).unwrap();
+            for path in per_process.iter().chain(&one_process).chain(&library) {
+                assert!(
+                    std::fs::read(path).unwrap() == expected,
+                    "{} differs",
+                    path.display()
+                );
+            }
+        }
+    }
+}
