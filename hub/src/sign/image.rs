@@ -293,17 +293,22 @@ fn match_options() -> MatchOptions {
     }
 }
 
-fn read_docker_config(path: &PathBuf) -> Result<Credentials, ImageError> {
+fn read_docker_config(path: &std::path::Path) -> Result<Credentials, ImageError> {
     let bytes = std::fs::read(path).map_err(|e| ImageError::DockerConfig {
-        path: path.clone(),
+        path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    Credentials::from_secret_data(&BTreeMap::from([(".dockerconfigjson".to_owned(), bytes)])).map_err(
-        |e: PullSecretError| ImageError::DockerConfig {
-            path: path.clone(),
+    // A mounted `.dockerconfigjson` has `auths`; a legacy `.dockercfg` is the map itself.
+    let modern = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map(|v| v.get("auths").is_some())
+        .unwrap_or(true);
+    let key = if modern { ".dockerconfigjson" } else { ".dockercfg" };
+    Credentials::from_secret_data(&BTreeMap::from([(key.to_owned(), bytes)])).map_err(|e: PullSecretError| {
+        ImageError::DockerConfig {
+            path: path.to_owned(),
             reason: e.to_string(),
-        },
-    )
+        }
+    })
 }
 
 /// A regular file of the image's filesystem, with the metadata the new layer keeps.
@@ -541,6 +546,45 @@ mod tests {
         let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
         assert_eq!(files.keys().collect::<Vec<_>>(), vec!["/m/b.ko"]);
         assert_eq!(files["/m/b.ko"].data, b"b2");
+    }
+
+    #[test]
+    fn docker_configs_are_read_in_both_formats() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode("robot:pw");
+        let basic = oci_client::secrets::RegistryAuth::Basic("robot".into(), "pw".into());
+        let modern = dir.path().join("config.json");
+        std::fs::write(
+            &modern,
+            format!(r#"{{"auths": {{"reg.example:5000": {{"auth": "{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let legacy = dir.path().join("dockercfg");
+        std::fs::write(
+            &legacy,
+            format!(r#"{{"reg.example:5000": {{"auth": "{auth}"}}}}"#),
+        )
+        .unwrap();
+        for path in [&modern, &legacy] {
+            let creds = read_docker_config(path).unwrap();
+            assert_eq!(
+                creds.for_image("reg.example:5000/a/b:1"),
+                basic,
+                "{}",
+                path.display()
+            );
+        }
+        let broken = dir.path().join("broken.json");
+        std::fs::write(&broken, "{").unwrap();
+        assert!(matches!(
+            read_docker_config(&broken),
+            Err(ImageError::DockerConfig { .. })
+        ));
+        assert!(matches!(
+            read_docker_config(&dir.path().join("missing.json")),
+            Err(ImageError::DockerConfig { .. })
+        ));
     }
 
     #[test]
