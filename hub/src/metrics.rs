@@ -35,6 +35,7 @@ pub struct Metrics {
     pub work_writes: Counter,
     pub work_deletes: Counter,
     pub status_writes: Counter,
+    pub jobs_started: Counter,
     pub clusters: Family<FleetLabels, Gauge>,
     registry_asks: Gauge<u64, AtomicU64>,
     registry_lookups: Gauge<u64, AtomicU64>,
@@ -67,6 +68,7 @@ impl Metrics {
             work_writes: Counter::default(),
             work_deletes: Counter::default(),
             status_writes: Counter::default(),
+            jobs_started: Counter::default(),
             clusters: Family::default(),
             registry_asks: Gauge::default(),
             registry_lookups: Gauge::default(),
@@ -98,6 +100,11 @@ impl Metrics {
             m.work_deletes.clone(),
         );
         reg.register("status_writes", "MCM status writes sent", m.status_writes.clone());
+        reg.register(
+            "jobs_started",
+            "Build and sign Jobs created",
+            m.jobs_started.clone(),
+        );
         reg.register(
             "clusters",
             "Selected clusters per MCM by state (desired, applied, degraded, blocked)",

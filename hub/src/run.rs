@@ -13,6 +13,7 @@ use std::{
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
 use kmm_api::{
     ManagedClusterModule,
     labels::MCM_NAME_LABEL,
@@ -32,7 +33,13 @@ use tracing::{error, info};
 
 use crate::{
     leader::{self, Leadership, LeaseConfig},
-    mcm_controller::{self, Context, desired::plan},
+    mcm_controller::{
+        self, Context,
+        desired::{
+            job::{JOB_TYPE_LABEL, JobSettings},
+            plan,
+        },
+    },
     metrics::Metrics,
     registry::DigestResolver,
 };
@@ -67,6 +74,19 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Image with buildah that build Jobs run.
+    #[arg(
+        long,
+        env = "KMM_HUB_BUILDAH_IMAGE",
+        default_value = "quay.io/buildah/stable:v1.39"
+    )]
+    pub buildah_image: String,
+    /// Image of kmm-hub itself, which sign Jobs run (`kmm-hub sign-image`).
+    #[arg(long, env = "KMM_HUB_IMAGE", default_value = "kmm-hub:latest")]
+    pub hub_image: String,
+    /// Seconds after which a succeeded build or sign Job is deleted (failed ones are kept).
+    #[arg(long, env = "KMM_HUB_JOB_GC_DELAY_SECONDS", default_value_t = 0)]
+    pub job_gc_delay_seconds: u64,
 }
 
 #[derive(Clone)]
@@ -115,8 +135,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Api::<ManifestWork>::all(client.clone()),
         watcher::Config::default().labels(MCM_NAME_LABEL),
     );
+    let (jobs, jobs_task) = reflect(
+        Api::<Job>::namespaced(client.clone(), &args.namespace),
+        watcher::Config::default().labels(JOB_TYPE_LABEL),
+    );
     tokio::spawn(clusters_task);
     tokio::spawn(works_task);
+    tokio::spawn(jobs_task);
 
     let health = Health {
         ready: ready.clone(),
@@ -177,11 +202,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resolver,
         clusters: clusters.clone(),
         works: works.clone(),
+        jobs,
         leader: leadership,
         config: mcm_controller::Config {
             namespace: args.namespace.clone(),
             resync: Duration::from_secs(args.resync_seconds),
             retry: Duration::from_secs(args.retry_seconds),
+            jobs: JobSettings {
+                namespace: args.namespace.clone(),
+                buildah_image: args.buildah_image.clone(),
+                hub_image: args.hub_image.clone(),
+            },
+            job_gc_delay: Duration::from_secs(args.job_gc_delay_seconds),
         },
     });
     let controller = Controller::new(mcms, watcher::Config::default().any_semantic());

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod apply;
+pub mod build;
 pub mod desired;
 pub mod fleet_status;
 pub mod observe;
@@ -58,6 +59,10 @@ pub struct Config {
     pub resync: Duration,
     /// Re-check after this long when an image is missing or a registry failed.
     pub retry: Duration,
+    /// Build and sign Jobs: namespace and images.
+    pub jobs: desired::job::JobSettings,
+    /// Succeeded Jobs are deleted this long after they finished.
+    pub job_gc_delay: Duration,
 }
 
 /// Shared by every reconcile.
@@ -74,6 +79,8 @@ pub struct Context {
     pub clusters: Store<ManagedCluster>,
     /// Every ManifestWork the hub labelled (one watch for the fleet).
     pub works: Store<ManifestWork>,
+    /// The hub's build and sign Jobs.
+    pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
     /// Only the leader writes.
     pub leader: Arc<Leadership>,
     pub config: Config,
@@ -141,7 +148,9 @@ pub fn error_policy(mcm: Arc<ManagedClusterModule>, error: &Error, ctx: Arc<Cont
 }
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
-    let observed = observe::observe(mcm, ctx).await;
+    let mut observed = observe::observe(mcm, ctx).await;
+    build::advance(mcm, ctx, &mut observed).await?;
+    build::collect(ctx).await?;
     let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
 
     // Delete the works of clusters that stopped matching.

@@ -171,6 +171,11 @@ impl HubProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Process id, e.g. to read its peak memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn ready(&self) -> bool {
         http_get(self.metrics_port, "/readyz")
             .await

@@ -35,6 +35,10 @@ pub mod reasons {
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
     pub const REGISTRY_ERROR: &str = "RegistryError";
     pub const RENDER_ERROR: &str = "RenderError";
+    pub const BUILDING: &str = "Building";
+    pub const SIGNING: &str = "Signing";
+    pub const BUILD_FAILED: &str = "BuildFailed";
+    pub const SIGN_FAILED: &str = "SignFailed";
 }
 
 /// Does the MCM's label selector pick this cluster? `{}` picks every cluster.
@@ -146,6 +150,8 @@ pub enum Pin {
     Missing,
     /// The registry could not be asked, or refused.
     Failed(String),
+    /// Missing, and a build or sign Job is making it (or failed to): why the cluster waits.
+    Waiting { reason: &'static str, message: String },
 }
 
 /// The kernel each summary line is about, with its image as shipped (pinned when known).
@@ -176,6 +182,7 @@ pub fn render_spec(
                     reason: reasons::REGISTRY_ERROR,
                     message: format!("cannot look up {image}: {why}"),
                 },
+                Some(Pin::Waiting { reason, message }) => Blocker { reason, message: message.clone() },
                 _ => Blocker {
                     reason: reasons::IMAGE_NOT_FOUND,
                     message: format!(

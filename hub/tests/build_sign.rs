@@ -1,0 +1,324 @@
+//! Build and sign on the hub: Jobs started by the real `kmm-hub run` on the simulated hub (the
+//! kmm-agents kubelet runs their pods), and the build Job's own command run here with buildah
+//! against the real registry.
+
+// Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/kmod.rs"]
+mod kmod;
+mod support;
+
+use std::{collections::BTreeMap, process::Command};
+
+use k8s_openapi::api::batch::v1::Job;
+use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher, ScriptRule};
+use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use support::{
+    fleet::{Fleet, HUB_NAMESPACE, HubProcess, SPOKE_NAMESPACE, SpokeSpec, eventually},
+    push_image, run, start_registry,
+};
+
+const K1: &str = "6.1.0-28-cloud-amd64";
+
+fn mcm_yaml(registry: &str, with_sign: bool) -> String {
+    let sign = if with_sign {
+        "            sign:\n              keySecret: {name: signing-key}\n              certSecret: {name: signing-cert}\n\
+         \x20             filesToSign: ['/opt/lib/modules/${KERNEL_FULL_VERSION}/gpu_kmod.ko']\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\nmetadata: {{name: gpu}}\n\
+         spec:\n  spokeNamespace: {SPOKE_NAMESPACE}\n  selector: {{env: prod}}\n  moduleSpec:\n    selector: {{}}\n\
+         \x20   moduleLoader:\n      container:\n        modprobe: {{moduleName: gpu_kmod}}\n        kernelMappings:\n\
+         \x20         - regexp: '^.+$'\n            containerImage: {registry}/kmm/gpu-kmod:${{KERNEL_FULL_VERSION}}\n\
+         \x20           registryTLS: {{insecure: true}}\n            build:\n              dockerfileConfigMap: {{name: gpu-dockerfile}}\n{sign}"
+    )
+}
+
+async fn jobs(fleet: &Fleet) -> Vec<Job> {
+    Api::<Job>::namespaced(fleet.hub.client(), HUB_NAMESPACE)
+        .list(&ListParams::default().labels(JOB_TYPE_LABEL))
+        .await
+        .unwrap()
+        .items
+}
+
+async fn hub_setup(fleet: &Fleet, script: KubeletScript) -> kmm_agents::AgentHandle {
+    fleet
+        .hub
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node, labels: {{kubernetes.io/os: linux}}}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
+             data: {{dockerfile: \"FROM scratch\\nCOPY gpu_kmod.ko /opt/lib/modules/$KERNEL_FULL_VERSION/\\n\"}}\n"
+        ))
+        .unwrap();
+    Kubelet::spawn(
+        fleet.hub.client(),
+        KubeletOptions {
+            script,
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
+    let fleet = Fleet::start(
+        "build-sign",
+        &[
+            SpokeSpec {
+                name: "a",
+                labels: &[("env", "prod")],
+                kernels: Some(&[K1]),
+            },
+            SpokeSpec {
+                name: "b",
+                labels: &[("env", "prod")],
+                kernels: Some(&[K1]),
+            },
+        ],
+    )
+    .await;
+    // The kubelet lets every Job pod succeed; the test pushes what each step would have pushed.
+    let _kubelet = hub_setup(&fleet, KubeletScript::new()).await;
+    let hub = HubProcess::start(
+        &fleet.hub,
+        fleet.sim.dir(),
+        "hub-0",
+        &["--leader-election", "false", "--job-gc-delay-seconds", "3600"],
+    );
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, true)).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+
+    eventually(30, "one build Job", Some(&hub), || async {
+        !jobs(&fleet).await.is_empty()
+    })
+    .await;
+    let build = jobs(&fleet).await.remove(0);
+    assert_eq!(build.labels()[JOB_TYPE_LABEL], "build");
+    let unsigned = format!("kmm/gpu-kmod:{K1}-{SPOKE_NAMESPACE}_gpu_kmm_unsigned");
+    assert_eq!(
+        build.annotations()["hub.kmm.sigs.x-k8s.io/image"],
+        format!("{}/{unsigned}", fleet.registry.host),
+        "build+sign builds the unsigned intermediate"
+    );
+    eventually(30, "clusters wait for the build", Some(&hub), || async {
+        Api::<ManagedClusterModule>::all(fleet.hub.client())
+            .get("gpu")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
+    })
+    .await;
+    push_image(&fleet.registry, &unsigned);
+    eventually(30, "one sign Job after the build", Some(&hub), || async {
+        jobs(&fleet)
+            .await
+            .iter()
+            .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
+    })
+    .await;
+    let sign = jobs(&fleet)
+        .await
+        .into_iter()
+        .find(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
+        .unwrap();
+    let args = sign.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&format!("--unsigned-image={}/{unsigned}", fleet.registry.host)),
+        "{args:?}"
+    );
+    let digest = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    eventually(
+        30,
+        "both clusters get the signed image, pinned",
+        Some(&hub),
+        || async {
+            let mut ok = true;
+            for c in ["a", "b"] {
+                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
+                    .get_opt("gpu")
+                    .await
+                    .unwrap();
+                ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(&digest));
+            }
+            ok
+        },
+    )
+    .await;
+    assert_eq!(
+        hub.metric("kmm_hub_jobs_started_total").await,
+        Some(2.0),
+        "one build and one sign for two clusters"
+    );
+    assert_eq!(
+        jobs(&fleet).await.len(),
+        2,
+        "succeeded Jobs are kept for the GC delay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart() {
+    let fleet = Fleet::start(
+        "build-fail",
+        &[SpokeSpec {
+            name: "a",
+            labels: &[("env", "prod")],
+            kernels: Some(&[K1]),
+        }],
+    )
+    .await;
+    let fail = ScriptRule {
+        matcher: PodMatcher {
+            labels: BTreeMap::from([(JOB_TYPE_LABEL.to_string(), "build".to_string())]),
+            ..Default::default()
+        },
+        outcomes: vec![Outcome::failed(2, "make: *** [Makefile:3: all] Error 2")],
+    };
+    let _kubelet = hub_setup(&fleet, KubeletScript { rules: vec![fail] }).await;
+    let hub = HubProcess::start(
+        &fleet.hub,
+        fleet.sim.dir(),
+        "hub-0",
+        &["--leader-election", "false"],
+    );
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, false)).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+    eventually(30, "the failure shows in status", Some(&hub), || async {
+        Api::<ManagedClusterModule>::all(fleet.hub.client())
+            .get("gpu")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| {
+                s.problems.iter().any(|p| {
+                    p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
+                })
+            })
+    })
+    .await;
+    // Several retry periods later: still the one Job, nothing started again.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(hub.metric("kmm_hub_jobs_started_total").await, Some(1.0));
+    assert_eq!(
+        jobs(&fleet).await.len(),
+        1,
+        "the failed Job is kept for inspection"
+    );
+    drop(hub);
+    let again = HubProcess::start(
+        &fleet.hub,
+        fleet.sim.dir(),
+        "hub-1",
+        &["--leader-election", "false"],
+    );
+    eventually(30, "the restarted hub reconciled", Some(&again), || async {
+        again
+            .metric("kmm_hub_reconciles_total")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        again.metric("kmm_hub_jobs_started_total").await,
+        Some(0.0),
+        "no second Job after a restart"
+    );
+    assert_eq!(jobs(&fleet).await.len(), 1);
+}
+
+/// The build Job's exact command, run here with buildah: FROM scratch, copying a compiled .ko,
+/// pushed to the real registry and read back with skopeo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
+    let registry = start_registry("buildah");
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&registry.host, false)).unwrap();
+    let pins = BTreeMap::from([(
+        format!("{}/kmm/gpu-kmod:{K1}", registry.host),
+        kmm_hub::mcm_controller::desired::plan::Pin::Missing,
+    )]);
+    let resolved = kmm_hub::mcm_controller::desired::job::resolve(&mcm, K1).unwrap();
+    let step = kmm_hub::mcm_controller::desired::job::step_for(&mcm, &resolved, &pins).unwrap();
+    let settings = kmm_hub::mcm_controller::desired::job::JobSettings {
+        namespace: HUB_NAMESPACE.into(),
+        buildah_image: "buildah".into(),
+        hub_image: "kmm-hub".into(),
+    };
+    let job = kmm_hub::mcm_controller::desired::job::job(&mcm, &step, None, &settings);
+    let container = job.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let args = container.args.unwrap();
+    assert_eq!(args[1], BUILD_SCRIPT);
+
+    // What the pod would have mounted: the Dockerfile ConfigMap at the workspace, plus the module.
+    let ws = kmod::scratch("buildah-ws");
+    std::fs::write(
+        ws.join("dockerfile"),
+        "FROM scratch\nARG KERNEL_FULL_VERSION\nCOPY gpu_kmod.ko /opt/lib/modules/${KERNEL_FULL_VERSION}/\n",
+    )
+    .unwrap();
+    std::fs::write(ws.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
+    let storage = kmod::scratch("buildah-storage");
+    let mut cmd = Command::new(&container.command.unwrap()[0]);
+    cmd.args(&args)
+        .env("KMM_WORKSPACE", &ws)
+        .env("KMM_STORAGE_ROOT", &storage);
+    for e in container.env.unwrap() {
+        cmd.env(e.name, e.value.unwrap_or_default());
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "build failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dest = format!("docker://{}/kmm/gpu-kmod:{K1}", registry.host);
+    let inspect: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &dest,
+    ])))
+    .unwrap();
+    assert!(inspect["Digest"].as_str().unwrap().starts_with("sha256:"));
+    // The layer holds the module at the path the kernel mapping promises.
+    let layout = kmod::scratch("buildah-readback");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:v", layout.display()),
+    ]));
+    let bundle = layout.join("bundle");
+    run(Command::new("umoci")
+        .args([
+            "raw",
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:v", layout.display()),
+        ])
+        .arg(&bundle));
+    let shipped = std::fs::read(bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"))).unwrap();
+    assert_eq!(shipped, kmod::unsigned_module());
+    let _ = std::fs::remove_dir_all(&storage);
+}
