@@ -160,3 +160,97 @@ fn container(name: &str, spec: &DevicePluginContainerSpec, main: bool) -> Contai
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_module(ns: &str, extra: &str) -> Module {
+        serde_saphyr::from_str(&format!(
+            r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: m, namespace: {ns}, uid: u-1}}
+spec:
+  selector: {{role: gpu}}
+  imageRepoSecret: {{name: pull}}
+  tolerations: [{{key: gpu, operator: Exists, effect: NoSchedule}}]
+{extra}"#
+        ))
+        .unwrap()
+    }
+
+    const LOADER: &str = "  moduleLoader:\n    container:\n      version: V_2\n      modprobe: {moduleName: kmm_m}\n      kernelMappings: [{regexp: '.*', containerImage: img}]\n";
+    const PLUGIN: &str = "  devicePlugin:\n    container: {image: registry.example/plugin:1}\n";
+
+    #[test]
+    fn targets_only_nodes_where_the_module_is_ready_and_scheduled_for_its_version() {
+        let ds = daemonset(
+            &mk_module("drivers", &format!("{LOADER}{PLUGIN}")),
+            "kmm-operator-system",
+        )
+        .unwrap();
+        assert_eq!(ds.metadata.name.as_deref(), Some("m-device-plugin-v-2"));
+        let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("Module", "m", Some(true))
+        );
+        let spec = ds.spec.unwrap();
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap(),
+            BTreeMap::from([
+                (labels::module_ready("drivers", "m"), String::new()),
+                (labels::device_plugin_target("drivers", "m"), String::new()),
+                (labels::version_schedule_pod("drivers", "m"), "V_2".to_owned()),
+            ])
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "device-plugin");
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        assert_eq!(
+            c.volume_mounts.as_ref().unwrap()[0].mount_path,
+            DEVICE_PLUGINS_DIR
+        );
+        assert_eq!(
+            pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
+            DEVICE_PLUGINS_DIR
+        );
+        assert_eq!(
+            pod.service_account_name, None,
+            "namespace default outside the operator's"
+        );
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("gpu"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "pull");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+        assert_eq!(
+            spec.selector
+                .match_labels
+                .unwrap()
+                .get(ROLE_LABEL)
+                .map(String::as_str),
+            Some("device-plugin")
+        );
+    }
+
+    #[test]
+    fn without_a_loader_the_plugin_follows_the_selector_and_in_the_operator_namespace_its_account() {
+        let ds = daemonset(&mk_module("kmm-operator-system", PLUGIN), "kmm-operator-system").unwrap();
+        assert_eq!(ds.metadata.name.as_deref(), Some("m-device-plugin"));
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap(),
+            BTreeMap::from([("role".to_owned(), "gpu".to_owned())])
+        );
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("kmm-operator-device-plugin")
+        );
+    }
+
+    #[test]
+    fn no_device_plugin_section_no_daemonset() {
+        assert!(daemonset(&mk_module("drivers", LOADER), "kmm-operator-system").is_none());
+    }
+}

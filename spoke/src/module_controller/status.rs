@@ -146,3 +146,145 @@ fn condition(
         last_transition_time: since,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DaemonSetStatus as K8sDaemonSetStatus;
+    use kmm_api::nmc::{
+        ModuleConfig, ModuleItem, NodeModuleSpec, NodeModuleStatus, NodeModulesConfigSpec,
+        NodeModulesConfigStatus,
+    };
+
+    use super::*;
+
+    fn mk_module(extra: &str) -> Module {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: kmm.sigs.x-k8s.io/v1beta1\nkind: Module\nmetadata: {{name: m, namespace: drivers, generation: 3}}\n\
+             spec:\n  selector: {{role: gpu}}\n  moduleLoader:\n    container:\n      modprobe: {{moduleName: kmm_m}}\n\
+             \x20     kernelMappings: [{{regexp: '.*', containerImage: img}}]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn mk_node(role: &str) -> Node {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "n", "labels": {"role": role}}}))
+            .unwrap()
+    }
+
+    fn config(image: &str) -> ModuleConfig {
+        ModuleConfig {
+            kernel_version: "k".into(),
+            container_image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    fn mk_nmc(wanted: Option<&str>, loaded: Option<&str>) -> NodeModulesConfig {
+        let item = ModuleItem {
+            name: "m".into(),
+            namespace: "drivers".into(),
+            ..Default::default()
+        };
+        let mut nmc = NodeModulesConfig::new(
+            "n",
+            NodeModulesConfigSpec {
+                modules: wanted
+                    .map(|i| NodeModuleSpec {
+                        item: item.clone(),
+                        config: config(i),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        nmc.status = Some(NodeModulesConfigStatus {
+            modules: loaded
+                .map(|i| NodeModuleStatus {
+                    item: item.clone(),
+                    config: Some(config(i)),
+                    boot_id: None,
+                    last_transition_time: None,
+                })
+                .into_iter()
+                .collect(),
+        });
+        nmc
+    }
+
+    fn mk_ds(available: i32) -> DaemonSet {
+        DaemonSet {
+            status: Some(K8sDaemonSetStatus {
+                number_available: Some(available),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_matching_desired_and_available_nodes() {
+        let module = mk_module("  devicePlugin:\n    container: {image: plugin}\n");
+        let nodes = [mk_node("gpu"), mk_node("gpu"), mk_node("gpu"), mk_node("cpu")];
+        let nmcs = [
+            mk_nmc(Some("v2"), Some("v2")), // loaded
+            mk_nmc(Some("v2"), Some("v1")), // still the old image
+            mk_nmc(Some("v2"), None),       // not yet
+            mk_nmc(None, Some("v1")),       // being unloaded: not desired
+        ];
+        let status = module_status(&module, &nodes, &nmcs, &[mk_ds(1), mk_ds(2)], Timestamp::now());
+        assert_eq!(
+            status.module_loader,
+            Some(DaemonSetStatus {
+                nodes_matching_selector_number: 3,
+                desired_number: 3,
+                available_number: 1,
+            })
+        );
+        assert_eq!(
+            status.device_plugin,
+            Some(DaemonSetStatus {
+                nodes_matching_selector_number: 3,
+                desired_number: 3,
+                available_number: 3,
+            })
+        );
+        assert!(status.conditions.is_empty());
+    }
+
+    #[test]
+    fn build_or_sign_gets_a_managed_mode_condition_that_keeps_its_transition_time() {
+        let mut module = mk_module("");
+        assert!(
+            module_status(&module, &[], &[], &[], Timestamp::now())
+                .conditions
+                .is_empty()
+        );
+        module
+            .spec
+            .module_loader
+            .as_mut()
+            .unwrap()
+            .container
+            .kernel_mappings[0]
+            .build = Some(Default::default());
+        let first = module_status(&module, &[], &[], &[], Timestamp::UNIX_EPOCH);
+        let c = &first.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            (BUILD_SIGN_IGNORED, "True", "ManagedMode")
+        );
+        assert_eq!(c.observed_generation, Some(3));
+        module.status = Some(first.clone());
+        let again = module_status(&module, &[], &[], &[], Timestamp::now());
+        assert_eq!(again, first, "unchanged status: no write, no hot loop");
+    }
+
+    #[test]
+    fn without_sections_there_are_no_counts() {
+        let mut module = mk_module("");
+        module.spec.module_loader = None;
+        let status = module_status(&module, &[mk_node("gpu")], &[], &[], Timestamp::now());
+        assert_eq!(status.module_loader, None);
+        assert_eq!(status.device_plugin, None);
+    }
+}

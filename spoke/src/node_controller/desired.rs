@@ -649,3 +649,6 @@ pub fn version_label_modules(node_labels: &BTreeMap<String, String>) -> BTreeSet
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
