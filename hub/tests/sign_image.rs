@@ -310,3 +310,132 @@ fn sign_image_refuses_signed_modules_and_images_with_nothing_to_sign() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the certificate"));
 }
+
+/// A registry with TLS (a self-signed certificate) and htpasswd authentication, killed on drop.
+struct SecureRegistry {
+    child: std::process::Child,
+    host: String,
+}
+
+impl Drop for SecureRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_secure_registry(dir: &Path, user: &str, password: &str) -> SecureRegistry {
+    let (cert, key, htpasswd) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("htpasswd"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-new", "-nodes", "-batch", "-days", "2", "-newkey", "rsa:2048",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    // bcrypt, as the registry requires (apache2-utils).
+    let entry = run(Command::new("htpasswd").args(["-nbB", "-C", "4", user, password]));
+    std::fs::write(&htpasswd, format!("{}\n", entry.trim())).unwrap();
+    let port = support::free_port();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {data}\nauth:\n  htpasswd:\n    realm: kmm-test\n    path: {htpasswd}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n",
+            data = dir.join("data").display(),
+            htpasswd = htpasswd.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry starts (run scripts/test-deps)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS registry did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    SecureRegistry {
+        child,
+        host: format!("127.0.0.1:{port}"),
+    }
+}
+
+#[test]
+fn sign_image_pushes_over_tls_with_the_credentials_of_a_docker_config() {
+    use base64::Engine;
+    let plain = start_registry("sign-image-tls-source");
+    let dir = scratch("image-tls");
+    push_module_image(&plain, &dir, "kmod:unsigned");
+    let secure = start_secure_registry(&dir, "robot", "s3cret");
+    let key = make_rsa_key(&dir, "key", 2048, "kmm-fleet tls signer");
+    let auth = base64::engine::general_purpose::STANDARD.encode("robot:s3cret");
+    let docker_config = dir.join("config.json");
+    std::fs::write(
+        &docker_config,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, secure.host),
+    )
+    .unwrap();
+    let glob = format!("/opt/lib/modules/{KVER}/*.ko");
+    let sign = |extra: &[&str]| {
+        output(
+            Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+                .arg("sign-image")
+                .args(["--unsigned-image", &format!("{}/kmod:unsigned", plain.host)])
+                .args(["--image", &format!("{}/kmod:signed", secure.host)])
+                .arg("--key")
+                .arg(&key.pkcs8_pem)
+                .arg("--cert")
+                .arg(&key.cert_der)
+                .args(["--file-to-sign", &glob, "--unsigned-image-insecure"])
+                .args(extra),
+        )
+    };
+
+    // The self-signed certificate is refused unless told to skip the verification ...
+    let out = sign(&["--docker-config", docker_config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&secure.host) && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+
+    // ... and without the credentials the registry refuses the push.
+    let out = sign(&["--insecure-skip-tls-verify"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}/kmod:signed", secure.host)) && stderr.contains("401"),
+        "{stderr}"
+    );
+
+    let out = sign(&[
+        "--insecure-skip-tls-verify",
+        "--docker-config",
+        docker_config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let inspect = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "robot:s3cret",
+        &format!("docker://{}/kmod:signed", secure.host),
+    ]));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Digest"].as_str().unwrap(), printed);
+}
