@@ -322,3 +322,161 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     assert_eq!(shipped, kmod::unsigned_module());
     let _ = std::fs::remove_dir_all(&storage);
 }
+
+/// An image holding only `/gpu_kmod.ko`, the "sources" a multi-stage build copies from.
+fn push_module_image(registry: &support::Registry, repo_tag: &str) {
+    let dir = kmod::scratch("src-image");
+    let layout = dir.join("layout").display().to_string();
+    std::fs::write(dir.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
+    run(Command::new("umoci").args(["init", "--layout", &layout]));
+    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:v")]));
+    run(Command::new("umoci")
+        .args(["insert", "--rootless", "--image", &format!("{layout}:v")])
+        .arg(dir.join("gpu_kmod.ko"))
+        .arg("/gpu_kmod.ko"));
+    let dest = format!("docker://{}/{repo_tag}", registry.host);
+    run(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{layout}:v"),
+        &dest,
+    ]));
+}
+
+/// The whole pipeline for real: the kubelet runs the build Job's buildah command and the sign
+/// Job's `kmm-hub sign-image` on this machine; both clusters end up with the signed image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
+    let fleet = Fleet::start(
+        "real-pipeline",
+        &[
+            SpokeSpec {
+                name: "a",
+                labels: &[("env", "prod")],
+                kernels: Some(&[K1]),
+            },
+            SpokeSpec {
+                name: "b",
+                labels: &[("env", "prod")],
+                kernels: Some(&[K1]),
+            },
+        ],
+    )
+    .await;
+    let host = fleet.registry.host.clone();
+    push_module_image(&fleet.registry, "kmm/gpu-src:1");
+    let keys = kmod::scratch("pipeline-keys");
+    let key = kmod::make_rsa_key(&keys, "fleet", 2048, "kmm fleet test key");
+    let b64 = |p: &std::path::Path| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap())
+    };
+    fleet
+        .hub
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
+             data: {{dockerfile: \"FROM {host}/kmm/gpu-src:1 AS src\\nFROM scratch\\nARG KERNEL_FULL_VERSION\\n\
+             COPY --from=src /gpu_kmod.ko /opt/lib/modules/${{KERNEL_FULL_VERSION}}/gpu_kmod.ko\\n\"}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
+            b64(&key.pkcs8_pem),
+            b64(&key.cert_pem)
+        ))
+        .unwrap();
+    let storage = kmod::scratch("pipeline-buildah");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kmm-hub"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let exec_env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+        ),
+        ("KMM_STORAGE_ROOT".to_string(), storage.display().to_string()),
+    ]);
+    let everything = ScriptRule {
+        matcher: PodMatcher::any(),
+        outcomes: vec![Outcome::Exec],
+    };
+    let _kubelet = Kubelet::spawn(
+        fleet.hub.client(),
+        KubeletOptions {
+            script: KubeletScript {
+                rules: vec![everything],
+            },
+            exec_root: Some(kmod::scratch("pipeline-pods")),
+            exec_env,
+            exec_timeout: std::time::Duration::from_secs(240),
+            ..Default::default()
+        },
+    );
+    let hub = HubProcess::start(
+        &fleet.hub,
+        fleet.sim.dir(),
+        "hub-0",
+        &["--leader-election", "false"],
+    );
+    let yaml = mcm_yaml(&host, true)
+        .replace("              dockerfileConfigMap: {name: gpu-dockerfile}\n", "              dockerfileConfigMap: {name: gpu-dockerfile}\n              baseImageRegistryTLS: {insecure: true}\n")
+        .replace("              certSecret: {name: signing-cert}\n", "              certSecret: {name: signing-cert}\n              unsignedImageRegistryTLS: {insecure: true}\n");
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+
+    let final_repo = format!("{host}/kmm/gpu-kmod");
+    eventually(
+        120,
+        "both clusters get the built and signed image, pinned",
+        Some(&hub),
+        || async {
+            let mut ok = true;
+            for c in ["a", "b"] {
+                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
+                    .get_opt("gpu")
+                    .await
+                    .unwrap();
+                ok &= w.is_some_and(|w| {
+                    w.spec.workload.manifests[0]
+                        .to_string()
+                        .contains(&format!("{final_repo}@sha256:"))
+                });
+            }
+            ok
+        },
+    )
+    .await;
+    assert_eq!(
+        hub.metric("kmm_hub_jobs_started_total").await,
+        Some(2.0),
+        "one build and one sign for two clusters"
+    );
+
+    // The shipped image holds the module, signed with our key.
+    let dest = format!("docker://{final_repo}:{K1}");
+    let layout = kmod::scratch("pipeline-readback");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:v", layout.display()),
+    ]));
+    let bundle = layout.join("bundle");
+    run(Command::new("umoci")
+        .args([
+            "raw",
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:v", layout.display()),
+        ])
+        .arg(&bundle));
+    let module = bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"));
+    assert_eq!(kmod::modinfo(&module, "signer"), "kmm fleet test key");
+    assert_eq!(kmod::modinfo(&module, "sig_hashalgo"), "sha256");
+    let _ = std::fs::remove_dir_all(&storage);
+}

@@ -82,6 +82,12 @@ pub struct KubeletOptions {
     pub daemonsets: bool,
     /// Run the Job controller; default true.
     pub jobs: bool,
+    /// For `Exec` pods: write the container's ConfigMap and Secret volumes under this directory
+    /// (one folder per pod) and point every mount path in its command and env there, so a pod
+    /// that reads `/workspace/...` runs here without touching `/`. `None`: no volumes.
+    pub exec_root: Option<std::path::PathBuf>,
+    /// Extra environment for `Exec` pods (e.g. `PATH` to find a test binary).
+    pub exec_env: BTreeMap<String, String>,
 }
 
 impl Default for KubeletOptions {
@@ -94,6 +100,8 @@ impl Default for KubeletOptions {
             exec_timeout: Duration::from_secs(60),
             daemonsets: true,
             jobs: true,
+            exec_root: None,
+            exec_env: BTreeMap::new(),
         }
     }
 }
@@ -285,8 +293,19 @@ impl KubeletLoop {
                 let tx = self.finished_tx.clone();
                 let timeout = self.opts.exec_timeout;
                 let sink = self.opts.log_sink.clone();
+                let extra_env = self.opts.exec_env.clone();
+                let volumes = match &self.opts.exec_root {
+                    Some(root) => pods::materialize_volumes(&self.client, &pod, root).await,
+                    None => Ok(Vec::new()),
+                };
                 self.execs.spawn(async move {
-                    let result = pods::run_exec(&pod, timeout).await;
+                    let result = match volumes {
+                        Ok(mounts) => pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await,
+                        Err(e) => pods::ExecResult {
+                            output: e.clone(),
+                            outcome: Outcome::failed(126, e),
+                        },
+                    };
                     if let Some(sink) = sink {
                         sink.pod_log(
                             &pod.namespace().unwrap_or_default(),

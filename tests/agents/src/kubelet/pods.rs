@@ -158,10 +158,113 @@ pub fn exec_command(pod: &Pod) -> Result<(Vec<String>, BTreeMap<String, String>)
     Ok((argv, env))
 }
 
+/// Writes the ConfigMap and Secret volumes the pod's first container mounts under
+/// `root/<pod uid>/<mount path>`; returns `(mount path, host path)` pairs, longest first.
+pub async fn materialize_volumes(
+    client: &kube::Client,
+    pod: &Pod,
+    root: &std::path::Path,
+) -> Result<Vec<(String, String)>, String> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.as_ref().ok_or("pod without spec")?;
+    let Some(container) = spec.containers.first() else {
+        return Ok(Vec::new());
+    };
+    let dir = root.join(pod.uid().unwrap_or_else(|| pod.name_any()));
+    let mut pairs = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let Some(vol) = spec.volumes.iter().flatten().find(|v| v.name == m.name) else {
+            continue;
+        };
+        let host = dir.join(m.mount_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&host).map_err(|e| format!("creating {}: {e}", host.display()))?;
+        let files: Vec<(String, Vec<u8>)> = if let Some(cm) = &vol.config_map {
+            let got = kube::Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get(&cm.name)
+                .await
+                .map_err(|e| format!("configmap {}: {e}", cm.name))?;
+            got.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect()
+        } else if let Some(sec) = &vol.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            let got = kube::Api::<Secret>::namespaced(client.clone(), &ns)
+                .get(&name)
+                .await
+                .map_err(|e| format!("secret {name}: {e}"))?;
+            got.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        } else {
+            continue;
+        };
+        let items = vol
+            .config_map
+            .as_ref()
+            .and_then(|c| c.items.clone())
+            .or_else(|| vol.secret.as_ref().and_then(|s| s.items.clone()));
+        for (key, bytes) in files {
+            let path = match &items {
+                Some(items) => match items.iter().find(|i| i.key == key) {
+                    Some(i) => i.path.clone(),
+                    None => continue,
+                },
+                None => key.clone(),
+            };
+            let file = host.join(&path);
+            std::fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        }
+        pairs.push((m.mount_path.clone(), host.display().to_string()));
+    }
+    pairs.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    Ok(pairs)
+}
+
+/// Points every mount path at its materialized folder, in one pass (a replaced path is never
+/// rewritten again), longest mount path first.
+fn rewrite(text: &str, mounts: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match mounts.iter().find(|(from, _)| rest.starts_with(from.as_str())) {
+            Some((from, to)) => {
+                out.push_str(to);
+                rest = &rest[from.len()..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
+}
+
 /// Runs the pod's first container command; never panics, every problem becomes a failure.
 pub async fn run_exec(pod: &Pod, timeout: Duration) -> ExecResult {
+    run_exec_with(pod, timeout, &[], &BTreeMap::new()).await
+}
+
+/// [`run_exec`] with mount paths rewritten (see [`materialize_volumes`]) and extra environment.
+pub async fn run_exec_with(
+    pod: &Pod,
+    timeout: Duration,
+    mounts: &[(String, String)],
+    extra_env: &BTreeMap<String, String>,
+) -> ExecResult {
     let (argv, env) = match exec_command(pod) {
-        Ok(x) => x,
+        Ok((argv, env)) => (
+            argv.iter().map(|a| rewrite(a, mounts)).collect::<Vec<_>>(),
+            env.into_iter()
+                .map(|(k, v)| (k, rewrite(&v, mounts)))
+                .chain(extra_env.clone())
+                .collect::<BTreeMap<_, _>>(),
+        ),
         Err(e) => {
             return ExecResult {
                 output: e.clone(),
@@ -307,5 +410,25 @@ mod tests {
         let slow = pod_with(&["sleep", "5"], &[], &[]);
         let r = run_exec(&slow, Duration::from_millis(100)).await;
         assert!(matches!(r.outcome, Outcome::Failed { exit_code: 137, .. }));
+    }
+}
+
+#[cfg(test)]
+mod rewrite_tests {
+    #[test]
+    fn mount_paths_are_rewritten_longest_first() {
+        let mounts = vec![
+            (
+                "/run/kmm/signing-key".to_string(),
+                "/tmp/p/run/kmm/signing-key".to_string(),
+            ),
+            ("/run/kmm".to_string(), "/tmp/p/run/kmm".to_string()),
+        ];
+        assert_eq!(
+            super::rewrite("--key=/run/kmm/signing-key/key", &mounts),
+            "--key=/tmp/p/run/kmm/signing-key/key"
+        );
+        assert_eq!(super::rewrite("/run/kmm/auth", &mounts), "/tmp/p/run/kmm/auth");
+        assert_eq!(super::rewrite("/elsewhere", &mounts), "/elsewhere");
     }
 }
