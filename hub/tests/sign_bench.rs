@@ -84,7 +84,7 @@ fn signing_rate_against_sign_file() {
                 .arg("--cert")
                 .arg(&key.cert_der)
                 .args(&one_process));
-            rate("  kmm-hub sign-kmod, all modules in one process", start);
+            rate("  kmm-hub sign-kmod, all modules in one process (threads)", start);
 
             let library = copies(&dir, "library");
             let hash_algorithm: HashAlgorithm = hash.parse().unwrap();
@@ -93,7 +93,7 @@ fn signing_rate_against_sign_file() {
             for path in &library {
                 sign_file(&signer, path, hash_algorithm, false).unwrap();
             }
-            rate("  kmm_hub::sign library (what sign-image calls)", start);
+            rate("  kmm_hub::sign library, one thread", start);
 
             let expected = std::fs::read(&theirs[0]).unwrap();
             for path in per_process.iter().chain(&one_process).chain(&library) {

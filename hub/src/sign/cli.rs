@@ -9,6 +9,7 @@ use super::{
     FileError, HashAlgorithm, SignError, Signer,
     image::{ImageError, SignImageSpec, SignedImage, sign_image},
     module::sign_file,
+    parallel_map,
 };
 
 /// `kmm-hub sign-kmod`: sign kernel modules in place.
@@ -35,9 +36,12 @@ pub struct SignKmodArgs {
 /// reported on `err` and the others are still signed. Returns whether all were signed.
 pub fn sign_kmod(args: &SignKmodArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<bool, SignError> {
     let signer = Signer::from_files(&args.key, &args.cert)?;
+    let results = parallel_map(&args.files, |path| {
+        sign_file(&signer, path, args.hash, args.replace)
+    });
     let mut all = true;
-    for path in &args.files {
-        match sign_file(&signer, path, args.hash, args.replace) {
+    for (path, result) in args.files.iter().zip(results) {
+        match result {
             Ok(()) => writeln!(out, "signed {} ({})", path.display(), args.hash),
             Err(source) => {
                 all = false;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2_010::{Digest, Sha256};
 use thiserror::Error;
 
-use super::{FileError, HashAlgorithm, SignError, Signer, module::sign_module};
+use super::{FileError, HashAlgorithm, SignError, Signer, module::sign_module, parallel_map};
 use crate::pull_secret::{Credentials, PullSecretError};
 
 /// What the sign Job does: also the schema of `sign-image --config FILE` (YAML or JSON).
@@ -156,15 +156,19 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
         .filter(|p| !files.keys().any(|path| p.matches_with(path, match_options())))
         .map(|p| p.as_str().to_owned())
         .collect();
+    let files: Vec<(String, ImageFile)> = files.into_iter().collect();
+    let results = parallel_map(&files, |(_, file)| {
+        sign_module(&signer, &file.data, spec.hash, spec.replace)
+    });
+    drop(signer);
     let mut signed = BTreeMap::new();
-    for (path, file) in files {
-        let data = sign_module(&signer, &file.data, spec.hash, spec.replace).map_err(|source| FileError {
+    for ((path, file), result) in files.into_iter().zip(results) {
+        let data = result.map_err(|source| FileError {
             path: PathBuf::from(&path),
             source,
         })?;
         signed.insert(path, ImageFile { data, ..file });
     }
-    drop(signer);
 
     let (layer_tar, layer_gz) = build_layer(&signed).map_err(|e| ImageError::Layer {
         digest: "(new)".to_owned(),

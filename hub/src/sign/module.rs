@@ -151,7 +151,8 @@ pub fn sign_module(
 }
 
 /// Signs the module at `path` in place: the signed module is written next to it and renamed
-/// over it, so a failure never leaves a half-written module. The file keeps its permissions.
+/// over it, so a failure never leaves a half-written module (not fsynced: like sign-file, this
+/// does not promise durability across a power loss). The file keeps its permissions.
 pub fn sign_file(signer: &Signer, path: &Path, hash: HashAlgorithm, replace: bool) -> Result<(), SignError> {
     let module = fs::read(path).map_err(|e| SignError::io("read", path, e))?;
     let signed = sign_module(signer, &module, hash, replace)?;
@@ -160,7 +161,6 @@ pub fn sign_file(signer: &Signer, path: &Path, hash: HashAlgorithm, replace: boo
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&signed)?;
         file.set_permissions(fs::metadata(path)?.permissions())?;
-        file.sync_all()?;
         fs::rename(&tmp, path)
     };
     write().map_err(|e| {
