@@ -291,5 +291,5 @@ fn drop_crd(st: &mut State, crd: &Value, tx: &broadcast::Sender<Arc<Change>>) {
         last["metadata"]["resourceVersion"] = json!(st.rv.to_string());
         st.record(gr.clone(), ChangeKind::Deleted, Arc::new(last), Some(o), tx);
     }
-    st.registry.remove(&gr);
+    Arc::make_mut(&mut st.registry).remove(&gr);
 }

@@ -4,7 +4,7 @@
 //! several versions converts with the `None` strategy (only `apiVersion` changes), as the
 //! apiserver does when a CRD has no conversion webhook.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::Value;
 
@@ -29,12 +29,13 @@ pub struct ResourceType {
     pub status_subresource: bool,
     pub short_names: Vec<String>,
     pub categories: Vec<String>,
-    /// `openAPIV3Schema` per version (CRDs only): pruning, defaults, list types.
-    pub schemas: BTreeMap<String, Value>,
+    /// `openAPIV3Schema` per version (CRDs only): pruning, defaults, list types. Shared: a
+    /// schema can weigh hundreds of KiB and kinds are cloned per request.
+    pub schemas: Arc<BTreeMap<String, Value>>,
     /// Field selectors this kind accepts beyond `metadata.name` / `metadata.namespace`.
     pub selectable_fields: Vec<String>,
     /// `additionalPrinterColumns` per version (CRDs only), for `kubectl get`.
-    pub printer_columns: BTreeMap<String, Vec<Value>>,
+    pub printer_columns: Arc<BTreeMap<String, Vec<Value>>>,
     /// Name of the CRD that registered this kind, if any.
     pub crd: Option<String>,
 }
@@ -70,9 +71,9 @@ impl ResourceType {
             status_subresource: false,
             short_names: Vec::new(),
             categories: Vec::new(),
-            schemas: BTreeMap::new(),
+            schemas: Arc::default(),
             selectable_fields: Vec::new(),
-            printer_columns: BTreeMap::new(),
+            printer_columns: Arc::default(),
             crd: None,
         }
     }
@@ -170,9 +171,9 @@ impl ResourceType {
             status_subresource,
             short_names: strings(names.get("shortNames")),
             categories: strings(names.get("categories")),
-            schemas,
+            schemas: Arc::new(schemas),
             selectable_fields,
-            printer_columns,
+            printer_columns: Arc::new(printer_columns),
             crd: crd
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)

@@ -101,7 +101,8 @@ impl RequestCounts {
 
 pub(crate) struct State {
     pub rv: u64,
-    pub registry: Registry,
+    /// Shared snapshot: requests clone the Arc, CRD changes replace it (copy on write).
+    pub registry: Arc<Registry>,
     pub objects: HashMap<GroupResource, BTreeMap<(String, String), Arc<Value>>>,
     log: VecDeque<Arc<Change>>,
     log_capacity: usize,
@@ -174,7 +175,7 @@ impl Store {
         let (changes, _) = broadcast::channel(log_capacity.max(16));
         let mut state = State {
             rv: 1,
-            registry: Registry::builtin(),
+            registry: Arc::new(Registry::builtin()),
             objects: HashMap::new(),
             log: VecDeque::new(),
             log_capacity,
@@ -222,7 +223,7 @@ impl Store {
             .or_default() += 1;
     }
 
-    pub fn registry(&self) -> Registry {
+    pub fn registry(&self) -> Arc<Registry> {
         self.state().registry.clone()
     }
 
@@ -898,7 +899,7 @@ impl State {
             {
                 new["status"] = prev["status"].clone();
             }
-            self.registry.insert(t);
+            Arc::make_mut(&mut self.registry).insert(t);
         }
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
