@@ -453,8 +453,10 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
         work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
         work(&fleet, "b", "gpu").await.unwrap().metadata.generation,
     ];
-    drop(first);
-    drop(second);
+    // SIGTERM stops a replica cleanly and promptly (as the kubelet stops a pod).
+    let (mut first, mut second) = (first, second);
+    assert_eq!(first.terminate(10), Some(0), "kmm-hub exits 0 on SIGTERM");
+    assert_eq!(second.terminate(10), Some(0));
     let again = HubProcess::start(
         &fleet.hub,
         fleet.sim.dir(),

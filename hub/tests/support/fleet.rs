@@ -171,6 +171,22 @@ impl HubProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Sends SIGTERM and waits up to `secs` for the process to exit; its exit code, if it did.
+    pub fn terminate(&mut self, secs: u64) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Process id, e.g. to read its peak memory from /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
