@@ -334,7 +334,7 @@ impl Store {
         body: Value,
         opts: &WriteOpts,
     ) -> ApiResult<Value> {
-        let mut st = self.state();
+        let st = self.state();
         let mut obj = body;
         st.check_identity(rt, version, ns, None, &mut obj)?;
         if let Some(g) =
@@ -352,18 +352,7 @@ impl Store {
         if st.find(rt, ns, &name).is_some() {
             return Err(ApiError::already_exists(&resource_label(rt), &name));
         }
-        if rt.status_subresource
-            && rt.crd.is_some()
-            && let Value::Object(m) = &mut obj
-        {
-            m.remove("status");
-        }
-        if rt.kind == "Pod" && rt.group.is_empty() {
-            obj["status"] = json!({"phase": "Pending"});
-        }
-        if rt.kind == "Namespace" && rt.group.is_empty() {
-            obj["status"] = json!({"phase": "Active"});
-        }
+        initial_status(rt, &mut obj);
         let writer = Writer {
             manager: &opts.manager,
             api_version: &rt.api_version(version),
@@ -373,12 +362,7 @@ impl Store {
             schema: rt.schema(version),
         };
         ssa::record_update(None, &mut obj, &writer);
-        let stamped = st.stamp_new(obj, &opts.manager, rt.schema(version));
-        if opts.dry_run {
-            return Ok(in_version(&stamped, rt, version));
-        }
-        let stored = st.commit(rt, None, stamped, &self.changes)?;
-        Ok(in_version(&stored, rt, version))
+        self.store_new(st, rt, version, obj, opts)
     }
 
     /// PUT of the main resource or of `status`.
@@ -502,22 +486,26 @@ impl Store {
         obj: Value,
         opts: &WriteOpts,
     ) -> ApiResult<Value> {
-        let mut st = self.state();
+        let st = self.state();
         let mut obj = obj;
         st.check_identity(rt, version, ns, None, &mut obj)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if st.find(rt, ns, &name).is_some() {
             return Err(ApiError::conflict(&resource_label(rt), &name));
         }
-        if rt.kind == "Pod" && rt.group.is_empty() {
-            obj["status"] = json!({"phase": "Pending"});
-        }
-        if rt.status_subresource
-            && rt.crd.is_some()
-            && let Value::Object(m) = &mut obj
-        {
-            m.remove("status");
-        }
+        initial_status(rt, &mut obj);
+        self.store_new(st, rt, version, obj, opts)
+    }
+
+    /// Stamps server metadata on a new object and stores it (or only shows it, for a dry run).
+    fn store_new(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        rt: &ResourceType,
+        version: &str,
+        obj: Value,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
         let stamped = st.stamp_new(obj, &opts.manager, rt.schema(version));
         if opts.dry_run {
             return Ok(in_version(&stamped, rt, version));
@@ -667,6 +655,22 @@ impl Store {
         let mut st = self.state();
         let stamped = st.stamp_new(obj, "kmm-sim", rt.schema(&rt.versions[0]));
         st.commit(rt, None, stamped, &self.changes).map(|_| ())
+    }
+}
+
+/// The status a new object starts with: custom resources with a status subresource start without
+/// one, Pods `Pending`, Namespaces `Active`; other kinds keep what they were created with.
+fn initial_status(rt: &ResourceType, obj: &mut Value) {
+    let core = |kind: &str| rt.group.is_empty() && rt.kind == kind;
+    if core("Pod") {
+        obj["status"] = json!({"phase": "Pending"});
+    } else if core("Namespace") {
+        obj["status"] = json!({"phase": "Active"});
+    } else if rt.status_subresource
+        && rt.crd.is_some()
+        && let Value::Object(m) = obj
+    {
+        m.remove("status");
     }
 }
 
