@@ -13,7 +13,7 @@ mod kmod;
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use kmm_hub::sign::{HashAlgorithm, Signer, module::sign_file};
-use kmod::{make_rsa_key, run, scratch, sign_file_tool, unsigned_module};
+use kmod::{make_rsa_key, run, sign_file_tool, temp_dir, unsigned_module};
 
 const MODULES: usize = 200;
 
@@ -39,7 +39,8 @@ fn rate(label: &str, start: Instant) -> f64 {
 #[test]
 #[ignore = "a measurement; run with --release --ignored --nocapture"]
 fn signing_rate_against_sign_file() {
-    let dir = scratch("bench");
+    let tmp = temp_dir("bench");
+    let dir = tmp.path();
     println!(
         "module: {} bytes; profile: {}",
         unsigned_module().len(),
@@ -50,10 +51,10 @@ fn signing_rate_against_sign_file() {
         }
     );
     for bits in [2048, 4096] {
-        let key = make_rsa_key(&dir, &format!("rsa{bits}"), bits, "kmm-fleet bench");
+        let key = make_rsa_key(dir, &format!("rsa{bits}"), bits, "kmm-fleet bench");
         for hash in ["sha256", "sha512"] {
             println!("RSA-{bits}, {hash}:");
-            let theirs = copies(&dir, "sign-file");
+            let theirs = copies(dir, "sign-file");
             let start = Instant::now();
             for path in &theirs {
                 run(Command::new(sign_file_tool())
@@ -64,7 +65,7 @@ fn signing_rate_against_sign_file() {
             }
             rate("  sign-file, one process per module", start);
 
-            let per_process = copies(&dir, "kmm-hub-per-process");
+            let per_process = copies(dir, "kmm-hub-per-process");
             let start = Instant::now();
             for path in &per_process {
                 run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
@@ -76,7 +77,7 @@ fn signing_rate_against_sign_file() {
             }
             rate("  kmm-hub sign-kmod, one process per module", start);
 
-            let one_process = copies(&dir, "kmm-hub-one-process");
+            let one_process = copies(dir, "kmm-hub-one-process");
             let start = Instant::now();
             run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
                 .args(["sign-kmod", "--hash", hash, "--key"])
@@ -86,7 +87,7 @@ fn signing_rate_against_sign_file() {
                 .args(&one_process));
             rate("  kmm-hub sign-kmod, all modules in one process (threads)", start);
 
-            let library = copies(&dir, "library");
+            let library = copies(dir, "library");
             let hash_algorithm: HashAlgorithm = hash.parse().unwrap();
             let start = Instant::now();
             let signer = Signer::from_files(&key.pkcs8_pem, &key.cert_der).unwrap();

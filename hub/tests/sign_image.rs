@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use kmod::{TestKey, make_rsa_key, modinfo, output, scratch, sign_with_sign_file, unsigned_module};
+use kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
 use support::{Registry, run, start_registry};
 
 const KVER: &str = "6.1.0-56-cloud-amd64";
@@ -134,9 +134,10 @@ fn last_layer_paths(registry: &Registry, dir: &Path, repo_tag: &str) -> Vec<Stri
 #[test]
 fn sign_image_signs_the_modules_of_an_image_in_a_new_layer_and_pushes_it() {
     let registry = start_registry("sign-image");
-    let dir = scratch("image");
-    push_module_image(&registry, &dir, "kmod:unsigned");
-    let key = make_rsa_key(&dir, "key", 2048, "kmm-fleet image signer");
+    let tmp = temp_dir("image");
+    let dir = tmp.path();
+    push_module_image(&registry, dir, "kmod:unsigned");
+    let key = make_rsa_key(dir, "key", 2048, "kmm-fleet image signer");
     let oracle = dir.join("oracle.ko");
     std::fs::write(&oracle, unsigned_module()).unwrap();
     sign_with_sign_file("sha256", &key.pkcs8_pem, &key.cert_der, &oracle);
@@ -183,14 +184,14 @@ fn sign_image_signs_the_modules_of_an_image_in_a_new_layer_and_pushes_it() {
     );
 
     // The new layer holds exactly the signed modules (not the deleted one, not other files).
-    let paths = last_layer_paths(&registry, &dir, "kmod:signed");
+    let paths = last_layer_paths(&registry, dir, "kmod:signed");
     assert_eq!(
         paths,
         vec![format!("opt/lib/modules/{KVER}/extra/second.ko"), module_path(),]
     );
 
     // The filesystem the image unpacks to has the signed modules, byte-identical to sign-file.
-    let (rootfs, _) = unpack_pushed(&registry, &dir, "kmod:signed");
+    let (rootfs, _) = unpack_pushed(&registry, dir, "kmod:signed");
     for module in [module_path(), format!("opt/lib/modules/{KVER}/extra/second.ko")] {
         let path = rootfs.join(&module);
         assert!(
@@ -238,10 +239,11 @@ fn sign_image_signs_the_modules_of_an_image_in_a_new_layer_and_pushes_it() {
 #[test]
 fn sign_image_refuses_signed_modules_and_images_with_nothing_to_sign() {
     let registry = start_registry("sign-image-errors");
-    let dir = scratch("image-errors");
-    push_module_image(&registry, &dir, "kmod:unsigned");
-    let key = make_rsa_key(&dir, "key", 2048, "kmm-fleet first");
-    let other = make_rsa_key(&dir, "other", 2048, "kmm-fleet second");
+    let tmp = temp_dir("image-errors");
+    let dir = tmp.path();
+    push_module_image(&registry, dir, "kmod:unsigned");
+    let key = make_rsa_key(dir, "key", 2048, "kmm-fleet first");
+    let other = make_rsa_key(dir, "other", 2048, "kmm-fleet second");
     let glob = format!("/opt/lib/modules/{KVER}/*.ko");
 
     let out = sign_image(
@@ -287,7 +289,7 @@ fn sign_image_refuses_signed_modules_and_images_with_nothing_to_sign() {
         &["--replace"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (rootfs, _) = unpack_pushed(&registry, &dir, "kmod:resigned");
+    let (rootfs, _) = unpack_pushed(&registry, dir, "kmod:resigned");
     let path = rootfs.join(module_path());
     assert_eq!(modinfo(&path, "signer"), other.common_name);
     let oracle = dir.join("oracle.ko");
@@ -300,7 +302,7 @@ fn sign_image_refuses_signed_modules_and_images_with_nothing_to_sign() {
         &registry,
         &TestKey {
             pkcs8_pem: other.pkcs8_pem.clone(),
-            ..make_rsa_key(&dir, "third", 2048, "third")
+            ..make_rsa_key(dir, "third", 2048, "third")
         },
         "kmod:unsigned",
         "kmod:bad",
@@ -377,10 +379,11 @@ fn start_secure_registry(dir: &Path, user: &str, password: &str) -> SecureRegist
 fn sign_image_pushes_over_tls_with_the_credentials_of_a_docker_config() {
     use base64::Engine;
     let plain = start_registry("sign-image-tls-source");
-    let dir = scratch("image-tls");
-    push_module_image(&plain, &dir, "kmod:unsigned");
-    let secure = start_secure_registry(&dir, "robot", "s3cret");
-    let key = make_rsa_key(&dir, "key", 2048, "kmm-fleet tls signer");
+    let tmp = temp_dir("image-tls");
+    let dir = tmp.path();
+    push_module_image(&plain, dir, "kmod:unsigned");
+    let secure = start_secure_registry(dir, "robot", "s3cret");
+    let key = make_rsa_key(dir, "key", 2048, "kmm-fleet tls signer");
     let auth = base64::engine::general_purpose::STANDARD.encode("robot:s3cret");
     let docker_config = dir.join("config.json");
     std::fs::write(

@@ -12,7 +12,7 @@ use std::{
 };
 
 use kmm_hub::sign::{HashAlgorithm, SignError, Signer, module::sign_file};
-use kmod::{TestKey, make_rsa_key, modinfo, output, scratch, sign_with_sign_file, unsigned_module};
+use kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
 
 fn write_module(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -33,11 +33,17 @@ fn oracle(dir: &Path, key: &TestKey, hash: &str) -> Vec<u8> {
 
 #[test]
 fn signatures_are_byte_identical_to_sign_file_for_every_hash_and_key_format() {
-    let dir = scratch("identical");
-    let key = make_rsa_key(&dir, "rsa2048", 2048, "kmm-fleet identical test key");
+    let tmp = temp_dir("identical");
+    let dir = tmp.path();
+    let key = make_rsa_key(dir, "rsa2048", 2048, "kmm-fleet identical test key");
     let unsigned = unsigned_module();
+    // The kernel's certs/signing_key.pem layout: key and certificate in one PEM file.
+    let combined = dir.join("signing_key.pem");
+    let mut text = std::fs::read_to_string(&key.pkcs8_pem).unwrap();
+    text.push_str(&std::fs::read_to_string(&key.cert_pem).unwrap());
+    std::fs::write(&combined, text).unwrap();
     for hash in ["sha256", "sha384", "sha512"] {
-        let expected = oracle(&dir, &key, hash);
+        let expected = oracle(dir, &key, hash);
         assert!(
             expected.len() > unsigned.len() + 256,
             "sign-file appended a signature"
@@ -49,8 +55,9 @@ fn signatures_are_byte_identical_to_sign_file_for_every_hash_and_key_format() {
             (&key.pkcs1_pem, &key.cert_pem),
             (&key.pkcs8_der, &key.cert_der),
             (&key.pkcs1_der, &key.cert_pem),
+            (&combined, &combined),
         ] {
-            let ours = write_module(&dir, &format!("ours-{hash}.ko"));
+            let ours = write_module(dir, &format!("ours-{hash}.ko"));
             let signer = Signer::from_files(key_file, cert_file).unwrap();
             sign_file(&signer, &ours, hash.parse().unwrap(), false).unwrap();
             let ours = std::fs::read(ours).unwrap();
@@ -68,10 +75,11 @@ fn signatures_are_byte_identical_to_sign_file_for_every_hash_and_key_format() {
 
 #[test]
 fn the_command_signs_several_files_like_sign_file_with_a_4096_bit_key() {
-    let dir = scratch("command");
-    let key = make_rsa_key(&dir, "rsa4096", 4096, "kmm-fleet 4096");
-    let expected = oracle(&dir, &key, "sha512");
-    let files = [write_module(&dir, "one.ko"), write_module(&dir, "two.ko")];
+    let tmp = temp_dir("command");
+    let dir = tmp.path();
+    let key = make_rsa_key(dir, "rsa4096", 4096, "kmm-fleet 4096");
+    let expected = oracle(dir, &key, "sha512");
+    let files = [write_module(dir, "one.ko"), write_module(dir, "two.ko")];
     let out = output(
         kmm_hub()
             .args(["sign-kmod", "--hash", "sha512", "--key"])
@@ -98,11 +106,12 @@ fn the_command_signs_several_files_like_sign_file_with_a_4096_bit_key() {
 
 #[test]
 fn modinfo_shows_our_signer_key_id_and_hash() {
-    let dir = scratch("modinfo");
-    let key = make_rsa_key(&dir, "rsa", 2048, "kmm-fleet modinfo signer");
+    let tmp = temp_dir("modinfo");
+    let dir = tmp.path();
+    let key = make_rsa_key(dir, "rsa", 2048, "kmm-fleet modinfo signer");
     let signer = Signer::from_files(&key.pkcs8_pem, &key.cert_der).unwrap();
     for hash in HashAlgorithm::ALL {
-        let path = write_module(&dir, &format!("m-{hash}.ko"));
+        let path = write_module(dir, &format!("m-{hash}.ko"));
         assert_eq!(modinfo(&path, "signer"), "", "the unsigned module has no signer");
         sign_file(&signer, &path, hash, false).unwrap();
         assert_eq!(modinfo(&path, "sig_id"), "PKCS#7");
@@ -116,10 +125,11 @@ fn modinfo_shows_our_signer_key_id_and_hash() {
 
 #[test]
 fn signed_modules_are_refused_unless_the_signature_is_replaced() {
-    let dir = scratch("replace");
-    let first = make_rsa_key(&dir, "first", 2048, "kmm-fleet first key");
-    let second = make_rsa_key(&dir, "second", 2048, "kmm-fleet second key");
-    let path = write_module(&dir, "m.ko");
+    let tmp = temp_dir("replace");
+    let dir = tmp.path();
+    let first = make_rsa_key(dir, "first", 2048, "kmm-fleet first key");
+    let second = make_rsa_key(dir, "second", 2048, "kmm-fleet second key");
+    let path = write_module(dir, "m.ko");
     let sign = |key: &TestKey, replace: bool| {
         let mut cmd = kmm_hub();
         cmd.args(["sign-kmod", "--key"])
@@ -149,7 +159,7 @@ fn signed_modules_are_refused_unless_the_signature_is_replaced() {
 
     assert!(sign(&second, true).status.success());
     assert!(
-        std::fs::read(&path).unwrap() == oracle(&dir, &second, "sha256"),
+        std::fs::read(&path).unwrap() == oracle(dir, &second, "sha256"),
         "the old signature is stripped first"
     );
     assert_eq!(modinfo(&path, "signer"), second.common_name);
@@ -174,9 +184,10 @@ fn corrupt(pem: &Path, out: &Path, truncate: bool) {
 
 #[test]
 fn corrupted_wrong_and_unsupported_keys_give_clear_errors() {
-    let dir = scratch("errors");
-    let key = make_rsa_key(&dir, "good", 2048, "kmm-fleet good key");
-    let other = make_rsa_key(&dir, "other", 2048, "kmm-fleet other key");
+    let tmp = temp_dir("errors");
+    let dir = tmp.path();
+    let key = make_rsa_key(dir, "good", 2048, "kmm-fleet good key");
+    let other = make_rsa_key(dir, "other", 2048, "kmm-fleet other key");
 
     let truncated = dir.join("truncated.pem");
     corrupt(&key.pkcs8_pem, &truncated, true);
@@ -235,7 +246,7 @@ fn corrupted_wrong_and_unsupported_keys_give_clear_errors() {
 
     // Through the command: exit code 1, a one-line reason, the module untouched, and never
     // any key material in the output.
-    let path = write_module(&dir, "m.ko");
+    let path = write_module(dir, "m.ko");
     for (key_file, cert_file, expected) in [
         (&truncated, &key.cert_der, "not a valid RSA private key"),
         (&other.pkcs8_pem, &key.cert_der, "does not match the certificate"),
@@ -262,11 +273,12 @@ fn corrupted_wrong_and_unsupported_keys_give_clear_errors() {
 
 #[test]
 fn a_file_that_is_not_a_module_is_reported_and_the_others_are_signed() {
-    let dir = scratch("not-a-module");
-    let key = make_rsa_key(&dir, "k", 2048, "kmm-fleet k");
+    let tmp = temp_dir("not-a-module");
+    let dir = tmp.path();
+    let key = make_rsa_key(dir, "k", 2048, "kmm-fleet k");
     let text = dir.join("readme.ko");
     std::fs::write(&text, "not an ELF file").unwrap();
-    let module = write_module(&dir, "m.ko");
+    let module = write_module(dir, "m.ko");
     let out = output(
         kmm_hub()
             .args(["sign-kmod", "--key"])

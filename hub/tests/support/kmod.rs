@@ -43,13 +43,21 @@ pub fn sign_file_tool() -> PathBuf {
     tool
 }
 
-/// A scratch directory under the target dir, emptied first.
+/// A scratch directory under the target dir, emptied first (and left there afterwards).
 pub fn scratch(name: &str) -> PathBuf {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kmm-sign-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A scratch directory under the target dir, removed when dropped.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("kmm-sign-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
 }
 
 pub fn output(cmd: &mut Command) -> Output {
@@ -72,7 +80,8 @@ pub fn run(cmd: &mut Command) -> String {
 pub fn unsigned_module() -> &'static [u8] {
     static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
     MODULE.get_or_init(|| {
-        let dir = scratch("build");
+        let tmp = temp_dir("build");
+        let dir = tmp.path();
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kmod-sign");
         for file in ["Kbuild", "kmm_sign_test.c"] {
             std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
