@@ -99,12 +99,17 @@ async fn cold_start(clusters: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = hub.requests();
     let rss = peak_rss_kib(process.pid());
+    let reconciles = process.metric("kmm_hub_reconciles_total").await.unwrap_or(0.0);
+    let _ = std::fs::copy(
+        &process.log,
+        std::env::temp_dir().join(format!("kmm-hub-bench-{clusters}.log")),
+    );
     let registry_requests = registry.manifest_requests("kmm/kmod") - registry_before;
     println!(
         "BENCH clusters={clusters} kernels=3 seconds_until_all_works_written={:.2} \
          api_requests_total={} api_requests_per_cluster={:.2} manifestwork_writes={} \
          registry_manifest_requests={registry_requests} registry_requests_per_unique_image={:.2} \
-         hub_peak_rss_mib={:.1} sim_setup_seconds={:.2}",
+         hub_peak_rss_mib={:.1} sim_setup_seconds={:.2} hub_reconciles={reconciles}",
         all_written.as_secs_f64(),
         requests.total(),
         requests.total() as f64 / clusters as f64,

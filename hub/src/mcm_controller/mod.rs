@@ -148,9 +148,12 @@ pub fn error_policy(mcm: Arc<ManagedClusterModule>, error: &Error, ctx: Arc<Cont
 }
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let mut observed = observe::observe(mcm, ctx).await;
+    let observed_in = started.elapsed();
     build::advance(mcm, ctx, &mut observed).await?;
     build::collect(ctx).await?;
+    tracing::debug!(clusters = observed.clusters.len(), ?observed_in, planned_in = ?started.elapsed(), "observed");
     let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
 
     // Delete the works of clusters that stopped matching.

@@ -92,14 +92,17 @@ pub fn images_needed(
 
 /// Gathers the state one reconcile of `mcm` needs.
 pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
+    let t = std::time::Instant::now();
     let clusters = selected_clusters(mcm, &ctx.clusters.state());
     let works = own_works(mcm, &ctx.works.state());
     let (images, spec_error) = match images_needed(mcm, &clusters) {
         Ok(images) => (images, None),
         Err(b) => (BTreeSet::new(), Some(b)),
     };
+    let selected_in = t.elapsed();
     let auth = pull_auth(mcm, ctx).await;
     let pins = resolve(&ctx.resolver, images, &auth).await;
+    tracing::debug!(?selected_in, resolved_in = ?t.elapsed(), "observe");
     Observed {
         clusters,
         works,

@@ -150,7 +150,10 @@ impl HubProcess {
             .args(extra)
             .env("KUBECONFIG", hub.kubeconfig_path())
             .env("KMM_LOG_FORMAT", "text")
-            .env("RUST_LOG", "info,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KMM_TEST_HUB_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

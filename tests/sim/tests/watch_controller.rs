@@ -400,3 +400,50 @@ async fn scale_mode_serves_thousands_of_managed_clusters() {
     assert!(t.requests >= 7, "1 list + 6 pages + a watch were served: {t:?}");
     assert!(t.per_second() > 0.0);
 }
+
+/// Not a test: prints how long 1,000 ManifestWork applies take (`cargo test --release ... -- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn probe_apply_rate() {
+    let (_sim, hub) = cluster_with_crds("hub").await;
+    let members: Vec<FleetMember> = (0..1000)
+        .map(|i| FleetMember {
+            name: format!("c{i}"),
+            ..Default::default()
+        })
+        .collect();
+    hub.add_managed_clusters(&members).unwrap();
+    let client = hub.client();
+    let work = |ns: &str| {
+        json!({"apiVersion": "work.open-cluster-management.io/v1", "kind": "ManifestWork",
+        "metadata": {"name": "w", "namespace": ns}, "spec": {"workload": {"manifests": [
+            {"apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module", "metadata": {"name": "m", "namespace": "d"},
+             "spec": {"selector": {}, "moduleLoader": {"container": {"modprobe": {"moduleName": "x"},
+               "kernelMappings": [{"literal": "6.1.0", "containerImage": "r/x@sha256:0000"}]}}}}]}}})
+    };
+    let t = Instant::now();
+    for i in 0..200 {
+        let ns = format!("c{i}");
+        let api: Api<kmm_api::ocm::ManifestWork> = Api::namespaced(client.clone(), &ns);
+        api.patch("w", &PatchParams::apply("x").force(), &Patch::Apply(work(&ns)))
+            .await
+            .unwrap();
+    }
+    println!("PROBE 200 sequential applies: {:?}", t.elapsed());
+    let t = Instant::now();
+    futures::stream::iter(200..1000)
+        .map(|i| {
+            let client = client.clone();
+            let body = work(&format!("c{i}"));
+            async move {
+                let api: Api<kmm_api::ocm::ManifestWork> = Api::namespaced(client, &format!("c{i}"));
+                api.patch("w", &PatchParams::apply("x").force(), &Patch::Apply(body))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    println!("PROBE 800 applies, 16 at a time: {:?}", t.elapsed());
+}

@@ -12,7 +12,7 @@ use kmm_api::{
         ManifestsTemplate, ResourceIdentifier, ServerSideApplyConfig, UpdateStrategy,
     },
 };
-use kube::{CustomResourceExt, Resource};
+use kube::Resource;
 
 /// Field manager the OCM work agent uses for the Module on the spoke; must start with `work-agent`.
 pub const WORK_AGENT_FIELD_MANAGER: &str = "work-agent-kmm";
@@ -68,8 +68,8 @@ pub fn manifest_work(
             }),
             manifest_configs: vec![ManifestConfigOption {
                 resource_identifier: ResourceIdentifier {
-                    group: Module::crd().spec.group,
-                    resource: Module::crd().spec.names.plural,
+                    group: Module::group(&()).into_owned(),
+                    resource: Module::plural(&()).into_owned(),
                     name,
                     namespace: spoke_namespace,
                 },
