@@ -15,6 +15,12 @@ test: deps
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo fmt --all --check
 
+# Benchmarks (release builds; results go to docs/benchmarks.md by hand): hub cold start over
+# 1,000 and 10,000 simulated clusters, kmod signing rate vs sign-file.
+bench: deps
+    cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
+    cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
+
 # Regenerate the CRDs in manifests/crds from the Rust types.
 gen:
     cargo run --quiet -p kmm-hub -- crds --dir manifests/crds
