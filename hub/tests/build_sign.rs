@@ -72,18 +72,7 @@ async fn hub_setup(fleet: &Fleet, script: KubeletScript) -> kmm_agents::AgentHan
 async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
     let fleet = Fleet::start(
         "build-sign",
-        &[
-            SpokeSpec {
-                name: "a",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-            SpokeSpec {
-                name: "b",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-        ],
+        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
     )
     .await;
     // The kubelet lets every Job pod succeed; the test pushes what each step would have pushed.
@@ -174,15 +163,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart() {
-    let fleet = Fleet::start(
-        "build-fail",
-        &[SpokeSpec {
-            name: "a",
-            labels: &[("env", "prod")],
-            kernels: Some(&[K1]),
-        }],
-    )
-    .await;
+    let fleet = Fleet::start("build-fail", &[SpokeSpec::prod("a", &[K1])]).await;
     let fail = ScriptRule {
         matcher: PodMatcher {
             labels: BTreeMap::from([(JOB_TYPE_LABEL.to_string(), "build".to_string())]),
@@ -349,18 +330,7 @@ fn push_module_image(registry: &support::Registry, repo_tag: &str) {
 async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     let fleet = Fleet::start(
         "real-pipeline",
-        &[
-            SpokeSpec {
-                name: "a",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-            SpokeSpec {
-                name: "b",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-        ],
+        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
     )
     .await;
     let host = fleet.registry.host.clone();

@@ -100,16 +100,8 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     let mut fleet = Fleet::start(
         "rollout",
         &[
-            SpokeSpec {
-                name: "a",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1, K2]),
-            },
-            SpokeSpec {
-                name: "b",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
+            SpokeSpec::prod("a", &[K1, K2]),
+            SpokeSpec::prod("b", &[K1]),
             SpokeSpec {
                 name: "c",
                 labels: &[("env", "dev")],
@@ -284,13 +276,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     assert!(spoke_module(&fleet, "b", "gpu").await.is_some());
 
     // A new prod cluster joins and gets the Module.
-    fleet
-        .add_spoke(&SpokeSpec {
-            name: "d",
-            labels: &[("env", "prod")],
-            kernels: Some(&[K1]),
-        })
-        .await;
+    fleet.add_spoke(&SpokeSpec::prod("d", &[K1])).await;
     eventually(30, "the new cluster gets its Module", Some(&hub), || async {
         spoke_module(&fleet, "d", "gpu").await.is_some()
     })
@@ -324,11 +310,7 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
                 labels: &[("env", "prod")],
                 kernels: None,
             },
-            SpokeSpec {
-                name: "nomap",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
+            SpokeSpec::prod("nomap", &[K1]),
         ],
     )
     .await;
@@ -403,18 +385,7 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
 async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     let fleet = Fleet::start(
         "replicas",
-        &[
-            SpokeSpec {
-                name: "a",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-            SpokeSpec {
-                name: "b",
-                labels: &[("env", "prod")],
-                kernels: Some(&[K1]),
-            },
-        ],
+        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
     )
     .await;
     push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
@@ -488,15 +459,7 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back() {
-    let fleet = Fleet::start(
-        "down",
-        &[SpokeSpec {
-            name: "a",
-            labels: &[("env", "prod")],
-            kernels: Some(&[K1]),
-        }],
-    )
-    .await;
+    let fleet = Fleet::start("down", &[SpokeSpec::prod("a", &[K1])]).await;
     // The MCM points at a registry port where nothing listens yet.
     let port = free_port();
     let host = format!("127.0.0.1:{port}");

@@ -40,6 +40,17 @@ pub struct SpokeSpec<'a> {
     pub kernels: Option<&'a [&'a str]>,
 }
 
+impl<'a> SpokeSpec<'a> {
+    /// A cluster labelled `env=prod` (what the tests' MCMs select) running `kernels`.
+    pub fn prod(name: &'a str, kernels: &'a [&'a str]) -> Self {
+        Self {
+            name,
+            labels: &[("env", "prod")],
+            kernels: Some(kernels),
+        }
+    }
+}
+
 impl Fleet {
     pub async fn start(name: &str, spokes: &[SpokeSpec<'_>]) -> Self {
         let sim = Sim::new().unwrap();

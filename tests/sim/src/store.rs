@@ -905,19 +905,7 @@ impl State {
             }
             Arc::make_mut(&mut self.registry).insert(t);
         }
-        self.rv += 1;
-        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let obj = Arc::new(new);
-        let kind = if old.is_some() {
-            ChangeKind::Modified
-        } else {
-            ChangeKind::Added
-        };
-        self.objects
-            .entry(rt.group_resource())
-            .or_default()
-            .insert(key_of(&obj), obj.clone());
-        self.record(rt.group_resource(), kind, obj.clone(), old, tx);
+        let obj = self.put(rt.group_resource(), new, old, tx);
         self.mirror_event(&rt.group_resource(), &obj, false, tx);
         if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
             self.uids.insert(uid.to_string());
@@ -985,29 +973,39 @@ impl State {
         };
         let key = key_of(ev);
         let old = self.objects.get(&core).and_then(|m| m.get(&key)).cloned();
-        self.rv += 1;
-        if deleted {
-            if let Some(old) = old {
-                if let Some(m) = self.objects.get_mut(&core) {
-                    m.remove(&key);
-                }
-                self.record(core, ChangeKind::Deleted, old.clone(), Some(old), tx);
+        if !deleted {
+            self.put(core, crate::events::to_core(ev), old, tx);
+        } else if let Some(old) = old {
+            if let Some(m) = self.objects.get_mut(&core) {
+                m.remove(&key);
             }
-            return;
+            self.rv += 1;
+            self.record(core, ChangeKind::Deleted, old.clone(), Some(old), tx);
         }
-        let mut mirrored = crate::events::to_core(ev);
-        mirrored["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let obj = Arc::new(mirrored);
+    }
+
+    /// Stores `obj` under the next resource version (replacing `old`) and tells watchers.
+    fn put(
+        &mut self,
+        gr: GroupResource,
+        mut obj: Value,
+        old: Option<Arc<Value>>,
+        tx: &broadcast::Sender<Arc<Change>>,
+    ) -> Arc<Value> {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let obj = Arc::new(obj);
         let kind = if old.is_some() {
             ChangeKind::Modified
         } else {
             ChangeKind::Added
         };
         self.objects
-            .entry(core.clone())
+            .entry(gr.clone())
             .or_default()
-            .insert(key, obj.clone());
-        self.record(core, kind, obj, old, tx);
+            .insert(key_of(&obj), obj.clone());
+        self.record(gr, kind, obj.clone(), old, tx);
+        obj
     }
 
     /// Forgets the watch history up to now: older resource versions get 410 Gone.
