@@ -12,6 +12,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     SimError,
+    audit::{AuditLog, AuditRecord},
     faults::Faults,
     registry::ResourceType,
     server::{self, ServerState},
@@ -60,6 +61,7 @@ impl SimCluster {
             store: Store::new(WATCH_LOG),
             drop_watches: tokio::sync::Notify::new(),
             bookmark_interval: Duration::from_secs(1),
+            audit: AuditLog::default(),
         });
         let app = axum::Router::new()
             .fallback(server::handle)
@@ -95,6 +97,41 @@ impl SimCluster {
     /// A kubeconfig file for kubectl and child processes (`KUBECONFIG=...`).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.inner.kubeconfig
+    }
+
+    /// Writes a second kubeconfig whose bearer token authenticates as `user` (e.g.
+    /// `system:serviceaccount:kmm-hub:kmm-hub`); the requests made with it are recorded under that
+    /// user in [`SimCluster::audit`]. Nothing is enforced: RBAC is checked by the tests.
+    pub fn kubeconfig_as(&self, user: &str) -> Result<PathBuf, SimError> {
+        let file: String = user
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dir = self.inner.kubeconfig.parent().unwrap_or_else(|| Path::new("."));
+        let path = dir.join(format!("{}-as-{file}.kubeconfig", self.inner.name));
+        std::fs::write(
+            &path,
+            kubeconfig_yaml_for(&self.inner.name, &self.inner.url, user),
+        )?;
+        Ok(path)
+    }
+
+    /// Every resource request served so far: who, and what an RBAC authorizer would check.
+    /// The default kubeconfig authenticates as `kmm-sim`, [`SimCluster::client`] as
+    /// `system:anonymous`.
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        self.inner.state.audit.snapshot()
+    }
+
+    /// Forgets the audit records.
+    pub fn clear_audit(&self) {
+        self.inner.state.audit.clear();
     }
 
     /// A kube-rs client for this cluster, built the way a process reading the kubeconfig would.
@@ -292,10 +329,15 @@ impl SimCluster {
 }
 
 fn kubeconfig_yaml(name: &str, url: &str) -> String {
+    kubeconfig_yaml_for(name, url, "kmm-sim")
+}
+
+fn kubeconfig_yaml_for(name: &str, url: &str, token: &str) -> String {
+    let token = serde_json::Value::String(token.to_string());
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {url}\n\
          contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n    namespace: default\n\
-         current-context: {name}\nusers:\n- name: {name}\n  user:\n    token: kmm-sim\n"
+         current-context: {name}\nusers:\n- name: {name}\n  user:\n    token: {token}\n"
     )
 }
 

@@ -16,6 +16,7 @@
 //!
 //! What is and is not simulated is listed in the crate's README.md.
 
+pub mod audit;
 mod cluster;
 mod discovery;
 mod events;
@@ -36,6 +37,7 @@ mod time;
 
 use std::{collections::BTreeMap, path::Path, sync::Mutex};
 
+pub use audit::AuditRecord;
 pub use cluster::SimCluster;
 pub use cluster::parse_documents;
 pub use faults::Faults;

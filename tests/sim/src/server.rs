@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
+    audit::{self, AuditLog, AuditRecord},
     discovery,
     registry::ResourceType,
     selector::{FieldSelector, LabelSelector},
@@ -30,6 +31,8 @@ pub struct ServerState {
     pub drop_watches: Notify,
     /// How often watch streams send bookmarks when asked to.
     pub bookmark_interval: Duration,
+    /// Every resource request's identity and authorization attributes.
+    pub(crate) audit: AuditLog,
 }
 
 pub async fn handle(State(state): State<Arc<ServerState>>, req: Request) -> Response {
@@ -202,7 +205,51 @@ async fn route(
         name: name.map(str::to_string),
         sub: sub.map(str::to_string),
     };
+    audit(state, method, group, &target, query, headers);
     serve(state, method, target, query, headers, body).await
+}
+
+/// Records what an authorizer would check for this request. A server-side apply that creates
+/// its object is also checked as `create`, as the apiserver does.
+fn audit(
+    state: &ServerState,
+    method: &Method,
+    group: &str,
+    t: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) {
+    let record = AuditRecord {
+        user: audit::user_of(headers),
+        verb: verb_of(method, t, query).to_string(),
+        group: group.to_string(),
+        resource: t.rt.plural.clone(),
+        subresource: t.sub.clone(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+    };
+    let is_apply = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/apply-patch"));
+    let creates = record.verb == "patch"
+        && is_apply
+        && t.sub.is_none()
+        && state
+            .store
+            .get(
+                &t.rt,
+                t.namespace.as_deref(),
+                t.name.as_deref().unwrap_or_default(),
+            )
+            .is_err();
+    if creates {
+        state.audit.push(AuditRecord {
+            verb: "create".into(),
+            ..record.clone()
+        });
+    }
+    state.audit.push(record);
 }
 
 fn verb_of(method: &Method, t: &Target, query: &HashMap<String, String>) -> &'static str {
