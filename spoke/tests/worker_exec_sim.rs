@@ -71,11 +71,7 @@ spec:
     )
 }
 
-// Ignored until issue 6's open defect is fixed: after a `parameters` change the node controller
-// unloads, reloads with the new parameters, then unloads once more and drops the Module from the
-// node's NodeModulesConfig spec (seen in 3 of 4 runs; the last step of this test catches it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect (issue 6): a parameters change can end with the module unloaded"]
 async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");

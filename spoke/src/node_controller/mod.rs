@@ -241,11 +241,13 @@ async fn apply(
     }
 
     if labels_differ(node, want) {
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": { "name": name, "labels": want.labels },
-        });
+        // No labels at all rather than an empty map: an empty map is owned as one field, and
+        // an apiserver may drop the whole map (other owners' labels too) when it later fills.
+        let mut metadata = json!({ "name": name });
+        if !want.labels.is_empty() {
+            metadata["labels"] = json!(want.labels);
+        }
+        let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": metadata });
         Api::<Node>::all(client.clone())
             .patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
             .await

@@ -229,10 +229,15 @@ pub fn apply(
         .unwrap_or_default();
     let mut result = current.clone();
     for p in previous.difference(&applied) {
+        // A map applied empty last time is owned as a leaf; it stays while the manager still
+        // applies something inside it, or another manager owns anything inside it.
+        let under = |q: &Path| q.len() >= p.len() && q[..p.len()] == p[..];
+        let still_applied = applied.iter().any(under);
         let owned_elsewhere = entries
             .iter()
-            .any(|e| !(e.manager == who.manager && e.operation == "Apply") && e.fields.contains(p));
-        if !owned_elsewhere {
+            .filter(|e| !(e.manager == who.manager && e.operation == "Apply"))
+            .any(|e| e.fields.iter().any(under));
+        if !owned_elsewhere && !still_applied {
             fields::remove_at(&mut result, p);
         }
     }
@@ -379,6 +384,25 @@ mod tests {
         let both = apply(Some(&one), &cm(json!({"a": "1", "b": "2"})), &writer("m2"), false).unwrap();
         let after = apply(Some(&both), &cm(json!({})), &writer("m2"), false).unwrap();
         assert_eq!(after["data"], json!({"a": "1"}));
+    }
+
+    #[test]
+    fn a_map_applied_empty_then_filled_keeps_keys_other_managers_own() {
+        let created = {
+            let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "n", "labels": {"role": "gpu"}}});
+            record_update(None, &mut obj, &writer("creator"));
+            obj
+        };
+        let labels = |l: Value| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "n", "labels": l}})
+        };
+        let once = apply(Some(&created), &labels(json!({})), &writer("a"), true).unwrap();
+        let twice = apply(Some(&once), &labels(json!({"ready": ""})), &writer("a"), true).unwrap();
+        assert_eq!(twice["metadata"]["labels"], json!({"role": "gpu", "ready": ""}));
+        let thrice = apply(Some(&twice), &labels(json!({})), &writer("a"), true).unwrap();
+        assert_eq!(thrice["metadata"]["labels"], json!({"role": "gpu"}));
     }
 
     #[test]
