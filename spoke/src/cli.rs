@@ -149,6 +149,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Waits for a store to be ready, asking again every second: the controller waits on the same
+/// store, and a store wakes only its most recent waiter, so one long wait can sleep forever.
+async fn until_ready<F, Fut, E>(wait: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), wait()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => continue,
+        }
+    }
+}
+
 /// Runs every spoke controller against `client` until `shutdown` resolves (tests call this),
 /// serving `/healthz`, `/readyz` and `/metrics` on `listener` when given.
 pub async fn run_with(
@@ -195,10 +210,10 @@ pub async fn run_with(
         let (nodes, modules) = (ctx.nodes.clone(), ctx.modules.clone());
         let (nodes_flag, modules_flag) = (health.nodes_synced.clone(), health.modules_synced.clone());
         async move {
-            if nodes.wait_until_ready().await.is_ok() {
+            if until_ready(|| nodes.wait_until_ready()).await {
                 nodes_flag.store(true, Ordering::Relaxed);
             }
-            if modules.wait_until_ready().await.is_ok() {
+            if until_ready(|| modules.wait_until_ready()).await {
                 modules_flag.store(true, Ordering::Relaxed);
             }
             tracing::info!("node and Module caches synced");

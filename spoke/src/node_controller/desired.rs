@@ -86,6 +86,8 @@ pub struct NodeDesired {
     pub status: Vec<NodeModuleStatus>,
     /// Worker pods to delete first, `(namespace, name)`.
     pub delete_pods: Vec<(String, String)>,
+    /// The failed worker pods among `delete_pods`, with their action (counted once deleted).
+    pub failed_pods: Vec<((String, String), Action)>,
     /// Worker pods to create after the deletions.
     pub create_pods: Vec<PodPlan>,
     /// Every node label kmm-spoke owns, with its value (anything else it owned goes).
@@ -511,6 +513,13 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                 want,
             ) => {
                 let pod_ref = (key.0.clone(), pod.name_any());
+                let failed_action = pod_action(pod);
+                let delete_failed = |out: &mut NodeDesired, pod_ref: (String, String)| {
+                    if let Some(action) = failed_action {
+                        out.failed_pods.push((pod_ref.clone(), action));
+                    }
+                    out.delete_pods.push(pod_ref);
+                };
                 match want {
                     Some(mut want) if matches(pod, &want) => {
                         let wait = backoff(settings, *attempt);
@@ -529,7 +538,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                                     attempt + 1
                                 ),
                             });
-                            out.delete_pods.push(pod_ref);
+                            delete_failed(&mut out, pod_ref);
                             want.attempt = attempt + 1;
                             out.create_pods.push(want);
                         } else {
@@ -538,10 +547,10 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                         }
                     }
                     Some(want) => {
-                        out.delete_pods.push(pod_ref);
+                        delete_failed(&mut out, pod_ref);
                         out.create_pods.push(want);
                     }
-                    None => out.delete_pods.push(pod_ref),
+                    None => delete_failed(&mut out, pod_ref),
                 }
             }
         }

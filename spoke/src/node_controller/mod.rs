@@ -38,7 +38,11 @@ use tokio::sync::mpsc;
 use self::desired::{NodeDesired, NodeObserved};
 use crate::{
     context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err},
-    worker::pod::{MODULE_NAME_LABEL, WorkerPodInput, worker_pod},
+    metrics::ActionLabels,
+    worker::{
+        pod::{MODULE_NAME_LABEL, WorkerPodInput, worker_pod},
+        run::Action as WorkerAction,
+    },
 };
 
 /// Controller name in metrics and logs.
@@ -202,7 +206,15 @@ async fn apply(
             .delete(pod, &DeleteParams::default())
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                let failed = want.failed_pods.iter().find(|(r, _)| r.0 == *ns && r.1 == *pod);
+                if let Some((_, action)) = failed {
+                    ctx.metrics
+                        .worker_failures
+                        .get_or_create(&action_labels(*action))
+                        .inc();
+                }
+            }
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(kube_err(format!("deleting worker pod {ns}/{pod}"))(e)),
         }
@@ -229,7 +241,12 @@ async fn apply(
             .create(&PostParams::default(), &pod)
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                ctx.metrics
+                    .worker_pods
+                    .get_or_create(&action_labels(plan.action))
+                    .inc();
+            }
             // The previous pod of this module is still going away: the next pass retries.
             Err(e) if is_status(&e, 409) => {}
             Err(e) => {
@@ -272,6 +289,15 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+fn action_labels(action: WorkerAction) -> ActionLabels {
+    ActionLabels {
+        action: match action {
+            WorkerAction::Load => "load",
+            WorkerAction::Unload => "unload",
+        },
+    }
 }
 
 /// Whether a label kmm-spoke writes is missing, has another value, or is present but no longer

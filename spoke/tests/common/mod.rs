@@ -17,8 +17,10 @@ use kube::{
 use serde_json::json;
 
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-pub const CLAIM_CRD: &str =
-    "/work/shared/reference/ocm-crds/0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml";
+pub const CLAIM_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/reference/ocm-crds/0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml"
+);
 
 /// A cluster with the spoke CRDs, OCM's ClusterClaim CRD and the namespace `drivers`.
 pub async fn spoke_cluster(sim: &kmm_sim::Sim, name: &str) -> SimCluster {
