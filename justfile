@@ -21,10 +21,14 @@ bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
 
-# Regenerate the CRDs in manifests/crds from the Rust types.
+# Regenerate from the code: the CRDs in manifests/crds (Rust types), the hub's and the spoke's RBAC
+# (the API calls in hub/src/rbac.rs, spoke/src/rbac.rs), and the spoke-install Policy in policies/
+# (from manifests/spoke and the CRDs).
 gen:
     cargo run --quiet -p kmm-hub -- crds --dir manifests/crds
     cargo run --quiet -p kmm-spoke -- crds --dir manifests/crds
+    cargo run --quiet -p kmm-hub -- rbac > manifests/hub/rbac.yaml.tmp && mv manifests/hub/rbac.yaml.tmp manifests/hub/rbac.yaml
+    cargo run --quiet -p kmm-spoke -- rbac > manifests/spoke/rbac.yaml.tmp && mv manifests/spoke/rbac.yaml.tmp manifests/spoke/rbac.yaml
 
 # Lint Module / ManagedClusterModule YAML: just lint path/to/file.yaml ...
 lint +files:

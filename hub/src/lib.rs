@@ -7,6 +7,7 @@
 //! - [`pull_secret`]: registry credentials from `imageRepoSecret`.
 //! - [`run`]: `kmm-hub run` (controller, fleet caches, health and metrics server).
 //! - [`sign`]: the pure-Rust kernel module signer, `sign-kmod` and `sign-image`.
+//! - [`rbac`]: the API calls `run` makes, as data, and the RBAC rendered from them.
 //! - [`leader`]: leader election with a Lease; [`metrics`]: Prometheus metrics.
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod lint;
 pub mod mcm_controller;
 pub mod metrics;
 pub mod pull_secret;
+pub mod rbac;
 pub mod registry;
 pub mod render;
 pub mod run;

@@ -21,6 +21,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the RBAC `kmm-hub run` needs (ClusterRole, Roles, bindings; YAML), generated from the
+    /// API calls it makes.
+    Rbac {
+        /// Namespace the hub runs in.
+        #[arg(long, default_value = kmm_hub::rbac::NAME)]
+        namespace: String,
+        /// The hub's ServiceAccount.
+        #[arg(long, default_value = kmm_hub::rbac::NAME)]
+        service_account: String,
+    },
     /// Run the ManagedClusterModule controller against the hub cluster (KUBECONFIG or in-cluster).
     Run(kmm_hub::run::RunArgs),
     /// Print the ManifestWorks the controller would write for an MCM and a set of ManagedClusters
@@ -68,6 +78,13 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(kmm_hub::render::status(mcm.as_deref(), &mut out))?;
+        }
+        Command::Rbac {
+            namespace,
+            service_account,
+        } => {
+            use std::io::Write as _;
+            out.write_all(kmm_hub::rbac::render(&namespace, &service_account).as_bytes())?;
         }
         Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
         Command::SignKmod(args) => {

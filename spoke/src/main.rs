@@ -24,6 +24,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the RBAC `kmm-spoke run` needs (ClusterRole, binding) and the ClusterRole that lets
+    /// OCM's work agent manage Modules (YAML), generated from the API calls it makes.
+    Rbac {
+        /// Namespace the spoke runs in.
+        #[arg(long, default_value = kmm_spoke::rbac::NAMESPACE)]
+        namespace: String,
+        /// The spoke's ServiceAccount.
+        #[arg(long, default_value = kmm_spoke::rbac::NAME)]
+        service_account: String,
+    },
     /// Load or unload a kernel module on this node (what worker pods run; needs no API access).
     Worker(WorkerArgs),
     /// Run the spoke controllers (managed mode only).
@@ -117,6 +127,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(kmm_spoke::cli::run(args))?;
+        }
+        Command::Rbac {
+            namespace,
+            service_account,
+        } => {
+            std::io::stdout()
+                .write_all(kmm_spoke::rbac::render(&namespace, &service_account).as_bytes())
+                .context("writing to stdout")?;
         }
         Command::Crds { dir: None } => {
             let yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;

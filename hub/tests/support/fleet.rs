@@ -152,6 +152,17 @@ impl Drop for HubProcess {
 
 impl HubProcess {
     pub fn start(hub: &SimCluster, dir: &std::path::Path, id: &str, extra: &[&str]) -> Self {
+        Self::start_with_kubeconfig(hub.kubeconfig_path(), dir, id, extra)
+    }
+
+    /// Like [`HubProcess::start`], with another kubeconfig (e.g. `SimCluster::kubeconfig_as`, to
+    /// run as the hub's ServiceAccount).
+    pub fn start_with_kubeconfig(
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        id: &str,
+        extra: &[&str],
+    ) -> Self {
         let metrics_port = free_port();
         let log = dir.join(format!("kmm-hub-{id}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
@@ -159,7 +170,7 @@ impl HubProcess {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--retry-seconds", "1"])
             .args(extra)
-            .env("KUBECONFIG", hub.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("KMM_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",

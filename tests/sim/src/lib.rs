@@ -37,7 +37,7 @@ mod time;
 
 use std::{collections::BTreeMap, path::Path, sync::Mutex};
 
-pub use audit::AuditRecord;
+pub use audit::{AuditRecord, Grant, RbacCheck};
 pub use cluster::SimCluster;
 pub use cluster::parse_documents;
 pub use faults::Faults;
