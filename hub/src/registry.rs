@@ -60,6 +60,7 @@ pub struct DigestResolver {
     cache: Mutex<HashMap<String, Arc<Entry>>>,
     requests: AtomicU64,
     lookups: AtomicU64,
+    insecure_hosts: Vec<String>,
 }
 
 impl DigestResolver {
@@ -80,7 +81,15 @@ impl DigestResolver {
             cache: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            insecure_hosts: Vec::new(),
         }
+    }
+
+    /// Registries (`host` or `host:port`) reached over plain HTTP whatever an MCM says: the
+    /// device plugin's images, for one, have no `registryTLS` field in the Module API.
+    pub fn with_insecure_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.insecure_hosts = hosts;
+        self
     }
 
     /// Registry requests made so far (cache misses), for metrics and benchmarks.
@@ -133,7 +142,8 @@ impl DigestResolver {
             .digest
             .get_or_try_init(|| async {
                 self.lookups.fetch_add(1, Ordering::Relaxed);
-                let client = match (tls.insecure, tls.insecure_skip_tls_verify) {
+                let insecure = tls.insecure || self.insecure_hosts.iter().any(|h| h == reference.registry());
+                let client = match (insecure, tls.insecure_skip_tls_verify) {
                     (true, _) => &self.plain_http,
                     (false, true) => &self.skip_verify,
                     (false, false) => &self.verify,

@@ -84,6 +84,14 @@ pub struct RunArgs {
     /// Image of kmm-hub itself, which sign Jobs run (`kmm-hub sign-image`).
     #[arg(long, env = "KMM_HUB_IMAGE", default_value = "kmm-hub:latest")]
     pub hub_image: String,
+    /// Registry reached over plain HTTP for every image on it, e.g. `registry.lab:5000`
+    /// (repeatable; the environment variable takes a comma-separated list).
+    #[arg(
+        long = "insecure-registry",
+        env = "KMM_HUB_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
     /// Seconds after which a succeeded build or sign Job is deleted (failed ones are kept).
     #[arg(long, env = "KMM_HUB_JOB_GC_DELAY_SECONDS", default_value_t = 0)]
     pub job_gc_delay_seconds: u64,
@@ -105,7 +113,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "listing ManagedClusterModules failed: are the CRDs installed (kubectl apply --server-side -f manifests/crds) \
          and may this account list them?",
     )?;
-    let resolver = Arc::new(DigestResolver::new(Duration::from_secs(args.cache_ttl_seconds)));
+    let resolver = Arc::new(
+        DigestResolver::new(Duration::from_secs(args.cache_ttl_seconds))
+            .with_insecure_hosts(args.insecure_registries.clone()),
+    );
     let metrics = Arc::new(Metrics::new(resolver.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let identity = args.identity.clone().unwrap_or_else(|| {

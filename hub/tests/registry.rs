@@ -118,3 +118,27 @@ async fn missing_images_and_unreachable_registries_are_told_apart() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidReference { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_named_insecure_is_reached_over_plain_http_without_tls_fields() {
+    let registry = start_registry("insecure-host");
+    let digest = push_image(&registry, "kmm/plugin:1");
+    let image = format!("{}/kmm/plugin:1", registry.host);
+    let default_tls = TlsOptions::default();
+
+    // Without the setting, an image with no TLS fields is looked up over HTTPS and fails.
+    let strict = DigestResolver::new(Duration::from_secs(600));
+    let err = strict
+        .pin(&image, &default_tls, &RegistryAuth::Anonymous)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Lookup { .. }), "{err:?}");
+
+    let lenient =
+        DigestResolver::new(Duration::from_secs(600)).with_insecure_hosts(vec![registry.host.clone()]);
+    let pinned = lenient
+        .pin(&image, &default_tls, &RegistryAuth::Anonymous)
+        .await
+        .unwrap();
+    assert_eq!(pinned, format!("{}/kmm/plugin@{digest}", registry.host));
+}

@@ -1,1 +1,66 @@
-//! Whole-system tests for kmm-fleet; the tests live under `tests/tests/`.
+//! A whole kmm-fleet on one machine, for the end-to-end tests under `tests/tests/` and for
+//! `just demo`: the API simulator with a hub and spoke clusters, the OCM agents and a kubelet
+//! per cluster, a real registry, and the real `kmm-hub` and `kmm-spoke` processes.
+//!
+//! - [`registry`]: a CNCF distribution registry on loopback.
+//! - [`images`]: module images (busybox plus a depmod'ed module tree) pushed with umoci/skopeo.
+//! - [`kmod`]: the test kernel module, compiled against the installed headers.
+//! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics.
+//! - [`fleet`]: the clusters, agents and processes together.
+
+pub mod fleet;
+pub mod images;
+pub mod kmod;
+pub mod process;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of this workspace, from the same target folder as the running executable (tests
+/// run from `target/<profile>/deps`, `kmm-demo` from `target/<profile>`).
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent().context("the executable has a folder")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has a parent")?;
+    }
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --bins`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Runs a command to success; its stdout, or an error with its stderr.
+pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{cmd:?} (run `just deps` to install the test tools)"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A fresh folder under `base`.
+pub fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = base.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -5,6 +5,7 @@
 //! command on this machine.
 
 pub mod daemonset;
+pub mod images;
 pub mod job;
 pub mod pods;
 pub mod script;
@@ -88,6 +89,9 @@ pub struct KubeletOptions {
     pub exec_root: Option<std::path::PathBuf>,
     /// Extra environment for `Exec` pods (e.g. `PATH` to find a test binary).
     pub exec_env: BTreeMap<String, String>,
+    /// For `Exec` pods (with `exec_root`): pull the init containers' images and run them
+    /// first, chrooted (see [`images`]). `None`: init containers are skipped.
+    pub exec_images: Option<images::ImageOptions>,
 }
 
 impl Default for KubeletOptions {
@@ -102,6 +106,7 @@ impl Default for KubeletOptions {
             jobs: true,
             exec_root: None,
             exec_env: BTreeMap::new(),
+            exec_images: None,
         }
     }
 }
@@ -298,12 +303,36 @@ impl KubeletLoop {
                     Some(root) => pods::materialize_volumes(&self.client, &pod, root).await,
                     None => Ok(Vec::new()),
                 };
+                let init = match (&self.opts.exec_root, &self.opts.exec_images) {
+                    (Some(root), Some(images)) => Some((
+                        root.join(pod.uid().unwrap_or_else(|| pod.name_any())),
+                        images.clone(),
+                    )),
+                    _ => None,
+                };
                 self.execs.spawn(async move {
+                    let volumes = match (volumes, init) {
+                        (Ok(mut mounts), Some((pod_dir, images))) => {
+                            match images::run_init_containers(&pod, &pod_dir, &images, timeout).await {
+                                Ok(extra) => {
+                                    mounts.extend(extra);
+                                    mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+                                    Ok(mounts)
+                                }
+                                Err(f) => Err((
+                                    f.exit_code,
+                                    format!("init container {}: {}", f.container, f.message),
+                                )),
+                            }
+                        }
+                        (Ok(mounts), None) => Ok(mounts),
+                        (Err(e), _) => Err((126, e)),
+                    };
                     let result = match volumes {
                         Ok(mounts) => pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await,
-                        Err(e) => pods::ExecResult {
+                        Err((code, e)) => pods::ExecResult {
                             output: e.clone(),
-                            outcome: Outcome::failed(126, e),
+                            outcome: Outcome::failed(code, e),
                         },
                     };
                     if let Some(sink) = sink {

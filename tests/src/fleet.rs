@@ -1,0 +1,446 @@
+//! The fleet: a simulated hub and spokes, OCM's work and registration agents, a kubelet per
+//! cluster that really runs the hub's build/sign Jobs and the spokes' worker pods, a real
+//! registry, and the real `kmm-hub` / `kmm-spoke` processes.
+//!
+//! What runs for real: buildah (build Jobs), `kmm-hub sign-image` (sign Jobs), skopeo/umoci
+//! pulls and the chrooted `cp` of the worker pod's init container, `kmm-spoke worker` with
+//! `modprobe --dry-run` on the pulled module tree. What is simulated: the API servers, the OCM
+//! agents, pod scheduling and the node kernels (a Node's `nodeInfo.kernelVersion`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use base64::Engine;
+use k8s_openapi::api::core::v1::Node;
+use kmm_agents::{
+    AgentHandle, Kubelet, KubeletOptions, KubeletScript, Outcome, PodLogSink, PodMatcher, RegistrationAgent,
+    RegistrationOptions, ScriptRule, WorkAgent, WorkAgentOptions, kubelet::images::ImageOptions,
+};
+use kmm_sim::{Sim, SimCluster};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    fresh_dir,
+    images::{ImageBuilder, dockerfile},
+    process::{Launch, Process},
+    registry::Registry,
+    run, workspace_bin,
+};
+
+/// Namespace of kmm-hub (its Jobs, Secrets and ConfigMaps).
+pub const HUB_NAMESPACE: &str = "kmm-hub";
+/// Namespace kmm-spoke runs in on the spokes.
+pub const OPERATOR_NAMESPACE: &str = "kmm-operator-system";
+/// The MCMs' `spokeNamespace`.
+pub const MODULE_NAMESPACE: &str = "drivers";
+/// ConfigMap (key `dockerfile`) the fleet's builds use.
+pub const DOCKERFILE_CONFIGMAP: &str = "fleet-dockerfile";
+/// Secrets with the signing key (`key`) and certificate (`cert`).
+pub const KEY_SECRET: &str = "fleet-signing-key";
+pub const CERT_SECRET: &str = "fleet-signing-cert";
+/// Common name of the signing certificate (what `modinfo` shows as the signer).
+pub const SIGNER: &str = "kmm-fleet e2e signing key";
+
+/// Output of every pod a kubelet ran, by cluster, in order.
+#[derive(Clone, Default)]
+pub struct PodLogs(Arc<Mutex<Vec<PodLog>>>);
+
+/// One pod run.
+#[derive(Clone, Debug)]
+pub struct PodLog {
+    pub cluster: String,
+    pub namespace: String,
+    pub pod: String,
+    pub output: String,
+}
+
+struct ClusterSink {
+    cluster: String,
+    logs: PodLogs,
+}
+
+impl PodLogSink for ClusterSink {
+    fn pod_log(&self, namespace: &str, name: &str, text: &str) {
+        if let Ok(mut logs) = self.logs.0.lock() {
+            logs.push(PodLog {
+                cluster: self.cluster.clone(),
+                namespace: namespace.to_owned(),
+                pod: name.to_owned(),
+                output: text.to_owned(),
+            });
+        }
+    }
+}
+
+impl PodLogs {
+    /// Every run so far.
+    pub fn all(&self) -> Vec<PodLog> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A node of a spoke: name, kernel, labels.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub kernel: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeSpec {
+    /// A worker node (`node-role.kubernetes.io/worker`) running `kernel`.
+    pub fn worker(name: &str, kernel: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kernel: kernel.to_owned(),
+            labels: BTreeMap::from([("node-role.kubernetes.io/worker".to_owned(), String::new())]),
+        }
+    }
+}
+
+/// One spoke cluster.
+pub struct Spoke {
+    pub cluster: SimCluster,
+    /// `kmm-spoke run`, when started.
+    pub process: Option<Process>,
+    dir: PathBuf,
+    _agents: Vec<AgentHandle>,
+}
+
+/// The whole fleet.
+pub struct Fleet {
+    pub sim: Sim,
+    pub hub: SimCluster,
+    pub registry: Registry,
+    pub images: ImageBuilder,
+    /// `kmm-hub run`, when started.
+    pub hub_process: Option<Process>,
+    pub spokes: BTreeMap<String, Spoke>,
+    /// Output of every pod the kubelets ran (build, sign and worker pods).
+    pub pod_logs: PodLogs,
+    /// Logs, pod folders, image caches.
+    pub dir: PathBuf,
+    hub_starts: usize,
+    _hub_agents: Vec<AgentHandle>,
+}
+
+impl Fleet {
+    /// A hub cluster (CRDs, namespace, signing key and certificate, the build Dockerfile, a
+    /// kubelet that runs Jobs for real), a registry holding the base, source and device-plugin
+    /// images, and no spoke yet. `dir` must not be under `/tmp` (the worker pod's emptyDir is
+    /// mounted at `/tmp`, and paths under it are rewritten).
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !dir.starts_with("/tmp"),
+            "the fleet folder must not be under /tmp: {}",
+            dir.display()
+        );
+        let dir = fresh_dir(
+            dir.parent().context("fleet dir has a parent")?,
+            &dir.file_name().context("fleet dir has a name")?.to_string_lossy(),
+        )?;
+        let sim = Sim::new()?;
+        let hub = sim.add_cluster("hub").await?;
+        let root = crate::repo_root();
+        hub.install_crds_from_path(root.join("manifests/crds"))?;
+        hub.install_crds_from_path(root.join("../shared/reference/ocm-crds"))?;
+
+        let registry = Registry::start(&dir.join("registry"))?;
+        let images = ImageBuilder::new(&dir.join("images"))?;
+        let host = registry.host.clone();
+        images.base_image(&registry, "kmm/fleet-base:1")?;
+        images.base_image(&registry, "kmm/fleet-plugin:1")?;
+
+        let keys = fresh_dir(&dir, "keys")?;
+        run(std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-days", "2",
+            ])
+            .args(["-subj", &format!("/CN={SIGNER}")])
+            .arg("-keyout")
+            .arg(keys.join("key.pem"))
+            .arg("-out")
+            .arg(keys.join("cert.pem")))?;
+        let b64 = |name: &str| -> anyhow::Result<String> {
+            Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(keys.join(name))?))
+        };
+        hub.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {HUB_NAMESPACE}}}\n---\n\
+             apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node, labels: {{kubernetes.io/os: linux}}}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {DOCKERFILE_CONFIGMAP}, namespace: {HUB_NAMESPACE}}}\n\
+             data: {{dockerfile: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {KEY_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {CERT_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
+            serde_json::to_string(&dockerfile(&host))?,
+            b64("key.pem")?,
+            b64("cert.pem")?,
+        ))?;
+
+        let pod_logs = PodLogs::default();
+        let bin_dir = workspace_bin("kmm-hub")?
+            .parent()
+            .context("kmm-hub has a folder")?
+            .display()
+            .to_string();
+        let exec_env = BTreeMap::from([
+            (
+                "PATH".to_owned(),
+                format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+            ),
+            (
+                "KMM_STORAGE_ROOT".to_owned(),
+                fresh_dir(&dir, "buildah-storage")?.display().to_string(),
+            ),
+        ]);
+        let kubelet = Kubelet::spawn(
+            hub.client(),
+            KubeletOptions {
+                script: KubeletScript {
+                    rules: vec![ScriptRule {
+                        matcher: PodMatcher::any(),
+                        outcomes: vec![Outcome::Exec],
+                    }],
+                },
+                log_sink: Some(Arc::new(ClusterSink {
+                    cluster: "hub".into(),
+                    logs: pod_logs.clone(),
+                })),
+                exec_root: Some(fresh_dir(&dir, "hub-pods")?),
+                exec_env,
+                exec_timeout: Duration::from_secs(300),
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            sim,
+            hub,
+            registry,
+            images,
+            hub_process: None,
+            spokes: BTreeMap::new(),
+            pod_logs,
+            dir,
+            hub_starts: 0,
+            _hub_agents: vec![kubelet],
+        })
+    }
+
+    /// Pushes the sources every build copies from: module trees for `kernels`.
+    pub fn push_sources(&self, kernels: &[&str]) -> anyhow::Result<String> {
+        self.images
+            .source_image(&self.registry, "kmm/fleet-src:1", kernels)
+    }
+
+    /// Pushes a prebuilt module image for `kernel` as `kmm/fleet-prebuilt:<kernel>`.
+    pub fn push_prebuilt(&self, kernel: &str) -> anyhow::Result<String> {
+        self.images
+            .module_image(&self.registry, &format!("kmm/fleet-prebuilt:{kernel}"), kernel)
+    }
+
+    /// Starts (or restarts) `kmm-hub run`.
+    pub fn start_hub(&mut self) -> anyhow::Result<()> {
+        self.hub_starts += 1;
+        let process = Process::start(Launch {
+            binary: "kmm-hub",
+            args: [
+                "run",
+                "--namespace",
+                HUB_NAMESPACE,
+                "--identity",
+                "kmm-hub-e2e",
+                "--leader-election",
+                "false",
+                "--retry-seconds",
+                "1",
+                "--cache-ttl-seconds",
+                "2",
+                "--insecure-registry",
+                &self.registry.host,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            kubeconfig: self.hub.kubeconfig_path(),
+            dir: &self.dir,
+            name: "kmm-hub",
+            env: Vec::new(),
+        })?;
+        self.hub_process = Some(process);
+        Ok(())
+    }
+
+    /// How many times the hub was started.
+    pub fn hub_starts(&self) -> usize {
+        self.hub_starts
+    }
+
+    /// Adds a spoke: its cluster (spoke CRDs, OCM's ClusterClaim CRD, namespaces), its nodes,
+    /// the registration agent (creating its ManagedCluster with `labels`), the work agent and a
+    /// kubelet running worker pods for real; then starts `kmm-spoke run` there.
+    pub async fn add_spoke(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        nodes: &[NodeSpec],
+    ) -> anyhow::Result<()> {
+        let cluster = self.sim.add_cluster(name).await?;
+        let root = crate::repo_root();
+        cluster.install_crds_from_path(root.join("manifests/crds"))?;
+        cluster.install_crds_from_path(root.join("../shared/reference/ocm-crds"))?;
+        cluster.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
+        ))?;
+        for node in nodes {
+            add_node(&cluster, node).await?;
+        }
+        let dir = fresh_dir(&self.dir, name)?;
+        let registration = RegistrationAgent::spawn(
+            self.hub.client(),
+            cluster.client(),
+            name,
+            RegistrationOptions {
+                create_cluster_with_labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                create_namespace: true,
+                ..Default::default()
+            },
+        );
+        let work = WorkAgent::spawn(
+            self.hub.client(),
+            cluster.client(),
+            name,
+            WorkAgentOptions::default(),
+        );
+        let kubelet = Kubelet::spawn(
+            cluster.client(),
+            KubeletOptions {
+                script: KubeletScript::new()
+                    .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
+                log_sink: Some(Arc::new(ClusterSink {
+                    cluster: name.to_owned(),
+                    logs: self.pod_logs.clone(),
+                })),
+                exec_root: Some(dir.join("pods")),
+                exec_images: Some(ImageOptions {
+                    cache: self.dir.join("image-cache"),
+                    insecure: true,
+                }),
+                exec_timeout: Duration::from_secs(120),
+                ..Default::default()
+            },
+        );
+        std::fs::create_dir_all(dir.join("host/lib/modules"))?;
+        let mut spoke = Spoke {
+            cluster,
+            process: None,
+            dir,
+            _agents: vec![registration, work, kubelet],
+        };
+        spoke.start()?;
+        self.spokes.insert(name.to_owned(), spoke);
+        Ok(())
+    }
+
+    pub fn spoke(&self, name: &str) -> anyhow::Result<&Spoke> {
+        self.spokes.get(name).with_context(|| format!("no spoke {name}"))
+    }
+
+    pub fn spoke_mut(&mut self, name: &str) -> anyhow::Result<&mut Spoke> {
+        self.spokes
+            .get_mut(name)
+            .with_context(|| format!("no spoke {name}"))
+    }
+
+    /// The tails of the hub's and spokes' logs, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out: Vec<String> = self.hub_process.iter().map(|p| p.log_tail(lines)).collect();
+        out.extend(
+            self.spokes
+                .values()
+                .filter_map(|s| s.process.as_ref())
+                .map(|p| p.log_tail(lines)),
+        );
+        out.join("\n")
+    }
+}
+
+impl Spoke {
+    /// Starts (or restarts) `kmm-spoke run --managed` with workers that run here: modprobe in
+    /// dry-run mode against the module tree the init container copied, host paths under the
+    /// spoke's folder.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let spoke_bin = workspace_bin("kmm-spoke")?.display().to_string();
+        let dir = self.dir.display().to_string();
+        let mut args: Vec<String> = [
+            "run",
+            "--managed",
+            "--worker-image",
+            "kmm-spoke:e2e",
+            "--worker-binary",
+            &spoke_bin,
+            "--worker-backoff-ms",
+            "500",
+            "--worker-backoff-max-ms",
+            "4000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for worker_arg in [
+            "--dry-run".to_owned(),
+            "--shared-root=/tmp".to_owned(),
+            format!("--host-root={dir}/host"),
+            format!("--modprobe-conf-dir={dir}/modprobe.d"),
+            format!("--termination-log={dir}/termination-log"),
+        ] {
+            args.push(format!("--worker-arg={worker_arg}"));
+        }
+        self.process = Some(Process::start(Launch {
+            binary: "kmm-spoke",
+            args,
+            kubeconfig: self.cluster.kubeconfig_path(),
+            dir: &self.dir,
+            name: "kmm-spoke",
+            env: vec![("POD_NAME".into(), "kmm-spoke-e2e".into())],
+        })?);
+        Ok(())
+    }
+}
+
+/// Creates a Node with its kernel and boot id, as a kubelet registers it.
+pub async fn add_node(cluster: &SimCluster, node: &NodeSpec) -> anyhow::Result<()> {
+    let api = Api::<Node>::all(cluster.client());
+    let body: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name, "labels": node.labels},
+    }))?;
+    api.create(&Default::default(), &body).await?;
+    set_kernel(cluster, &node.name, &node.kernel, "boot-1").await
+}
+
+/// Sets a node's kernel and boot id (a kernel upgrade is a reboot into a new kernel).
+pub async fn set_kernel(cluster: &SimCluster, node: &str, kernel: &str, boot_id: &str) -> anyhow::Result<()> {
+    Api::<Node>::all(cluster.client())
+        .patch_status(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"nodeInfo": {
+                "kernelVersion": kernel, "bootID": boot_id, "machineID": "", "systemUUID": "",
+                "kubeProxyVersion": "", "kubeletVersion": "", "osImage": "Debian GNU/Linux 12",
+                "containerRuntimeVersion": "", "operatingSystem": "linux", "architecture": "amd64"}}})),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Images of the fleet, built from folders with umoci and pushed with skopeo. Module images
+//! hold busybox (`/bin/sh`, `cp`, `mkdir`: the worker pod's init container runs them) and the
+//! module tree under `/opt`, as a driver team's image would.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context;
+
+use crate::{fresh_dir, kmod, registry::Registry, run};
+
+/// Folder where the images' root filesystems are staged.
+pub struct ImageBuilder {
+    dir: PathBuf,
+    ko: PathBuf,
+}
+
+impl ImageBuilder {
+    /// Compiles the test module once; images are staged under `dir`.
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let ko = kmod::build(&dir.join("kmod-build"))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            ko,
+        })
+    }
+
+    fn rootfs(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let root = fresh_dir(&self.dir, &format!("rootfs-{name}"))?;
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .context("busybox is missing (Debian busybox-static; run `just deps`)")?;
+        std::fs::copy(busybox, bin.join("busybox"))?;
+        for applet in ["sh", "cp", "mkdir", "ls", "cat"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+        Ok(root)
+    }
+
+    /// Pushes a folder as a one-layer image; returns its digest (per skopeo).
+    fn push(&self, registry: &Registry, repo_tag: &str, root: &Path) -> anyhow::Result<String> {
+        let layout = fresh_dir(
+            &self.dir,
+            &format!("layout-{}", repo_tag.replace(['/', ':'], "-")),
+        )?
+        .join("oci");
+        let image = format!("{}:v", layout.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
+        run(Command::new("umoci").args(["new", "--image", &image]))?;
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?.path();
+            let name = entry.file_name().context("an entry has a name")?;
+            run(Command::new("umoci")
+                .args(["insert", "--rootless", "--image", &image])
+                .arg(&entry)
+                .arg(Path::new("/").join(name)))?;
+        }
+        let dest = format!("docker://{}/{repo_tag}", registry.host);
+        run(Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(&dest))?;
+        registry
+            .digest(repo_tag)
+            .with_context(|| format!("{repo_tag} was pushed but cannot be inspected"))
+    }
+
+    /// A prebuilt module image for one kernel: busybox and `/opt/lib/modules/<kernel>`.
+    pub fn module_image(&self, registry: &Registry, repo_tag: &str, kernel: &str) -> anyhow::Result<String> {
+        let root = self.rootfs(&repo_tag.replace(['/', ':'], "-"))?;
+        kmod::tree(&root.join("opt"), kernel, &self.ko)?;
+        self.push(registry, repo_tag, &root)
+    }
+
+    /// The "sources" a build copies from: `/trees/<kernel>/lib/modules/<kernel>` per kernel.
+    pub fn source_image(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        kernels: &[&str],
+    ) -> anyhow::Result<String> {
+        let root = fresh_dir(&self.dir, "rootfs-sources")?;
+        for kernel in kernels {
+            kmod::tree(&root.join("trees").join(kernel), kernel, &self.ko)?;
+        }
+        self.push(registry, repo_tag, &root)
+    }
+
+    /// A base image with busybox only (what a build starts from).
+    pub fn base_image(&self, registry: &Registry, repo_tag: &str) -> anyhow::Result<String> {
+        let root = self.rootfs("base")?;
+        self.push(registry, repo_tag, &root)
+    }
+}
+
+/// The Dockerfile the fleet's MCMs build with: the base image plus the source image's tree for
+/// the kernel being built.
+pub fn dockerfile(host: &str) -> String {
+    format!(
+        "FROM {host}/kmm/fleet-src:1 AS src\nFROM {host}/kmm/fleet-base:1\nARG KERNEL_FULL_VERSION\nCOPY --from=src /trees/${{KERNEL_FULL_VERSION}}/ /opt/\n"
+    )
+}

@@ -1,0 +1,145 @@
+//! `kmm-hub run` and `kmm-spoke run` as child processes, each with its kubeconfig, a log file
+//! and its metrics/health port; killed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+/// A running product binary.
+pub struct Process {
+    child: Child,
+    /// Port of `/metrics`, `/healthz`, `/readyz`.
+    pub port: u16,
+    /// Its stderr (the log).
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start one.
+pub struct Launch<'a> {
+    /// `kmm-hub` or `kmm-spoke`.
+    pub binary: &'a str,
+    pub args: Vec<String>,
+    pub kubeconfig: &'a Path,
+    /// Folder of the log file.
+    pub dir: &'a Path,
+    /// Log file name (without `.log`).
+    pub name: &'a str,
+    pub env: Vec<(String, String)>,
+}
+
+impl Process {
+    pub fn start(launch: Launch<'_>) -> anyhow::Result<Self> {
+        let port = crate::free_port()?;
+        let log = launch.dir.join(format!("{}.log", launch.name));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = Command::new(crate::workspace_bin(launch.binary)?)
+            .args(&launch.args)
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", launch.kubeconfig)
+            .env("KMM_LOG_FORMAT", "text")
+            .env(
+                "RUST_LOG",
+                std::env::var("KMM_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
+            .envs(launch.env)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", launch.binary))?;
+        Ok(Self {
+            child,
+            port,
+            log,
+            name: launch.name.to_owned(),
+        })
+    }
+
+    /// Kills it at once (SIGKILL), as a crashed or evicted pod.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit; its exit code, if it exited.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `lines` lines of its log, titled.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            all[start..].join("\n")
+        )
+    }
+
+    /// The body of a 200 answer to `GET path`.
+    pub async fn http_get(&self, path: &str) -> Option<String> {
+        http_get(self.port, path).await
+    }
+
+    /// The value of the first metric sample whose line starts with `series`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.http_get("/metrics").await?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.http_get("/readyz").await.is_some()
+    }
+}
+
+/// `GET http://127.0.0.1:<port><path>`: the body when the answer is 200.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}

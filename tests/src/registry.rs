@@ -1,0 +1,97 @@
+//! A CNCF distribution registry (Debian `docker-registry`) on a free loopback port.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// A registry process, killed on drop.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    log: PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// Starts a registry storing its data under `dir`.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let port = crate::free_port()?;
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let log = dir.join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting docker-registry (run `just deps`)")?;
+        let mut registry = Self {
+            child,
+            host: format!("127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || registry.child.try_wait()?.is_some() {
+                bail!(
+                    "the registry did not listen on {port}; see {}",
+                    registry.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(registry)
+    }
+
+    /// Manifest requests (GET or HEAD) answered for `repo`, from the access log.
+    pub fn manifest_requests(&self, repo: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let uri = format!("/v2/{repo}/manifests/");
+        log.lines()
+            .filter(|l| l.contains("response completed") && l.contains(&uri))
+            .count()
+    }
+
+    /// Manifests pushed (PUT) to `repo`, from the access log: one per image written.
+    pub fn manifest_pushes(&self, repo: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let uri = format!("/v2/{repo}/manifests/");
+        log.lines()
+            .filter(|l| {
+                l.contains("response completed") && l.contains(&uri) && l.contains("http.request.method=PUT")
+            })
+            .count()
+    }
+
+    /// The digest of `repo:tag` per skopeo, if it exists.
+    pub fn digest(&self, repo_tag: &str) -> Option<String> {
+        let out = crate::run(Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo_tag}", self.host),
+        ]))
+        .ok()?;
+        let json: serde_json::Value = serde_json::from_str(&out).ok()?;
+        json["Digest"].as_str().map(str::to_owned)
+    }
+}

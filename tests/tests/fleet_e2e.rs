@@ -1,0 +1,566 @@
+//! The fleet end to end: the real `kmm-hub` and `kmm-spoke` processes, a hub and three spokes
+//! on the API simulator with OCM's agents, a real registry, build and sign Jobs run with buildah
+//! and `kmm-hub sign-image`, worker pods that pull the module image and run modprobe (dry run).
+//! Every step asserts on the objects a user would look at, in all four clusters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
+
+use std::{collections::BTreeMap, future::Future, path::PathBuf, process::Command, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    batch::v1::Job,
+    core::v1::{Node, Pod},
+};
+use kmm_api::{
+    ManagedClusterModule, Module, labels,
+    nmc::NodeModulesConfig,
+    ocm::{ManagedCluster, ManifestWork},
+};
+use kmm_fleet_tests::{
+    fleet::{
+        CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, HUB_NAMESPACE, KEY_SECRET, MODULE_NAMESPACE, NodeSpec,
+        SIGNER, set_kernel,
+    },
+    run,
+};
+use kmm_sim::Faults;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const MCM: &str = "fleet-kmod";
+/// Prebuilt images exist for these two kernels.
+const K_A: &str = "6.1.0-18-cloud-amd64";
+const K_B: &str = "5.14.0-70.el9.x86_64";
+/// This one is built and signed on the hub, as is the kernel spoke a upgrades to.
+const K_C: &str = "6.1.0-25-cloud-amd64";
+const K_UPGRADE: &str = "6.1.0-27-cloud-amd64";
+
+fn fleet_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}"))
+}
+
+fn mcm_yaml(host: &str) -> String {
+    format!(
+        r#"
+apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
+kind: ManagedClusterModule
+metadata:
+  name: {MCM}
+spec:
+  spokeNamespace: {MODULE_NAMESPACE}
+  selector:
+    driver: gpu
+  moduleSpec:
+    selector:
+      node-role.kubernetes.io/worker: ""
+    moduleLoader:
+      container:
+        modprobe:
+          moduleName: kmm_fleet
+        registryTLS:
+          insecure: true
+        kernelMappings:
+          - literal: {K_A}
+            containerImage: {host}/kmm/fleet-prebuilt:{K_A}
+          - literal: {K_B}
+            containerImage: {host}/kmm/fleet-prebuilt:{K_B}
+          - regexp: '^6\.1\.0-2[0-9]-cloud-amd64$'
+            containerImage: {host}/kmm/fleet-built:${{KERNEL_FULL_VERSION}}
+            build:
+              dockerfileConfigMap:
+                name: {DOCKERFILE_CONFIGMAP}
+              baseImageRegistryTLS:
+                insecure: true
+            sign:
+              keySecret:
+                name: {KEY_SECRET}
+              certSecret:
+                name: {CERT_SECRET}
+              unsignedImageRegistryTLS:
+                insecure: true
+              filesToSign:
+                - /opt/lib/modules/${{KERNEL_FULL_VERSION}}/extra/kmm_fleet.ko
+    devicePlugin:
+      container:
+        image: {host}/kmm/fleet-plugin:1
+"#
+    )
+}
+
+/// Waits up to `secs` for `check`; on timeout fails with what was awaited and the logs.
+async fn eventually<F, Fut>(fleet: &Fleet, secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mcm = Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .get_opt(MCM)
+        .await
+        .ok()
+        .flatten();
+    let status = mcm
+        .and_then(|m| m.status)
+        .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+    let jobs: Vec<String> = hub_jobs(fleet)
+        .await
+        .iter()
+        .map(|j| format!("{} {:?}", j.name_any(), j.status))
+        .collect();
+    let runs = fleet.pod_logs.all();
+    let last_runs: Vec<String> = runs
+        .iter()
+        .rev()
+        .take(4)
+        .map(|l| format!("{}/{}/{}: {}", l.cluster, l.namespace, l.pod, l.output))
+        .collect();
+    panic!(
+        "timed out waiting for: {what}\nlast pod runs: {last_runs:#?}\nMCM status: {}\nhub Jobs: {jobs:#?}\n{}",
+        status.unwrap_or_else(|| "none".into()),
+        fleet.log_tails(40)
+    );
+}
+
+async fn work(fleet: &Fleet, cluster: &str) -> Option<ManifestWork> {
+    Api::<ManifestWork>::namespaced(fleet.hub.client(), cluster)
+        .get_opt(MCM)
+        .await
+        .unwrap()
+}
+
+/// The Module a ManifestWork carries.
+fn carried_module(work: &ManifestWork) -> serde_json::Value {
+    let manifest = &work.spec.workload.manifests[0];
+    serde_json::to_value(manifest).unwrap()
+}
+
+/// `(literal kernel, image)` of every mapping of the carried Module.
+fn mappings(work: &ManifestWork) -> BTreeMap<String, String> {
+    let module = carried_module(work);
+    module["spec"]["moduleLoader"]["container"]["kernelMappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["literal"].as_str().unwrap().to_owned(),
+                m["containerImage"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn mcm_status(fleet: &Fleet) -> Option<kmm_api::mcm::ManagedClusterModuleStatus> {
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .get_opt(MCM)
+        .await
+        .unwrap()
+        .and_then(|m| m.status)
+}
+
+async fn node_labels(fleet: &Fleet, spoke: &str, node: &str) -> BTreeMap<String, String> {
+    Api::<Node>::all(fleet.spoke(spoke).unwrap().cluster.client())
+        .get(node)
+        .await
+        .unwrap()
+        .labels()
+        .clone()
+}
+
+async fn ready_nodes(fleet: &Fleet, spoke: &str) -> Vec<String> {
+    let ready = labels::module_ready(MODULE_NAMESPACE, MCM);
+    Api::<Node>::all(fleet.spoke(spoke).unwrap().cluster.client())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|n| n.labels().contains_key(&ready))
+        .map(|n| n.name_any())
+        .collect()
+}
+
+async fn hub_jobs(fleet: &Fleet) -> Vec<Job> {
+    Api::<Job>::namespaced(fleet.hub.client(), HUB_NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+/// Pods the hub's kubelet ran (build and sign Jobs' pods).
+fn hub_runs(fleet: &Fleet) -> usize {
+    fleet.pod_logs.all().iter().filter(|l| l.cluster == "hub").count()
+}
+
+/// Worker runs on `spoke` whose output shows modprobe inserting the fleet module.
+fn insmod_runs(fleet: &Fleet, spoke: &str) -> usize {
+    fleet
+        .pod_logs
+        .all()
+        .iter()
+        .filter(|l| l.cluster == spoke && l.output.contains("insmod ") && l.output.contains("kmm_fleet.ko"))
+        .count()
+}
+
+/// Pulls `image` and returns the `modinfo -F signer` of its module for `kernel`.
+fn signer_of(fleet: &Fleet, image: &str, kernel: &str, name: &str) -> String {
+    let layout = fleet.dir.join(format!("readback-{name}"));
+    let _ = std::fs::remove_dir_all(&layout);
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", &format!("docker://{image}")])
+        .arg(format!("oci:{}:v", layout.display())))
+    .unwrap();
+    let bundle = layout.join("bundle");
+    run(Command::new("umoci")
+        .args([
+            "raw",
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:v", layout.display()),
+        ])
+        .arg(&bundle))
+    .unwrap();
+    let ko = bundle.join(format!("opt/lib/modules/{kernel}/extra/kmm_fleet.ko"));
+    run(Command::new("modinfo").args(["-F", "signer"]).arg(ko))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A fleet of three spokes labelled `driver=gpu`: `a` on K_A (two workers and a control-plane
+/// node), `b` on K_B, `c` on K_C; prebuilt images for K_A and K_B, sources for K_C/K_UPGRADE.
+async fn three_spokes(name: &str) -> Fleet {
+    let mut fleet = Fleet::start(&fleet_dir(name)).await.unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet.push_prebuilt(K_B).unwrap();
+    fleet.push_sources(&[K_C, K_UPGRADE]).unwrap();
+    let mut control = NodeSpec::worker("a-cp", K_A);
+    control.labels = BTreeMap::from([("node-role.kubernetes.io/control-plane".into(), String::new())]);
+    let spokes = [
+        (
+            "a",
+            vec![
+                NodeSpec::worker("a-1", K_A),
+                NodeSpec::worker("a-2", K_A),
+                control,
+            ],
+        ),
+        ("b", vec![NodeSpec::worker("b-1", K_B)]),
+        ("c", vec![NodeSpec::worker("c-1", K_C)]),
+    ];
+    for (spoke, nodes) in spokes {
+        fleet
+            .add_spoke(spoke, &[("driver", "gpu")], &nodes)
+            .await
+            .unwrap();
+    }
+    fleet
+}
+
+async fn apply_mcm(fleet: &Fleet) {
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+}
+
+/// Every spoke loaded: ManifestWorks applied, nodes ready, MCM status complete.
+async fn converged(fleet: &Fleet, nodes_loaded: i64) -> bool {
+    let Some(status) = mcm_status(fleet).await else {
+        return false;
+    };
+    status.number_applied == 3 && status.nodes_loaded == nodes_loaded && status.nodes_desired == nodes_loaded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() {
+    let mut fleet = three_spokes("rollout").await;
+    fleet.start_hub().unwrap();
+    apply_mcm(&fleet).await;
+    let host = fleet.registry.host.clone();
+
+    // 1. Rollout: every cluster gets its ManifestWork with digest-pinned literal mappings.
+    eventually(&fleet, 60, "a ManifestWork per cluster", || async {
+        work(&fleet, "a").await.is_some()
+            && work(&fleet, "b").await.is_some()
+            && work(&fleet, "c").await.is_some()
+    })
+    .await;
+    let prebuilt_a = fleet
+        .registry
+        .digest(&format!("kmm/fleet-prebuilt:{K_A}"))
+        .unwrap();
+    let prebuilt_b = fleet
+        .registry
+        .digest(&format!("kmm/fleet-prebuilt:{K_B}"))
+        .unwrap();
+    let built_c = fleet.registry.digest(&format!("kmm/fleet-built:{K_C}")).unwrap();
+    let expect = |kernel: &str, repo: &str, digest: &str| {
+        BTreeMap::from([(kernel.to_owned(), format!("{host}/kmm/{repo}@{digest}"))])
+    };
+    assert_eq!(
+        mappings(&work(&fleet, "a").await.unwrap()),
+        expect(K_A, "fleet-prebuilt", &prebuilt_a)
+    );
+    assert_eq!(
+        mappings(&work(&fleet, "b").await.unwrap()),
+        expect(K_B, "fleet-prebuilt", &prebuilt_b)
+    );
+    assert_eq!(
+        mappings(&work(&fleet, "c").await.unwrap()),
+        expect(K_C, "fleet-built", &built_c)
+    );
+    for cluster in ["a", "b", "c"] {
+        let text = carried_module(&work(&fleet, cluster).await.unwrap()).to_string();
+        assert!(
+            !text.contains("\"build\"") && !text.contains("\"sign\""),
+            "{cluster}: {text}"
+        );
+    }
+    // Built and signed once (one build pod and one sign pod ran), with the fleet's key.
+    assert_eq!(hub_runs(&fleet), 2);
+    assert_eq!(
+        signer_of(&fleet, &format!("{host}/kmm/fleet-built:{K_C}"), K_C, "c"),
+        SIGNER
+    );
+
+    // Modules on the spokes, loaded by worker pods on the worker nodes only; device plugins.
+    eventually(
+        &fleet,
+        180,
+        "every worker node loaded and the MCM status complete",
+        || async { converged(&fleet, 4).await },
+    )
+    .await;
+    for (spoke, nodes) in [("a", vec!["a-1", "a-2"]), ("b", vec!["b-1"]), ("c", vec!["c-1"])] {
+        let client = fleet.spoke(spoke).unwrap().cluster.client();
+        let module = Api::<Module>::namespaced(client.clone(), MODULE_NAMESPACE)
+            .get(MCM)
+            .await
+            .unwrap();
+        assert!(module.spec.module_loader.is_some());
+        let mut ready = ready_nodes(&fleet, spoke).await;
+        ready.sort();
+        assert_eq!(ready, nodes, "{spoke}");
+        assert!(
+            insmod_runs(&fleet, spoke) >= nodes.len(),
+            "{spoke}: the worker ran modprobe"
+        );
+        let plugins = Api::<DaemonSet>::namespaced(client.clone(), MODULE_NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(plugins.len(), 1, "{spoke}: one device plugin DaemonSet");
+    }
+    eventually(&fleet, 60, "device plugin pods on every loaded node", || async {
+        let mut ok = true;
+        for (spoke, want) in [("a", 2), ("b", 1), ("c", 1)] {
+            let pods = Api::<Pod>::namespaced(fleet.spoke(spoke).unwrap().cluster.client(), MODULE_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items;
+            let running = pods
+                .iter()
+                .filter(|p| !p.name_any().starts_with("kmm-worker-"))
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            ok &= running == want;
+        }
+        ok
+    })
+    .await;
+    assert!(
+        !node_labels(&fleet, "a", "a-cp")
+            .await
+            .contains_key(&labels::module_ready(MODULE_NAMESPACE, MCM))
+    );
+
+    // 2. Kernel upgrade on a-2: the hub builds for the new kernel and updates only cluster a
+    //    (a ManifestWork's generation moves with its spec only, not with status feedback).
+    let before_b = work(&fleet, "b").await.unwrap().metadata.generation;
+    let before_c = work(&fleet, "c").await.unwrap().metadata.generation;
+    set_kernel(&fleet.spoke("a").unwrap().cluster, "a-2", K_UPGRADE, "boot-2")
+        .await
+        .unwrap();
+    eventually(
+        &fleet,
+        300,
+        "cluster a's ManifestWork maps the upgraded kernel",
+        || async {
+            work(&fleet, "a")
+                .await
+                .is_some_and(|w| mappings(&w).contains_key(K_UPGRADE))
+        },
+    )
+    .await;
+    let built_upgrade = fleet
+        .registry
+        .digest(&format!("kmm/fleet-built:{K_UPGRADE}"))
+        .unwrap();
+    let a = mappings(&work(&fleet, "a").await.unwrap());
+    assert_eq!(a[K_UPGRADE], format!("{host}/kmm/fleet-built@{built_upgrade}"));
+    assert_eq!(a[K_A], format!("{host}/kmm/fleet-prebuilt@{prebuilt_a}"));
+    assert_eq!(hub_runs(&fleet), 4, "one more build and sign");
+    eventually(&fleet, 180, "a-2 reloaded on the new kernel", || async {
+        let nmc = Api::<NodeModulesConfig>::all(fleet.spoke("a").unwrap().cluster.client())
+            .get_opt("a-2")
+            .await
+            .unwrap();
+        let loaded_on = nmc
+            .and_then(|n| n.status)
+            .and_then(|s| s.modules.first().and_then(|m| m.config.clone()))
+            .map(|c| c.kernel_version);
+        loaded_on.as_deref() == Some(K_UPGRADE) && ready_nodes(&fleet, "a").await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        work(&fleet, "b").await.unwrap().metadata.generation,
+        before_b,
+        "b untouched"
+    );
+    assert_eq!(
+        work(&fleet, "c").await.unwrap().metadata.generation,
+        before_c,
+        "c untouched"
+    );
+
+    // 3. Cluster b relabelled out of the selector: its work goes, its node unloads.
+    let before_a = work(&fleet, "a").await.unwrap().metadata.generation;
+    Api::<ManagedCluster>::all(fleet.hub.client())
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"driver": "none"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &fleet,
+        120,
+        "b's ManifestWork, Module and ready label gone",
+        || async {
+            let module =
+                Api::<Module>::namespaced(fleet.spoke("b").unwrap().cluster.client(), MODULE_NAMESPACE)
+                    .get_opt(MCM)
+                    .await
+                    .unwrap();
+            work(&fleet, "b").await.is_none() && module.is_none() && ready_nodes(&fleet, "b").await.is_empty()
+        },
+    )
+    .await;
+    let unloads_b = fleet
+        .pod_logs
+        .all()
+        .iter()
+        .filter(|l| l.cluster == "b" && l.output.contains("-rvd"))
+        .count();
+    assert!(unloads_b >= 1, "an unload worker ran on b");
+    assert_eq!(
+        work(&fleet, "a").await.unwrap().metadata.generation,
+        before_a,
+        "a untouched"
+    );
+    assert_eq!(
+        work(&fleet, "c").await.unwrap().metadata.generation,
+        before_c,
+        "c untouched"
+    );
+    assert_eq!(ready_nodes(&fleet, "c").await, ["c-1"]);
+
+    // 4. MCM deleted: every spoke unloads; no ManifestWork, Module or label is left.
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .delete(MCM, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        &fleet,
+        120,
+        "the MCM, every ManifestWork, Module and label gone",
+        || async {
+            let mut gone = Api::<ManagedClusterModule>::all(fleet.hub.client())
+                .get_opt(MCM)
+                .await
+                .unwrap()
+                .is_none();
+            for spoke in ["a", "b", "c"] {
+                let client = fleet.spoke(spoke).unwrap().cluster.client();
+                gone &= work(&fleet, spoke).await.is_none();
+                gone &= Api::<Module>::namespaced(client.clone(), MODULE_NAMESPACE)
+                    .get_opt(MCM)
+                    .await
+                    .unwrap()
+                    .is_none();
+                let nodes = Api::<Node>::all(client)
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap()
+                    .items;
+                gone &= nodes.iter().all(|n| {
+                    !n.labels()
+                        .keys()
+                        .any(|k| k.contains(&format!("{MODULE_NAMESPACE}.{MCM}")))
+                });
+            }
+            gone
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
+    let mut fleet = three_spokes("restart").await;
+    fleet.start_hub().unwrap();
+    // Spoke b is down while the rollout starts.
+    fleet
+        .spoke("b")
+        .unwrap()
+        .cluster
+        .set_faults(Faults::unreachable());
+    apply_mcm(&fleet).await;
+
+    // Kill the hub as soon as the build Job exists (the build is under way), then start it again.
+    eventually(&fleet, 120, "the build Job started", || async {
+        !hub_jobs(&fleet).await.is_empty()
+    })
+    .await;
+    fleet.hub_process.as_mut().unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.start_hub().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.spoke("b").unwrap().cluster.clear_faults();
+
+    eventually(
+        &fleet,
+        300,
+        "every cluster loaded after the restart and the outage",
+        || async { converged(&fleet, 4).await },
+    )
+    .await;
+    // No duplicate work: one build pod and one sign pod ran, one push per image.
+    assert_eq!(hub_runs(&fleet), 2, "one build pod and one sign pod ran");
+    assert_eq!(
+        fleet.registry.manifest_pushes("kmm/fleet-built"),
+        2,
+        "the unsigned intermediate and the signed image, pushed once each"
+    );
+    assert_eq!(fleet.hub_starts(), 2);
+    for (spoke, nodes) in [("a", 2), ("b", 1), ("c", 1)] {
+        assert_eq!(ready_nodes(&fleet, spoke).await.len(), nodes, "{spoke}");
+    }
+}
