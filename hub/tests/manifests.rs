@@ -1,0 +1,262 @@
+//! `manifests/hub` as `kubectl kustomize` renders it: every object parses, the RBAC is the
+//! generated one, and the Deployment's command, args and environment (ConfigMap and downward API
+//! resolved) start the real `kmm-hub` against a simulated hub until it is ready.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::fleet::repo_root;
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &repo_root().join(dir).display().to_string()])
+        .output()
+        .expect("kubectl runs (scripts/test-deps installs Debian's kubernetes-client)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kmm_sim::parse_documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not in the kustomization"))
+}
+
+fn without_labels(mut v: Value) -> Value {
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("labels");
+    }
+    v
+}
+
+/// The container's environment as the kubelet would set it (envFrom ConfigMaps first, then env;
+/// fieldRefs resolved for a pod `pod_name` in the Deployment's namespace).
+pub fn container_env(docs: &[Value], deployment: &Value, pod_name: &str) -> BTreeMap<String, String> {
+    let ns = deployment["metadata"]["namespace"].as_str().unwrap();
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    for from in c["envFrom"].as_array().into_iter().flatten() {
+        let cm = from["configMapRef"]["name"]
+            .as_str()
+            .expect("only ConfigMap envFrom");
+        let cm = find(docs, "ConfigMap", cm);
+        assert_eq!(
+            cm["metadata"]["namespace"], ns,
+            "the ConfigMap is in the pod's namespace"
+        );
+        for (k, v) in cm["data"].as_object().unwrap() {
+            env.insert(
+                k.clone(),
+                v.as_str().expect("ConfigMap values are strings").to_string(),
+            );
+        }
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            v.to_string()
+        } else {
+            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.namespace") => ns.to_string(),
+                Some("metadata.name") => pod_name.to_string(),
+                other => panic!("unexpected env source for {name}: {other:?}"),
+            }
+        };
+        env.insert(name, value);
+    }
+    env
+}
+
+#[test]
+fn every_object_renders_with_a_kind_name_and_the_rbac_is_the_generated_one() {
+    let docs = kustomize("manifests/hub");
+    for d in &docs {
+        assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{d}");
+        assert!(d["metadata"]["name"].is_string(), "{d}");
+        assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/part-of"], "kmm-fleet");
+    }
+    let generated = kmm_sim::parse_documents(&kmm_hub::rbac::render("kmm-hub", "kmm-hub")).unwrap();
+    assert!(generated.len() >= 4);
+    for g in &generated {
+        let name = g["metadata"]["name"].as_str().unwrap();
+        let rendered = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == g["kind"]
+                    && d["metadata"]["name"] == name
+                    && d["metadata"]["namespace"] == g["metadata"]["namespace"]
+            })
+            .unwrap_or_else(|| panic!("{} {name} missing from the kustomization", g["kind"]));
+        assert_eq!(&without_labels(rendered.clone()), g, "run `just gen`");
+    }
+    let rbac_kinds = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    assert_eq!(
+        docs.iter()
+            .filter(|d| rbac_kinds.iter().any(|k| d["kind"] == *k))
+            .count(),
+        generated.len(),
+        "no RBAC besides the generated one"
+    );
+
+    let deployment = find(&docs, "Deployment", "kmm-hub");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "kmm-hub");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "quay.io/kmm-fleet/kmm-hub:latest");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    let service = find(&docs, "Service", "kmm-hub-metrics");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    // Build and sign Jobs run as `default`, which gets no token.
+    assert_eq!(
+        find(&docs, "ServiceAccount", "default")["automountServiceAccountToken"],
+        false
+    );
+}
+
+/// Every KMM_HUB_* setting of `kmm-hub run` that has a default is in the ConfigMap with that
+/// default, and the ConfigMap sets nothing the binary does not read.
+#[test]
+fn the_config_map_lists_every_setting_with_its_default() {
+    let docs = kustomize("manifests/hub");
+    let data = find(&docs, "ConfigMap", "kmm-hub-config")["data"].clone();
+    let help = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut known = Vec::new();
+    for line in help.lines() {
+        let Some(at) = line.find("[env: ") else { continue };
+        let var = &line[at + 6..];
+        let var = &var[..var.find(['=', ']']).unwrap()];
+        known.push(var.to_string());
+        if !var.starts_with("KMM_HUB_") || var == "KMM_HUB_NAMESPACE" {
+            continue; // KMM_HUB_NAMESPACE and POD_NAME come from the downward API
+        }
+        let Some(d) = line.find("[default: ") else {
+            continue;
+        };
+        let default = &line[d + 10..];
+        let default = &default[..default.find(']').unwrap()];
+        assert!(data.get(var).is_some(), "{var} is not in the ConfigMap");
+        if var != "KMM_HUB_IMAGE" {
+            assert_eq!(data[var], default, "{var}");
+        }
+    }
+    assert!(known.len() > 5, "help lists the settings:\n{help}");
+    for key in data.as_object().unwrap().keys() {
+        assert!(
+            known.contains(key) || ["KMM_LOG_FORMAT", "RUST_LOG"].contains(&key.as_str()),
+            "the ConfigMap sets {key}, which kmm-hub run does not read"
+        );
+    }
+    assert_eq!(data["KMM_HUB_IMAGE"], "quay.io/kmm-fleet/kmm-hub:latest");
+}
+
+/// The Deployment as rendered (command's args, env, envFrom) starts `kmm-hub` against a
+/// simulated hub, authenticated as its ServiceAccount, until `/readyz` says ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_configuration_starts_a_ready_hub() {
+    let docs = kustomize("manifests/hub");
+    let deployment = find(&docs, "Deployment", "kmm-hub");
+    let mut env = container_env(&docs, deployment, "kmm-hub-0");
+    let port = support::free_port();
+    env.insert("KMM_HUB_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"][0], "/usr/local/bin/kmm-hub");
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+
+    let sim = kmm_sim::Sim::new().unwrap();
+    let hub = sim.add_cluster("hub").await.unwrap();
+    hub.install_crds_from_path(repo_root().join("manifests/crds"))
+        .unwrap();
+    hub.install_crds_from_path(repo_root().join("../shared/reference/ocm-crds"))
+        .unwrap();
+    hub.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: kmm-hub}\n")
+        .unwrap();
+    let kubeconfig = hub
+        .kubeconfig_as("system:serviceaccount:kmm-hub:kmm-hub")
+        .unwrap();
+    let log = sim.dir().join("kmm-hub-deployment.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+        .args(&args)
+        .env_clear()
+        .envs(&env)
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "kmm-hub exited ({status}) with the Deployment's configuration:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if http_ok(port, "/readyz").await && http_ok(port, "/healthz").await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "never ready:\n{text}");
+    assert!(
+        text.starts_with('{'),
+        "KMM_LOG_FORMAT=json from the ConfigMap: {text}"
+    );
+    assert!(
+        hub.audit()
+            .iter()
+            .any(|r| r.resource == "leases" && r.namespace.as_deref() == Some("kmm-hub")),
+        "the Lease is in the namespace the downward API gave"
+    );
+}
+
+async fn http_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await;
+    buf.starts_with("HTTP/1.1 200")
+}
