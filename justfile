@@ -29,6 +29,7 @@ gen:
     cargo run --quiet -p kmm-spoke -- crds --dir manifests/crds
     cargo run --quiet -p kmm-hub -- rbac > manifests/hub/rbac.yaml.tmp && mv manifests/hub/rbac.yaml.tmp manifests/hub/rbac.yaml
     cargo run --quiet -p kmm-spoke -- rbac > manifests/spoke/rbac.yaml.tmp && mv manifests/spoke/rbac.yaml.tmp manifests/spoke/rbac.yaml
+    cargo run --quiet -p kmm-spoke -- policy --manifests manifests --out policies
 
 # Lint Module / ManagedClusterModule YAML: just lint path/to/file.yaml ...
 lint +files:

@@ -6,6 +6,7 @@
 //! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) from the Nodes.
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
 //! - [`worker`]: `kmm-spoke worker load|unload`, its modprobe command lines and its pod.
+//! - [`policy`]: the governance Policy that installs the spoke, generated from `manifests/`.
 //! - [`rbac`]: the API calls `run` makes, as data, and the RBAC rendered from them.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus metrics.
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod module_controller;
 pub mod node_controller;
 pub mod ordered_upgrade;
+pub mod policy;
 pub mod rbac;
 pub mod telemetry;
 pub mod worker;

@@ -34,6 +34,16 @@ enum Command {
         #[arg(long, default_value = kmm_spoke::rbac::NAME)]
         service_account: String,
     },
+    /// Write the governance Policies, Placement and bindings that install the spoke on managed
+    /// clusters (policies/), generated from the spoke's kustomize base and CRDs.
+    Policy {
+        /// The manifests directory (with `spoke/` and `crds/`).
+        #[arg(long, default_value = "manifests")]
+        manifests: PathBuf,
+        /// Directory to write into.
+        #[arg(long, default_value = "policies")]
+        out: PathBuf,
+    },
     /// Load or unload a kernel module on this node (what worker pods run; needs no API access).
     Worker(WorkerArgs),
     /// Run the spoke controllers (managed mode only).
@@ -135,6 +145,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             std::io::stdout()
                 .write_all(kmm_spoke::rbac::render(&namespace, &service_account).as_bytes())
                 .context("writing to stdout")?;
+        }
+        Command::Policy { manifests, out } => {
+            kmm_spoke::policy::write(&manifests, &out, &mut std::io::stdout())?;
         }
         Command::Crds { dir: None } => {
             let yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;

@@ -1,0 +1,352 @@
+//! `manifests/spoke` as `kubectl kustomize` renders it, and the spoke-install Policy in
+//! `policies/` generated from it: every object parses, the RBAC is the generated one, the
+//! Deployment's configuration starts the real `kmm-spoke`, the committed Policy is what the code
+//! generates, it carries exactly the kustomization's objects, and it stays under the size limits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::ROOT;
+use serde_json::Value;
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &format!("{ROOT}/{dir}")])
+        .output()
+        .expect("kubectl runs (scripts/test-deps installs Debian's kubernetes-client)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kmm_sim::parse_documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not in the kustomization"))
+}
+
+fn without_labels(mut v: Value) -> Value {
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("labels");
+    }
+    v
+}
+
+fn help_default(flag: &str) -> String {
+    let help = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut lines = help.lines();
+    lines.find(|l| l.trim_start().starts_with(flag)).expect(flag);
+    let text = lines.next().unwrap();
+    let d = text
+        .find("[default: ")
+        .unwrap_or_else(|| panic!("{flag} has a default: {text}"));
+    text[d + 10..].split(']').next().unwrap().to_string()
+}
+
+#[test]
+fn every_object_renders_and_the_rbac_is_the_generated_one() {
+    let docs = kustomize("manifests/spoke");
+    for d in &docs {
+        assert!(
+            d["apiVersion"].is_string() && d["metadata"]["name"].is_string(),
+            "{d}"
+        );
+    }
+    let generated = kmm_sim::parse_documents(&kmm_spoke::rbac::render(
+        kmm_spoke::rbac::NAMESPACE,
+        kmm_spoke::rbac::NAME,
+    ))
+    .unwrap();
+    for g in &generated {
+        let name = g["metadata"]["name"].as_str().unwrap();
+        let mut rendered = find(&docs, g["kind"].as_str().unwrap(), name).clone();
+        // The work agent's role keeps its aggregation label next to the kustomization's own.
+        let aggregation =
+            rendered["metadata"]["labels"][kmm_spoke::rbac::WORK_AGENT_AGGREGATION_LABEL].clone();
+        rendered = without_labels(rendered);
+        let mut want = without_labels(g.clone());
+        if !aggregation.is_null() {
+            assert_eq!(aggregation, "true");
+            assert_eq!(name, kmm_spoke::rbac::WORK_AGENT_ROLE);
+            want["metadata"].as_object_mut().unwrap().remove("labels");
+        }
+        assert_eq!(rendered, want, "run `just gen`");
+    }
+
+    let ns = find(&docs, "Namespace", kmm_spoke::rbac::NAMESPACE);
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let loader = help_default("--module-loader-service-account");
+    let sa = find(&docs, "ServiceAccount", &loader);
+    assert_eq!(sa["metadata"]["namespace"], kmm_spoke::rbac::NAMESPACE);
+
+    let deployment = find(&docs, "Deployment", "kmm-spoke");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], kmm_spoke::rbac::NAME);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "quay.io/kmm-fleet/kmm-spoke:latest");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env = container_env(&docs, deployment);
+    assert_eq!(env["KMM_MANAGED"], "1");
+    assert_eq!(env["RELATED_IMAGE_WORKER"], c["image"].as_str().unwrap());
+    assert_eq!(env["OPERATOR_NAMESPACE"], kmm_spoke::rbac::NAMESPACE);
+    let service = find(&docs, "Service", "kmm-spoke-metrics");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+}
+
+/// envFrom ConfigMaps, then env, with fieldRefs resolved for a pod named `kmm-spoke-0`.
+fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String> {
+    let ns = deployment["metadata"]["namespace"].as_str().unwrap();
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    for from in c["envFrom"].as_array().into_iter().flatten() {
+        let cm = find(docs, "ConfigMap", from["configMapRef"]["name"].as_str().unwrap());
+        assert_eq!(cm["metadata"]["namespace"], ns);
+        for (k, v) in cm["data"].as_object().unwrap() {
+            env.insert(k.clone(), v.as_str().unwrap().to_string());
+        }
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = match (
+            e["value"].as_str(),
+            e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Some(v), _) => v.to_string(),
+            (None, Some("metadata.namespace")) => ns.to_string(),
+            (None, Some("metadata.name")) => "kmm-spoke-0".to_string(),
+            other => panic!("unexpected env source for {name}: {other:?}"),
+        };
+        env.insert(name, value);
+    }
+    env
+}
+
+/// The Deployment as rendered starts `kmm-spoke` against a simulated spoke, authenticated as its
+/// ServiceAccount, and it writes the kernel claim and answers `/healthz` and `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_configuration_starts_a_working_spoke() {
+    let docs = kustomize("manifests/spoke");
+    let deployment = find(&docs, "Deployment", "kmm-spoke");
+    let mut env = container_env(&docs, deployment);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.insert("KMM_SPOKE_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"][0], "/usr/local/bin/kmm-spoke");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+
+    let sim = kmm_sim::Sim::new().unwrap();
+    let cluster = common::spoke_cluster(&sim, "spoke-deploy").await;
+    common::mk_node(&cluster.client(), "node-a", common::K_DEBIAN, &[]).await;
+    let kubeconfig = cluster
+        .kubeconfig_as("system:serviceaccount:kmm-operator-system:kmm-spoke")
+        .unwrap();
+    let log = sim.dir().join("kmm-spoke-deployment.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
+        .args(&args)
+        .env_clear()
+        .envs(&env)
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "kmm-spoke exited ({status}) with the Deployment's configuration:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if http_ok(port, "/healthz").await && http_ok(port, "/readyz").await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "never healthy and ready:\n{text}");
+    assert!(
+        text.starts_with('{'),
+        "KMM_LOG_FORMAT=json from the ConfigMap: {text}"
+    );
+    assert!(
+        cluster
+            .audit()
+            .iter()
+            .any(|r| r.resource == "clusterclaims" && r.verb == "create"),
+        "the kernel claim was written"
+    );
+}
+
+async fn http_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await;
+    buf.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn the_committed_policies_are_what_the_code_generates() {
+    let files = kmm_spoke::policy::render(std::path::Path::new(&format!("{ROOT}/manifests"))).unwrap();
+    assert!(files.len() >= 5);
+    for f in &files {
+        let committed = std::fs::read_to_string(format!("{ROOT}/policies/{}", f.name)).unwrap_or_default();
+        assert!(
+            committed == f.text,
+            "policies/{} is missing or stale: run `just gen` and commit the result",
+            f.name
+        );
+    }
+}
+
+fn templates(policy: &Value) -> Vec<Value> {
+    policy["spec"]["policy-templates"][0]["objectDefinition"]["spec"]["object-templates"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn key(v: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        v["kind"].as_str().unwrap_or_default(),
+        v["metadata"]["namespace"].as_str().unwrap_or_default(),
+        v["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// Policies, Placement and bindings parse (kubectl kustomize policies); the spoke Policy carries
+/// exactly what real kustomize renders from manifests/spoke, RBAC with mustonlyhave; the CRD
+/// Policy carries the spoke CRDs; every Policy stays well under the size limits.
+#[test]
+fn the_policies_install_exactly_the_kustomization_and_the_crds() {
+    let docs = kustomize("policies");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "Namespace",
+        "Policy",
+        "Placement",
+        "PlacementBinding",
+        "ManagedClusterSetBinding",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let binding = find(&docs, "PlacementBinding", kmm_spoke::policy::SPOKE_POLICY);
+    assert_eq!(binding["placementRef"]["kind"], "Placement");
+    assert_eq!(binding["subjects"].as_array().unwrap().len(), 2);
+
+    let spoke = find(&docs, "Policy", kmm_spoke::policy::SPOKE_POLICY);
+    assert_eq!(spoke["spec"]["remediationAction"], "enforce");
+    assert_eq!(
+        spoke["spec"]["dependencies"][0]["name"],
+        kmm_spoke::policy::CRDS_POLICY
+    );
+    let mut in_policy: BTreeMap<String, Value> = BTreeMap::new();
+    for t in templates(spoke) {
+        let obj = t["objectDefinition"].clone();
+        let rbac = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+            .contains(&obj["kind"].as_str().unwrap());
+        assert_eq!(
+            t["complianceType"],
+            if rbac { "mustonlyhave" } else { "musthave" },
+            "{}",
+            key(&obj)
+        );
+        in_policy.insert(key(&obj), obj);
+    }
+    let rendered: BTreeMap<String, Value> = kustomize("manifests/spoke")
+        .into_iter()
+        .map(|o| (key(&o), o))
+        .collect();
+    assert_eq!(
+        in_policy.keys().collect::<Vec<_>>(),
+        rendered.keys().collect::<Vec<_>>(),
+        "the spoke Policy installs what kubectl kustomize manifests/spoke renders"
+    );
+    assert_eq!(
+        in_policy, rendered,
+        "objects differ from kubectl kustomize manifests/spoke"
+    );
+    let work_agent = &in_policy[&format!("ClusterRole//{}", kmm_spoke::rbac::WORK_AGENT_ROLE)];
+    assert_eq!(
+        work_agent["metadata"]["labels"]["open-cluster-management.io/aggregate-to-work"],
+        "true"
+    );
+    let deployment = &in_policy["Deployment/kmm-operator-system/kmm-spoke"];
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "KMM_MANAGED" && e["value"] == "1")
+    );
+
+    let crds = find(&docs, "Policy", kmm_spoke::policy::CRDS_POLICY);
+    let crd_names: Vec<String> = templates(crds)
+        .iter()
+        .map(|t| key(&t["objectDefinition"]))
+        .collect();
+    for want in [
+        "CustomResourceDefinition//modules.kmm.sigs.x-k8s.io",
+        "CustomResourceDefinition//nodemodulesconfigs.kmm.sigs.x-k8s.io",
+        "ValidatingAdmissionPolicy//kmm-module-name-length",
+        "ValidatingAdmissionPolicyBinding//kmm-module-name-length",
+    ] {
+        assert!(crd_names.iter().any(|n| n == want), "{want} in {crd_names:?}");
+    }
+
+    // etcd keeps objects up to 1.5 MiB, and the policy framework copies each Policy into every
+    // selected cluster's namespace and onto the cluster. Keep a margin.
+    for p in [spoke, crds] {
+        let size = serde_json::to_vec(p).unwrap().len();
+        println!("Policy {}: {size} bytes as JSON", p["metadata"]["name"]);
+        assert!(size < 1024 * 1024, "{} is {size} bytes", p["metadata"]["name"]);
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert!(kmm_spoke::policy::POLICY_NAMESPACE.len() + 1 + name.len() <= 62);
+    }
+}
