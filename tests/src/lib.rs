@@ -7,7 +7,9 @@
 //! - [`kmod`]: the test kernel module, compiled against the installed headers.
 //! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics.
 //! - [`fleet`]: the clusters, agents and processes together.
+//! - [`demo`]: the fleet `just demo` starts, and its status table.
 
+pub mod demo;
 pub mod fleet;
 pub mod images;
 pub mod kmod;
@@ -20,7 +22,8 @@ use anyhow::{Context, bail};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// A binary of this workspace, from the same target folder as the running executable (tests

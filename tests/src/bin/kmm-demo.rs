@@ -1,0 +1,159 @@
+//! `just demo`: a local kmm-fleet in one command. Starts the simulator with a hub and three
+//! spokes, the real registry, kmm-hub and kmm-spoke, applies an example ManagedClusterModule,
+//! prints a per-cluster status table until the rollout converges, then keeps the fleet running
+//! (kubeconfigs printed) until Ctrl-C.
+//!
+//! `--exit-when-converged` stops once every cluster is loaded (CI uses it); `--timeout SECS`
+//! bounds the wait (default 600).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use kmm_fleet_tests::demo;
+
+struct Args {
+    exit_when_converged: bool,
+    timeout: Duration,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        exit_when_converged: false,
+        timeout: Duration::from_secs(600),
+        dir: kmm_fleet_tests::repo_root().join("target/demo"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--exit-when-converged" => args.exit_when_converged = true,
+            "--timeout" => {
+                let secs = it.next().ok_or("--timeout needs seconds")?;
+                args.timeout = Duration::from_secs(
+                    secs.parse()
+                        .map_err(|_| format!("--timeout {secs}: not a number"))?,
+                );
+            }
+            "--dir" => args.dir = PathBuf::from(it.next().ok_or("--dir needs a folder")?),
+            "-h" | "--help" => {
+                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER]".into());
+            }
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kmm-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    println!(
+        "Starting a local fleet in {} (registry, hub, spokes east/west/edge)...",
+        args.dir.display()
+    );
+    let started = std::time::Instant::now();
+    let fleet = demo::start(&args.dir).await?;
+    println!(
+        "Applied ManagedClusterModule {} ({}).\n",
+        demo::MCM,
+        fleet.dir.join("mcm.yaml").display()
+    );
+
+    let mut last = String::new();
+    let mut converged = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let rows = demo::rows(&fleet).await?;
+        let table = demo::render_table(&rows);
+        if table != last {
+            println!("[{:>5.1}s]\n{table}", started.elapsed().as_secs_f64());
+            last = table;
+        }
+        let done = rows.iter().all(demo::ClusterRow::done);
+        if done && !converged {
+            converged = true;
+            println!(
+                "Converged in {:.1}s: every selected cluster has the module loaded on its targeted nodes.\n",
+                started.elapsed().as_secs_f64()
+            );
+            print_usage(&fleet);
+            if args.exit_when_converged {
+                return Ok(ExitCode::SUCCESS);
+            }
+        } else if !done && converged {
+            converged = false;
+        }
+        if !converged && started.elapsed() > args.timeout {
+            eprintln!(
+                "not converged after {:?}; logs:\n{}",
+                args.timeout,
+                fleet.log_tails(30)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                println!("\nStopping the fleet...");
+                drop(fleet);
+                println!("Stopped.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn print_usage(fleet: &kmm_fleet_tests::fleet::Fleet) {
+    println!("The fleet keeps running until Ctrl-C. In another terminal:");
+    println!("  export KUBECONFIG={}", fleet.hub.kubeconfig_path().display());
+    println!("  kubectl get managedclustermodules");
+    println!(
+        "  kubectl get managedclustermodule {} -o yaml   # status: clusters, nodes, kernels, problems",
+        demo::MCM
+    );
+    println!("  kubectl get manifestworks -A");
+    println!(
+        "  kubectl apply -f {}   # after editing it",
+        fleet.dir.join("mcm.yaml").display()
+    );
+    if let Some(east) = fleet.spokes.get("east") {
+        println!(
+            "  kubectl --kubeconfig {} patch node east-2 --subresource=status --type=merge \\\n      -p '{{\"status\":{{\"nodeInfo\":{{\"kernelVersion\":\"{}\",\"bootID\":\"boot-2\"}}}}}}'   # upgrade a kernel: the hub builds for it",
+            east.cluster.kubeconfig_path().display(),
+            demo::K_NEXT
+        );
+    }
+    for (name, spoke) in &fleet.spokes {
+        println!(
+            "  kubectl --kubeconfig {} get nodes --show-labels    # spoke {name}",
+            spoke.cluster.kubeconfig_path().display()
+        );
+    }
+    println!(
+        "Logs: {}/kmm-hub.log and {}/<spoke>/kmm-spoke.log\n",
+        fleet.dir.display(),
+        fleet.dir.display()
+    );
+}

@@ -1,0 +1,279 @@
+//! `just demo`: a local fleet (hub and three spokes on the simulator, the real registry, the
+//! real kmm-hub and kmm-spoke), an example ManagedClusterModule, and a per-cluster status table.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use k8s_openapi::api::core::v1::Node;
+use kmm_api::{
+    ManagedClusterModule, labels,
+    ocm::{ManagedCluster, ManifestWork},
+};
+use kube::{Api, ResourceExt, api::ListParams};
+
+use crate::fleet::{CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, KEY_SECRET, MODULE_NAMESPACE, NodeSpec};
+
+/// The example MCM's name.
+pub const MCM: &str = "demo-kmod";
+
+/// Kernels of the demo's spokes: two with prebuilt images, one built and signed on the hub,
+/// and one more the user can upgrade a node to (its sources are in the registry).
+pub const K_EAST: &str = "6.1.0-18-cloud-amd64";
+pub const K_WEST: &str = "5.14.0-70.el9.x86_64";
+pub const K_EDGE: &str = "6.1.0-25-cloud-amd64";
+pub const K_NEXT: &str = "6.1.0-27-cloud-amd64";
+
+/// The example ManagedClusterModule for a registry at `host`.
+pub fn example_mcm(host: &str) -> String {
+    format!(
+        r#"apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
+kind: ManagedClusterModule
+metadata:
+  name: {MCM}
+spec:
+  spokeNamespace: {MODULE_NAMESPACE}
+  # ManagedClusters labelled driver=gpu get the module.
+  selector:
+    driver: gpu
+  moduleSpec:
+    # Nodes of those clusters that get it.
+    selector:
+      node-role.kubernetes.io/worker: ""
+    moduleLoader:
+      container:
+        modprobe:
+          moduleName: kmm_fleet
+        registryTLS:
+          insecure: true
+        kernelMappings:
+          # Prebuilt images.
+          - literal: {K_EAST}
+            containerImage: {host}/kmm/fleet-prebuilt:{K_EAST}
+          - literal: {K_WEST}
+            containerImage: {host}/kmm/fleet-prebuilt:{K_WEST}
+          # Built and signed on the hub, once per kernel, for any 6.1.0-2x kernel.
+          - regexp: '^6\.1\.0-2[0-9]-cloud-amd64$'
+            containerImage: {host}/kmm/fleet-built:${{KERNEL_FULL_VERSION}}
+            build:
+              dockerfileConfigMap:
+                name: {DOCKERFILE_CONFIGMAP}
+              baseImageRegistryTLS:
+                insecure: true
+            sign:
+              keySecret:
+                name: {KEY_SECRET}
+              certSecret:
+                name: {CERT_SECRET}
+              unsignedImageRegistryTLS:
+                insecure: true
+              filesToSign:
+                - /opt/lib/modules/${{KERNEL_FULL_VERSION}}/extra/kmm_fleet.ko
+    devicePlugin:
+      container:
+        image: {host}/kmm/fleet-plugin:1
+"#
+    )
+}
+
+/// Starts the demo fleet under `dir` and applies the example MCM (also written to
+/// `<dir>/mcm.yaml` for the user to edit and re-apply).
+pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
+    let mut fleet = Fleet::start(dir).await?;
+    fleet.push_prebuilt(K_EAST)?;
+    fleet.push_prebuilt(K_WEST)?;
+    fleet.push_sources(&[K_EDGE, K_NEXT])?;
+    fleet.start_hub()?;
+    let mut control = NodeSpec::worker("east-cp", K_EAST);
+    control.labels = BTreeMap::from([("node-role.kubernetes.io/control-plane".into(), String::new())]);
+    let spokes = [
+        (
+            "east",
+            vec![
+                NodeSpec::worker("east-1", K_EAST),
+                NodeSpec::worker("east-2", K_EAST),
+                control,
+            ],
+        ),
+        ("west", vec![NodeSpec::worker("west-1", K_WEST)]),
+        ("edge", vec![NodeSpec::worker("edge-1", K_EDGE)]),
+    ];
+    for (name, nodes) in spokes {
+        fleet.add_spoke(name, &[("driver", "gpu")], &nodes).await?;
+    }
+    let mcm = example_mcm(&fleet.registry.host);
+    std::fs::write(fleet.dir.join("mcm.yaml"), &mcm)?;
+    fleet.hub.apply_yaml(&mcm)?;
+    Ok(fleet)
+}
+
+/// One line of the status table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterRow {
+    pub cluster: String,
+    /// The MCM selects the cluster.
+    pub selected: bool,
+    /// Distinct kernels of the cluster's nodes.
+    pub kernels: Vec<String>,
+    /// `-` (none), `written`, `applied` or the failing condition's reason.
+    pub work: String,
+    /// Nodes with the module-ready label / nodes the Module targets.
+    pub loaded: usize,
+    pub targeted: usize,
+    /// What the MCM status says is wrong there.
+    pub problem: Option<String>,
+}
+
+impl ClusterRow {
+    /// Loaded everywhere it should be (or nothing to do for an unselected cluster).
+    pub fn done(&self) -> bool {
+        if self.selected {
+            self.work == "applied" && self.loaded == self.targeted && self.problem.is_none()
+        } else {
+            self.work == "-" && self.loaded == 0
+        }
+    }
+}
+
+/// The table, fixed-width, one row per cluster.
+pub fn render_table(rows: &[ClusterRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<9} {:<45} {:<10} {:<7} PROBLEM",
+        "CLUSTER", "SELECTED", "KERNELS", "WORK", "LOADED"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:<45} {:<10} {:<7} {}",
+            r.cluster,
+            if r.selected { "yes" } else { "no" },
+            r.kernels.join(","),
+            r.work,
+            format!("{}/{}", r.loaded, r.targeted),
+            r.problem.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+/// Reads every cluster's row from the hub and the spokes.
+pub async fn rows(fleet: &Fleet) -> anyhow::Result<Vec<ClusterRow>> {
+    let mcm = Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .get_opt(MCM)
+        .await?;
+    let clusters = Api::<ManagedCluster>::all(fleet.hub.client())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let ready = labels::module_ready(MODULE_NAMESPACE, MCM);
+    let mut out = Vec::new();
+    for (name, spoke) in &fleet.spokes {
+        let cluster = clusters.iter().find(|c| &c.name_any() == name);
+        let selected = match (&mcm, cluster) {
+            (Some(m), Some(c)) => m.spec.selector.iter().all(|(k, v)| c.labels().get(k) == Some(v)),
+            _ => false,
+        };
+        let work = Api::<ManifestWork>::namespaced(fleet.hub.client(), name)
+            .get_opt(MCM)
+            .await?;
+        let work = match work {
+            None => "-".to_owned(),
+            Some(w) => {
+                let conditions = w.status.map(|s| s.conditions).unwrap_or_default();
+                let applied = conditions
+                    .iter()
+                    .find(|c| c.type_ == "Applied")
+                    .map(|c| (c.status == "True", c.reason.clone()));
+                match applied {
+                    Some((true, _)) => "applied".to_owned(),
+                    Some((false, reason)) => reason,
+                    None => "written".to_owned(),
+                }
+            }
+        };
+        let nodes = Api::<Node>::all(spoke.cluster.client())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let mut kernels: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| Some(n.status.as_ref()?.node_info.as_ref()?.kernel_version.clone()))
+            .collect();
+        kernels.sort();
+        kernels.dedup();
+        let node_selector = mcm
+            .as_ref()
+            .map(|m| m.spec.module_spec.selector.clone())
+            .unwrap_or_default();
+        let targeted = if selected {
+            nodes
+                .iter()
+                .filter(|n| node_selector.iter().all(|(k, v)| n.labels().get(k) == Some(v)))
+                .count()
+        } else {
+            0
+        };
+        let loaded = nodes.iter().filter(|n| n.labels().contains_key(&ready)).count();
+        let problem = mcm
+            .as_ref()
+            .and_then(|m| m.status.as_ref())
+            .and_then(|s| s.problems.iter().find(|p| &p.cluster == name))
+            .map(|p| format!("{}: {}", p.reason, p.message));
+        out.push(ClusterRow {
+            cluster: name.clone(),
+            selected,
+            kernels,
+            work,
+            loaded,
+            targeted,
+            problem,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(selected: bool, work: &str, loaded: usize, targeted: usize) -> ClusterRow {
+        ClusterRow {
+            cluster: "east".into(),
+            selected,
+            kernels: vec![K_EAST.into()],
+            work: work.into(),
+            loaded,
+            targeted,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn a_selected_cluster_is_done_when_applied_and_loaded_everywhere() {
+        assert!(row(true, "applied", 2, 2).done());
+        assert!(!row(true, "applied", 1, 2).done());
+        assert!(!row(true, "written", 2, 2).done());
+        let mut blocked = row(true, "applied", 2, 2);
+        blocked.problem = Some("NotLoaded: 1 node".into());
+        assert!(!blocked.done());
+    }
+
+    #[test]
+    fn an_unselected_cluster_is_done_when_nothing_is_left_there() {
+        assert!(row(false, "-", 0, 0).done());
+        assert!(!row(false, "applied", 0, 0).done());
+        assert!(!row(false, "-", 1, 0).done());
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_one_aligned_line_per_cluster() {
+        let text = render_table(&[row(true, "applied", 2, 2), row(false, "-", 0, 0)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("CLUSTER"));
+        assert!(lines[1].contains("yes") && lines[1].contains("applied") && lines[1].contains("2/2"));
+        assert!(lines[2].contains("no") && lines[2].contains("0/0"));
+        let column = lines[0].find("WORK").unwrap();
+        assert_eq!(&lines[1][column..column + 7], "applied");
+    }
+}
