@@ -9,6 +9,13 @@ default:
 deps:
     scripts/test-deps
 
+# A local fleet in one command: simulated hub and spokes, a real registry, the real kmm-hub and
+# kmm-spoke, an example ManagedClusterModule; prints a per-cluster table until the rollout
+# converges, then keeps running until Ctrl-C (extra arguments go to kmm-demo, see --help).
+demo *args: deps
+    cargo build --bins
+    target/debug/kmm-demo {{args}}
+
 # Run every test, then clippy and rustfmt, as CI does.
 test: deps
     if command -v cargo-nextest >/dev/null; then cargo nextest run --workspace --no-fail-fast; else cargo test --workspace --no-fail-fast; fi
