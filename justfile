@@ -9,9 +9,9 @@ default:
 deps:
     scripts/test-deps
 
-# A local fleet in one command: simulated hub and spokes, a real registry, the real kmm-hub and
-# kmm-spoke, an example ManagedClusterModule; prints a per-cluster table until the rollout
-# converges, then keeps running until Ctrl-C (extra arguments go to kmm-demo, see --help).
+# Simulated hub and spokes, a real registry, the real kmm-hub and kmm-spoke and an example
+# ManagedClusterModule; a status table until converged, then running until Ctrl-C.
+# A local fleet in one command (`just demo --help` for options).
 demo *args: deps
     cargo build --bins
     target/debug/kmm-demo {{args}}
