@@ -8,8 +8,9 @@ mod support;
 
 use std::{collections::BTreeMap, process::Command};
 
+use k8s_openapi::api::batch::v1::Job;
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher, ScriptRule};
-use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL, ocm::ManifestWork};
 use kmm_hub::mcm_controller::desired::job::JOB_TYPE_LABEL;
 use kube::{
     Api,
@@ -87,6 +88,11 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
                 labels: &[("env", "lab")],
                 kernels: Some(&[K2]),
             },
+            SpokeSpec {
+                name: "d",
+                labels: &[("env", "built")],
+                kernels: Some(&[K2]),
+            },
         ],
     )
     .await;
@@ -105,7 +111,10 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         .unwrap();
     let fail = ScriptRule {
         matcher: PodMatcher {
-            labels: BTreeMap::from([(JOB_TYPE_LABEL.to_string(), "build".to_string())]),
+            labels: BTreeMap::from([
+                (JOB_TYPE_LABEL.to_string(), "build".to_string()),
+                (MCM_NAME_LABEL.to_string(), "lab".to_string()),
+            ]),
             ..Default::default()
         },
         outcomes: vec![Outcome::failed(2, "make: Error 2")],
@@ -134,6 +143,26 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
             .unwrap()
             .status
             .is_some_and(|s| s.problems.iter().any(|p| p.message.contains("make: Error 2")))
+    })
+    .await;
+
+    // A build that succeeds: once the image is there, the succeeded Job is deleted.
+    create(&fleet, &mcm_yaml(&fleet.registry.host, "ok", "env: built", true)).await;
+    let ok_jobs = || async {
+        Api::<Job>::namespaced(fleet.hub.client(), HUB_NAMESPACE)
+            .list(&kube::api::ListParams::default().labels(&format!("{MCM_NAME_LABEL}=ok")))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    eventually(30, "the ok build Job", Some(&hub), || async {
+        ok_jobs().await == 1
+    })
+    .await;
+    push_image(&fleet.registry, &format!("kmm/ok-kmod:{K2}"));
+    eventually(30, "d's work and the build Job deleted", Some(&hub), || async {
+        work_exists(&fleet, "d", "ok").await && ok_jobs().await == 0
     })
     .await;
 
@@ -202,6 +231,7 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         ("create", "manifestworks"),
         ("delete", "manifestworks"),
         ("create", "jobs"),
+        ("delete", "jobs"),
         ("list", "pods"),
         ("get", "secrets"),
         ("create", "leases"),
