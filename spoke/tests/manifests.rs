@@ -347,3 +347,46 @@ fn the_policies_install_exactly_the_kustomization_and_the_crds() {
         assert!(kmm_spoke::policy::POLICY_NAMESPACE.len() + 1 + name.len() <= 62);
     }
 }
+
+/// The Placement and the ManagedClusterSetBinding survive OCM's own CRD schemas unchanged (the
+/// simulator prunes fields a schema does not know, as the apiserver does). The policy CRDs are
+/// not among the reference CRDs, so the Policies themselves are not checked this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_fits_the_ocm_schemas() {
+    let sim = kmm_sim::Sim::new().unwrap();
+    let hub = sim.add_cluster("hub").await.unwrap();
+    hub.install_crds_from_path(format!("{ROOT}/../shared/reference/ocm-crds"))
+        .unwrap();
+    hub.apply_yaml(&std::fs::read_to_string(format!("{ROOT}/policies/namespace.yaml")).unwrap())
+        .unwrap();
+    let text = std::fs::read_to_string(format!("{ROOT}/policies/placement.yaml")).unwrap();
+    let docs = kmm_sim::parse_documents(&text).unwrap();
+    let checked: Vec<Value> = docs
+        .into_iter()
+        .filter(|d| d["kind"] != "PlacementBinding")
+        .collect();
+    assert_eq!(checked.len(), 2);
+    for doc in checked {
+        let stored = hub.apply_yaml(&serde_json::to_string(&doc).unwrap()).unwrap();
+        assert!(
+            contains(&stored[0]["spec"], &doc["spec"]),
+            "{} lost fields to the schema: sent {}, stored {}",
+            doc["kind"],
+            doc["spec"],
+            stored[0]["spec"]
+        );
+    }
+}
+
+/// Whether `have` holds everything in `want` (schema defaults may add more).
+fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => {
+            w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| contains(hv, v)))
+        }
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| contains(a, b))
+        }
+        _ => have == want,
+    }
+}
