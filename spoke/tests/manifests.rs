@@ -116,6 +116,39 @@ fn every_object_renders_and_the_rbac_is_the_generated_one() {
     );
 }
 
+/// Every environment setting of `kmm-spoke run` is set by the Deployment (ConfigMap or env),
+/// those in the ConfigMap with the binary's default, and nothing else is set.
+#[test]
+fn the_deployment_sets_every_environment_setting() {
+    let docs = kustomize("manifests/spoke");
+    let env = container_env(&docs, find(&docs, "Deployment", "kmm-spoke"));
+    let data = find(&docs, "ConfigMap", "kmm-spoke-config")["data"].clone();
+    let help = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut known = vec!["POD_NAME".to_string(), "KMM_LOG_FORMAT".into(), "RUST_LOG".into()];
+    for line in help.lines() {
+        let Some(at) = line.find("[env: ") else { continue };
+        let var = &line[at + 6..];
+        let var = var[..var.find(['=', ']']).unwrap()].to_string();
+        assert!(env.contains_key(&var), "the Deployment does not set {var}");
+        if let (Some(d), Some(value)) = (line.find("[default: "), data.get(&var)) {
+            let default = line[d + 10..].split(']').next().unwrap();
+            assert_eq!(value, default, "{var}");
+        }
+        known.push(var);
+    }
+    assert!(known.len() >= 6, "help lists the settings:\n{help}");
+    for key in env.keys() {
+        assert!(
+            known.contains(key),
+            "the Deployment sets {key}, which kmm-spoke run does not read"
+        );
+    }
+}
+
 /// envFrom ConfigMaps, then env, with fieldRefs resolved for a pod named `kmm-spoke-0`.
 fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String> {
     let ns = deployment["metadata"]["namespace"].as_str().unwrap();
