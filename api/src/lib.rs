@@ -21,6 +21,8 @@ pub mod module;
 pub mod nmc;
 pub mod ocm;
 mod schema;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod trim;
 
 pub use mcm::{

@@ -21,4 +21,4 @@ pub mod registry;
 pub mod render;
 pub mod run;
 pub mod sign;
-pub mod telemetry;
+pub use kmm_api::telemetry;

@@ -23,5 +23,5 @@ pub mod node_controller;
 pub mod ordered_upgrade;
 pub mod policy;
 pub mod rbac;
-pub mod telemetry;
+pub use kmm_api::telemetry;
 pub mod worker;

@@ -18,11 +18,12 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` value in KiB (`VmRSS`, `RssAnon`, `RssFile`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
@@ -65,10 +66,14 @@ async fn idle_rss_with_100_nodes() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = rss_kib(child.id());
+    let pid = child.id();
+    let rss = status_kib(pid, "VmRSS");
     println!(
-        "kmm-spoke {bin}: idle RSS with 100 nodes: {rss} KiB ({:.1} MiB)",
-        rss as f64 / 1024.0
+        "kmm-spoke {bin}: idle RSS with 100 nodes: {rss} KiB ({:.1} MiB; anonymous {} KiB, file-backed {} KiB, threads {})",
+        rss as f64 / 1024.0,
+        status_kib(pid, "RssAnon"),
+        status_kib(pid, "RssFile"),
+        status_kib(pid, "Threads"),
     );
     println!("{}", http_get(&addr, "/metrics").unwrap_or_default());
     child.kill().unwrap();

@@ -85,8 +85,5 @@ fn the_demo_converges_prints_every_cluster_loaded_and_stops_on_ctrl_c() {
         output.push(line);
     }
     assert!(output.iter().any(|l| l == "Stopped."), "{output:#?}");
-    assert!(
-        !kubeconfig.exists(),
-        "the simulator cleaned up"
-    );
+    assert!(!kubeconfig.exists(), "the simulator cleaned up");
 }
