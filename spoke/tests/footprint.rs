@@ -1,6 +1,6 @@
 //! Idle footprint of a `kmm-spoke run` process with 100 Nodes cached (ignored by default: it
 //! measures, it does not check). Run with the binary to measure, for example the release build:
-//! `KMM_SPOKE_BIN=target/release/kmm-spoke cargo test -p kmm-spoke --test footprint -- --ignored --nocapture`.
+//! `KMM_SPOKE_BIN=$PWD/target/release/kmm-spoke cargo test -p kmm-spoke --test footprint -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
