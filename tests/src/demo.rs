@@ -22,13 +22,14 @@ pub const K_WEST: &str = "5.14.0-70.el9.x86_64";
 pub const K_EDGE: &str = "6.1.0-25-cloud-amd64";
 pub const K_NEXT: &str = "6.1.0-27-cloud-amd64";
 
-/// The example ManagedClusterModule for a registry at `host`.
-pub fn example_mcm(host: &str) -> String {
+/// The example ManagedClusterModule `name` for a registry at `host` (the fleet tests roll out
+/// the same one).
+pub fn example_mcm(name: &str, host: &str) -> String {
     format!(
         r#"apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
 kind: ManagedClusterModule
 metadata:
-  name: {MCM}
+  name: {name}
 spec:
   spokeNamespace: {MODULE_NAMESPACE}
   # ManagedClusters labelled driver=gpu get the module.
@@ -99,7 +100,7 @@ pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
     for (name, nodes) in spokes {
         fleet.add_spoke(name, &[("driver", "gpu")], &nodes).await?;
     }
-    let mcm = example_mcm(&fleet.registry.host);
+    let mcm = example_mcm(MCM, &fleet.registry.host);
     std::fs::write(fleet.dir.join("mcm.yaml"), &mcm)?;
     fleet.hub.apply_yaml(&mcm)?;
     Ok(fleet)

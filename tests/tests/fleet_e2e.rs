@@ -18,10 +18,8 @@ use kmm_api::{
     ocm::{ManagedCluster, ManifestWork},
 };
 use kmm_fleet_tests::{
-    fleet::{
-        CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, HUB_NAMESPACE, KEY_SECRET, MODULE_NAMESPACE, NodeSpec,
-        SIGNER, set_kernel,
-    },
+    demo,
+    fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
     run,
 };
 use kmm_sim::Faults;
@@ -32,63 +30,19 @@ use kube::{
 use serde_json::json;
 
 const MCM: &str = "fleet-kmod";
-/// Prebuilt images exist for these two kernels.
-const K_A: &str = "6.1.0-18-cloud-amd64";
-const K_B: &str = "5.14.0-70.el9.x86_64";
+/// Prebuilt images exist for these two kernels (the demo's MCM maps them literally).
+const K_A: &str = demo::K_EAST;
+const K_B: &str = demo::K_WEST;
 /// This one is built and signed on the hub, as is the kernel spoke a upgrades to.
-const K_C: &str = "6.1.0-25-cloud-amd64";
-const K_UPGRADE: &str = "6.1.0-27-cloud-amd64";
+const K_C: &str = demo::K_EDGE;
+const K_UPGRADE: &str = demo::K_NEXT;
 
 fn fleet_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}"))
 }
 
 fn mcm_yaml(host: &str) -> String {
-    format!(
-        r#"
-apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
-kind: ManagedClusterModule
-metadata:
-  name: {MCM}
-spec:
-  spokeNamespace: {MODULE_NAMESPACE}
-  selector:
-    driver: gpu
-  moduleSpec:
-    selector:
-      node-role.kubernetes.io/worker: ""
-    moduleLoader:
-      container:
-        modprobe:
-          moduleName: kmm_fleet
-        registryTLS:
-          insecure: true
-        kernelMappings:
-          - literal: {K_A}
-            containerImage: {host}/kmm/fleet-prebuilt:{K_A}
-          - literal: {K_B}
-            containerImage: {host}/kmm/fleet-prebuilt:{K_B}
-          - regexp: '^6\.1\.0-2[0-9]-cloud-amd64$'
-            containerImage: {host}/kmm/fleet-built:${{KERNEL_FULL_VERSION}}
-            build:
-              dockerfileConfigMap:
-                name: {DOCKERFILE_CONFIGMAP}
-              baseImageRegistryTLS:
-                insecure: true
-            sign:
-              keySecret:
-                name: {KEY_SECRET}
-              certSecret:
-                name: {CERT_SECRET}
-              unsignedImageRegistryTLS:
-                insecure: true
-              filesToSign:
-                - /opt/lib/modules/${{KERNEL_FULL_VERSION}}/extra/kmm_fleet.ko
-    devicePlugin:
-      container:
-        image: {host}/kmm/fleet-plugin:1
-"#
-    )
+    demo::example_mcm(MCM, host)
 }
 
 /// Waits up to `secs` for `check`; on timeout fails with what was awaited and the logs.
