@@ -82,6 +82,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut last = String::new();
     let mut converged = false;
+    let mut usage_printed = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -94,11 +95,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let done = rows.iter().all(demo::ClusterRow::done);
         if done && !converged {
             converged = true;
+            let first = !usage_printed;
             println!(
-                "Converged in {:.1}s: every selected cluster has the module loaded on its targeted nodes.\n",
+                "{} in {:.1}s: every selected cluster has the module loaded on its targeted nodes.\n",
+                if first { "Converged" } else { "Converged again" },
                 started.elapsed().as_secs_f64()
             );
-            print_usage(&fleet);
+            if first {
+                print_usage(&fleet);
+                usage_printed = true;
+            }
             if args.exit_when_converged {
                 return Ok(ExitCode::SUCCESS);
             }
