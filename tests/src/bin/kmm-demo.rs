@@ -111,7 +111,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else if !done && converged {
             converged = false;
         }
-        if !converged && started.elapsed() > args.timeout {
+        if !usage_printed && started.elapsed() > args.timeout {
             eprintln!(
                 "not converged after {:?}; logs:\n{}",
                 args.timeout,
