@@ -403,7 +403,8 @@ impl Spoke {
             "--shared-root=/tmp".to_owned(),
             format!("--host-root={dir}/host"),
             format!("--modprobe-conf-dir={dir}/modprobe.d"),
-            format!("--termination-log={dir}/termination-log"),
+            // The kubelet stand-in gives each pod its own file for this path.
+            "--termination-log=/dev/termination-log".to_owned(),
         ] {
             args.push(format!("--worker-arg={worker_arg}"));
         }

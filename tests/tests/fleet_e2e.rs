@@ -247,7 +247,7 @@ async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() 
     let host = fleet.registry.host.clone();
 
     // 1. Rollout: every cluster gets its ManifestWork with digest-pinned literal mappings.
-    eventually(&fleet, 60, "a ManifestWork per cluster", || async {
+    eventually(&fleet, 300, "a ManifestWork per cluster", || async {
         work(&fleet, "a").await.is_some()
             && work(&fleet, "b").await.is_some()
             && work(&fleet, "c").await.is_some()
@@ -517,4 +517,61 @@ async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
     for (spoke, nodes) in [("a", 2), ("b", 1), ("c", 1)] {
         assert_eq!(ready_nodes(&fleet, spoke).await.len(), nodes, "{spoke}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason() {
+    let mut fleet = Fleet::start(&fleet_dir("load-failure")).await.unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet
+        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
+        .await
+        .unwrap();
+    fleet.start_hub().unwrap();
+    // The image holds kmm_fleet; the MCM asks for a module it does not have.
+    let yaml = mcm_yaml(&fleet.registry.host).replace("moduleName: kmm_fleet", "moduleName: kmm_absent");
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+
+    eventually(
+        &fleet,
+        180,
+        "cluster a degraded with the worker's reason",
+        || async {
+            mcm_status(&fleet).await.is_some_and(|s| {
+                s.number_applied == 1
+                    && s.number_degraded == 1
+                    && s.problems.iter().any(|p| {
+                        p.cluster == "a"
+                            && p.state == "Degraded"
+                            && p.reason == "LoadFailed"
+                            && p.message.contains("a-1")
+                            && p.message.contains("kmm_absent not found")
+                    })
+            })
+        },
+    )
+    .await;
+    assert!(ready_nodes(&fleet, "a").await.is_empty());
+
+    // Fixed: the spoke loads it and the problem goes away.
+    let fixed: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .patch(
+            MCM,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(serde_json::to_value(&fixed).unwrap()),
+        )
+        .await
+        .unwrap();
+    eventually(&fleet, 180, "cluster a loaded and no problem left", || async {
+        mcm_status(&fleet)
+            .await
+            .is_some_and(|s| s.problems.is_empty() && s.nodes_loaded == 1 && s.number_degraded == 0)
+    })
+    .await;
+    assert_eq!(ready_nodes(&fleet, "a").await, ["a-1"]);
 }

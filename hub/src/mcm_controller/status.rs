@@ -7,6 +7,11 @@
 
 use kmm_api::ocm::{FieldValue, ManifestWork};
 
+use super::desired::manifestwork::WORKERS_FAILING_FEEDBACK;
+
+/// Problem reason of a cluster whose spoke reports failing worker pods.
+pub const LOAD_FAILED: &str = "LoadFailed";
+
 /// What one cluster's ManifestWork says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkOutcome {
@@ -35,15 +40,23 @@ pub fn work_outcome(work: &ManifestWork) -> WorkOutcome {
     let manifest = status
         .and_then(|s| s.resource_status.as_ref())
         .and_then(|r| r.manifests.first());
-    let failure = conditions
-        .iter()
-        .chain(manifest.map(|m| m.conditions.as_slice()).unwrap_or_default())
-        .find(|c| matches!(c.type_.as_str(), "Applied" | "StatusFeedbackSynced") && c.status == "False")
-        .map(|c| (c.reason.clone(), c.message.clone()));
     let values = manifest
         .and_then(|m| m.status_feedback.as_ref())
         .map(|f| f.values.as_slice())
         .unwrap_or_default();
+    // Applying failed, or else the spoke's workers fail to load or unload the module.
+    let workers_failing = values
+        .iter()
+        .find(|v| v.name == WORKERS_FAILING_FEEDBACK)
+        .and_then(|v| v.field_value.string.clone())
+        .filter(|m| !m.is_empty())
+        .map(|m| (LOAD_FAILED.to_owned(), m));
+    let failure = conditions
+        .iter()
+        .chain(manifest.map(|m| m.conditions.as_slice()).unwrap_or_default())
+        .find(|c| matches!(c.type_.as_str(), "Applied" | "StatusFeedbackSynced") && c.status == "False")
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .or(workers_failing);
     let count = |name: &str| {
         values
             .iter()
@@ -103,6 +116,31 @@ mod tests {
         let outcome = work_outcome(&mk_work(1, json!([cond("Applied", "False", 1)]), json!([])));
         assert_eq!(outcome.failure, Some(("R".into(), "Applied is False".into())));
         assert!(!outcome.applied);
+    }
+
+    #[test]
+    fn the_spokes_failing_workers_are_a_load_failure_after_apply_failures() {
+        let feedback = json!([
+            {"name": "moduleLoader.workersFailing",
+             "fieldValue": {"type": "String", "string": "1 node(s) failing; n1: Required key not available"}}
+        ]);
+        let applied = work_outcome(&mk_work(1, json!([cond("Applied", "True", 1)]), feedback.clone()));
+        assert!(applied.applied);
+        assert_eq!(
+            applied.failure,
+            Some((
+                LOAD_FAILED.into(),
+                "1 node(s) failing; n1: Required key not available".into()
+            ))
+        );
+        let not_applied = work_outcome(&mk_work(1, json!([cond("Applied", "False", 1)]), feedback));
+        assert_eq!(not_applied.failure, Some(("R".into(), "Applied is False".into())));
+        let empty =
+            json!([{"name": "moduleLoader.workersFailing", "fieldValue": {"type": "String", "string": ""}}]);
+        assert_eq!(
+            work_outcome(&mk_work(1, json!([cond("Applied", "True", 1)]), empty)).failure,
+            None
+        );
     }
 
     #[test]

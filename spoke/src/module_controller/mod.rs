@@ -12,7 +12,10 @@ pub mod status;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::{api::apps::v1::DaemonSet, jiff::Timestamp};
+use k8s_openapi::{
+    api::{apps::v1::DaemonSet, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Api, Resource, ResourceExt,
@@ -29,7 +32,10 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err};
+use crate::{
+    context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err},
+    worker::pod::MODULE_NAME_LABEL,
+};
 
 /// Finalizer kmm-spoke puts on Modules.
 pub const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
@@ -44,6 +50,15 @@ pub fn controller(client: kube::Client) -> Controller<DeserializeGuard<Module>> 
         watcher::Config::default(),
     )
     .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+    // Worker pods: a failed one shows in the Module's status (the hub reads it back).
+    .watches(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(MODULE_NAME_LABEL),
+        |pod| {
+            let name = pod.labels().get(MODULE_NAME_LABEL)?;
+            Some(ObjectRef::new(name).within(&pod.namespace()?))
+        },
+    )
     .watches(
         Api::<NodeModulesConfig>::all(client),
         watcher::Config::default(),
@@ -216,7 +231,13 @@ async fn apply(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
         .map_err(kube_err("listing NodeModulesConfigs"))?
         .items;
     let nodes: Vec<_> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let status = status::module_status(&module, &nodes, &nmcs, &kept, Timestamp::now());
+    let workers = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={name}")))
+        .await
+        .map_err(kube_err(format!("listing the worker pods of {ns}/{name}")))?
+        .items;
+    let failures = status::worker_failures(&workers);
+    let status = status::module_status(&module, &nodes, &nmcs, &kept, &failures, Timestamp::now());
     let had_build_sign = module
         .status
         .as_ref()

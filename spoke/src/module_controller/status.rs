@@ -1,8 +1,12 @@
 //! The Module's status (pure): node counts for the loader and the device plugin, and the
-//! conditions the spoke reports (build/sign ignored in managed mode, invalid kernel mappings).
+//! conditions the spoke reports (build/sign ignored in managed mode, invalid kernel mappings,
+//! worker pods failing).
 
 use k8s_openapi::{
-    api::{apps::v1::DaemonSet, core::v1::Node},
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Node, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -14,7 +18,10 @@ use kmm_api::{
 };
 use kube::ResourceExt;
 
-use crate::node_controller::desired::targets;
+use crate::{
+    node_controller::desired::{targets, termination},
+    worker::pod::WORKER_ACTION_LABEL,
+};
 
 /// Condition: the Module asks for a build or signing, which a managed spoke never does.
 pub const BUILD_SIGN_IGNORED: &str = "BuildSignIgnored";
@@ -33,12 +40,73 @@ pub fn wants_build_or_sign(module: &Module) -> bool {
     })
 }
 
-/// The status kmm-spoke reports for `module`.
+/// Condition type: worker pods of the Module failed on some nodes and wait for their retry. The
+/// hub reads its message back through the ManifestWork, so the MCM status names the reason.
+pub const WORKERS_FAILING: &str = "WorkersFailing";
+
+/// Longest message of the `WorkersFailing` condition.
+const MAX_FAILURE_MESSAGE: usize = 400;
+
+/// A worker pod of the Module that failed: its node and one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub node: String,
+    pub reason: String,
+}
+
+/// Failed worker pods (phase `Failed`, with a worker action) among `pods`, sorted by node.
+pub fn worker_failures(pods: &[Pod]) -> Vec<WorkerFailure> {
+    let mut out: Vec<WorkerFailure> = pods
+        .iter()
+        .filter(|p| p.labels().contains_key(WORKER_ACTION_LABEL))
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .map(|p| WorkerFailure {
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            reason: termination(p)
+                .1
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    out.dedup_by(|a, b| a.node == b.node);
+    out
+}
+
+/// `<n> node(s) failing; <first node>: <its reason>`, cut to a bounded length.
+fn failure_message(failures: &[WorkerFailure]) -> Option<String> {
+    let first = failures.first()?;
+    let mut text = format!(
+        "{} node(s) failing; {}: {}",
+        failures.len(),
+        first.node,
+        first.reason
+    );
+    if text.len() > MAX_FAILURE_MESSAGE {
+        let mut end = MAX_FAILURE_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    Some(text)
+}
+
+/// The status kmm-spoke reports for `module`; `failures` are its failed worker pods.
 pub fn module_status(
     module: &Module,
     nodes: &[Node],
     nmcs: &[NodeModulesConfig],
     daemonsets: &[DaemonSet],
+    failures: &[WorkerFailure],
     now: Timestamp,
 ) -> ModuleStatus {
     let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
@@ -110,6 +178,16 @@ pub fn module_status(
             KERNEL_MAPPINGS_INVALID,
             "InvalidKernelMapping",
             &e.to_string(),
+            module.metadata.generation,
+            now,
+        ));
+    }
+    if let Some(message) = failure_message(failures) {
+        conditions.push(condition(
+            current,
+            WORKERS_FAILING,
+            "WorkerFailed",
+            &message,
             module.metadata.generation,
             now,
         ));
@@ -231,7 +309,14 @@ mod tests {
             mk_nmc(Some("v2"), None),       // not yet
             mk_nmc(None, Some("v1")),       // being unloaded: not desired
         ];
-        let status = module_status(&module, &nodes, &nmcs, &[mk_ds(1), mk_ds(2)], Timestamp::now());
+        let status = module_status(
+            &module,
+            &nodes,
+            &nmcs,
+            &[mk_ds(1), mk_ds(2)],
+            &[],
+            Timestamp::now(),
+        );
         assert_eq!(
             status.module_loader,
             Some(DaemonSetStatus {
@@ -255,7 +340,7 @@ mod tests {
     fn build_or_sign_gets_a_managed_mode_condition_that_keeps_its_transition_time() {
         let mut module = mk_module("");
         assert!(
-            module_status(&module, &[], &[], &[], Timestamp::now())
+            module_status(&module, &[], &[], &[], &[], Timestamp::now())
                 .conditions
                 .is_empty()
         );
@@ -267,7 +352,7 @@ mod tests {
             .container
             .kernel_mappings[0]
             .build = Some(Default::default());
-        let first = module_status(&module, &[], &[], &[], Timestamp::UNIX_EPOCH);
+        let first = module_status(&module, &[], &[], &[], &[], Timestamp::UNIX_EPOCH);
         let c = &first.conditions[0];
         assert_eq!(
             (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
@@ -275,15 +360,55 @@ mod tests {
         );
         assert_eq!(c.observed_generation, Some(3));
         module.status = Some(first.clone());
-        let again = module_status(&module, &[], &[], &[], Timestamp::now());
+        let again = module_status(&module, &[], &[], &[], &[], Timestamp::now());
         assert_eq!(again, first, "unchanged status: no write, no hot loop");
+    }
+
+    fn failed_worker(node: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("kmm-worker-{node}"), "labels": {WORKER_ACTION_LABEL: "Load"}},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "message": message}}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn failing_workers_give_a_condition_naming_the_count_the_first_node_and_its_reason() {
+        let module = mk_module("");
+        let mut running = failed_worker("node-c", "x");
+        running.status.as_mut().unwrap().phase = Some("Running".into());
+        let pods = [
+            failed_worker("node-b", "loading kmm_ci_a: Required key not available\nmore"),
+            failed_worker("node-a", "modprobe: FATAL: Module kmm_ci_a not found"),
+            running,
+        ];
+        let failures = worker_failures(&pods);
+        assert_eq!(failures.len(), 2, "the running pod is not a failure");
+        let status = module_status(&module, &[], &[], &[], &failures, Timestamp::now());
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == WORKERS_FAILING)
+            .unwrap();
+        assert_eq!(
+            c.message,
+            "2 node(s) failing; node-a: modprobe: FATAL: Module kmm_ci_a not found"
+        );
+        let long = [failed_worker("node-a", &"x".repeat(2000))];
+        let status = module_status(&module, &[], &[], &[], &worker_failures(&long), Timestamp::now());
+        assert!(status.conditions[0].message.len() <= MAX_FAILURE_MESSAGE + 3);
+        let healthy = module_status(&module, &[], &[], &[], &[], Timestamp::now());
+        assert!(healthy.conditions.iter().all(|c| c.type_ != WORKERS_FAILING));
     }
 
     #[test]
     fn without_sections_there_are_no_counts() {
         let mut module = mk_module("");
         module.spec.module_loader = None;
-        let status = module_status(&module, &[mk_node("gpu")], &[], &[], Timestamp::now());
+        let status = module_status(&module, &[mk_node("gpu")], &[], &[], &[], Timestamp::now());
         assert_eq!(status.module_loader, None);
         assert_eq!(status.device_plugin, None);
     }

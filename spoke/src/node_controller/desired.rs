@@ -254,7 +254,9 @@ fn pod_phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
-fn termination(pod: &Pod) -> (Option<Timestamp>, String) {
+/// When the pod's worker container ended, and its one-line reason (the termination message the
+/// worker wrote, else the container's reason or exit code).
+pub fn termination(pod: &Pod) -> (Option<Timestamp>, String) {
     let terminated = pod
         .status
         .as_ref()

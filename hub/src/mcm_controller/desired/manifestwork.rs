@@ -17,7 +17,11 @@ use kube::Resource;
 /// Field manager the OCM work agent uses for the Module on the spoke; must start with `work-agent`.
 pub const WORK_AGENT_FIELD_MANAGER: &str = "work-agent-kmm";
 
-/// The Module status fields each ManifestWork reads back, as `(feedback name, JSONPath)`.
+/// Feedback name of the spoke's `WorkersFailing` condition message (why workers fail).
+pub const WORKERS_FAILING_FEEDBACK: &str = "moduleLoader.workersFailing";
+
+/// The Module status fields each ManifestWork reads back, as `(feedback name, JSONPath)`: the
+/// nine node counts and the message of kmm-spoke's `WorkersFailing` condition.
 pub fn feedback_paths() -> Vec<(String, String)> {
     let mut paths = Vec::new();
     for section in ["moduleLoader", "devicePlugin", "dra"] {
@@ -25,6 +29,10 @@ pub fn feedback_paths() -> Vec<(String, String)> {
             paths.push((format!("{section}.{field}"), format!(".status.{section}.{field}")));
         }
     }
+    paths.push((
+        WORKERS_FAILING_FEEDBACK.to_owned(),
+        r#".status.conditions[?(@.type=="WorkersFailing")].message"#.to_owned(),
+    ));
     paths
 }
 
@@ -142,13 +150,15 @@ mod tests {
     }
 
     #[test]
-    fn asks_for_the_nine_status_counts_and_applies_with_a_work_agent_manager() {
+    fn asks_for_the_nine_status_counts_and_the_worker_failure_and_applies_with_a_work_agent_manager() {
         let work = manifest_work(&mk_mcm(), "c", ModuleSpec::default()).unwrap();
         let config = &work.spec.manifest_configs[0];
         assert_eq!(config.resource_identifier.resource, "modules");
         assert_eq!(config.resource_identifier.namespace, "kmm-spoke");
         let paths = &config.feedback_rules[0].json_paths;
-        assert_eq!(paths.len(), 9);
+        assert_eq!(paths.len(), 10);
+        assert!(paths.iter().any(|p| p.name == WORKERS_FAILING_FEEDBACK
+            && p.path == r#".status.conditions[?(@.type=="WorkersFailing")].message"#));
         assert!(
             paths.iter().any(|p| p.name == "moduleLoader.availableNumber"
                 && p.path == ".status.moduleLoader.availableNumber")

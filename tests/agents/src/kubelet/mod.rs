@@ -303,6 +303,10 @@ impl KubeletLoop {
                     Some(root) => pods::materialize_volumes(&self.client, &pod, root).await,
                     None => Ok(Vec::new()),
                 };
+                // The container's termination message file, as a file of the pod's folder.
+                let termination = self.opts.exec_root.as_ref().and_then(|root| {
+                    pods::termination_file(&pod, &root.join(pod.uid().unwrap_or_else(|| pod.name_any())))
+                });
                 let init = match (&self.opts.exec_root, &self.opts.exec_images) {
                     (Some(root), Some(images)) => Some((
                         root.join(pod.uid().unwrap_or_else(|| pod.name_any())),
@@ -311,6 +315,13 @@ impl KubeletLoop {
                     _ => None,
                 };
                 self.execs.spawn(async move {
+                    let volumes = volumes.map(|mut mounts| {
+                        if let Some((path, file)) = &termination {
+                            mounts.push((path.clone(), file.display().to_string()));
+                            mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+                        }
+                        mounts
+                    });
                     let volumes = match (volumes, init) {
                         (Ok(mut mounts), Some((pod_dir, images))) => {
                             match images::run_init_containers(&pod, &pod_dir, &images, timeout).await {
@@ -329,7 +340,13 @@ impl KubeletLoop {
                         (Err(e), _) => Err((126, e)),
                     };
                     let result = match volumes {
-                        Ok(mounts) => pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await,
+                        Ok(mounts) => {
+                            let result = pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await;
+                            match &termination {
+                                Some((_, file)) => pods::with_termination_message(result, file),
+                                None => result,
+                            }
+                        }
                         Err((code, e)) => pods::ExecResult {
                             output: e.clone(),
                             outcome: Outcome::failed(code, e),

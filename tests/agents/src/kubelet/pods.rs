@@ -226,12 +226,28 @@ pub async fn materialize_volumes(
 }
 
 /// Points every mount path at its materialized folder, in one pass (a replaced path is never
-/// rewritten again), longest mount path first.
+/// rewritten again), longest mount path first. A mount path is only recognised as a whole path:
+/// at the start of the text or after a character that cannot end a path (`=`, `:`, `-`, a
+/// space...), and followed by the end, `/` or such a character (`/tmp` is not rewritten inside
+/// `/work/target/tmp` nor in `/tmpfs`).
 fn rewrite(text: &str, mounts: &[(String, String)]) -> String {
+    let in_path = |c: char| c.is_alphanumeric() || matches!(c, '/' | '.' | '-' | '_');
+    // `-` may end a shell operator before a path (`${VAR:-/workspace}`).
+    let ends_path = |c: char| c.is_alphanumeric() || matches!(c, '/' | '.' | '_');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut previous: Option<char> = None;
     while let Some(c) = rest.chars().next() {
-        match mounts.iter().find(|(from, _)| rest.starts_with(from.as_str())) {
+        let at_boundary = previous.is_none_or(|p| !ends_path(p));
+        let whole = |from: &str| {
+            rest.starts_with(from)
+                && rest[from.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|n| n == '/' || !in_path(n))
+        };
+        previous = Some(c);
+        match mounts.iter().find(|(from, _)| at_boundary && whole(from)) {
             Some((from, to)) => {
                 out.push_str(to);
                 rest = &rest[from.len()..];
@@ -243,6 +259,33 @@ fn rewrite(text: &str, mounts: &[(String, String)]) -> String {
         }
     }
     out
+}
+
+/// The first container's termination message path (default `/dev/termination-log`) and the
+/// empty file under `pod_dir` standing in for it, as the kubelet mounts one per container.
+pub fn termination_file(pod: &Pod, pod_dir: &std::path::Path) -> Option<(String, std::path::PathBuf)> {
+    let container = pod.spec.as_ref()?.containers.first()?;
+    let path = container
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".to_owned());
+    let file = pod_dir.join("termination-log");
+    std::fs::create_dir_all(pod_dir).ok()?;
+    std::fs::write(&file, b"").ok()?;
+    Some((path, file))
+}
+
+/// A failed run's message as the kubelet reports it: what the container wrote to its
+/// termination message file, else (FallbackToLogsOnError, or nothing written) the output's tail.
+pub fn with_termination_message(mut result: ExecResult, file: &std::path::Path) -> ExecResult {
+    let written = std::fs::read_to_string(file).unwrap_or_default();
+    let written = tail(written.trim(), MAX_TERMINATION_MESSAGE).to_owned();
+    if let Outcome::Failed { message, .. } = &mut result.outcome
+        && !written.is_empty()
+    {
+        *message = written;
+    }
+    result
 }
 
 /// Runs the pod's first container command; never panics, every problem becomes a failure.
@@ -414,6 +457,32 @@ mod tests {
 }
 
 #[cfg(test)]
+mod termination_tests {
+    use super::*;
+
+    #[test]
+    fn the_written_termination_message_wins_over_the_output_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "worker"}]}}))
+        .unwrap();
+        let (path, file) = termination_file(&pod, dir.path()).unwrap();
+        assert_eq!(path, "/dev/termination-log");
+        let failed = || ExecResult {
+            output: "line 1\nline 2".into(),
+            outcome: Outcome::failed(1, "line 1\nline 2"),
+        };
+        let fallback = with_termination_message(failed(), &file);
+        assert!(matches!(&fallback.outcome, Outcome::Failed { message, .. } if message == "line 1\nline 2"));
+        std::fs::write(&file, "loading m: Required key not available\n").unwrap();
+        let written = with_termination_message(failed(), &file);
+        assert!(
+            matches!(&written.outcome, Outcome::Failed { message, .. } if message == "loading m: Required key not available")
+        );
+    }
+}
+
+#[cfg(test)]
 mod rewrite_tests {
     #[test]
     fn mount_paths_are_rewritten_longest_first() {
@@ -430,5 +499,17 @@ mod rewrite_tests {
         );
         assert_eq!(super::rewrite("/run/kmm/auth", &mounts), "/tmp/p/run/kmm/auth");
         assert_eq!(super::rewrite("/elsewhere", &mounts), "/elsewhere");
+        let tmp = vec![("/tmp".to_string(), "/x/pod/tmp".to_string())];
+        assert_eq!(
+            super::rewrite("--shared-root=/tmp", &tmp),
+            "--shared-root=/x/pod/tmp"
+        );
+        assert_eq!(super::rewrite("/tmp/opt", &tmp), "/x/pod/tmp/opt");
+        assert_eq!(
+            super::rewrite("--log=/work/target/tmp/a/log", &tmp),
+            "--log=/work/target/tmp/a/log"
+        );
+        assert_eq!(super::rewrite("/tmpfs", &tmp), "/tmpfs");
+        assert_eq!(super::rewrite("ws=${W:-/tmp}", &tmp), "ws=${W:-/x/pod/tmp}");
     }
 }
