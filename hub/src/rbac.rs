@@ -2,8 +2,8 @@
 //!
 //! `kmm-hub rbac` prints the ClusterRole, Roles and bindings; `just gen` writes them to
 //! `manifests/hub/rbac.yaml`, and a test fails when that file differs from [`render`]. Another
-//! test runs the real `kmm-hub run` against the simulator as the hub's ServiceAccount and checks
-//! that every request it made is granted here. When the code starts calling something new, add a
+//! test runs the real `kmm-hub run` as the hub's ServiceAccount, records its requests and checks
+//! that every one is granted here. When the code starts calling something new, add a
 //! row below, with the reason.
 //!
 //! The read-only subcommands (`render`, `status`) run with the user's own kubeconfig and need only

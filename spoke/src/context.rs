@@ -12,7 +12,12 @@ use kmm_api::Module;
 use kube::{
     Client,
     core::DeserializeGuard,
-    runtime::{events::Recorder, finalizer, reflector::Store},
+    runtime::{
+        controller::{Action, Error as ControllerError},
+        events::Recorder,
+        finalizer,
+        reflector::Store,
+    },
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -107,6 +112,33 @@ impl Error {
             Error::StillLoaded(_) => Some(Duration::from_secs(5)),
             _ => Some(Duration::from_secs(2)),
         }
+    }
+}
+
+/// The retry policy of both controllers: errors the user must fix wait for a change, the rest
+/// come back after [`Error::retry_after`].
+pub fn error_policy<K>(_object: Arc<K>, err: &Error, _ctx: SharedCtx) -> Action {
+    match err.retry_after() {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
+}
+
+/// Counts one reconcile of `controller` and, when it failed, its bounded reason (and logs it).
+pub fn record_reconcile<T, E: std::fmt::Display>(
+    metrics: &Metrics,
+    controller: &'static str,
+    result: &Result<T, ControllerError<Error, E>>,
+) {
+    metrics.reconciled(controller);
+    if let Err(error) = result {
+        let reason = match error {
+            ControllerError::ReconcilerFailed(e, _) => e.reason(),
+            ControllerError::QueueError(_) => "WatchError",
+            _ => "Other",
+        };
+        metrics.reconcile_failed(controller, reason);
+        tracing::warn!(%error, reason, controller, "reconcile failed");
     }
 }
 

@@ -3,8 +3,8 @@
 //! `kmm-spoke rbac` prints the ClusterRole and its binding, plus the ClusterRole that lets OCM's
 //! work agent apply Modules; `just gen` writes them to `manifests/spoke/rbac.yaml`, and a test
 //! fails when that file differs from [`render`]. Another test runs the real `kmm-spoke run`
-//! against the simulator as the spoke's ServiceAccount and checks that every request it made is
-//! granted here. When the code starts calling something new, add a row below, with the reason.
+//! as the spoke's ServiceAccount, records its requests and checks that every one is granted
+//! here. When the code starts calling something new, add a row below, with the reason.
 //!
 //! Everything is cluster-wide: Modules, their worker pods, device-plugin DaemonSets and Events
 //! live in namespaces chosen by the Module authors, and the other kinds are cluster-scoped.

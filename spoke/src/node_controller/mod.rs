@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use self::desired::{NodeDesired, NodeObserved};
 use crate::{
-    context::{Error, FIELD_MANAGER, SharedCtx, is_status, kube_err},
+    context::{Error, FIELD_MANAGER, SharedCtx, error_policy, is_status, kube_err, record_reconcile},
     metrics::ActionLabels,
     worker::{
         pod::{MODULE_NAME_LABEL, WorkerPodInput, worker_pod},
@@ -84,28 +84,10 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| {
-            let metrics = metrics.clone();
-            async move {
-                metrics.reconciled(CONTROLLER);
-                if let Err(error) = res {
-                    let reason = match &error {
-                        kube::runtime::controller::Error::ReconcilerFailed(e, _) => e.reason(),
-                        kube::runtime::controller::Error::QueueError(_) => "WatchError",
-                        _ => "Other",
-                    };
-                    metrics.reconcile_failed(CONTROLLER, reason);
-                    tracing::warn!(%error, reason, "node reconcile failed");
-                }
-            }
+            record_reconcile(&metrics, CONTROLLER, &res);
+            std::future::ready(())
         })
         .await;
-}
-
-fn error_policy(_node: Arc<Node>, err: &Error, _ctx: SharedCtx) -> Action {
-    match err.retry_after() {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    }
 }
 
 /// One pass over one node.
