@@ -12,71 +12,23 @@ use std::{
     time::Duration,
 };
 
+use kmm_fleet_tests::{
+    manifests::{self, without_labels},
+    process::http_get,
+};
 use serde_json::Value;
 use support::fleet::repo_root;
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", &repo_root().join(dir).display().to_string()])
-        .output()
-        .expect("kubectl runs (scripts/test-deps installs Debian's kubernetes-client)");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    kmm_sim::parse_documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    manifests::kustomize(&repo_root().join(dir)).unwrap()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind} {name} is not in the kustomization"))
+    manifests::find(docs, kind, name).unwrap()
 }
 
-fn without_labels(mut v: Value) -> Value {
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("labels");
-    }
-    v
-}
-
-/// The container's environment as the kubelet would set it (envFrom ConfigMaps first, then env;
-/// fieldRefs resolved for a pod `pod_name` in the Deployment's namespace).
-pub fn container_env(docs: &[Value], deployment: &Value, pod_name: &str) -> BTreeMap<String, String> {
-    let ns = deployment["metadata"]["namespace"].as_str().unwrap();
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let mut env = BTreeMap::new();
-    for from in c["envFrom"].as_array().into_iter().flatten() {
-        let cm = from["configMapRef"]["name"]
-            .as_str()
-            .expect("only ConfigMap envFrom");
-        let cm = find(docs, "ConfigMap", cm);
-        assert_eq!(
-            cm["metadata"]["namespace"], ns,
-            "the ConfigMap is in the pod's namespace"
-        );
-        for (k, v) in cm["data"].as_object().unwrap() {
-            env.insert(
-                k.clone(),
-                v.as_str().expect("ConfigMap values are strings").to_string(),
-            );
-        }
-    }
-    for e in c["env"].as_array().into_iter().flatten() {
-        let name = e["name"].as_str().unwrap().to_string();
-        let value = if let Some(v) = e["value"].as_str() {
-            v.to_string()
-        } else {
-            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some("metadata.namespace") => ns.to_string(),
-                Some("metadata.name") => pod_name.to_string(),
-                other => panic!("unexpected env source for {name}: {other:?}"),
-            }
-        };
-        env.insert(name, value);
-    }
-    env
+fn container_env(docs: &[Value], deployment: &Value, pod_name: &str) -> BTreeMap<String, String> {
+    manifests::container_env(docs, deployment, pod_name).unwrap()
 }
 
 #[test]
@@ -246,17 +198,5 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
 }
 
 async fn http_ok(port: u16, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await;
-    buf.starts_with("HTTP/1.1 200")
+    http_get(port, path).await.is_some()
 }

@@ -14,32 +14,18 @@ use std::{
 };
 
 use common::ROOT;
+use kmm_fleet_tests::{
+    manifests::{self, without_labels},
+    process::http_get,
+};
 use serde_json::Value;
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/{dir}")])
-        .output()
-        .expect("kubectl runs (scripts/test-deps installs Debian's kubernetes-client)");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    kmm_sim::parse_documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    manifests::kustomize(std::path::Path::new(&format!("{ROOT}/{dir}"))).unwrap()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind} {name} is not in the kustomization"))
-}
-
-fn without_labels(mut v: Value) -> Value {
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("labels");
-    }
-    v
+    manifests::find(docs, kind, name).unwrap()
 }
 
 fn help_default(flag: &str) -> String {
@@ -151,30 +137,7 @@ fn the_deployment_sets_every_environment_setting() {
 
 /// envFrom ConfigMaps, then env, with fieldRefs resolved for a pod named `kmm-spoke-0`.
 fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String> {
-    let ns = deployment["metadata"]["namespace"].as_str().unwrap();
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let mut env = BTreeMap::new();
-    for from in c["envFrom"].as_array().into_iter().flatten() {
-        let cm = find(docs, "ConfigMap", from["configMapRef"]["name"].as_str().unwrap());
-        assert_eq!(cm["metadata"]["namespace"], ns);
-        for (k, v) in cm["data"].as_object().unwrap() {
-            env.insert(k.clone(), v.as_str().unwrap().to_string());
-        }
-    }
-    for e in c["env"].as_array().into_iter().flatten() {
-        let name = e["name"].as_str().unwrap().to_string();
-        let value = match (
-            e["value"].as_str(),
-            e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
-        ) {
-            (Some(v), _) => v.to_string(),
-            (None, Some("metadata.namespace")) => ns.to_string(),
-            (None, Some("metadata.name")) => "kmm-spoke-0".to_string(),
-            other => panic!("unexpected env source for {name}: {other:?}"),
-        };
-        env.insert(name, value);
-    }
-    env
+    manifests::container_env(docs, deployment, "kmm-spoke-0").unwrap()
 }
 
 /// The Deployment as rendered starts `kmm-spoke` against a simulated spoke, authenticated as its
@@ -247,17 +210,7 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
 }
 
 async fn http_ok(port: u16, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await;
-    buf.starts_with("HTTP/1.1 200")
+    http_get(port, path).await.is_some()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! - [`registry`]: a CNCF distribution registry on loopback.
 //! - [`images`]: module images (busybox plus a depmod'ed module tree) pushed with umoci/skopeo.
 //! - [`kmod`]: the test kernel module, compiled against the installed headers.
+//! - [`manifests`]: the install manifests as kustomize renders them (the manifests tests).
 //! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics.
 //! - [`fleet`]: the clusters, agents and processes together.
 //! - [`demo`]: the fleet `just demo` starts, and its status table.
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod fleet;
 pub mod images;
 pub mod kmod;
+pub mod manifests;
 pub mod process;
 pub mod registry;
 
