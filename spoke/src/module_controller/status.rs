@@ -20,7 +20,7 @@ use kube::ResourceExt;
 
 use crate::{
     node_controller::desired::{targets, termination},
-    worker::pod::WORKER_ACTION_LABEL,
+    worker::pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
 };
 
 /// Condition: the Module asks for a build or signing, which a managed spoke never does.
@@ -54,25 +54,26 @@ pub struct WorkerFailure {
     pub reason: String,
 }
 
-/// Failed worker pods (phase `Failed`, with a worker action) among `pods`, sorted by node.
+/// Nodes whose worker for this Module is failing, sorted by node: a failed worker pod (its
+/// reason), or a retry still under way (the previous attempt's reason, from its annotation).
 pub fn worker_failures(pods: &[Pod]) -> Vec<WorkerFailure> {
     let mut out: Vec<WorkerFailure> = pods
         .iter()
         .filter(|p| p.labels().contains_key(WORKER_ACTION_LABEL))
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
-        .map(|p| WorkerFailure {
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            reason: termination(p)
-                .1
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+        .filter_map(|p| {
+            let reason = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Failed") => termination(p).1,
+                Some("Succeeded") => return None,
+                _ => p.annotations().get(WORKER_LAST_FAILURE_ANNOTATION)?.clone(),
+            };
+            Some(WorkerFailure {
+                node: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                reason: reason.lines().next().unwrap_or_default().trim().to_owned(),
+            })
         })
         .collect();
     out.sort_by(|a, b| a.node.cmp(&b.node));
@@ -380,13 +381,32 @@ mod tests {
         let module = mk_module("");
         let mut running = failed_worker("node-c", "x");
         running.status.as_mut().unwrap().phase = Some("Running".into());
+        let mut retrying = failed_worker("node-d", "x");
+        retrying.status.as_mut().unwrap().phase = Some("Running".into());
+        retrying.metadata.annotations = Some(
+            [(
+                WORKER_LAST_FAILURE_ANNOTATION.to_owned(),
+                "loading m: Key was rejected by service".to_owned(),
+            )]
+            .into(),
+        );
+        let mut succeeded = retrying.clone();
+        succeeded.spec.as_mut().unwrap().node_name = Some("node-e".into());
+        succeeded.status.as_mut().unwrap().phase = Some("Succeeded".into());
         let pods = [
             failed_worker("node-b", "loading kmm_ci_a: Required key not available\nmore"),
             failed_worker("node-a", "modprobe: FATAL: Module kmm_ci_a not found"),
             running,
+            retrying,
+            succeeded,
         ];
         let failures = worker_failures(&pods);
-        assert_eq!(failures.len(), 2, "the running pod is not a failure");
+        assert_eq!(
+            failures.iter().map(|f| f.node.as_str()).collect::<Vec<_>>(),
+            ["node-a", "node-b", "node-d"],
+            "a first run and a succeeded retry are not failures; a running retry still is"
+        );
+        assert_eq!(failures[2].reason, "loading m: Key was rejected by service");
         let status = module_status(&module, &[], &[], &[], &failures, Timestamp::now());
         let c = status
             .conditions
@@ -395,7 +415,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.message,
-            "2 node(s) failing; node-a: modprobe: FATAL: Module kmm_ci_a not found"
+            "3 node(s) failing; node-a: modprobe: FATAL: Module kmm_ci_a not found"
         );
         let long = [failed_worker("node-a", &"x".repeat(2000))];
         let status = module_status(&module, &[], &[], &[], &worker_failures(&long), Timestamp::now());

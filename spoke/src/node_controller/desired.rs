@@ -67,6 +67,8 @@ pub struct PodPlan {
     pub item: ModuleItem,
     pub config: ModuleConfig,
     pub attempt: u32,
+    /// The previous attempt's reason, on a retry.
+    pub last_failure: Option<String>,
 }
 
 /// A Kubernetes Event about the node.
@@ -542,6 +544,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                             });
                             delete_failed(&mut out, pod_ref);
                             want.attempt = attempt + 1;
+                            want.last_failure = Some(message.clone());
                             out.create_pods.push(want);
                         } else {
                             let left = wait - since;
@@ -629,6 +632,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
 
 fn plan(action: Action, item: &ModuleItem, config: &ModuleConfig) -> PodPlan {
     PodPlan {
+        last_failure: None,
         action,
         item: item.clone(),
         config: config.clone(),

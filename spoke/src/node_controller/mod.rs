@@ -211,6 +211,7 @@ async fn apply(
                 config: &plan.config,
                 owner: owner.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
                 attempt: plan.attempt,
+                last_failure: plan.last_failure.as_deref(),
             },
             &ctx.settings.worker,
         )

@@ -31,6 +31,11 @@ pub const WORKER_ACTION_LABEL: &str = "kmm.node.kubernetes.io/worker-action";
 pub const WORKER_CONFIG_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-config";
 /// Annotation counting consecutive failed attempts before this pod (backoff).
 pub const WORKER_ATTEMPT_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-attempt";
+/// Annotation on a retry: the previous attempt's one-line reason (so the Module keeps reporting
+/// the failure while the retry runs).
+pub const WORKER_LAST_FAILURE_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-last-failure";
+/// Longest reason kept in that annotation.
+const MAX_LAST_FAILURE: usize = 512;
 /// Annotation with the module version a load pod loads (read back into the node record).
 pub const WORKER_VERSION_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-module-version";
 /// Where the firmware class path lives in sysfs.
@@ -75,6 +80,8 @@ pub struct WorkerPodInput<'a> {
     pub owner: Option<(&'a str, &'a str)>,
     /// Failed attempts before this one.
     pub attempt: u32,
+    /// The previous attempt's reason, on a retry.
+    pub last_failure: Option<&'a str>,
 }
 
 /// Name of the worker pod for a module on a node (one at a time, whatever the action).
@@ -117,6 +124,7 @@ pub fn worker_pod(
         config,
         owner,
         attempt,
+        last_failure,
     } = input;
     let firmware = config
         .modprobe
@@ -134,6 +142,14 @@ pub fn worker_pod(
         (WORKER_CONFIG_ANNOTATION.to_owned(), config_yaml(config)?),
         (WORKER_ATTEMPT_ANNOTATION.to_owned(), attempt.to_string()),
     ]);
+    if let Some(reason) = last_failure {
+        let line = reason.lines().next().unwrap_or_default();
+        let mut end = line.len().min(MAX_LAST_FAILURE);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        annotations.insert(WORKER_LAST_FAILURE_ANNOTATION.to_owned(), line[..end].to_owned());
+    }
     if let (Action::Load, Some(version)) = (action, item.version.as_ref()) {
         annotations.insert(WORKER_VERSION_ANNOTATION.to_owned(), version.clone());
     }
@@ -372,6 +388,7 @@ mod tests {
                 config: &mk_config(firmware),
                 owner: Some(("node-a", "uid-1")),
                 attempt: 2,
+                last_failure: Some("modprobe: FATAL: Module m not found\nsecond line"),
             },
             settings,
         )
@@ -404,6 +421,10 @@ mod tests {
         assert_eq!(labels[WORKER_ACTION_LABEL], "Load");
         let annotations = meta.annotations.as_ref().unwrap();
         assert_eq!(annotations[WORKER_ATTEMPT_ANNOTATION], "2");
+        assert_eq!(
+            annotations[WORKER_LAST_FAILURE_ANNOTATION], "modprobe: FATAL: Module m not found",
+            "one line"
+        );
         assert_eq!(annotations[WORKER_VERSION_ANNOTATION], "v2");
         let config: ModuleConfig = serde_saphyr::from_str(&annotations[WORKER_CONFIG_ANNOTATION]).unwrap();
         assert_eq!(config, mk_config(None));

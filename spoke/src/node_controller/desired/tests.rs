@@ -71,6 +71,7 @@ fn mk_pod(action: Action, e: &NodeModuleSpec, phase: &str, finished: Option<Time
             config: &e.config,
             owner: None,
             attempt,
+            last_failure: None,
         },
         &WorkerPodSettings::default(),
     )
@@ -293,6 +294,11 @@ fn a_failed_worker_is_retried_only_after_its_backoff() {
     );
     assert_eq!(d.create_pods.len(), 1);
     assert_eq!(d.create_pods[0].attempt, 2);
+    assert_eq!(
+        d.create_pods[0].last_failure.as_deref(),
+        Some("modprobe: FATAL: Module kmm_m not found"),
+        "the retry carries the reason it retries for"
+    );
     assert_eq!(d.events[0].reason, "WorkerFailed");
     assert!(
         d.events[0].note.contains("Module kmm_m not found"),
