@@ -138,7 +138,7 @@ pub struct ClusterProblem {
     pub state: String,
 
     /// Machine-readable cause, e.g. `NoKernelClaim`, `NoKernelMapping`, `ImageNotFound`,
-    /// `RegistryError`, `ApplyFailed`, `NotLoaded`.
+    /// `RegistryError`, `ApplyFailed`, `LoadFailed` (the spoke's workers fail; see the message).
     pub reason: String,
 
     /// What is wrong and how to fix it.

@@ -88,10 +88,10 @@ pub const ACCESS: &[Access] = &[
     Access {
         group: "batch",
         resource: "jobs",
-        verbs: &["list", "watch", "create", "delete"],
+        verbs: &["get", "list", "watch", "create", "delete"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "build and sign Jobs: the Job store, create, and delete once succeeded (--job-gc-delay-seconds)",
+        reason: "build and sign Jobs: the Job store, create (and get when another hub created it first), delete once succeeded (--job-gc-delay-seconds)",
     },
     Access {
         group: "",
