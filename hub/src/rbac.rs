@@ -107,7 +107,15 @@ pub const ACCESS: &[Access] = &[
         verbs: &["get"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "observe::pull_auth reads an MCM's imageRepoSecret to resolve tags to digests",
+        reason: "observe::pull_auth reads an MCM's imageRepoSecret to resolve tags to digests; build::missing_input checks build secrets and the signing key and certificate before a Job starts",
+    },
+    Access {
+        group: "",
+        resource: "configmaps",
+        verbs: &["get"],
+        names: &[],
+        scope: Scope::HubNamespace,
+        reason: "build::missing_input checks the dockerfileConfigMap before a build Job starts",
     },
     Access {
         group: "coordination.k8s.io",

@@ -111,6 +111,51 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
     })
     .await;
     push_image(&fleet.registry, &unsigned);
+    // The signing Secrets are missing, then one lacks its key: no sign Job, a clear problem.
+    let problem = |needle: &'static str| {
+        let client = fleet.hub.client();
+        async move {
+            Api::<ManagedClusterModule>::all(client)
+                .get("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| {
+                    s.problems
+                        .iter()
+                        .all(|p| p.reason == "BuildInputMissing" && p.message.contains(needle))
+                        && s.problems.len() == 2
+                })
+        }
+    };
+    eventually(30, "the missing key Secret reported", Some(&hub), || {
+        problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
+    })
+    .await;
+    fleet
+        .hub
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: aw==}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{tls.crt: Yw==}}\n"
+        ))
+        .unwrap();
+    eventually(30, "the cert Secret's missing key reported", Some(&hub), || {
+        problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
+    })
+    .await;
+    assert!(
+        jobs(&fleet)
+            .await
+            .iter()
+            .all(|j| j.labels()[JOB_TYPE_LABEL] == "build"),
+        "no sign Job without its inputs"
+    );
+    fleet
+        .hub
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: Yw==}}\n"
+        ))
+        .unwrap();
     eventually(30, "one sign Job after the build", Some(&hub), || async {
         jobs(&fleet)
             .await

@@ -7,7 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
-    api::{batch::v1::Job, core::v1::Pod},
+    api::{
+        batch::v1::Job,
+        core::v1::{ConfigMap, Pod, Secret},
+    },
     jiff::Timestamp,
 };
 use kmm_api::ManagedClusterModule;
@@ -69,6 +72,17 @@ pub async fn advance(
         }
     }
     for (name, (step, final_image)) in steps {
+        let exists = ctx.jobs.state().iter().any(|j| j.name_any() == name);
+        if !exists && let Some(message) = missing_input(&step, ctx).await? {
+            observed.pins.insert(
+                final_image,
+                Pin::Waiting {
+                    reason: reasons::BUILD_INPUT_MISSING,
+                    message,
+                },
+            );
+            continue;
+        }
         let state = ensure_job(mcm, ctx, &name, &step, trigger).await?;
         let kind = step.kind();
         let waiting = match state {
@@ -109,6 +123,73 @@ pub async fn advance(
         observed.pins.insert(final_image, waiting);
     }
     Ok(())
+}
+
+/// What a step needs in the hub's namespace and does not find there (a Job started without it
+/// would only sit with a pod that cannot start), as the message for the MCM status.
+async fn missing_input(step: &Step, ctx: &Context) -> Result<Option<String>, Error> {
+    let ns = &ctx.config.namespace;
+    let read = |what: String| move |source| Error::Write { what, source };
+    // (kind, name, MCM field, key the Job reads)
+    let needed: Vec<(&str, &str, &str, Option<&str>)> = match step {
+        Step::Build { build, .. } => std::iter::once((
+            "ConfigMap",
+            build.dockerfile_config_map.name.as_str(),
+            "build.dockerfileConfigMap",
+            Some(job::DOCKERFILE_KEY),
+        ))
+        .chain(
+            build
+                .secrets
+                .iter()
+                .flatten()
+                .map(|s| ("Secret", s.name.as_str(), "build.secrets", None)),
+        )
+        .collect(),
+        Step::Sign { sign, .. } => vec![
+            (
+                "Secret",
+                sign.key_secret.name.as_str(),
+                "sign.keySecret",
+                Some("key"),
+            ),
+            (
+                "Secret",
+                sign.cert_secret.name.as_str(),
+                "sign.certSecret",
+                Some("cert"),
+            ),
+        ],
+    };
+    for (kind, name, field, key) in needed {
+        let keys: Option<Vec<String>> = if kind == "ConfigMap" {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(read(format!("reading ConfigMap {ns}/{name}")))?
+                .map(|c| c.data.unwrap_or_default().into_keys().collect())
+        } else {
+            Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(read(format!("reading Secret {ns}/{name}")))?
+                .map(|s| s.data.unwrap_or_default().into_keys().collect())
+        };
+        match (keys, key) {
+            (None, _) => {
+                return Ok(Some(format!(
+                    "{kind} {ns}/{name} (spec.moduleSpec...{field}) does not exist; create it in the hub's namespace"
+                )));
+            }
+            (Some(keys), Some(key)) if !keys.iter().any(|k| k == key) => {
+                return Ok(Some(format!(
+                    "{kind} {ns}/{name} (spec.moduleSpec...{field}) has no key {key:?}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The Job's state, creating it when it does not exist yet.

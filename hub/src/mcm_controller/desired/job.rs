@@ -183,6 +183,9 @@ pub fn resolve(mcm: &ManagedClusterModule, kernel: &str) -> Option<ResolvedMappi
         .ok()
 }
 
+/// Key of the Dockerfile in the `dockerfileConfigMap` (as upstream).
+pub const DOCKERFILE_KEY: &str = "dockerfile";
+
 /// The shell script of a build Job. Positional arguments are buildah's `--build-arg`s; paths come
 /// from the environment so the same command runs outside a pod (tests run it with buildah here).
 pub const BUILD_SCRIPT: &str = r#"set -eu
@@ -262,7 +265,7 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
                 config_map: Some(ConfigMapVolumeSource {
                     name: build.dockerfile_config_map.name.clone(),
                     items: Some(vec![KeyToPath {
-                        key: "dockerfile".into(),
+                        key: DOCKERFILE_KEY.into(),
                         path: "dockerfile".into(),
                         mode: None,
                     }]),

@@ -39,6 +39,7 @@ pub mod reasons {
     pub const SIGNING: &str = "Signing";
     pub const BUILD_FAILED: &str = "BuildFailed";
     pub const SIGN_FAILED: &str = "SignFailed";
+    pub const BUILD_INPUT_MISSING: &str = "BuildInputMissing";
 }
 
 /// Does the MCM's label selector pick this cluster? `{}` picks every cluster.
