@@ -219,6 +219,7 @@ pub fn worker_pod(
         config,
         owner: None,
         attempt: 0,
+        last_failure: None,
     };
     kmm_spoke::worker::pod::worker_pod(&input, settings).context("building the worker pod")
 }
