@@ -14,6 +14,7 @@ use std::{collections::BTreeMap, process::Command};
 use k8s_openapi::api::batch::v1::Job;
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher, ScriptRule};
 use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_fleet_tests::images;
 use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
 use kube::{
     Api, ResourceExt,
@@ -327,23 +328,7 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     .unwrap();
     assert!(inspect["Digest"].as_str().unwrap().starts_with("sha256:"));
     // The layer holds the module at the path the kernel mapping promises.
-    let layout = kmod::scratch("buildah-readback");
-    run(Command::new("skopeo").args([
-        "copy",
-        "--src-tls-verify=false",
-        &dest,
-        &format!("oci:{}:v", layout.display()),
-    ]));
-    let bundle = layout.join("bundle");
-    run(Command::new("umoci")
-        .args([
-            "raw",
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:v", layout.display()),
-        ])
-        .arg(&bundle));
+    let bundle = images::unpack(&dest, &kmod::scratch("buildah-readback")).unwrap();
     let shipped = std::fs::read(bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"))).unwrap();
     assert_eq!(shipped, kmod::unsigned_module());
     let _ = std::fs::remove_dir_all(&storage);
@@ -473,23 +458,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
 
     // The shipped image holds the module, signed with our key.
     let dest = format!("docker://{final_repo}:{K1}");
-    let layout = kmod::scratch("pipeline-readback");
-    run(Command::new("skopeo").args([
-        "copy",
-        "--src-tls-verify=false",
-        &dest,
-        &format!("oci:{}:v", layout.display()),
-    ]));
-    let bundle = layout.join("bundle");
-    run(Command::new("umoci")
-        .args([
-            "raw",
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:v", layout.display()),
-        ])
-        .arg(&bundle));
+    let bundle = images::unpack(&dest, &kmod::scratch("pipeline-readback")).unwrap();
     let module = bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"));
     assert_eq!(kmod::modinfo(&module, "signer"), "kmm fleet test key");
     assert_eq!(kmod::modinfo(&module, "sig_hashalgo"), "sha256");

@@ -9,12 +9,11 @@ mod support;
 use std::{
     collections::BTreeMap,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use kmm_fleet_tests::{
     manifests::{self, without_labels},
-    process::http_get,
+    process::wait_ready_then_kill,
 };
 use serde_json::Value;
 use support::fleet::repo_root;
@@ -167,24 +166,9 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "kmm-hub exited ({status}) with the Deployment's configuration:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        if http_ok(port, "/readyz").await && http_ok(port, "/healthz").await {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "never ready:\n{text}");
+    let text = wait_ready_then_kill(&mut child, port, &log)
+        .await
+        .unwrap_or_else(|e| panic!("kmm-hub with the Deployment's configuration: {e:#}"));
     assert!(
         text.starts_with('{'),
         "KMM_LOG_FORMAT=json from the ConfigMap: {text}"
@@ -195,8 +179,4 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
             .any(|r| r.resource == "leases" && r.namespace.as_deref() == Some("kmm-hub")),
         "the Lease is in the namespace the downward API gave"
     );
-}
-
-async fn http_ok(port: u16, path: &str) -> bool {
-    http_get(port, path).await.is_some()
 }

@@ -10,13 +10,12 @@ mod common;
 use std::{
     collections::BTreeMap,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use common::ROOT;
 use kmm_fleet_tests::{
     manifests::{self, without_labels},
-    process::http_get,
+    process::wait_ready_then_kill,
 };
 use serde_json::Value;
 
@@ -178,24 +177,9 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut ok = false;
-    for _ in 0..200 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "kmm-spoke exited ({status}) with the Deployment's configuration:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        if http_ok(port, "/healthz").await && http_ok(port, "/readyz").await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ok, "never healthy and ready:\n{text}");
+    let text = wait_ready_then_kill(&mut child, port, &log)
+        .await
+        .unwrap_or_else(|e| panic!("kmm-spoke with the Deployment's configuration: {e:#}"));
     assert!(
         text.starts_with('{'),
         "KMM_LOG_FORMAT=json from the ConfigMap: {text}"
@@ -207,10 +191,6 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
             .any(|r| r.resource == "clusterclaims" && r.verb == "create"),
         "the kernel claim was written"
     );
-}
-
-async fn http_ok(port: u16, path: &str) -> bool {
-    http_get(port, path).await.is_some()
 }
 
 #[test]

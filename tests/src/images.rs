@@ -107,3 +107,19 @@ pub fn dockerfile(host: &str) -> String {
         "FROM {host}/kmm/fleet-src:1 AS src\nFROM {host}/kmm/fleet-base:1\nARG KERNEL_FULL_VERSION\nCOPY --from=src /trees/${{KERNEL_FULL_VERSION}}/ /opt/\n"
     )
 }
+
+/// Pulls `image` (a `docker://` reference, plain HTTP allowed) into `dir` and unpacks it; the
+/// root filesystem, to read what an image really ships.
+pub fn unpack(image: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let layout = fresh_dir(dir, "oci")?.join("layout");
+    let tagged = format!("{}:v", layout.display());
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", image])
+        .arg(format!("oci:{tagged}")))?;
+    let bundle = dir.join("bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    run(Command::new("umoci")
+        .args(["raw", "unpack", "--rootless", "--image", &tagged])
+        .arg(&bundle))?;
+    Ok(bundle)
+}

@@ -143,3 +143,25 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = buf.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
+
+/// Waits (up to 20 s) until a just-started binary answers 200 on `/healthz` and `/readyz` at
+/// `port`, then kills it; its log (`log`) on success, or why not (it exited, or never got ready,
+/// with the log).
+pub async fn wait_ready_then_kill(child: &mut Child, port: u16, log: &Path) -> anyhow::Result<String> {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("exited ({status}):\n{}", text());
+        }
+        if http_get(port, "/healthz").await.is_some() && http_get(port, "/readyz").await.is_some() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    anyhow::ensure!(ready, "never healthy and ready:\n{}", text());
+    Ok(text())
+}

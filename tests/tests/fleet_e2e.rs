@@ -20,7 +20,7 @@ use kmm_api::{
 use kmm_fleet_tests::{
     demo,
     fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
-    run,
+    images, run,
 };
 use kmm_sim::Faults;
 use kube::{
@@ -169,22 +169,10 @@ fn insmod_runs(fleet: &Fleet, spoke: &str) -> usize {
 
 /// Pulls `image` and returns the `modinfo -F signer` of its module for `kernel`.
 fn signer_of(fleet: &Fleet, image: &str, kernel: &str, name: &str) -> String {
-    let layout = fleet.dir.join(format!("readback-{name}"));
-    let _ = std::fs::remove_dir_all(&layout);
-    run(Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false", &format!("docker://{image}")])
-        .arg(format!("oci:{}:v", layout.display())))
-    .unwrap();
-    let bundle = layout.join("bundle");
-    run(Command::new("umoci")
-        .args([
-            "raw",
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:v", layout.display()),
-        ])
-        .arg(&bundle))
+    let bundle = images::unpack(
+        &format!("docker://{image}"),
+        &fleet.dir.join(format!("readback-{name}")),
+    )
     .unwrap();
     let ko = bundle.join(format!("opt/lib/modules/{kernel}/extra/kmm_fleet.ko"));
     run(Command::new("modinfo").args(["-F", "signer"]).arg(ko))

@@ -9,6 +9,7 @@ use std::{
 };
 
 use kmm_agents::{AgentHandle, RegistrationAgent, RegistrationOptions, WorkAgent, WorkAgentOptions};
+use kmm_fleet_tests::process::http_get;
 use kmm_sim::{Sim, SimCluster};
 
 use super::{Registry, free_port, start_registry};
@@ -226,21 +227,6 @@ impl HubProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Waits (up to `secs`) until `f` holds; panics with `what` and the hub log otherwise.
