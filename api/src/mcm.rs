@@ -21,10 +21,12 @@ use crate::{labels::MAX_NAMESPACE_AND_NAME_LEN, module::ModuleSpec, schema::cond
     status = "ManagedClusterModuleStatus",
     derive = "Default",
     derive = "PartialEq",
+    // The message uses `format` rather than `+ string(...)`: the API server's cost estimator cannot
+    // bound the length of `string(int)`, so a concatenation with it is refused as too costly.
     validation = Rule::new(
         "size(self.metadata.name) + size(self.spec.spokeNamespace) <= 41"
     ).message(Message::Expression(
-        "'metadata.name and spec.spokeNamespace together must be at most 41 characters (they are ' + string(size(self.metadata.name) + size(self.spec.spokeNamespace)) + '), so that the node label keys written on the spokes fit'".into()
+        "'metadata.name and spec.spokeNamespace together must be at most 41 characters (they are %d), so that the node label keys written on the spokes fit'.format([size(self.metadata.name) + size(self.spec.spokeNamespace)])".into()
     )),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.numberDesired",
         description = "Clusters that should run the Module"),

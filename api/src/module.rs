@@ -22,6 +22,18 @@ use crate::schema::conditions;
 /// refuses rules whose worst-case cost is unbounded; a cluster runs far fewer kernels than this.
 pub const MAX_KERNEL_MAPPINGS: usize = 500;
 
+/// Longest `containerImage` (before `${VAR}` substitution). A CEL rule searches the string for `:`
+/// and `@` once per kernel mapping, and the API server prices that search by the longest string the
+/// schema allows. A valid image reference is at most about 520 characters (repository name 255, tag
+/// 128, a sha512 digest 135), so 8 KiB leaves room for any reference, variables included.
+pub const MAX_IMAGE_LEN: usize = 8192;
+
+/// Longest `modprobe.moduleName`. The kernel limits module names to 55 characters
+/// (`MODULE_NAME_LEN`) and modprobe finds a module as the file `<name>.ko`, which a filesystem
+/// limits to 255 bytes. Bounded because the NodeModulesConfig carries the rule comparing it with
+/// `modulesLoadingOrder[0]` once per Module on the node.
+pub const MAX_MODULE_NAME_LEN: usize = 255;
+
 /// Desired state of a kernel module on the nodes that `selector` picks.
 // Each printcolumn(...) repeats the same keys, which clippy reads as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -125,8 +137,10 @@ pub struct ModuleLoaderContainerSpec {
     pub image_pull_policy: Option<String>,
 
     /// Default image for kernel mappings that set none. May use `${KERNEL_FULL_VERSION}` and the
-    /// other substitution variables.
+    /// other substitution variables. At most 8192 characters, far more than any image reference
+    /// needs (bounded so that the API server can price the tag-or-digest rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IMAGE_LEN))]
     #[x_kube(validation = Rule::new("self == '' || self.contains(':') || self.contains('@')")
         .message("containerImage must carry a tag (':') or a digest ('@')"))]
     pub container_image: Option<String>,
@@ -162,7 +176,7 @@ pub struct ModuleLoaderContainerSpec {
     pub in_tree_module_to_remove: Option<String>,
 
     /// Which image serves which kernel; the first mapping that matches a node's kernel wins.
-    #[schemars(length(min = 1, max = 500))]
+    #[schemars(length(min = 1, max = MAX_KERNEL_MAPPINGS))]
     pub kernel_mappings: Vec<KernelMapping>,
 }
 
@@ -177,8 +191,11 @@ pub struct ModuleLoaderContainerSpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KernelMapping {
-    /// Image for the matching kernels; defaults to the container-level containerImage.
+    /// Image for the matching kernels; defaults to the container-level containerImage. At most 8192
+    /// characters, far more than any image reference needs (bounded so that the API server can
+    /// price the tag-or-digest rule, checked once per mapping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IMAGE_LEN))]
     #[x_kube(validation = Rule::new("self == '' || self.contains(':') || self.contains('@')")
         .message("containerImage must carry a tag (':') or a digest ('@')"))]
     pub container_image: Option<String>,
@@ -315,8 +332,10 @@ fn default_dir_name() -> String {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModprobeSpec {
-    /// Kernel module to load (as modprobe names it).
+    /// Kernel module to load (as modprobe names it). At most 255 characters, the longest file name;
+    /// the kernel itself allows 55.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MODULE_NAME_LEN))]
     pub module_name: Option<String>,
 
     /// Module parameters, `key=value`.

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::module::ModprobeSpec;
 
+/// Most entries in `spec.modules` and in `status.modules`: one per Module that targets the node. A
+/// node loads a few hundred kernel modules in all, nearly all of them in-tree, so no node runs
+/// this many Modules. Bounded because the CEL rules on each entry's `modprobe` run once per entry,
+/// and the API server refuses them when the list is unbounded.
+pub const MAX_MODULES_PER_NODE: usize = 1024;
+
 /// Modules that should be loaded on one node.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -25,9 +31,10 @@ use crate::module::ModprobeSpec;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeModulesConfigSpec {
-    /// One entry per Module that targets this node.
+    /// One entry per Module that targets this node; at most 1024.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
+    #[schemars(length(max = MAX_MODULES_PER_NODE))]
     pub modules: Vec<NodeModuleSpec>,
 }
 
@@ -83,9 +90,10 @@ pub struct NodeModuleStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeModulesConfigStatus {
-    /// One entry per module kmm-spoke loaded and has not unloaded yet.
+    /// One entry per module kmm-spoke loaded and has not unloaded yet; at most 1024.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into(), "name".into()]))]
+    #[schemars(length(max = MAX_MODULES_PER_NODE))]
     pub modules: Vec<NodeModuleStatus>,
 }
 
