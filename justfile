@@ -5,9 +5,11 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Install what the tests need (Debian packages), when missing.
+# Install what the tests need (Debian packages) when missing, and build the test control plane
+# (kube-apiserver, etcd, controller-manager, scheduler, kubectl, OCM's agents) from its Go modules.
 deps:
     scripts/test-deps
+    scripts/controlplane-build
 
 # Simulated hub and spokes, a real registry, the real kmm-hub and kmm-spoke and an example
 # ManagedClusterModule; a status table until converged, then running until Ctrl-C.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -135,6 +136,7 @@ func runOCMAgent(args []string) int {
 	common.SpokeClusterName = *cluster
 	common.SpokeKubeconfigFile = *spoke
 	common.HubKubeconfigDir = *hubDir
+	common.HubKubeconfigFile = filepath.Join(*hubDir, "kubeconfig")
 	common.ComponentNamespace = *namespace
 	common.AgentID = *agentID
 	if common.AgentID == "" {
@@ -145,6 +147,8 @@ func runOCMAgent(args []string) int {
 	registration.ClusterHealthCheckPeriod = *health
 	work := workspoke.NewWorkloadAgentOptions()
 	work.StatusSyncInterval = *statusSync
+	// The work agent reads the hub credentials registration wrote (the kube driver).
+	work.WorkloadSourceConfig = common.HubKubeconfigFile
 
 	ctx := signalContext()
 	ctx, cancel := context.WithCancel(ctx)

@@ -10,11 +10,13 @@
 //! - [`fleet`]: the clusters, agents and processes together.
 //! - [`demo`]: the fleet `just demo` starts, and its status table.
 
+pub mod controlplane;
 pub mod demo;
 pub mod fleet;
 pub mod images;
 pub mod kmod;
 pub mod manifests;
+pub mod ocm;
 pub mod process;
 pub mod registry;
 

@@ -165,3 +165,54 @@ pub async fn wait_ready_then_kill(child: &mut Child, port: u16, log: &Path) -> a
     anyhow::ensure!(ready, "never healthy and ready:\n{}", text());
     Ok(text())
 }
+
+/// Any other long-running child process (the control planes' OCM agents): its arguments, a
+/// log file with stdout and stderr, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts `binary args...` with its output appended to `<dir>/<name>.log`.
+    pub fn start(binary: &Path, args: &[String], dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = Command::new(binary)
+            .args(args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {} {}", binary.display(), args.join(" ")))?;
+        Ok(Self {
+            child,
+            log,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `lines` lines of its log, titled.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), all[start..].join("\n"))
+    }
+}
