@@ -1,5 +1,6 @@
 //! Stand-ins for the fleet components that no test machine here runs: the OCM work agent, the OCM
-//! registration agent and a kubelet with DaemonSet and Job controllers.
+//! registration agent and a kubelet (Node registration, Leases, pod phases, graceful deletion) with
+//! DaemonSet and Job controllers for the simulator.
 //!
 //! Every agent talks to its API servers only through [`kube::Client`], so the same code runs
 //! against the in-memory simulator or a real cluster. Each `spawn` returns an [`AgentHandle`];
@@ -17,7 +18,8 @@ pub mod work;
 
 pub use handle::AgentHandle;
 pub use kubelet::{
-    Kubelet, KubeletOptions, KubeletScript, MemoryLogSink, Outcome, PodLogSink, PodMatcher, ScriptRule,
+    Kubelet, KubeletOptions, KubeletScript, MemoryLogSink, NodeControl, NodeRegistration, Outcome,
+    PodLogSink, PodMatcher, ScriptRule,
 };
 pub use registration::{RegistrationAgent, RegistrationOptions};
 pub use work::{WorkAgent, WorkAgentOptions};

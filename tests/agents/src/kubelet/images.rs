@@ -23,7 +23,9 @@ pub struct ImageOptions {
     pub insecure: bool,
 }
 
-/// A container that did not run to success: exit code and the output's tail.
+/// An init container that did not run to success: its exit code and termination message (what
+/// it wrote to its termination message file, else its log's tail for `FallbackToLogsOnError`;
+/// for an image that could not be pulled, the pull error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitFailure {
     pub container: String,
@@ -91,9 +93,23 @@ pub async fn run_init_containers(
             }
             std::fs::create_dir_all(&inside).map_err(|e| fail(128, format!("{}: {e}", inside.display())))?;
         }
-        run_chrooted(c, &root, timeout)
-            .await
-            .map_err(|(code, msg)| fail(code, msg))?;
+        if let Err((code, log)) = run_chrooted(c, &root, timeout).await {
+            // The termination message file is the one the chrooted command wrote, if any.
+            let path = c
+                .termination_message_path
+                .as_deref()
+                .unwrap_or("/dev/termination-log");
+            let written = std::fs::read(root.join(path.trim_start_matches('/'))).unwrap_or_default();
+            return Err(fail(
+                code,
+                super::status::termination_message(
+                    &written,
+                    super::status::falls_back_to_logs(c),
+                    code,
+                    &log,
+                ),
+            ));
+        }
     }
 
     let main = spec.containers.first();
@@ -180,7 +196,7 @@ async fn output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-/// Runs the container's command chrooted in `root`; `(exit code, output tail)` on failure.
+/// Runs the container's command chrooted in `root`; `(exit code, output)` on failure.
 async fn run_chrooted(c: &Container, root: &Path, timeout: Duration) -> Result<(), (i32, String)> {
     let argv: Vec<&String> = c
         .command
@@ -217,8 +233,7 @@ async fn run_chrooted(c: &Container, root: &Path, timeout: Duration) -> Result<(
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
-            let tail = super::pods::tail(&text, super::pods::MAX_TERMINATION_MESSAGE).to_owned();
-            Err((out.status.code().unwrap_or(137), tail))
+            Err((out.status.code().unwrap_or(137), text))
         }
     }
 }

@@ -1,127 +1,16 @@
-//! Pod status as the kubelet writes it, and the exec runner.
+//! The exec runner: a pod's first container run on this machine, with its ConfigMap and Secret
+//! volumes written out and its termination message file stood in for.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
 use super::script::Outcome;
-
-/// Longest termination message the kubelet keeps (it caps them at 4 KiB).
-pub const MAX_TERMINATION_MESSAGE: usize = 4096;
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-pub fn tail(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
-fn cond(type_: &str, status: bool, reason: Option<&str>, now: &str) -> Value {
-    let mut c =
-        json!({"type": type_, "status": if status { "True" } else { "False" }, "lastTransitionTime": now});
-    if let Some(r) = reason {
-        c["reason"] = json!(r);
-    }
-    c
-}
-
-fn time(t: Timestamp) -> String {
-    // RFC 3339 in whole seconds, like metav1.Time.
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| t.to_string())
-}
-
-/// The `status` the kubelet writes for `outcome` (for `Exec`, the running state).
-pub fn pod_status(pod: &Pod, outcome: &Outcome, now: Timestamp) -> Value {
-    let now_s = time(now);
-    let start = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| time(t.0))
-        .unwrap_or_else(|| now_s.clone());
-    let containers: Vec<(String, String)> = pod
-        .spec
-        .as_ref()
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let status_of = |state: Value, ready: bool, started: bool| -> Value {
-        Value::Array(
-            containers
-                .iter()
-                .map(|(name, image)| {
-                    json!({"name": name, "image": image, "imageID": "", "ready": ready, "started": started,
-                           "restartCount": 0, "state": state.clone()})
-                })
-                .collect(),
-        )
-    };
-    let scheduled = cond("PodScheduled", true, None, &now_s);
-    match outcome {
-        Outcome::Pending => json!({
-            "phase": "Pending",
-            "conditions": [scheduled, cond("Ready", false, Some("ContainersNotReady"), &now_s)],
-            "containerStatuses": status_of(json!({"waiting": {"reason": "ContainerCreating"}}), false, false),
-        }),
-        Outcome::Running | Outcome::Exec => json!({
-            "phase": "Running",
-            "hostIP": "10.0.0.1",
-            "podIP": "10.244.0.10",
-            "startTime": start,
-            "conditions": [
-                scheduled,
-                cond("Initialized", true, None, &now_s),
-                cond("ContainersReady", true, None, &now_s),
-                cond("Ready", true, None, &now_s),
-            ],
-            "containerStatuses": status_of(json!({"running": {"startedAt": start}}), true, true),
-        }),
-        Outcome::Succeeded | Outcome::Failed { .. } => {
-            let (phase, code, reason, message) = match outcome {
-                Outcome::Failed {
-                    exit_code,
-                    message,
-                    reason,
-                } => ("Failed", *exit_code, reason.as_str(), message.as_str()),
-                _ => ("Succeeded", 0, "Completed", ""),
-            };
-            let mut terminated =
-                json!({"exitCode": code, "reason": reason, "startedAt": start, "finishedAt": now_s});
-            if !message.is_empty() {
-                terminated["message"] = json!(tail(message, MAX_TERMINATION_MESSAGE));
-            }
-            json!({
-                "phase": phase,
-                "hostIP": "10.0.0.1",
-                "podIP": "10.244.0.10",
-                "startTime": start,
-                "conditions": [
-                    scheduled,
-                    cond("Initialized", true, None, &now_s),
-                    cond("ContainersReady", false, Some("PodCompleted"), &now_s),
-                    cond("Ready", false, Some("PodCompleted"), &now_s),
-                ],
-                "containerStatuses": status_of(json!({"terminated": terminated}), false, false),
-            })
-        }
-    }
-}
+pub use super::status::{MAX_TERMINATION_MESSAGE, tail};
+use super::status::{log_tail, termination_message};
 
 /// What running a pod's first container on this machine produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,15 +164,24 @@ pub fn termination_file(pod: &Pod, pod_dir: &std::path::Path) -> Option<(String,
     Some((path, file))
 }
 
-/// A failed run's message as the kubelet reports it: what the container wrote to its
-/// termination message file, else (FallbackToLogsOnError, or nothing written) the output's tail.
-pub fn with_termination_message(mut result: ExecResult, file: &std::path::Path) -> ExecResult {
-    let written = std::fs::read_to_string(file).unwrap_or_default();
-    let written = tail(written.trim(), MAX_TERMINATION_MESSAGE).to_owned();
-    if let Outcome::Failed { message, .. } = &mut result.outcome
-        && !written.is_empty()
+/// A failed run's termination message as the kubelet reports it (see
+/// [`termination_message`]): what the container wrote to `file`, else, with
+/// `fallback_to_logs`, its output's tail. Failures to start or to finish in time keep their own
+/// message, as the runtime's reason.
+pub fn with_termination_message(
+    mut result: ExecResult,
+    file: &std::path::Path,
+    fallback_to_logs: bool,
+) -> ExecResult {
+    let written = std::fs::read(file).unwrap_or_default();
+    if let Outcome::Failed {
+        exit_code,
+        message,
+        reason,
+    } = &mut result.outcome
+        && reason == "Error"
     {
-        *message = written;
+        *message = termination_message(&written, fallback_to_logs, *exit_code, &result.output);
     }
     result
 }
@@ -363,7 +261,8 @@ pub async fn run_exec_with(
             let outcome = if code == 0 {
                 Outcome::Succeeded
             } else {
-                Outcome::failed(code, tail(&output, MAX_TERMINATION_MESSAGE))
+                // No termination message file here: the log's tail stands in for it.
+                Outcome::failed(code, log_tail(&output))
             };
             ExecResult { output, outcome }
         }
@@ -400,35 +299,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tail_keeps_the_end_on_a_char_boundary() {
-        assert_eq!(tail("abc", 5), "abc");
-        assert_eq!(tail("abcdef", 3), "def");
-        assert_eq!(tail("aé", 1), "");
-        assert_eq!(tail("xaé", 2), "é");
-    }
-
-    #[test]
-    fn failed_status_carries_exit_code_reason_and_message() {
-        let p = pod_with(&["true"], &[], &[]);
-        let s = pod_status(&p, &Outcome::failed(3, "modprobe: FATAL"), Timestamp::now());
-        assert_eq!(s["phase"], "Failed");
-        let t = &s["containerStatuses"][0]["state"]["terminated"];
-        assert_eq!(t["exitCode"], 3);
-        assert_eq!(t["reason"], "Error");
-        assert_eq!(t["message"], "modprobe: FATAL");
-        let s = pod_status(&p, &Outcome::Running, Timestamp::now());
-        assert_eq!(s["phase"], "Running");
-        assert_eq!(s["containerStatuses"][0]["ready"], true);
-        assert!(
-            s["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        );
-    }
-
     #[tokio::test]
     async fn exec_runs_the_command_with_env_and_exit_code_decides() {
         let ok = pod_with(
@@ -459,6 +329,7 @@ mod tests {
 #[cfg(test)]
 mod termination_tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_written_termination_message_wins_over_the_output_tail() {
@@ -472,13 +343,25 @@ mod termination_tests {
             output: "line 1\nline 2".into(),
             outcome: Outcome::failed(1, "line 1\nline 2"),
         };
-        let fallback = with_termination_message(failed(), &file);
+        let fallback = with_termination_message(failed(), &file, true);
         assert!(matches!(&fallback.outcome, Outcome::Failed { message, .. } if message == "line 1\nline 2"));
+        let file_policy = with_termination_message(failed(), &file, false);
+        assert!(matches!(&file_policy.outcome, Outcome::Failed { message, .. } if message.is_empty()));
         std::fs::write(&file, "loading m: Required key not available\n").unwrap();
-        let written = with_termination_message(failed(), &file);
+        let written = with_termination_message(failed(), &file, true);
         assert!(
-            matches!(&written.outcome, Outcome::Failed { message, .. } if message == "loading m: Required key not available")
+            matches!(&written.outcome, Outcome::Failed { message, .. } if message == "loading m: Required key not available\n")
         );
+        let start_error = ExecResult {
+            output: "failed to start".into(),
+            outcome: Outcome::Failed {
+                exit_code: 128,
+                message: "failed to start".into(),
+                reason: "StartError".into(),
+            },
+        };
+        let kept = with_termination_message(start_error.clone(), &file, true);
+        assert_eq!(kept, start_error);
     }
 }
 
