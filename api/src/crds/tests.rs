@@ -8,6 +8,8 @@ use serde_json::Value;
 use super::*;
 use crate::ocm::{ClusterClaim, ManagedCluster, ManifestWork};
 
+mod cel_cost;
+
 fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
@@ -123,6 +125,92 @@ fn cel_rules_compile_use_only_crd_variables_and_iterate_bounded_lists() {
         checked >= 12,
         "expected the Module, NMC and MCM rules, found {checked}"
     );
+}
+
+#[test]
+fn cel_rules_fit_the_api_servers_cost_budget() {
+    for crd in hub_crds().iter().chain(&spoke_crds()) {
+        let name = crd.metadata.name.as_deref().unwrap_or_default();
+        let priced = cel_cost::price_schema(&schema_of(crd));
+        assert!(!priced.is_empty(), "{name} has CEL rules");
+        for p in &priced {
+            assert!(
+                p.total() <= cel_cost::PER_RULE_LIMIT,
+                "{name}{}: `{}` costs {} x {} runs, over the API server's limit of {} per rule: \
+                 add maxLength / maxItems to what it reads, or make it cheaper",
+                p.path,
+                p.expression,
+                p.cost,
+                p.cardinality,
+                cel_cost::PER_RULE_LIMIT
+            );
+        }
+        let total = priced.iter().fold(0u64, |sum, p| sum.saturating_add(p.total()));
+        assert!(
+            total <= cel_cost::PER_CRD_LIMIT,
+            "{name}: the rules cost {total} together, over the API server's limit of {}",
+            cel_cost::PER_CRD_LIMIT
+        );
+    }
+}
+
+/// The estimate agrees with the API server's (k8s.io/apiextensions-apiserver v0.34, rule by rule on
+/// these CRDs), and refuses what the API server refused before the rules were bounded.
+#[test]
+fn cel_cost_estimate_matches_the_api_server() {
+    let module = schema_of(&spoke_crds()[0]);
+    let nmc = schema_of(&spoke_crds()[1]);
+    let mcm = schema_of(&hub_crds()[0]);
+    let find = |schema: &Value, path: &str, expression: &str| -> (u64, u64) {
+        let p = cel_cost::price_schema(schema)
+            .into_iter()
+            .find(|p| p.path == path && p.expression.starts_with(expression))
+            .unwrap_or_else(|| panic!("no rule `{expression}` at {path}"));
+        (p.cost, p.cardinality)
+    };
+    let mapping_image = ".spec.moduleLoader.container.kernelMappings[].containerImage";
+    assert_eq!(find(&module, mapping_image, "self == ''"), (6557, 500));
+    assert_eq!(
+        find(
+            &module,
+            ".spec.moduleLoader.container",
+            "self.kernelMappings.all(m, !(has(m.sign)"
+        ),
+        (10003, 1)
+    );
+    assert_eq!(
+        find(
+            &module,
+            ".spec.moduleLoader.container",
+            "(has(self.containerImage)"
+        ),
+        (3006, 1)
+    );
+    assert_eq!(
+        find(&nmc, ".spec.modules[].config.modprobe", "has(self.moduleName)"),
+        (19, 1024)
+    );
+    assert_eq!(
+        find(
+            &nmc,
+            ".status.modules[].config.modprobe",
+            "!has(self.modulesLoadingOrder)"
+        ),
+        (114, 1024)
+    );
+    assert_eq!(find(&mcm, "", "size(self.metadata.name)"), (10, 1));
+    assert_eq!(find(&mcm, "", "'metadata.name and spec.spokeNamespace"), (34, 1));
+
+    // Unbounded: the image rule on a string of any length, once per mapping...
+    let unbounded_image = serde_json::json!({"type": "string"});
+    let cost = cel_cost::price(
+        "self == '' || self.contains(':') || self.contains('@')",
+        &unbounded_image,
+    );
+    assert!(cost * 500 > cel_cost::PER_RULE_LIMIT, "{cost}");
+    // ...and a message built with string(int), whose length nothing bounds.
+    let message = "'they are ' + string(size(self.metadata.name)) + ')'";
+    assert!(cel_cost::price(message, &mcm) > cel_cost::PER_RULE_LIMIT);
 }
 
 #[test]
