@@ -220,14 +220,18 @@ impl Kubelet {
 enum Stage {
     /// The status for this outcome was written; nothing more to do.
     Written(Outcome),
-    /// An exec is running; its result arrives on the channel.
-    Executing,
+    /// An exec is running (`started`: its init containers are done and its first container
+    /// runs); its reports arrive on the channel.
+    Executing { started: bool },
 }
 
-struct ExecDone {
+/// What an exec task reports: the status to write for its pod.
+struct ExecReport {
     pod: Pod,
     outcome: Outcome,
     failed_init: Option<InitFailure>,
+    /// The final outcome (else: the init containers are done, the container runs).
+    last: bool,
 }
 
 /// What an exec task needs besides the pod.
@@ -256,12 +260,12 @@ struct KubeletLoop {
     /// The exec task of each pod running one.
     running: HashMap<String, AbortHandle>,
     /// Exec results of pods whose node went down meanwhile; written once it is back.
-    held: Vec<ExecDone>,
+    held: Vec<ExecReport>,
     pod_ips: HashMap<String, String>,
     next_ip: u32,
     execs: JoinSet<()>,
-    finished_tx: mpsc::UnboundedSender<ExecDone>,
-    finished_rx: mpsc::UnboundedReceiver<ExecDone>,
+    finished_tx: mpsc::UnboundedSender<ExecReport>,
+    finished_rx: mpsc::UnboundedReceiver<ExecReport>,
     jobs: job::JobMemory,
     notify: Arc<Notify>,
 }
@@ -355,7 +359,7 @@ impl KubeletLoop {
                 continue;
             }
             match self.stages.get(&uid) {
-                Some(Stage::Written(Outcome::Running) | Stage::Executing)
+                Some(Stage::Written(Outcome::Running) | Stage::Executing { started: true })
                     if !is_terminal(&pod) && !status::is_ready(&pod) =>
                 {
                     // Someone else (the node-lifecycle controller while the node was
@@ -374,16 +378,27 @@ impl KubeletLoop {
                 continue;
             }
             let outcome = self.script.decide(&pod);
-            if let Err(e) = self.write(&pod, &outcome, None).await {
+            let plan = match outcome {
+                Outcome::Exec => Some(self.exec_plan(&pod).await),
+                _ => None,
+            };
+            // Pending while init containers run, as on a node.
+            let initializing = plan.as_ref().is_some_and(|p| p.init.is_some()) && has_init_containers(&pod);
+            let first = if initializing { &Outcome::Pending } else { &outcome };
+            if let Err(e) = self.write(&pod, first, None).await {
                 tracing::warn!(pod = %pod.name_any(), error = %e, "pod status write failed");
                 continue;
             }
-            if outcome == Outcome::Exec {
-                self.stages.insert(uid.clone(), Stage::Executing);
-                let plan = self.exec_plan(&pod).await;
+            if let Some(plan) = plan {
+                self.stages.insert(
+                    uid.clone(),
+                    Stage::Executing {
+                        started: !initializing,
+                    },
+                );
                 let tx = self.finished_tx.clone();
                 let task = self.execs.spawn(async move {
-                    let done = execute(pod, plan).await;
+                    let done = execute(pod, plan, &tx).await;
                     let _ = tx.send(done);
                 });
                 self.running.insert(uid, task);
@@ -406,7 +421,7 @@ impl KubeletLoop {
         }
         let ran = matches!(
             self.stages.get(uid),
-            Some(Stage::Written(Outcome::Running) | Stage::Executing)
+            Some(Stage::Written(Outcome::Running) | Stage::Executing { started: true })
         );
         if ran && !is_terminal(pod) {
             // Stopped by the kubelet: killed after the grace period as far as anyone can tell.
@@ -466,13 +481,15 @@ impl KubeletLoop {
         }
     }
 
-    async fn finish_exec(&mut self, done: ExecDone) {
+    async fn finish_exec(&mut self, done: ExecReport) {
         if node_of(&done.pod).is_some_and(|n| self.control.is_down(n)) {
             self.held.push(done);
             return;
         }
         let uid = done.pod.uid().unwrap_or_default();
-        self.running.remove(&uid);
+        if done.last {
+            self.running.remove(&uid);
+        }
         // Re-read so the start time written with the running state is kept.
         let api = Api::<Pod>::namespaced(self.client.clone(), &done.pod.namespace().unwrap_or_default());
         let pod = match api.get_opt(&done.pod.name_any()).await {
@@ -490,13 +507,16 @@ impl KubeletLoop {
             return;
         }
         match self.write(&pod, &done.outcome, done.failed_init.as_ref()).await {
+            Ok(()) if !done.last => {
+                self.stages.insert(uid, Stage::Executing { started: true });
+            }
             Ok(()) => {
                 self.stages.insert(uid, Stage::Written(done.outcome));
                 self.notify.notify_one();
             }
             Err(e) => {
                 tracing::warn!(pod = %pod.name_any(), error = %e, "exec pod status write failed, retrying");
-                let _ = self.finished_tx.send(ExecDone { pod, ..done });
+                let _ = self.finished_tx.send(ExecReport { pod, ..done });
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -557,8 +577,16 @@ impl KubeletLoop {
     }
 }
 
-/// Runs an `Exec` pod: its init containers (when images are on), then its first container.
-async fn execute(pod: Pod, plan: ExecPlan) -> ExecDone {
+fn has_init_containers(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| !c.is_empty())
+}
+
+/// Runs an `Exec` pod: its init containers (when images are on; reported on `progress` once
+/// done), then its first container. The final report is returned.
+async fn execute(pod: Pod, plan: ExecPlan, progress: &mpsc::UnboundedSender<ExecReport>) -> ExecReport {
     let ExecPlan {
         timeout,
         sink,
@@ -574,10 +602,11 @@ async fn execute(pod: Pod, plan: ExecPlan) -> ExecDone {
             if let Some(sink) = &sink {
                 sink.pod_log(&pod.namespace().unwrap_or_default(), &pod.name_any(), &e);
             }
-            return ExecDone {
+            return ExecReport {
                 pod,
                 outcome: Outcome::failed(126, e),
                 failed_init: None,
+                last: true,
             };
         }
     };
@@ -590,6 +619,14 @@ async fn execute(pod: Pod, plan: ExecPlan) -> ExecDone {
             Ok(extra) => {
                 mounts.extend(extra);
                 sort(&mut mounts);
+                if has_init_containers(&pod) {
+                    let _ = progress.send(ExecReport {
+                        pod: pod.clone(),
+                        outcome: Outcome::Running,
+                        failed_init: None,
+                        last: false,
+                    });
+                }
             }
             Err(f) => {
                 if let Some(sink) = &sink {
@@ -599,10 +636,11 @@ async fn execute(pod: Pod, plan: ExecPlan) -> ExecDone {
                         &format!("init container {}: {}", f.container, f.message),
                     );
                 }
-                return ExecDone {
+                return ExecReport {
                     pod,
                     outcome: Outcome::failed(f.exit_code, f.message.clone()),
                     failed_init: Some(f),
+                    last: true,
                 };
             }
         }
@@ -623,9 +661,10 @@ async fn execute(pod: Pod, plan: ExecPlan) -> ExecDone {
             &result.output,
         );
     }
-    ExecDone {
+    ExecReport {
         pod,
         outcome: result.outcome,
         failed_init: None,
+        last: true,
     }
 }
