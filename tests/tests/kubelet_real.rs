@@ -505,12 +505,24 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
     })
     .await?;
 
-    // Deleted with the default grace period, it stays Terminating while n2 is down.
+    // Deleted with the default grace period, it stays Terminating while n2 is down; a pod
+    // bound to n2 meanwhile is not started.
     pods.delete("web", &DeleteParams::default()).await?;
+    let mut late = pod_on("late", "n2", &["sleep", "infinity"])?;
+    if let Some(spec) = late.spec.as_mut() {
+        spec.node_selector = None;
+        spec.node_name = Some("n2".into());
+    }
+    pods.create(&PostParams::default(), &late).await?;
     for _ in 0..12 {
         let p = pods.get_opt("web").await?.expect("web is still there");
         assert_eq!(p.uid(), web.uid());
         assert!(p.metadata.deletion_timestamp.is_some());
+        let late = pods.get("late").await?.status.unwrap_or_default();
+        assert!(
+            late.container_statuses.is_none() && late.start_time.is_none(),
+            "{late:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -521,6 +533,7 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
     })
     .await?;
     ready_and_untainted(&cp, "n2").await?;
+    eventually(&cp, 15, "pod late Running", || running("late")).await?;
     // Its other pod is Ready again: the kubelet's status wins over the controller's mark.
     eventually(&cp, 15, "pod stays Ready again", || async {
         let p = pods.get("stays").await.ok()?;
