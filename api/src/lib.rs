@@ -13,6 +13,7 @@
 
 pub mod claims;
 pub mod crds;
+pub mod event_note;
 pub mod image;
 pub mod kernel;
 pub mod labels;

@@ -62,6 +62,14 @@ pub const ACCESS: &[Access] = &[
         reason: "apply::patch_status writes the MCM status with server-side apply",
     },
     Access {
+        group: "hub.kmm.sigs.x-k8s.io",
+        resource: "managedclustermodules/finalizers",
+        verbs: &["update"],
+        names: &[],
+        scope: Scope::Cluster,
+        reason: "ManifestWorks carry an owner reference to their MCM with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift hubs) refuses it without this",
+    },
+    Access {
         group: "cluster.open-cluster-management.io",
         resource: "managedclusters",
         verbs: &["list", "watch"],

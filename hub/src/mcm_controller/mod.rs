@@ -311,7 +311,7 @@ async fn publish(ctx: &Context, mcm: &ManagedClusterModule, type_: EventType, re
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1024).collect()),
+        note: Some(kmm_api::event_note::note(&note)),
         action: "Reconcile".into(),
         secondary: None,
     };

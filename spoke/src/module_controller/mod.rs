@@ -96,7 +96,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
             let event = Event {
                 type_: EventType::Warning,
                 reason: "InvalidObject".into(),
-                note: Some(invalid.to_string()),
+                note: Some(kmm_api::event_note::note(&invalid.to_string())),
                 action: "Reconcile".into(),
                 secondary: None,
             };

@@ -263,7 +263,7 @@ async fn apply(
                 EventType::Normal
             },
             reason: ev.reason.into(),
-            note: Some(ev.note.clone()),
+            note: Some(kmm_api::event_note::note(&ev.note)),
             action: "Reconcile".into(),
             secondary: None,
         };

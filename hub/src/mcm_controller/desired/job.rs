@@ -274,8 +274,10 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
                 ..Default::default()
             });
             mounts.push(mount("dockerfile", "/workspace"));
-            for s in build.secrets.iter().flatten() {
-                let volume = format!("secret-{}", s.name);
+            // Volume names must be DNS labels (63 characters, no dots); Secret names are DNS
+            // subdomains (253, dots allowed), so the volume is named by position, not by Secret.
+            for (i, s) in build.secrets.iter().flatten().enumerate() {
+                let volume = format!("build-secret-{i}");
                 volumes.push(secret_volume(&volume, &s.name, None));
                 mounts.push(mount(&volume, &format!("/run/secrets/{}", s.name)));
             }

@@ -143,7 +143,7 @@ fn the_build_job_carries_args_mounts_selector_and_no_retries() {
         .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
         .collect();
     assert!(mounts.contains(&("dockerfile", "/workspace")));
-    assert!(mounts.contains(&("secret-token", "/run/secrets/token")));
+    assert!(mounts.contains(&("build-secret-0", "/run/secrets/token")));
     assert!(mounts.contains(&("registry-auth", "/run/kmm/auth")));
     let env: BTreeMap<&str, &str> = c["env"]
         .as_array()
