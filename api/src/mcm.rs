@@ -136,11 +136,13 @@ pub struct ClusterProblem {
     /// ManagedCluster name.
     pub cluster: String,
 
-    /// `Blocked` (the hub cannot render its Module) or `Degraded` (the spoke fails).
+    /// `Blocked` (the hub cannot render its Module), `Degraded` (the spoke fails) or
+    /// `Unreachable` (OCM reports the cluster unavailable; its last feedback is not counted).
     pub state: String,
 
     /// Machine-readable cause, e.g. `NoKernelClaim`, `NoKernelMapping`, `ImageNotFound`,
-    /// `RegistryError`, `ApplyFailed`, `LoadFailed` (the spoke's workers fail; see the message).
+    /// `RegistryError`, `ApplyFailed`, `LoadFailed` (the spoke's workers fail; see the message),
+    /// `ClusterUnavailable`.
     pub reason: String,
 
     /// What is wrong and how to fix it.

@@ -12,6 +12,8 @@ use super::{desired::plan::Blocker, status::WorkOutcome};
 pub const MAX_PROBLEMS: usize = 20;
 /// Kernel lines in `status.kernels`.
 pub const MAX_KERNELS: usize = 256;
+/// Problem reason of a cluster the hub cannot hear from.
+pub const UNREACHABLE: &str = "ClusterUnavailable";
 /// Longest message kept per problem.
 const MAX_MESSAGE: usize = 512;
 
@@ -31,11 +33,17 @@ pub struct ClusterView {
     /// Kernels it reports (empty when unknown).
     pub kernels: Vec<String>,
     pub state: ClusterState,
+    /// Set when the hub cannot hear from the cluster (see `observe::unreachable`): its work's
+    /// feedback is then not counted as current.
+    pub unreachable: Option<String>,
 }
 
 impl ClusterView {
     /// `(state, reason, message)` when the cluster needs attention.
     pub fn problem(&self) -> Option<(&'static str, String, String)> {
+        if let (ClusterState::Work(_), Some(why)) = (&self.state, &self.unreachable) {
+            return Some(("Unreachable", UNREACHABLE.to_string(), why.clone()));
+        }
         match &self.state {
             ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
             ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
@@ -83,6 +91,7 @@ pub fn fleet_status(
         }
         match &c.state {
             ClusterState::Blocked(_) => s.number_blocked += 1,
+            ClusterState::Work(_) if c.unreachable.is_some() => pending += 1,
             ClusterState::Work(w) => {
                 if w.applied {
                     s.number_applied += 1;
@@ -247,7 +256,24 @@ mod tests {
             name: name.into(),
             kernels: kernels.iter().map(|k| k.to_string()).collect(),
             state,
+            unreachable: None,
         }
+    }
+
+    #[test]
+    fn an_unreachable_cluster_is_a_problem_and_its_old_feedback_is_not_counted() {
+        let mut gone = view("b", &["k1"], applied(2, 2));
+        gone.unreachable = Some("the cluster is unreachable (ManagedClusterConditionAvailable Unknown ...)".into());
+        let clusters = vec![view("a", &["k1"], applied(1, 1)), gone];
+        let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+        assert_eq!((s.number_desired, s.number_applied), (2, 1));
+        assert_eq!((s.nodes_desired, s.nodes_loaded), (1, 1), "b's two loaded nodes are old news");
+        assert_eq!(s.problems.len(), 1);
+        assert_eq!(
+            (s.problems[0].cluster.as_str(), s.problems[0].state.as_str(), s.problems[0].reason.as_str()),
+            ("b", "Unreachable", UNREACHABLE)
+        );
+        assert_eq!(cond(&s, "Ready").status, "False");
     }
 
     fn blocked(reason: &'static str) -> ClusterState {
@@ -347,6 +373,7 @@ mod tests {
                     applied(10, 9)
                 };
                 ClusterView {
+                    unreachable: None,
                     name: format!("cluster-{i:05}"),
                     kernels,
                     state,

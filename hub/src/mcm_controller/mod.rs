@@ -203,6 +203,7 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
             name: cluster.name.clone(),
             kernels: cluster.kernels.clone().unwrap_or_default(),
             state,
+            unreachable: cluster.unreachable.clone(),
         });
     }
     if written > 0 {

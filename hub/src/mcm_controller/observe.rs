@@ -33,6 +33,33 @@ const LOOKUP_CONCURRENCY: usize = 8;
 pub struct SelectedCluster {
     pub name: String,
     pub kernels: Result<Vec<String>, Blocker>,
+    /// Why the hub cannot hear from it now (its `ManagedClusterConditionAvailable` is Unknown
+    /// or False): what its ManifestWork reports is then old news.
+    pub unreachable: Option<String>,
+}
+
+/// `Some(why)` when the cluster's `ManagedClusterConditionAvailable` condition is not True. A
+/// cluster that has none yet (still joining) is not called unreachable.
+pub fn unreachable(cluster: &ManagedCluster) -> Option<String> {
+    let available = cluster
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ManagedClusterConditionAvailable")?;
+    if available.status == "True" {
+        return None;
+    }
+    let since = available.last_transition_time.0;
+    let detail = if available.message.is_empty() {
+        available.reason.clone()
+    } else {
+        available.message.clone()
+    };
+    Some(format!(
+        "the cluster is unreachable (ManagedClusterConditionAvailable {} since {since}: {detail}); its last reported state may be out of date",
+        available.status
+    ))
 }
 
 /// The world as one MCM's reconcile sees it.
@@ -57,6 +84,7 @@ pub fn selected_clusters(
         .map(|c| SelectedCluster {
             name: c.name_any(),
             kernels: plan::cluster_kernels(c),
+            unreachable: unreachable(c),
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
