@@ -161,7 +161,7 @@ async fn job_pod(client: &Client, job: &str) -> anyhow::Result<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir("kubelet-nodes"), "nodes", Options::default()).await?;
-    let _kubelet = kubelet(
+    let first_kubelet = kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL).label("role", "gpu"),
@@ -246,6 +246,35 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         (info.kernel_version.as_str(), info.boot_id.as_str()),
         ("6.12.0-1-cloud-amd64", "boot-2")
     );
+
+    // A restarted kubelet registers n1 again without touching the kernel it reports.
+    first_kubelet.shutdown();
+    // A renewal already sent may still land: the next one is the new kubelet's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let renewed = leases
+        .get("n1")
+        .await?
+        .spec
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0);
+    let _kubelet = kubelet(
+        &cp,
+        vec![NodeRegistration::new("n1", "5.10.0-1-amd64")],
+        KubeletScript::new(),
+        None,
+    );
+    eventually(&cp, 10, "the lease of n1 renewed after the restart", || async {
+        let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
+        (Some(t) > renewed).then_some(())
+    })
+    .await?;
+    let info = nodes
+        .get("n1")
+        .await?
+        .status
+        .and_then(|s| s.node_info)
+        .unwrap_or_default();
+    assert_eq!(info.kernel_version, "6.12.0-1-cloud-amd64");
     assert_nothing_refused(&cp).await
 }
 

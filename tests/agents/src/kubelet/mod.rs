@@ -255,6 +255,8 @@ struct KubeletLoop {
     nodes: BTreeSet<String>,
     script: ScriptState,
     stages: HashMap<String, Stage>,
+    /// Outcomes decided for pods whose first status write failed (retried with the same one).
+    decided: HashMap<String, Outcome>,
     /// Pods deleted with grace period 0 by this kubelet (their finalizers may keep them a while).
     finished: HashSet<String>,
     /// The exec task of each pod running one.
@@ -294,6 +296,7 @@ impl KubeletLoop {
             opts,
             control,
             stages: HashMap::new(),
+            decided: HashMap::new(),
             finished: HashSet::new(),
             running: HashMap::new(),
             held: Vec::new(),
@@ -339,6 +342,7 @@ impl KubeletLoop {
             .items;
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         self.stages.retain(|uid, _| live.contains(uid));
+        self.decided.retain(|uid, _| live.contains(uid));
         self.finished.retain(|uid| live.contains(uid));
         self.pod_ips.retain(|uid, _| live.contains(uid));
         // A pod removed from the API (force-deleted) has its containers stopped.
@@ -377,7 +381,10 @@ impl KubeletLoop {
                 self.stages.insert(uid, Stage::Written(Outcome::Succeeded));
                 continue;
             }
-            let outcome = self.script.decide(&pod);
+            let outcome = match self.decided.remove(&uid) {
+                Some(o) => o,
+                None => self.script.decide(&pod),
+            };
             let plan = match outcome {
                 Outcome::Exec => Some(self.exec_plan(&pod).await),
                 _ => None,
@@ -387,6 +394,7 @@ impl KubeletLoop {
             let first = if initializing { &Outcome::Pending } else { &outcome };
             if let Err(e) = self.write(&pod, first, None).await {
                 tracing::warn!(pod = %pod.name_any(), error = %e, "pod status write failed");
+                self.decided.insert(uid, outcome);
                 continue;
             }
             if let Some(plan) = plan {
