@@ -47,6 +47,11 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The kubectl of the control plane's Kubernetes release (a link to `kmm-controlplane`).
+pub fn kubectl() -> anyhow::Result<PathBuf> {
+    Ok(binary()?.with_file_name("kubectl"))
+}
+
 /// OCM's CRDs as `scripts/controlplane-build` copies them from the `open-cluster-management.io/api`
 /// module: `hub/` and `spoke/`.
 pub fn ocm_crds() -> anyhow::Result<PathBuf> {
@@ -54,7 +59,11 @@ pub fn ocm_crds() -> anyhow::Result<PathBuf> {
         .parent()
         .context("kmm-controlplane has a folder")?
         .join("crds/ocm");
-    anyhow::ensure!(dir.is_dir(), "{} is missing: run scripts/controlplane-build", dir.display());
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is missing: run scripts/controlplane-build",
+        dir.display()
+    );
     Ok(dir)
 }
 
@@ -63,14 +72,21 @@ pub fn ocm_crds() -> anyhow::Result<PathBuf> {
 fn target_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        return Ok(if dir.is_absolute() { dir } else { crate::repo_root().join(dir) });
+        return Ok(if dir.is_absolute() {
+            dir
+        } else {
+            crate::repo_root().join(dir)
+        });
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
     let mut dir = exe.parent().context("the executable has a folder")?;
     if dir.ends_with("deps") {
         dir = dir.parent().context("deps has a parent")?;
     }
-    Ok(dir.parent().context("the profile folder has a parent")?.to_path_buf())
+    Ok(dir
+        .parent()
+        .context("the profile folder has a parent")?
+        .to_path_buf())
 }
 
 /// How a cluster is started.
@@ -142,13 +158,18 @@ impl ControlPlane {
     pub async fn start(dir: &Path, name: &str, options: Options) -> anyhow::Result<Self> {
         let dir = crate::fresh_dir(
             dir.parent().context("control plane dir has a parent")?,
-            &dir.file_name().context("control plane dir has a name")?.to_string_lossy(),
+            &dir.file_name()
+                .context("control plane dir has a name")?
+                .to_string_lossy(),
         )?;
         let log = std::fs::File::create(dir.join("up.log"))?;
         let mut cmd = Command::new(binary()?);
         cmd.arg("up").arg("--dir").arg(&dir).args(["--name", name]);
         if !options.admission_plugins.is_empty() {
-            cmd.arg(format!("--enable-admission-plugins={}", options.admission_plugins.join(",")));
+            cmd.arg(format!(
+                "--enable-admission-plugins={}",
+                options.admission_plugins.join(",")
+            ));
         }
         for (user, groups) in &options.users {
             if groups.is_empty() {
@@ -293,7 +314,8 @@ impl ControlPlane {
 
     /// Server-side applies one object given as JSON.
     pub async fn apply_value(&self, doc: &Value) -> anyhow::Result<DynamicObject> {
-        let obj: DynamicObject = serde_json::from_value(doc.clone()).context("an object with apiVersion and kind")?;
+        let obj: DynamicObject =
+            serde_json::from_value(doc.clone()).context("an object with apiVersion and kind")?;
         let types = obj.types.clone().context("the object has apiVersion and kind")?;
         let gvk = GroupVersionKind::try_from(&types)?;
         let (ar, caps) = self.resolve(&gvk).await?;
@@ -303,9 +325,13 @@ impl ControlPlane {
             (Scope::Namespaced, None) => Api::default_namespaced_with(self.client(), &ar),
             (Scope::Cluster, _) => Api::all_with(self.client(), &ar),
         };
-        api.patch(&name, &PatchParams::apply(HARNESS_MANAGER).force(), &Patch::Apply(&obj))
-            .await
-            .with_context(|| format!("applying {} {name} to {}", gvk.kind, self.name))
+        api.patch(
+            &name,
+            &PatchParams::apply(HARNESS_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("applying {} {name} to {}", gvk.kind, self.name))
     }
 
     async fn resolve(&self, gvk: &GroupVersionKind) -> anyhow::Result<(ApiResource, ApiCapabilities)> {
@@ -341,16 +367,21 @@ impl ControlPlane {
         let crds = Api::<CustomResourceDefinition>::all(self.client());
         let mut names = Vec::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             for doc in documents(&text)? {
                 if doc.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
                     continue;
                 }
                 let crd: CustomResourceDefinition = serde_json::from_value(doc)?;
                 let name = crd.metadata.name.clone().context("CRD has a name")?;
-                crds.patch(&name, &PatchParams::apply(HARNESS_MANAGER).force(), &Patch::Apply(&crd))
-                    .await
-                    .with_context(|| format!("CRD {name} from {} refused by {}", file.display(), self.name))?;
+                crds.patch(
+                    &name,
+                    &PatchParams::apply(HARNESS_MANAGER).force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+                .with_context(|| format!("CRD {name} from {} refused by {}", file.display(), self.name))?;
                 names.push(name);
             }
         }
@@ -400,11 +431,16 @@ impl ControlPlane {
 
     /// The last `lines` lines of each component's log, for a failure message.
     pub fn log_tails(&self, lines: usize) -> String {
-        ["up", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-            .iter()
-            .map(|c| tail(&self.dir.join(format!("{c}.log")), lines))
-            .collect::<Vec<_>>()
-            .join("\n")
+        [
+            "up",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ]
+        .iter()
+        .map(|c| tail(&self.dir.join(format!("{c}.log")), lines))
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 }
 

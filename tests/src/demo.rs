@@ -102,7 +102,7 @@ pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
     }
     let mcm = example_mcm(MCM, &fleet.registry.host);
     std::fs::write(fleet.dir.join("mcm.yaml"), &mcm)?;
-    fleet.hub.apply_yaml(&mcm)?;
+    fleet.hub.apply_yaml(&mcm).await?;
     Ok(fleet)
 }
 

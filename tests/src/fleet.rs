@@ -1,11 +1,16 @@
-//! The fleet: a simulated hub and spokes, OCM's work and registration agents, a kubelet per
-//! cluster that really runs the hub's build/sign Jobs and the spokes' worker pods, a real
-//! registry, and the real `kmm-hub` / `kmm-spoke` processes.
+//! The fleet: a hub and spokes, each a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler; the hub with `OwnerReferencesPermissionEnforcement`
+//! as on OpenShift), OCM's real registration controller and klusterlet agents, a kubelet
+//! stand-in per cluster that really runs the hub's build/sign pods and the spokes' worker pods,
+//! a real registry, and the real `kmm-hub` / `kmm-spoke` processes, each running as its
+//! ServiceAccount with the RBAC its kustomization renders.
 //!
-//! What runs for real: buildah (build Jobs), `kmm-hub sign-image` (sign Jobs), skopeo/umoci
-//! pulls and the chrooted `cp` of the worker pod's init container, `kmm-spoke worker` with
-//! `modprobe --dry-run` on the pulled module tree. What is simulated: the API servers, the OCM
-//! agents, pod scheduling and the node kernels (a Node's `nodeInfo.kernelVersion`).
+//! What runs for real: the API servers and controllers (Jobs, DaemonSets, garbage collection,
+//! scheduling, node lifecycle), OCM (registration, ManifestWork delivery and status feedback),
+//! buildah (build Jobs), `kmm-hub sign-image` (sign Jobs), skopeo/umoci pulls and the chrooted
+//! `cp` of the worker pod's init container, `kmm-spoke worker` with `modprobe --dry-run` on the
+//! pulled module tree. What is a stand-in: the kubelet (no container runtime here) and so the
+//! node kernels (a Node's `nodeInfo.kernelVersion`).
 
 use std::{
     collections::BTreeMap,
@@ -18,10 +23,9 @@ use anyhow::Context;
 use base64::Engine;
 use k8s_openapi::api::core::v1::Node;
 use kmm_agents::{
-    AgentHandle, Kubelet, KubeletOptions, KubeletScript, Outcome, PodLogSink, PodMatcher, RegistrationAgent,
-    RegistrationOptions, ScriptRule, WorkAgent, WorkAgentOptions, kubelet::images::ImageOptions,
+    AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeControl, NodeRegistration, Outcome, PodLogSink,
+    PodMatcher, ScriptRule, kubelet::images::ImageOptions,
 };
-use kmm_sim::{Sim, SimCluster};
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -29,8 +33,11 @@ use kube::{
 use serde_json::json;
 
 use crate::{
+    controlplane::{ControlPlane, Options},
     fresh_dir,
     images::{ImageBuilder, dockerfile},
+    manifests,
+    ocm::{self, AgentOptions, OcmAgent, OcmHub},
     process::{Launch, Process},
     registry::Registry,
     run, workspace_bin,
@@ -109,28 +116,36 @@ impl NodeSpec {
 
 /// One spoke cluster.
 pub struct Spoke {
-    pub cluster: SimCluster,
-    /// `kmm-spoke run`, when started.
+    /// `kmm-spoke run`, when started (dropped before the control plane).
     pub process: Option<Process>,
+    /// OCM's klusterlet agent (registration and work).
+    pub agent: OcmAgent,
+    /// Takes the spoke's nodes down and up (a node whose kubelet died).
+    pub nodes: NodeControl,
+    _kubelet: AgentHandle,
+    pub cluster: ControlPlane,
     dir: PathBuf,
-    _agents: Vec<AgentHandle>,
+    /// kmm-spoke's ServiceAccount kubeconfig.
+    kubeconfig: PathBuf,
 }
 
 /// The whole fleet.
 pub struct Fleet {
-    pub sim: Sim,
-    pub hub: SimCluster,
-    pub registry: Registry,
-    pub images: ImageBuilder,
-    /// `kmm-hub run`, when started.
+    /// `kmm-hub run`, when started (dropped before the control planes).
     pub hub_process: Option<Process>,
     pub spokes: BTreeMap<String, Spoke>,
+    pub ocm: OcmHub,
+    _hub_kubelet: AgentHandle,
+    pub hub: ControlPlane,
+    pub registry: Registry,
+    pub images: ImageBuilder,
     /// Output of every pod the kubelets ran (build, sign and worker pods).
     pub pod_logs: PodLogs,
     /// Logs, pod folders, image caches.
     pub dir: PathBuf,
     hub_starts: usize,
-    _hub_agents: Vec<AgentHandle>,
+    /// kmm-hub's ServiceAccount kubeconfig.
+    hub_kubeconfig: PathBuf,
 }
 
 impl Fleet {
@@ -148,11 +163,11 @@ impl Fleet {
             dir.parent().context("fleet dir has a parent")?,
             &dir.file_name().context("fleet dir has a name")?.to_string_lossy(),
         )?;
-        let sim = Sim::new()?;
-        let hub = sim.add_cluster("hub").await?;
+        let hub = ControlPlane::start(&dir.join("hub"), "hub", ocm::hub_options(Options::hub())).await?;
         let root = crate::repo_root();
-        hub.install_crds_from_path(root.join("manifests/crds"))?;
-        hub.install_crds_from_path(root.join("../shared/reference/ocm-crds"))?;
+        hub.install_crds_from_path(root.join("manifests/crds")).await?;
+        let ocm = OcmHub::start(&hub, &dir).await?;
+        let hub_kubeconfig = install_service_account(&hub, &root.join("manifests/hub")).await?;
 
         let registry = Registry::start(&dir.join("registry"))?;
         let images = ImageBuilder::new(&dir.join("images"))?;
@@ -174,16 +189,15 @@ impl Fleet {
             Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(keys.join(name))?))
         };
         hub.apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {HUB_NAMESPACE}}}\n---\n\
-             apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node, labels: {{kubernetes.io/os: linux}}}}\n---\n\
-             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {DOCKERFILE_CONFIGMAP}, namespace: {HUB_NAMESPACE}}}\n\
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {DOCKERFILE_CONFIGMAP}, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: {}}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: {KEY_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: {CERT_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
             serde_json::to_string(&dockerfile(&host))?,
             b64("key.pem")?,
             b64("cert.pem")?,
-        ))?;
+        ))
+        .await?;
 
         let pod_logs = PodLogs::default();
         let bin_dir = workspace_bin("kmm-hub")?
@@ -204,6 +218,13 @@ impl Fleet {
         let kubelet = Kubelet::spawn(
             hub.client(),
             KubeletOptions {
+                nodes: vec![NodeRegistration {
+                    name: "hub-node".into(),
+                    kernel: "6.1.0-hub".into(),
+                    labels: BTreeMap::new(),
+                }],
+                daemonsets: false,
+                jobs: false,
                 script: KubeletScript {
                     rules: vec![ScriptRule {
                         matcher: PodMatcher::any(),
@@ -221,16 +242,17 @@ impl Fleet {
             },
         );
         Ok(Self {
-            sim,
+            hub_process: None,
+            spokes: BTreeMap::new(),
+            ocm,
+            _hub_kubelet: kubelet,
             hub,
             registry,
             images,
-            hub_process: None,
-            spokes: BTreeMap::new(),
             pod_logs,
             dir,
             hub_starts: 0,
-            _hub_agents: vec![kubelet],
+            hub_kubeconfig,
         })
     }
 
@@ -268,7 +290,7 @@ impl Fleet {
             ]
             .map(str::to_owned)
             .to_vec(),
-            kubeconfig: self.hub.kubeconfig_path(),
+            kubeconfig: &self.hub_kubeconfig,
             dir: &self.dir,
             name: "kmm-hub",
             env: Vec::new(),
@@ -282,51 +304,44 @@ impl Fleet {
         self.hub_starts
     }
 
-    /// Adds a spoke: its cluster (spoke CRDs, OCM's ClusterClaim CRD, namespaces), its nodes,
-    /// the registration agent (creating its ManagedCluster with `labels`), the work agent and a
-    /// kubelet running worker pods for real; then starts `kmm-spoke run` there.
+    /// Adds a spoke: its control plane (KMM's CRDs, namespaces, kmm-spoke's ServiceAccount and
+    /// RBAC from manifests/spoke), a kubelet that registers `nodes` and runs worker pods for
+    /// real, OCM's klusterlet agent (the ManagedCluster gets `labels`); then starts
+    /// `kmm-spoke run` there as its ServiceAccount.
     pub async fn add_spoke(
         &mut self,
         name: &str,
         labels: &[(&str, &str)],
         nodes: &[NodeSpec],
     ) -> anyhow::Result<()> {
-        let cluster = self.sim.add_cluster(name).await?;
-        let root = crate::repo_root();
-        cluster.install_crds_from_path(root.join("manifests/crds"))?;
-        cluster.install_crds_from_path(root.join("../shared/reference/ocm-crds"))?;
-        cluster.apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n---\n\
-             apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
-        ))?;
-        for node in nodes {
-            add_node(&cluster, node).await?;
-        }
         let dir = fresh_dir(&self.dir, name)?;
-        let registration = RegistrationAgent::spawn(
-            self.hub.client(),
-            cluster.client(),
-            name,
-            RegistrationOptions {
-                create_cluster_with_labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                create_namespace: true,
-                ..Default::default()
-            },
-        );
-        let work = WorkAgent::spawn(
-            self.hub.client(),
-            cluster.client(),
-            name,
-            WorkAgentOptions::default(),
-        );
+        let cluster =
+            ControlPlane::start(&dir.join("cluster"), name, ocm::spoke_options(Options::default())).await?;
+        let root = crate::repo_root();
+        cluster
+            .install_crds_from_path(root.join("manifests/crds"))
+            .await?;
+        let kubeconfig = install_service_account(&cluster, &root.join("manifests/spoke")).await?;
+        cluster
+            .apply_yaml(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
+            ))
+            .await?;
+        let node_control = NodeControl::default();
         let kubelet = Kubelet::spawn(
             cluster.client(),
             KubeletOptions {
+                nodes: nodes
+                    .iter()
+                    .map(|n| NodeRegistration {
+                        name: n.name.clone(),
+                        kernel: n.kernel.clone(),
+                        labels: n.labels.clone(),
+                    })
+                    .collect(),
+                node_control: Some(node_control.clone()),
+                daemonsets: false,
+                jobs: false,
                 script: KubeletScript::new()
                     .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
                 log_sink: Some(Arc::new(ClusterSink {
@@ -342,12 +357,20 @@ impl Fleet {
                 ..Default::default()
             },
         );
+        for node in nodes {
+            wait_node_registered(&cluster, &node.name).await?;
+        }
+        let agent =
+            OcmAgent::start(&self.hub, &cluster, name, labels, &dir, &AgentOptions::default()).await?;
         std::fs::create_dir_all(dir.join("host/lib/modules"))?;
         let mut spoke = Spoke {
-            cluster,
             process: None,
+            agent,
+            nodes: node_control,
+            _kubelet: kubelet,
+            cluster,
             dir,
-            _agents: vec![registration, work, kubelet],
+            kubeconfig,
         };
         spoke.start()?;
         self.spokes.insert(name.to_owned(), spoke);
@@ -373,11 +396,24 @@ impl Fleet {
                 .filter_map(|s| s.process.as_ref())
                 .map(|p| p.log_tail(lines)),
         );
+        out.extend(self.spokes.values().map(|s| s.agent.log_tail(lines)));
         out.join("\n")
     }
 }
 
 impl Spoke {
+    /// Cuts the cluster off from the hub as a network partition would: its OCM agent stops, so
+    /// no work reaches it, no feedback or claims leave it, and its lease runs out (the hub turns
+    /// it Unknown).
+    pub fn disconnect(&mut self) {
+        self.agent.stop();
+    }
+
+    /// Ends [`Self::disconnect`].
+    pub fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.agent.restart()
+    }
+
     /// Starts (or restarts) `kmm-spoke run --managed` with workers that run here: modprobe in
     /// dry-run mode against the module tree the init container copied, host paths under the
     /// spoke's folder.
@@ -411,7 +447,7 @@ impl Spoke {
         self.process = Some(Process::start(Launch {
             binary: "kmm-spoke",
             args,
-            kubeconfig: self.cluster.kubeconfig_path(),
+            kubeconfig: &self.kubeconfig,
             dir: &self.dir,
             name: "kmm-spoke",
             env: vec![("POD_NAME".into(), "kmm-spoke-e2e".into())],
@@ -420,27 +456,64 @@ impl Spoke {
     }
 }
 
-/// Creates a Node with its kernel and boot id, as a kubelet registers it.
-pub async fn add_node(cluster: &SimCluster, node: &NodeSpec) -> anyhow::Result<()> {
+/// Waits (up to 60 s) until the kubelet registered `node` with its kernel.
+async fn wait_node_registered(cluster: &ControlPlane, node: &str) -> anyhow::Result<()> {
     let api = Api::<Node>::all(cluster.client());
-    let body: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node.name, "labels": node.labels},
-    }))?;
-    api.create(&Default::default(), &body).await?;
-    set_kernel(cluster, &node.name, &node.kernel, "boot-1").await
+    for _ in 0..300 {
+        if let Some(n) = api.get_opt(node).await?
+            && n.status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .is_some_and(|i| !i.kernel_version.is_empty())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("node {node} not registered by the kubelet in 60 s")
+}
+
+/// Applies the Namespace, ServiceAccounts and RBAC of the kustomization in `dir` (what an
+/// install creates besides the Deployment) and returns a kubeconfig for the ServiceAccount the
+/// Deployment runs as, with a token from the TokenRequest API: the binary then has exactly the
+/// rights the manifests give it, and the apiserver decides.
+pub async fn install_service_account(cluster: &ControlPlane, dir: &Path) -> anyhow::Result<PathBuf> {
+    let docs = manifests::kustomize(dir)?;
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if matches!(
+            kind,
+            "Namespace" | "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            cluster.apply_value(doc).await?;
+        }
+    }
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .with_context(|| format!("no Deployment in {}", dir.display()))?;
+    let namespace = deployment["metadata"]["namespace"]
+        .as_str()
+        .context("the Deployment has a namespace")?;
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .context("the Deployment names its ServiceAccount")?;
+    cluster.wait_for_default_service_account(namespace).await?;
+    cluster.service_account_kubeconfig(namespace, sa).await
 }
 
 /// Sets a node's kernel and boot id (a kernel upgrade is a reboot into a new kernel).
-pub async fn set_kernel(cluster: &SimCluster, node: &str, kernel: &str, boot_id: &str) -> anyhow::Result<()> {
+pub async fn set_kernel(
+    cluster: &ControlPlane,
+    node: &str,
+    kernel: &str,
+    boot_id: &str,
+) -> anyhow::Result<()> {
     Api::<Node>::all(cluster.client())
         .patch_status(
             node,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"nodeInfo": {
-                "kernelVersion": kernel, "bootID": boot_id, "machineID": "", "systemUUID": "",
-                "kubeProxyVersion": "", "kubeletVersion": "", "osImage": "Debian GNU/Linux 12",
-                "containerRuntimeVersion": "", "operatingSystem": "linux", "architecture": "amd64"}}})),
+            &Patch::Merge(json!({"status": {"nodeInfo": {"kernelVersion": kernel, "bootID": boot_id}}})),
         )
         .await?;
     Ok(())

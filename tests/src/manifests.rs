@@ -7,14 +7,14 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Every object `kubectl kustomize <dir>` renders (kubectl is Debian's kubernetes-client, which
-/// scripts/test-deps installs).
+/// Every object `kubectl kustomize <dir>` renders (the kubectl of the test control plane's
+/// Kubernetes release, which scripts/controlplane-build builds).
 pub fn kustomize(dir: &Path) -> anyhow::Result<Vec<Value>> {
-    let out = Command::new("kubectl")
+    let out = Command::new(crate::controlplane::kubectl()?)
         .arg("kustomize")
         .arg(dir)
         .output()
-        .context("running kubectl (scripts/test-deps installs Debian's kubernetes-client)")?;
+        .context("running kubectl kustomize")?;
     if !out.status.success() {
         bail!(
             "kubectl kustomize {}: {}",
@@ -22,7 +22,7 @@ pub fn kustomize(dir: &Path) -> anyhow::Result<Vec<Value>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    kmm_sim::parse_documents(&String::from_utf8(out.stdout)?).map_err(anyhow::Error::msg)
+    crate::controlplane::documents(&String::from_utf8(out.stdout)?)
 }
 
 /// The object of `kind` named `name`.

@@ -1,5 +1,5 @@
 //! The fleet end to end: the real `kmm-hub` and `kmm-spoke` processes, a hub and three spokes
-//! on the API simulator with OCM's agents, a real registry, build and sign Jobs run with buildah
+//! on real control planes with OCM's own agents, a real registry, build and sign Jobs run with buildah
 //! and `kmm-hub sign-image`, worker pods that pull the module image and run modprobe (dry run).
 //! Every step asserts on the objects a user would look at, in all four clusters.
 
@@ -22,7 +22,6 @@ use kmm_fleet_tests::{
     fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
     images, run,
 };
-use kmm_sim::Faults;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -468,12 +467,8 @@ async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() 
 async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
     let mut fleet = three_spokes("restart").await;
     fleet.start_hub().unwrap();
-    // Spoke b is down while the rollout starts.
-    fleet
-        .spoke("b")
-        .unwrap()
-        .cluster
-        .set_faults(Faults::unreachable());
+    // Spoke b is cut off from the hub (its OCM agent is down) while the rollout starts.
+    fleet.spoke_mut("b").unwrap().disconnect();
     apply_mcm(&fleet).await;
 
     // Kill the hub as soon as the build Job exists (the build is under way), then start it again.
@@ -485,7 +480,7 @@ async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.start_hub().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fleet.spoke("b").unwrap().cluster.clear_faults();
+    fleet.spoke_mut("b").unwrap().reconnect().unwrap();
 
     eventually(
         &fleet,

@@ -263,14 +263,23 @@ mod tests {
     #[test]
     fn an_unreachable_cluster_is_a_problem_and_its_old_feedback_is_not_counted() {
         let mut gone = view("b", &["k1"], applied(2, 2));
-        gone.unreachable = Some("the cluster is unreachable (ManagedClusterConditionAvailable Unknown ...)".into());
+        gone.unreachable =
+            Some("the cluster is unreachable (ManagedClusterConditionAvailable Unknown ...)".into());
         let clusters = vec![view("a", &["k1"], applied(1, 1)), gone];
         let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
         assert_eq!((s.number_desired, s.number_applied), (2, 1));
-        assert_eq!((s.nodes_desired, s.nodes_loaded), (1, 1), "b's two loaded nodes are old news");
+        assert_eq!(
+            (s.nodes_desired, s.nodes_loaded),
+            (1, 1),
+            "b's two loaded nodes are old news"
+        );
         assert_eq!(s.problems.len(), 1);
         assert_eq!(
-            (s.problems[0].cluster.as_str(), s.problems[0].state.as_str(), s.problems[0].reason.as_str()),
+            (
+                s.problems[0].cluster.as_str(),
+                s.problems[0].state.as_str(),
+                s.problems[0].reason.as_str()
+            ),
             ("b", "Unreachable", UNREACHABLE)
         );
         assert_eq!(cond(&s, "Ready").status, "False");

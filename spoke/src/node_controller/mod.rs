@@ -162,9 +162,25 @@ async fn apply(
             },
             "spec": { "modules": want.spec },
         });
+        // Applying `modules: []` removes the entries this manager owned, and the apiserver then
+        // drops the emptied `spec` too, which the CRD requires (a 422): an emptied list is
+        // written with a merge patch instead.
+        let patch = if want.spec.is_empty() && nmc.is_some() {
+            Patch::Merge(json!({ "spec": { "modules": [] } }))
+        } else {
+            Patch::Apply(body)
+        };
+        let params = if matches!(patch, Patch::Merge(_)) {
+            PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            }
+        } else {
+            pp.clone()
+        };
         nmc = Some(
             nmc_api
-                .patch(&name, &pp, &Patch::Apply(body))
+                .patch(&name, &params, &patch)
                 .await
                 .map_err(kube_err(format!("applying NodeModulesConfig {name}")))?,
         );
