@@ -21,6 +21,7 @@ pub mod mcm;
 pub mod module;
 pub mod nmc;
 pub mod ocm;
+pub mod pod_failure;
 mod schema;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -242,21 +242,10 @@ async fn failure_message(ctx: &Context, job: &str) -> Option<String> {
         .list(&ListParams::default().labels(&format!("job-name={job}")))
         .await
         .ok()?;
-    list.items.iter().find_map(|p| {
-        p.status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find_map(|c| {
-                let t = c.state.as_ref()?.terminated.as_ref()?;
-                (t.exit_code != 0).then(|| {
-                    t.message
-                        .clone()
-                        .unwrap_or_else(|| format!("exit code {}", t.exit_code))
-                })
-            })
-    })
+    list.items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .find_map(|p| kmm_api::pod_failure::termination(p, "build").map(|(_, why)| why))
 }
 
 /// Deletes succeeded Jobs once the GC delay passed. Harmless even before the image is used: what

@@ -256,25 +256,9 @@ fn pod_phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
-/// When the pod's worker container ended, and its one-line reason (the termination message the
-/// worker wrote, else the container's reason or exit code).
+/// When the pod's worker container (or a failed init container) ended, and its one-line reason.
 pub fn termination(pod: &Pod) -> (Option<Timestamp>, String) {
-    let terminated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "worker").or(cs.first()))
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
-    match terminated {
-        Some(t) => (
-            t.finished_at.as_ref().map(|f| f.0),
-            t.message
-                .clone()
-                .or_else(|| t.reason.clone())
-                .unwrap_or_else(|| format!("exit code {}", t.exit_code)),
-        ),
-        None => (None, "the worker pod failed".into()),
-    }
+    kmm_api::pod_failure::termination(pod, "worker").unwrap_or((None, "the worker pod failed".into()))
 }
 
 /// Delay before retry number `attempt + 1`.
