@@ -11,7 +11,8 @@ deps:
     scripts/test-deps
     scripts/controlplane-build
 
-# Simulated hub and spokes, a real registry, the real kmm-hub and kmm-spoke and an example
+# A hub and three spokes on real control planes (kube-apiserver, etcd, controller-manager,
+# scheduler, OCM's agents), a real registry, the real kmm-hub and kmm-spoke and an example
 # ManagedClusterModule; a status table until converged, then running until Ctrl-C.
 # A local fleet in one command (`just demo --help` for options).
 demo *args: deps

@@ -1,5 +1,5 @@
-//! `just demo`: a local fleet (hub and three spokes on the simulator, the real registry, the
-//! real kmm-hub and kmm-spoke), an example ManagedClusterModule, and a per-cluster status table.
+//! `just demo`: a local fleet (hub and three spokes on real control planes with OCM's agents,
+//! the real registry, the real kmm-hub and kmm-spoke), an example ManagedClusterModule, and a per-cluster status table.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
@@ -10,7 +10,9 @@ use kmm_api::{
 };
 use kube::{Api, ResourceExt, api::ListParams};
 
-use crate::fleet::{CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, KEY_SECRET, MODULE_NAMESPACE, NodeSpec};
+use crate::fleet::{
+    BUILD_SECRET, CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, KEY_SECRET, MODULE_NAMESPACE, NodeSpec,
+};
 
 /// The example MCM's name.
 pub const MCM: &str = "demo-kmod";
@@ -57,6 +59,9 @@ spec:
             build:
               dockerfileConfigMap:
                 name: {DOCKERFILE_CONFIGMAP}
+              # Mounted in the build pod at /run/secrets/<name>; a Secret name may hold dots.
+              secrets:
+                - name: {BUILD_SECRET}
               baseImageRegistryTLS:
                 insecure: true
             sign:

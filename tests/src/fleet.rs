@@ -51,6 +51,8 @@ pub const OPERATOR_NAMESPACE: &str = "kmm-operator-system";
 pub const MODULE_NAMESPACE: &str = "drivers";
 /// ConfigMap (key `dockerfile`) the fleet's builds use.
 pub const DOCKERFILE_CONFIGMAP: &str = "fleet-dockerfile";
+/// A Secret the builds mount (`build.secrets`); its name has dots, as Secret names may.
+pub const BUILD_SECRET: &str = "fleet.build-token.v1";
 /// Secrets with the signing key (`key`) and certificate (`cert`).
 pub const KEY_SECRET: &str = "fleet-signing-key";
 pub const CERT_SECRET: &str = "fleet-signing-cert";
@@ -191,6 +193,8 @@ impl Fleet {
         hub.apply_yaml(&format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {DOCKERFILE_CONFIGMAP}, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {BUILD_SECRET}, namespace: {HUB_NAMESPACE}}}\n\
+             stringData: {{token: not-a-secret}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: {KEY_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: {CERT_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
             serde_json::to_string(&dockerfile(&host))?,

@@ -558,3 +558,62 @@ async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason
     .await;
     assert_eq!(ready_nodes(&fleet, "a").await, ["a-1"]);
 }
+
+/// OCM turns a cluster that stops renewing its lease Unknown: the hub must not count the
+/// feedback it last reported as current, and must say the cluster is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_goes_silent_is_reported_unreachable_until_it_is_back() {
+    let mut fleet = Fleet::start(&fleet_dir("unreachable")).await.unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet
+        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
+        .await
+        .unwrap();
+    fleet.start_hub().unwrap();
+    let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), &mcm)
+        .await
+        .unwrap();
+    eventually(&fleet, 180, "cluster a loaded", || async {
+        mcm_status(&fleet)
+            .await
+            .is_some_and(|s| s.number_applied == 1 && s.nodes_loaded == 1 && s.problems.is_empty())
+    })
+    .await;
+
+    // The klusterlet agent goes away: no lease renewals, no feedback.
+    fleet.spoke_mut("a").unwrap().disconnect();
+    eventually(&fleet, 120, "cluster a reported unreachable", || async {
+        mcm_status(&fleet).await.is_some_and(|s| {
+            s.number_applied == 0
+                && s.nodes_loaded == 0
+                && s.problems.iter().any(|p| {
+                    p.cluster == "a"
+                        && p.state == "Unreachable"
+                        && p.reason == "ClusterUnavailable"
+                        && p.message.contains("ManagedClusterConditionAvailable Unknown")
+                })
+        })
+    })
+    .await;
+    let ready = Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .get(MCM)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "False");
+
+    fleet.spoke_mut("a").unwrap().reconnect().unwrap();
+    eventually(&fleet, 180, "cluster a back and loaded", || async {
+        mcm_status(&fleet)
+            .await
+            .is_some_and(|s| s.number_applied == 1 && s.nodes_loaded == 1 && s.problems.is_empty())
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
-//! `just demo`: a local kmm-fleet in one command. Starts the simulator with a hub and three
-//! spokes, the real registry, kmm-hub and kmm-spoke, applies an example ManagedClusterModule,
+//! `just demo`: a local kmm-fleet in one command. Starts a hub and three spokes, each a real
+//! control plane (kube-apiserver, etcd, controller-manager, scheduler) with OCM's own agents,
+//! the real registry, kmm-hub and kmm-spoke, applies an example ManagedClusterModule,
 //! prints a per-cluster status table until the rollout converges, then keeps the fleet running
 //! (kubeconfigs printed) until Ctrl-C.
 //!
@@ -133,6 +134,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_usage(fleet: &kmm_fleet_tests::fleet::Fleet) {
     println!("The fleet keeps running until Ctrl-C. In another terminal:");
+    if let Ok(kubectl) = kmm_fleet_tests::controlplane::kubectl()
+        && let Some(dir) = kubectl.parent()
+    {
+        println!(
+            "  export PATH={}:$PATH   # the control planes' kubectl",
+            dir.display()
+        );
+    }
     println!("  export KUBECONFIG={}", fleet.hub.kubeconfig_path().display());
     println!("  kubectl get managedclustermodules");
     println!(
