@@ -56,7 +56,10 @@ mod tests {
         let main = pod(serde_json::json!({"status": {"containerStatuses": [
             {"name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
              "state": {"terminated": {"exitCode": 1, "message": "modprobe failed"}}}]}}));
-        assert_eq!(termination(&main, "worker").map(|t| t.1).as_deref(), Some("modprobe failed"));
+        assert_eq!(
+            termination(&main, "worker").map(|t| t.1).as_deref(),
+            Some("modprobe failed")
+        );
 
         let init = pod(serde_json::json!({"status": {
             "initContainerStatuses": [

@@ -317,6 +317,7 @@ func waitReady(server string, pki *pki, timeout time.Duration, sup *supervisor) 
 type supervisor struct {
 	dir   string
 	procs map[string]*exec.Cmd
+	args  map[string][]string
 	done  chan childExit
 }
 
@@ -326,7 +327,7 @@ type childExit struct {
 }
 
 func newSupervisor(dir string) *supervisor {
-	return &supervisor{dir: dir, procs: map[string]*exec.Cmd{}, done: make(chan childExit, 8)}
+	return &supervisor{dir: dir, procs: map[string]*exec.Cmd{}, args: map[string][]string{}, done: make(chan childExit, 8)}
 }
 
 func (s *supervisor) logPath(name string) string { return filepath.Join(s.dir, name+".log") }
@@ -349,6 +350,7 @@ func (s *supervisor) start(name string, args []string) error {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	s.procs[name] = cmd
+	s.args[name] = args
 	go func() {
 		err := cmd.Wait()
 		_ = log.Close()
@@ -376,10 +378,15 @@ func (s *supervisor) exited() error {
 }
 
 // wait blocks until SIGTERM/SIGINT (clean stop), the parent process goes away, etcd fails, or a
-// component exits (an error).
+// component exits (an error). SIGHUP restarts kube-apiserver (its clients' watches break and
+// resume from where they were, as after an apiserver rollout); it writes apiserver-restarts
+// with the count once the new one is started.
 func (s *supervisor) wait(etcdErr <-chan error) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	restarts := 0
 	parent := os.Getppid()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -387,6 +394,12 @@ func (s *supervisor) wait(etcdErr <-chan error) error {
 		select {
 		case <-sig:
 			return nil
+		case <-hup:
+			if err := s.restart("kube-apiserver"); err != nil {
+				return err
+			}
+			restarts++
+			_ = os.WriteFile(filepath.Join(s.dir, "apiserver-restarts"), []byte(fmt.Sprint(restarts)), 0o600)
 		case e := <-s.done:
 			return fmt.Errorf("%s exited: %v; see %s", e.name, e.err, s.logPath(e.name))
 		case err := <-etcdErr:
@@ -397,6 +410,27 @@ func (s *supervisor) wait(etcdErr <-chan error) error {
 			}
 		}
 	}
+}
+
+// restart stops one child (SIGTERM, then SIGKILL after 10 s) and starts it again with its arguments.
+func (s *supervisor) restart(name string) error {
+	cmd, ok := s.procs[name]
+	if !ok {
+		return fmt.Errorf("no %s to restart", name)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case e := <-s.done:
+		if e.name != name {
+			return fmt.Errorf("%s exited: %v; see %s", e.name, e.err, s.logPath(e.name))
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		if e := <-s.done; e.name != name {
+			return fmt.Errorf("%s exited: %v; see %s", e.name, e.err, s.logPath(e.name))
+		}
+	}
+	return s.start(name, s.args[name])
 }
 
 // stopAll sends SIGTERM to every child, then SIGKILL to those still running after 5 s.

@@ -227,6 +227,35 @@ impl ControlPlane {
         &self.name
     }
 
+    /// Restarts kube-apiserver (SIGHUP to `kmm-controlplane up`) and waits until the new one
+    /// answers: every client's watch breaks and has to resume from the resourceVersion it had.
+    pub async fn restart_apiserver(&self) -> anyhow::Result<()> {
+        let count_file = self.dir.join("apiserver-restarts");
+        let count = || {
+            std::fs::read_to_string(&count_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let before = count();
+        crate::run(Command::new("kill").args(["-HUP", &self.child.id().to_string()]))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count() <= before || self.client.apiserver_version().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("kube-apiserver of {} not back in 120 s:\n{}", self.name, self.log_tails(20));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Discovery and the readiness checks settle a moment after /version answers.
+        while self.client.list_api_groups().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("kube-apiserver of {} serves no discovery:\n{}", self.name, self.log_tails(20));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
     /// The cluster's folder: logs, kubeconfigs, pki, audit log.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -156,6 +156,12 @@ impl Fleet {
     /// images, and no spoke yet. `dir` must not be under `/tmp` (the worker pod's emptyDir is
     /// mounted at `/tmp`, and paths under it are rewritten).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, Options::hub()).await
+    }
+
+    /// [`Self::start`] with the hub's control plane started with `hub_options` (e.g. extra
+    /// apiserver flags); OCM's bootstrap identity is added to them.
+    pub async fn start_with(dir: &Path, hub_options: Options) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !dir.starts_with("/tmp"),
             "the fleet folder must not be under /tmp: {}",
@@ -165,7 +171,7 @@ impl Fleet {
             dir.parent().context("fleet dir has a parent")?,
             &dir.file_name().context("fleet dir has a name")?.to_string_lossy(),
         )?;
-        let hub = ControlPlane::start(&dir.join("hub"), "hub", ocm::hub_options(Options::hub())).await?;
+        let hub = ControlPlane::start(&dir.join("hub"), "hub", ocm::hub_options(hub_options)).await?;
         let root = crate::repo_root();
         hub.install_crds_from_path(root.join("manifests/crds")).await?;
         let ocm = OcmHub::start(&hub, &dir).await?;

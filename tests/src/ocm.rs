@@ -73,7 +73,8 @@ impl OcmHub {
     /// Installs OCM's hub CRDs from the API module, the bootstrap ClusterRole and binding, and
     /// starts the registration controller. `hub` must have been started with [`hub_options`].
     pub async fn start(hub: &ControlPlane, dir: &Path) -> anyhow::Result<Self> {
-        hub.install_crds_from_path(controlplane::ocm_crds()?.join("hub")).await?;
+        hub.install_crds_from_path(controlplane::ocm_crds()?.join("hub"))
+            .await?;
         hub.apply_yaml(&bootstrap_rbac()).await?;
         let controller = Daemon::start(
             &controlplane::binary()?,
@@ -159,8 +160,14 @@ impl OcmAgent {
             "ocm-agent".to_owned(),
             format!("--cluster-name={name}"),
             format!("--kubeconfig={}", spoke.kubeconfig_as(AGENT_USER)?.display()),
-            format!("--bootstrap-kubeconfig={}", hub.kubeconfig_as(BOOTSTRAP_USER)?.display()),
-            format!("--hub-kubeconfig-dir={}", agent_dir.join("hub-kubeconfig").display()),
+            format!(
+                "--bootstrap-kubeconfig={}",
+                hub.kubeconfig_as(BOOTSTRAP_USER)?.display()
+            ),
+            format!(
+                "--hub-kubeconfig-dir={}",
+                agent_dir.join("hub-kubeconfig").display()
+            ),
             format!("--namespace={AGENT_NAMESPACE}"),
             format!(
                 "--status-sync-interval={}ms",

@@ -96,6 +96,16 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Freezes it (SIGSTOP): its connections stay open but nothing is read or sent.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        crate::run(Command::new("kill").args(["-STOP", &self.child.id().to_string()])).map(drop)
+    }
+
+    /// Ends [`Self::pause`] (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        crate::run(Command::new("kill").args(["-CONT", &self.child.id().to_string()])).map(drop)
+    }
+
     /// The last `lines` lines of its log, titled.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -213,6 +223,11 @@ impl Daemon {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), all[start..].join("\n"))
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            all[start..].join("\n")
+        )
     }
 }

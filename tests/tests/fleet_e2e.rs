@@ -18,6 +18,7 @@ use kmm_api::{
     ocm::{ManagedCluster, ManifestWork},
 };
 use kmm_fleet_tests::{
+    controlplane::Options,
     demo,
     fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
     images, run,
@@ -616,4 +617,77 @@ async fn a_cluster_that_goes_silent_is_reported_unreachable_until_it_is_back() {
             .is_some_and(|s| s.number_applied == 1 && s.nodes_loaded == 1 && s.problems.is_empty())
     })
     .await;
+}
+
+/// The hub's watches resume after losing their place: the hub is frozen while a cluster is
+/// relabelled out and etcd compacts (every 2 s here), then the hub's apiserver restarts, so each
+/// watch comes back with a resourceVersion that no longer exists (410 Gone) and must list again.
+/// The hub must still notice the relabel. The apiserver's audit log is the witness of the
+/// relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() {
+    let mut hub_options = Options::hub();
+    hub_options
+        .apiserver_args
+        .push("--etcd-compaction-interval=2s".into());
+    let mut fleet = Fleet::start_with(&fleet_dir("compaction"), hub_options)
+        .await
+        .unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet.push_prebuilt(K_B).unwrap();
+    for (spoke, kernel) in [("a", K_A), ("b", K_B)] {
+        fleet
+            .add_spoke(spoke, &[("driver", "gpu")], &[NodeSpec::worker(&format!("{spoke}-1"), kernel)])
+            .await
+            .unwrap();
+    }
+    fleet.start_hub().unwrap();
+    apply_mcm(&fleet).await;
+    eventually(&fleet, 180, "both clusters loaded", || async {
+        mcm_status(&fleet)
+            .await
+            .is_some_and(|s| s.number_applied == 2 && s.nodes_loaded == 2)
+    })
+    .await;
+
+    fleet.hub_process.as_ref().unwrap().pause().unwrap();
+    Api::<ManagedCluster>::all(fleet.hub.client())
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"driver": "none"}}})),
+        )
+        .await
+        .unwrap();
+    // More writes, so that compaction moves well past what the hub last saw.
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(fleet.hub.client(), "default");
+    for i in 0..20 {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": format!("churn-{i}")}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    fleet.hub.restart_apiserver().await.unwrap();
+    let before = fleet.hub.audit().unwrap().len();
+    fleet.hub_process.as_ref().unwrap().resume().unwrap();
+
+    eventually(&fleet, 180, "b's ManifestWork gone after the relabel", || async {
+        Api::<ManifestWork>::namespaced(fleet.hub.client(), "b")
+            .get_opt(MCM)
+            .await
+            .unwrap()
+            .is_none()
+            && mcm_status(&fleet).await.is_some_and(|s| s.number_desired == 1)
+    })
+    .await;
+    let audit = fleet.hub.audit_settled().await.unwrap();
+    let relisted = audit[before..].iter().any(|e| {
+        e.user.username == "system:serviceaccount:kmm-hub:kmm-hub"
+            && e.resource() == "managedclusters"
+            && (e.verb == "list" || e.request_uri.contains("sendInitialEvents=true"))
+    });
+    assert!(relisted, "the hub listed ManagedClusters again after its watch lost its place");
 }
