@@ -1,5 +1,6 @@
-//! Idle footprint of a `kmm-spoke run` process with 100 Nodes cached (ignored by default: it
-//! measures, it does not check). Run with the binary to measure, for example the release build:
+//! Idle footprint of a `kmm-spoke run` process with 100 Nodes cached, on a real control plane as
+//! its ServiceAccount (ignored by default: it measures, it does not check). The Nodes have no
+//! kubelet: the node-lifecycle controller marks them NotReady, which only adds Node updates. Run with the binary to measure, for example the release build:
 //! `KMM_SPOKE_BIN=$PWD/target/release/kmm-spoke cargo test -p kmm-spoke --test footprint -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
@@ -31,8 +32,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run with --ignored"]
 async fn idle_rss_with_100_nodes() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    let cluster = spoke_cluster("footprint", Setup::default()).await;
     let client = cluster.client();
     for i in 0..100 {
         let kernel = if i % 2 == 0 { K_DEBIAN } else { K_RHEL };
@@ -54,14 +54,18 @@ async fn idle_rss_with_100_nodes() {
             "--metrics-addr",
             &addr,
         ])
-        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("KUBECONFIG", &cluster.spoke_kubeconfig)
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    eventually("claim written", || async {
+    eventually("claim written and every node reconciled", || async {
         http_get(&addr, "/metrics").is_some_and(|m| {
-            m.contains("kmm_spoke_kernel_versions 2")
-                && m.contains(r#"kmm_spoke_reconciles_total{controller="node"} 100"#)
+            let reconciles = m
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"kmm_spoke_reconciles_total{controller="node"} "#))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            m.contains("kmm_spoke_kernel_versions 2") && reconciles >= 100
         })
     })
     .await;

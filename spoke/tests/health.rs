@@ -1,12 +1,12 @@
-//! `/readyz` and `/metrics` of a running spoke: ready once its caches have synced, and worker
-//! pods (created and failed) counted per action.
+//! `/readyz` and `/metrics` of a running spoke on a real control plane: ready once its caches
+//! have synced, and worker pods (created and failed) counted per action.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
 mod common;
 
 use common::*;
-use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher};
+use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::labels;
 use kmm_spoke::cli::run_with;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,17 +53,38 @@ fn sample(text: &str, series: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_ready_and_metrics_count_worker_pods() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    // The first load fails, the retry succeeds: two load pods, one failure.
+    let cluster = spoke_cluster(
+        "health",
+        Setup {
+            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
+            kubelet: KubeletOptions {
+                script: KubeletScript::new().rule(
+                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
+                    [
+                        Outcome::failed(1, "modprobe: FATAL: Module kmm_health not found"),
+                        Outcome::Succeeded,
+                    ],
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
     let client = cluster.client();
-    mk_node(&client, "node-a", K_DEBIAN, &[("role", "gpu")]).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(client.clone(), settings(), Some(listener), async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(run_with(
+        cluster.spoke_client.clone(),
+        settings(),
+        Some(listener),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     eventually("/healthz answers", || async {
         get(addr, "/healthz").await.0 == 200
@@ -72,21 +93,7 @@ async fn readyz_turns_ready_and_metrics_count_worker_pods() {
     eventually("/readyz ready", || async { get(addr, "/readyz").await.0 == 200 }).await;
     assert!(get(addr, "/metrics").await.1.contains("kmm_spoke_ready 1"));
 
-    // The first load fails, the retry succeeds: two load pods, one failure.
-    let _kubelet = Kubelet::spawn(
-        client.clone(),
-        KubeletOptions {
-            script: KubeletScript::new().rule(
-                PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                [
-                    Outcome::failed(1, "modprobe: FATAL: Module kmm_health not found"),
-                    Outcome::Succeeded,
-                ],
-            ),
-            ..Default::default()
-        },
-    );
-    cluster.apply_yaml(MODULE).unwrap();
+    cluster.apply_yaml(MODULE).await;
     let ready = labels::module_ready("drivers", "kmm-health");
     eventually("node-a ready", || async {
         node_labels(&client, "node-a").await.contains_key(&ready)

@@ -1,4 +1,7 @@
-//! The kernel-versions ClusterClaim writer against the kmm-sim API server.
+//! The kernel-versions ClusterClaim writer on a real control plane, as kmm-spoke's
+//! ServiceAccount: Nodes registered by the kmm-agents kubelet (or, for the 60-kernel cluster,
+//! created by the admin), OCM's ClusterClaim CRD, and the apiserver's audit log counting the
+//! writer's writes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
@@ -8,6 +11,7 @@ use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use common::*;
 use k8s_openapi::api::core::v1::Node;
+use kmm_agents::{Kubelet, KubeletOptions, NodeRegistration};
 use kmm_api::{
     claims::decode_kernel_claims,
     ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM},
@@ -33,9 +37,10 @@ async fn first_claim(client: &Client) -> Option<String> {
     claims(client).await.remove(KERNEL_VERSIONS_CLAIM)
 }
 
-fn start_writer(client: &Client) -> (ClaimReporting, tokio::task::JoinHandle<()>) {
+/// The writer as kmm-spoke runs it, with its ServiceAccount's client.
+fn start_writer(cluster: &SpokeCluster) -> (ClaimReporting, tokio::task::JoinHandle<()>) {
     let report = ClaimReporting::default();
-    let task = tokio::spawn(kernel_claim::run(client.clone(), report.clone()));
+    let task = tokio::spawn(kernel_claim::run(cluster.spoke_client.clone(), report.clone()));
     (report, task)
 }
 
@@ -48,34 +53,61 @@ async fn delete_node(client: &Client, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_on_change() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    let _serial = one_at_a_time().await;
+    let cluster = spoke_cluster(
+        "claims-follow-nodes",
+        Setup {
+            nodes: vec![
+                NodeRegistration::new("a", K_DEBIAN),
+                NodeRegistration::new("b", K_RHEL),
+                NodeRegistration::new("c", K_DEBIAN),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
     let client = cluster.client();
-    mk_node(&client, "a", K_DEBIAN, &[]).await;
-    mk_node(&client, "b", K_RHEL, &[]).await;
-    mk_node(&client, "c", K_DEBIAN, &[]).await;
-    let (report, writer) = start_writer(&client);
-    let writes = || cluster.requests().writes("clusterclaims");
+    let (report, writer) = start_writer(&cluster);
+    let writes = || cluster.spoke_writes("clusterclaims");
 
     let both = format!("{K_RHEL}\n{K_DEBIAN}");
     eventually("claim for 3 nodes on 2 kernels", || async {
         first_claim(&client).await.as_deref() == Some(both.as_str())
     })
     .await;
-    assert_eq!(writes(), 1);
+    assert_eq!(writes().await, 1);
     assert!(report.synced.load(Ordering::Relaxed));
 
     // A node joins on a known kernel: nothing to write. The next change (a new kernel) is
-    // handled after it, so once that shows, the first one has been handled too.
+    // handled after it, so once that shows, the first one has been handled too. The Nodes'
+    // heartbeats (conditions every 10 s) and the node-lifecycle controller's writes change no
+    // kernel and cause no write either.
     const K_NEW: &str = "6.12.0-1-amd64";
-    mk_node(&client, "d", K_DEBIAN, &[]).await;
-    mk_node(&client, "e", K_NEW, &[]).await;
+    let _joined = Kubelet::spawn(
+        client.clone(),
+        KubeletOptions {
+            nodes: vec![NodeRegistration::new("d", K_DEBIAN)],
+            daemonsets: false,
+            jobs: false,
+            ..Default::default()
+        },
+    );
+    cluster.wait_node_ready("d").await;
+    let _joined_later = Kubelet::spawn(
+        client.clone(),
+        KubeletOptions {
+            nodes: vec![NodeRegistration::new("e", K_NEW)],
+            daemonsets: false,
+            jobs: false,
+            ..Default::default()
+        },
+    );
     let three = format!("{K_RHEL}\n{K_DEBIAN}\n{K_NEW}");
     eventually("new kernel claimed", || async {
         first_claim(&client).await.as_deref() == Some(three.as_str())
     })
     .await;
-    assert_eq!(writes(), 2, "the node on a known kernel caused no write");
+    assert_eq!(writes().await, 2, "the node on a known kernel caused no write");
 
     // b upgrades from RHEL to the new kernel: RHEL leaves the list.
     set_kernel(&client, "b", K_NEW).await;
@@ -84,7 +116,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
         first_claim(&client).await.as_deref() == Some(two.as_str())
     })
     .await;
-    assert_eq!(writes(), 3);
+    assert_eq!(writes().await, 3);
 
     // Nodes leave: a (Debian stays on c and d) changes nothing; then b and e take the new
     // kernel with them.
@@ -96,7 +128,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     })
     .await;
     assert_eq!(
-        writes(),
+        writes().await,
         4,
         "one write for the kernel that left, none for the others"
     );
@@ -107,7 +139,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
             "apiVersion: cluster.open-cluster-management.io/v1alpha1\nkind: ClusterClaim\n\
              metadata: {{name: {KERNEL_VERSIONS_CLAIM}}}\nspec: {{value: bogus}}\n"
         ))
-        .unwrap();
+        .await;
     eventually("drift repaired", || async {
         first_claim(&client).await.as_deref() == Some(K_DEBIAN)
     })
@@ -117,8 +149,10 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
+    let _serial = one_at_a_time().await;
+    // Nodes without kubelets (60 heartbeating nodes would load the machine for nothing): the
+    // writer reads only their kernels.
+    let cluster = spoke_cluster("sixty-kernels", Setup::default()).await;
     let client = cluster.client();
     let kernels: Vec<String> = (0..60)
         .map(|i| format!("5.14.0-{}.{i}.1.el9_{i}.x86_64", 100 + i))
@@ -126,7 +160,7 @@ async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back()
     for (i, k) in kernels.iter().enumerate() {
         mk_node(&client, &format!("n{i:02}"), k, &[]).await;
     }
-    let (_report, writer) = start_writer(&client);
+    let (_report, writer) = start_writer(&cluster);
 
     let mut want = kernels.clone();
     want.sort();
@@ -148,8 +182,8 @@ async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back()
         all.values().all(|v| v.len() <= 1024),
         "every value fits OCM's 1024 characters"
     );
-    let writes = cluster.requests().writes("clusterclaims");
-    assert_eq!(writes, all.len() as u64, "one write per claim");
+    let writes = cluster.spoke_writes("clusterclaims").await;
+    assert_eq!(writes, all.len(), "one write per claim");
 
     // Down to 10 kernels: one claim again, continuations deleted.
     for i in 10..60 {
@@ -166,11 +200,18 @@ async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_claim_crd_the_writer_reports_the_failure_and_recovers_once_installed() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = sim.add_cluster("spoke-1").await.unwrap();
+    let _serial = one_at_a_time().await;
+    let cluster = spoke_cluster(
+        "claims-without-crd",
+        Setup {
+            claim_crd: false,
+            ..Default::default()
+        },
+    )
+    .await;
     let client = cluster.client();
     mk_node(&client, "a", K_DEBIAN, &[]).await;
-    let (report, writer) = start_writer(&client);
+    let (report, writer) = start_writer(&cluster);
 
     let failures = || {
         report
@@ -187,7 +228,7 @@ async fn without_the_claim_crd_the_writer_reports_the_failure_and_recovers_once_
         "not synced while the watch fails"
     );
 
-    cluster.install_crds_from_path(CLAIM_CRD).unwrap();
+    install_claim_crd(&cluster.cp).await;
     eventually("claim written once the CRD exists", || async {
         first_claim(&client).await.as_deref() == Some(K_DEBIAN)
     })

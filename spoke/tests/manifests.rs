@@ -12,8 +12,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::ROOT;
+use common::{K_DEBIAN, ROOT, Setup, mk_node, spoke_cluster, test_dir};
 use kmm_fleet_tests::{
+    controlplane::{self, ControlPlane, Options, documents},
     manifests::{self, without_labels},
     process::wait_ready_then_kill,
 };
@@ -51,7 +52,7 @@ fn every_object_renders_and_the_rbac_is_the_generated_one() {
             "{d}"
         );
     }
-    let generated = kmm_sim::parse_documents(&kmm_spoke::rbac::render(
+    let generated = documents(&kmm_spoke::rbac::render(
         kmm_spoke::rbac::NAMESPACE,
         kmm_spoke::rbac::NAME,
     ))
@@ -139,10 +140,11 @@ fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String>
     manifests::container_env(docs, deployment, "kmm-spoke-0").unwrap()
 }
 
-/// The Deployment as rendered starts `kmm-spoke` against a simulated spoke, authenticated as its
-/// ServiceAccount, and it writes the kernel claim and answers `/healthz` and `/readyz`.
+/// The Deployment as rendered starts `kmm-spoke` against a real control plane, authenticated as
+/// its ServiceAccount, and it writes the kernel claim and answers `/healthz` and `/readyz`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_configuration_starts_a_working_spoke() {
+    let _serial = common::one_at_a_time().await;
     let docs = kustomize("manifests/spoke");
     let deployment = find(&docs, "Deployment", "kmm-spoke");
     let mut env = container_env(&docs, deployment);
@@ -161,13 +163,10 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
         .map(|a| a.as_str().unwrap())
         .collect();
 
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = common::spoke_cluster(&sim, "spoke-deploy").await;
-    common::mk_node(&cluster.client(), "node-a", common::K_DEBIAN, &[]).await;
-    let kubeconfig = cluster
-        .kubeconfig_as("system:serviceaccount:kmm-operator-system:kmm-spoke")
-        .unwrap();
-    let log = sim.dir().join("kmm-spoke-deployment.log");
+    let cluster = spoke_cluster("deployment", Setup::default()).await;
+    mk_node(&cluster.client(), "node-a", K_DEBIAN, &[]).await;
+    let kubeconfig = cluster.spoke_kubeconfig.clone();
+    let log = cluster.cp.dir().join("kmm-spoke-deployment.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
         .args(&args)
         .env_clear()
@@ -186,9 +185,10 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
     );
     assert!(
         cluster
-            .audit()
+            .spoke_requests()
+            .await
             .iter()
-            .any(|r| r.resource == "clusterclaims" && r.verb == "create"),
+            .any(|r| r.resource() == "clusterclaims" && r.is_write() && r.code() == 201),
         "the kernel claim was written"
     );
 }
@@ -314,32 +314,37 @@ fn the_policies_install_exactly_the_kustomization_and_the_crds() {
     }
 }
 
-/// The Placement and the ManagedClusterSetBinding survive OCM's own CRD schemas unchanged (the
-/// simulator prunes fields a schema does not know, as the apiserver does). The policy CRDs are
-/// not among the reference CRDs, so the Policies themselves are not checked this way.
+/// The Placement and the ManagedClusterSetBinding survive OCM's own CRDs (from the pinned
+/// `open-cluster-management.io/api` module) on a real apiserver unchanged: it prunes fields a
+/// schema does not know and refuses what fails validation. The policy CRDs are not among them,
+/// so the Policies themselves are not checked this way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_placement_fits_the_ocm_schemas() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let hub = sim.add_cluster("hub").await.unwrap();
-    hub.install_crds_from_path(format!("{ROOT}/../shared/reference/ocm-crds"))
+    let _serial = common::one_at_a_time().await;
+    let hub = ControlPlane::start(&test_dir("placement"), "hub", Options::default())
+        .await
+        .unwrap();
+    hub.install_crds_from_path(controlplane::ocm_crds().unwrap().join("hub"))
+        .await
         .unwrap();
     hub.apply_yaml(&std::fs::read_to_string(format!("{ROOT}/policies/namespace.yaml")).unwrap())
+        .await
         .unwrap();
     let text = std::fs::read_to_string(format!("{ROOT}/policies/placement.yaml")).unwrap();
-    let docs = kmm_sim::parse_documents(&text).unwrap();
+    let docs = documents(&text).unwrap();
     let checked: Vec<Value> = docs
         .into_iter()
         .filter(|d| d["kind"] != "PlacementBinding")
         .collect();
     assert_eq!(checked.len(), 2);
     for doc in checked {
-        let stored = hub.apply_yaml(&serde_json::to_string(&doc).unwrap()).unwrap();
+        let stored = serde_json::to_value(hub.apply_value(&doc).await.unwrap()).unwrap();
         assert!(
-            contains(&stored[0]["spec"], &doc["spec"]),
+            contains(&stored["spec"], &doc["spec"]),
             "{} lost fields to the schema: sent {}, stored {}",
             doc["kind"],
             doc["spec"],
-            stored[0]["spec"]
+            stored["spec"]
         );
     }
 }

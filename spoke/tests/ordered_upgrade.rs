@@ -1,5 +1,7 @@
 //! An ordered upgrade (moduleLoader.container.version v1 -> v2) walked node by node through the
-//! version labels, as the seeds describe it, on the simulator with the kubelet agent.
+//! version labels, as the seeds describe it, on a real control plane: kube-controller-manager
+//! runs the device plugin DaemonSets (and deletes their pods when the schedule label goes),
+//! kube-scheduler binds their pods, the kmm-agents kubelet runs them and the worker pods.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
@@ -13,7 +15,7 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
-use kmm_agents::{Kubelet, KubeletOptions};
+use kmm_agents::NodeRegistration;
 use kmm_api::labels;
 use kube::{
     Api, Client, ResourceExt,
@@ -130,23 +132,25 @@ fn on(version: &str) -> (Option<String>, Option<String>, bool, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
-    let client = cluster.client();
     let requested = labels::version_module("drivers", "kmm-ci");
-    for node in ["node-a", "node-b"] {
-        mk_node(
-            &client,
-            node,
-            K_DEBIAN,
-            &[("role", "gpu"), (requested.as_str(), "v1")],
-        )
-        .await;
-    }
-    let _kubelet = Kubelet::spawn(client.clone(), KubeletOptions::default());
+    let cluster = spoke_cluster(
+        "ordered-upgrade",
+        Setup {
+            nodes: ["node-a", "node-b"]
+                .map(|n| {
+                    NodeRegistration::new(n, K_DEBIAN)
+                        .label("role", "gpu")
+                        .label(&requested, "v1")
+                })
+                .to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
     let (journal, recorder) = record_worker_pods(&client);
-    let spoke = start_spoke(&client);
-    cluster.apply_yaml(&module("v1", IMAGE_V1)).unwrap();
+    let spoke = start_spoke(&cluster);
+    cluster.apply_yaml(&module("v1", IMAGE_V1)).await;
 
     // v1 everywhere: W and S follow M, the module loads, the v1 device plugin runs.
     for node in ["node-a", "node-b"] {
@@ -162,7 +166,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
     eventually("v1 plugins", || async { plugin_pods(&client).await == both_v1 }).await;
 
     // The Module moves to v2 (image and version together): nothing moves on the nodes yet.
-    cluster.apply_yaml(&module("v2", IMAGE_V2)).unwrap();
+    cluster.apply_yaml(&module("v2", IMAGE_V2)).await;
     let dsets = Api::<DaemonSet>::namespaced(client.clone(), "drivers");
     eventually("the v2 DaemonSet exists", || async {
         dsets.get_opt("kmm-ci-device-plugin-v2").await.unwrap().is_some()

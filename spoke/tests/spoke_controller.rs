@@ -1,4 +1,6 @@
-//! kmm-spoke's controllers against the kmm-sim API server and the kmm-agents kubelet.
+//! kmm-spoke's controllers on a real control plane (kube-apiserver, etcd, kube-controller-manager
+//! running the device plugin DaemonSets and garbage collection, kube-scheduler binding their
+//! pods), as its ServiceAccount, with the kmm-agents kubelet running the pods of its nodes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
@@ -10,7 +12,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Pod},
     events::v1::Event,
 };
-use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher};
+use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::{Module, labels};
 use kube::{
     Api,
@@ -41,13 +43,6 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_unloads_and_survives_a_restart() {
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
-    let client = cluster.client();
-    mk_node(&client, "node-a", K_DEBIAN, &[("role", "gpu")]).await;
-    mk_node(&client, "node-b", K_RHEL, &[("role", "gpu")]).await;
-    mk_node(&client, "node-c", K_DEBIAN, &[("role", "other")]).await;
-
     // The first worker on node-b fails; the retry succeeds.
     let script = KubeletScript::new().rule(
         PodMatcher::any().name_prefix("kmm-worker-node-b-"),
@@ -56,15 +51,25 @@ async fn loads_unloads_and_survives_a_restart() {
             Outcome::Succeeded,
         ],
     );
-    let _kubelet = Kubelet::spawn(
-        client.clone(),
-        KubeletOptions {
-            script,
+    let cluster = spoke_cluster(
+        "loads-unloads",
+        Setup {
+            nodes: vec![
+                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
+                NodeRegistration::new("node-b", K_RHEL).label("role", "gpu"),
+                NodeRegistration::new("node-c", K_DEBIAN).label("role", "other"),
+            ],
+            kubelet: KubeletOptions {
+                script,
+                ..Default::default()
+            },
             ..Default::default()
         },
-    );
-    let spoke = start_spoke(&client);
-    cluster.apply_yaml(MODULE).unwrap();
+    )
+    .await;
+    let client = cluster.client();
+    let spoke = start_spoke(&cluster);
+    cluster.apply_yaml(MODULE).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {
@@ -80,9 +85,19 @@ async fn loads_unloads_and_survives_a_restart() {
         record.spec.modules[0].config.container_image,
         "registry.example/kmm-ci@sha256:2222222222222222222222222222222222222222222222222222222222222222"
     );
+    let boot_id = Api::<Node>::all(client.clone())
+        .get("node-b")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .node_info
+        .unwrap()
+        .boot_id;
     assert_eq!(
         record.status.as_ref().unwrap().modules[0].boot_id.as_deref(),
-        Some("boot-node-b")
+        Some(boot_id.as_str()),
+        "the load is recorded against the boot the kubelet reports"
     );
     let events = Api::<Event>::all(client.clone())
         .list(&ListParams::default())
@@ -162,7 +177,7 @@ async fn loads_unloads_and_survives_a_restart() {
         modules.get_opt("kmm-ci").await.unwrap().is_some(),
         "the finalizer holds the Module"
     );
-    let spoke = start_spoke(&client);
+    let spoke = start_spoke(&cluster);
     eventually("node-a unloaded after the restart", || async {
         loaded(&nmc(&client, "node-a").await) == 0
             && !node_labels(&client, "node-a").await.contains_key(&ready)

@@ -1,5 +1,5 @@
-//! The worker pods the controller creates, run for real: the kmm-agents kubelet executes each
-//! pod's worker container (the `kmm-spoke worker` binary cargo built, with `--dry-run` modprobe
+//! The worker pods the controller creates on a real control plane, run for real: the kmm-agents
+//! kubelet executes each pod's worker container (the `kmm-spoke worker` binary cargo built, with `--dry-run` modprobe
 //! against a module tree compiled and depmod'ed here) and reports its exit code and output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{kmod::kmod_tree, *};
 use k8s_openapi::api::events::v1::Event;
-use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodLogSink, PodMatcher};
+use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodLogSink, PodMatcher};
 use kmm_api::labels;
 use kmm_spoke::context::Settings;
 use kube::{Api, api::ListParams};
@@ -79,20 +79,22 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     let host = tmp.path().join("host");
     std::fs::create_dir_all(host.join("lib/modules")).unwrap();
 
-    let sim = kmm_sim::Sim::new().unwrap();
-    let cluster = spoke_cluster(&sim, "spoke-1").await;
-    let client = cluster.client();
-    mk_node(&client, "node-a", &kernel, &[("role", "gpu")]).await;
-
     let runs = Runs::default();
-    let _kubelet = Kubelet::spawn(
-        client.clone(),
-        KubeletOptions {
-            script: KubeletScript::new().rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
-            log_sink: Some(Arc::new(runs.clone())),
+    let cluster = spoke_cluster(
+        "worker-exec",
+        Setup {
+            nodes: vec![NodeRegistration::new("node-a", &kernel).label("role", "gpu")],
+            kubelet: KubeletOptions {
+                script: KubeletScript::new()
+                    .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
+                log_sink: Some(Arc::new(runs.clone())),
+                ..Default::default()
+            },
             ..Default::default()
         },
-    );
+    )
+    .await;
+    let client = cluster.client();
     let mut settings: Settings = common::settings();
     settings.worker.binary = env!("CARGO_BIN_EXE_kmm-spoke").to_owned();
     settings.worker.extra_args = [
@@ -108,13 +110,11 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     ]
     .map(str::to_owned)
     .to_vec();
-    let spoke = start_spoke_with(&client, settings);
+    let spoke = start_spoke_with(&cluster, settings);
     let ready = labels::module_ready("drivers", "kmm-exec");
 
     // A module that is not in the tree: the worker fails with modprobe's reason.
-    cluster
-        .apply_yaml(&module("p=3", &kernel, "kmm_missing"))
-        .unwrap();
+    cluster.apply_yaml(&module("p=3", &kernel, "kmm_missing")).await;
     let events = Api::<Event>::all(client.clone());
     eventually("WorkerFailed with modprobe's reason", || async {
         events
@@ -134,7 +134,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     assert!(!node_labels(&client, "node-a").await.contains_key(&ready));
 
     // Fixed: kmm_a loads after its dependency kmm_b, with its parameter; the node is ready.
-    cluster.apply_yaml(&module("p=3", &kernel, "kmm_a")).unwrap();
+    cluster.apply_yaml(&module("p=3", &kernel, "kmm_a")).await;
     eventually("node-a ready", || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
@@ -150,7 +150,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
 
     // New parameters: unloaded first (a loaded module keeps its old ones), then loaded again.
     let before = runs.modprobe_lines().len();
-    cluster.apply_yaml(&module("p=4", &kernel, "kmm_a")).unwrap();
+    cluster.apply_yaml(&module("p=4", &kernel, "kmm_a")).await;
     eventually("reloaded with p=4", || async {
         let record = nmc(&client, "node-a").await.unwrap();
         record

@@ -1,48 +1,241 @@
-//! Helpers shared by the simulator tests.
+//! Helpers shared by the spoke's tests on a real control plane (`kmm_fleet_tests::controlplane`:
+//! etcd, kube-apiserver, kube-controller-manager and kube-scheduler), with the kmm-agents kubelet
+//! registering the Nodes and running the pods bound to them. kmm-spoke always runs as its
+//! ServiceAccount with the RBAC of `manifests/spoke`, so the apiserver decides what it may do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test helpers: a panic is a failed test
 
 pub mod kmod;
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration};
 use kmm_api::nmc::NodeModulesConfig;
-use kmm_sim::SimCluster;
+use kmm_fleet_tests::{
+    controlplane::{self, AuditEvent, ControlPlane, Options},
+    fleet, repo_root,
+};
 use kmm_spoke::{cli::run_with, context::Settings, node_controller::desired::NodeSettings};
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-pub const CLAIM_CRD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/ocm-crds/0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml"
-);
 
-/// A cluster with the spoke CRDs, OCM's ClusterClaim CRD and the namespace `drivers`.
-pub async fn spoke_cluster(sim: &kmm_sim::Sim, name: &str) -> SimCluster {
-    let cluster = sim.add_cluster(name).await.unwrap();
-    for crd in [
-        "modules.kmm.sigs.x-k8s.io.yaml",
-        "nodemodulesconfigs.kmm.sigs.x-k8s.io.yaml",
-    ] {
-        cluster
-            .install_crds_from_path(format!("{ROOT}/manifests/crds/{crd}"))
-            .unwrap();
-    }
-    cluster.install_crds_from_path(CLAIM_CRD).unwrap();
-    cluster
-        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: drivers}\n")
-        .unwrap();
-    cluster
-}
+/// The user kmm-spoke's ServiceAccount token authenticates as.
+pub const SPOKE_USER: &str = "system:serviceaccount:kmm-operator-system:kmm-spoke";
 
 pub const K_DEBIAN: &str = "6.1.0-18-cloud-amd64";
 pub const K_RHEL: &str = "5.14.0-70.el9.x86_64";
 
+/// What a test's cluster holds besides the control plane.
+pub struct Setup {
+    /// Nodes the kubelet registers (and keeps Ready).
+    pub nodes: Vec<NodeRegistration>,
+    /// The kubelet's options; `nodes`, `node_control`, `daemonsets` and `jobs` are set here.
+    pub kubelet: KubeletOptions,
+    /// Install OCM's ClusterClaim CRD (kmm-spoke writes the kernel claim).
+    pub claim_crd: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            kubelet: KubeletOptions::default(),
+            claim_crd: true,
+        }
+    }
+}
+
+/// One spoke cluster on a real control plane. Fields drop in order: the kubelet stops before
+/// the control plane.
+pub struct SpokeCluster {
+    pub kubelet: Option<AgentHandle>,
+    /// Takes nodes down (a dead kubelet) and up.
+    pub node_control: NodeControl,
+    /// kmm-spoke's ServiceAccount kubeconfig (a TokenRequest token).
+    pub spoke_kubeconfig: PathBuf,
+    /// A client as kmm-spoke's ServiceAccount.
+    pub spoke_client: Client,
+    pub cp: ControlPlane,
+}
+
+/// Serializes the tests of one test binary: each starts a control plane (about 900 MB and most
+/// of a core while it starts), and the machine runs other tests' control planes too. Hold the
+/// guard for the whole test.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// A fresh folder for a test's control plane, under cargo's target tmp dir.
+pub fn test_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("spoke-{name}"))
+}
+
+/// A control plane with the spoke CRDs (and OCM's ClusterClaim CRD unless told otherwise),
+/// kmm-spoke's Namespace, ServiceAccounts and RBAC from `manifests/spoke`, the namespace
+/// `drivers` (with its `default` ServiceAccount, which worker pods run as) and a kubelet for
+/// `setup.nodes`, each registered Ready and without a not-ready taint.
+pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
+    let cp = ControlPlane::start(&test_dir(name), "spoke", Options::default())
+        .await
+        .expect("control plane starts");
+    let root = repo_root();
+    for crd in [
+        "modules.kmm.sigs.x-k8s.io.yaml",
+        "nodemodulesconfigs.kmm.sigs.x-k8s.io.yaml",
+    ] {
+        cp.install_crds_from_path(root.join("manifests/crds").join(crd))
+            .await
+            .unwrap();
+    }
+    if setup.claim_crd {
+        install_claim_crd(&cp).await;
+    }
+    let spoke_kubeconfig = fleet::install_service_account(&cp, &root.join("manifests/spoke"))
+        .await
+        .expect("kmm-spoke's ServiceAccount and RBAC");
+    let spoke_client = controlplane::client_from(&spoke_kubeconfig).await.unwrap();
+    cp.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: drivers}\n")
+        .await
+        .unwrap();
+    cp.wait_for_default_service_account("drivers").await.unwrap();
+    let node_control = NodeControl::default();
+    let kubelet = (!setup.nodes.is_empty() || setup.kubelet.log_sink.is_some()).then(|| {
+        Kubelet::spawn(
+            cp.client(),
+            KubeletOptions {
+                nodes: setup.nodes.clone(),
+                node_control: Some(node_control.clone()),
+                daemonsets: false,
+                jobs: false,
+                ..setup.kubelet
+            },
+        )
+    });
+    let cluster = SpokeCluster {
+        kubelet,
+        node_control,
+        spoke_kubeconfig,
+        spoke_client,
+        cp,
+    };
+    for node in &setup.nodes {
+        cluster.wait_node_ready(&node.name).await;
+    }
+    cluster
+}
+
+/// OCM's ClusterClaim CRD, as `scripts/controlplane-build` copies it from the OCM API module.
+pub async fn install_claim_crd(cp: &ControlPlane) {
+    let dir = controlplane::ocm_crds().unwrap().join("spoke");
+    cp.install_crds_from_path(dir.join("0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml"))
+        .await
+        .unwrap();
+}
+
+impl SpokeCluster {
+    /// An admin client.
+    pub fn client(&self) -> Client {
+        self.cp.client()
+    }
+
+    /// Server-side applies YAML as the admin.
+    pub async fn apply_yaml(&self, text: &str) {
+        self.cp.apply_yaml(text).await.unwrap();
+    }
+
+    /// Waits until the kubelet registered `node` with a kernel and the node-lifecycle controller
+    /// finds it Ready with no not-ready or unreachable taint (kmm-spoke skips nodes with an
+    /// untolerated NoSchedule taint, as upstream does).
+    pub async fn wait_node_ready(&self, node: &str) {
+        let api = Api::<Node>::all(self.client());
+        eventually_within(90, &format!("node {node} registered and Ready"), || async {
+            api.get_opt(node)
+                .await
+                .unwrap()
+                .is_some_and(|n| node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some())
+        })
+        .await;
+    }
+
+    /// Every request the apiserver recorded for kmm-spoke's ServiceAccount.
+    pub async fn spoke_requests(&self) -> Vec<AuditEvent> {
+        self.cp
+            .audit_settled()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.user.username == SPOKE_USER)
+            .collect()
+    }
+
+    /// The writes kmm-spoke's ServiceAccount made to `resource` (not its subresources) so far,
+    /// from the audit log once its batches are written.
+    pub async fn spoke_writes(&self, resource: &str) -> usize {
+        self.cp
+            .audit_settled()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e.user.username == SPOKE_USER
+                    && e.is_write()
+                    && e.resource() == resource
+                    && e.subresource().is_empty()
+            })
+            .count()
+    }
+}
+
+/// Whether the Node's Ready condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node_condition(node, "Ready").as_deref() == Some("True")
+}
+
+/// The status of one Node condition.
+pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// Whether the node-lifecycle controller tainted the Node not-ready or unreachable.
+pub fn node_tainted(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable")
+        })
+}
+
+fn kernel_of(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .node_info
+        .as_ref()
+        .map(|i| i.kernel_version.as_str())
+        .filter(|k| !k.is_empty())
+}
+
+/// A Node without a kubelet: created and given a kernel by the admin (enough for what reads
+/// only `nodeInfo`, like the kernel claim writer).
 pub async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(&str, &str)]) {
     let api = Api::<Node>::all(client.clone());
     let labels: BTreeMap<_, _> = node_labels
@@ -63,19 +256,32 @@ pub async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(
     .unwrap();
 }
 
+/// Polls `check` every 200 ms for up to 120 s; a bound so a broken controller fails the test
+/// instead of hanging it, not a speed check.
 pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    // A bound so a broken controller fails the test instead of hanging it; not a speed check.
-    for _ in 0..600 {
+    eventually_within(120, what, check).await;
+}
+
+/// [`eventually`] with its own bound in seconds.
+pub async fn eventually_within<F, Fut>(secs: u64, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
         if check().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() > deadline {
+            panic!("not within {secs} s: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("never happened: {what}");
 }
 
 pub fn settings() -> Settings {
@@ -90,18 +296,19 @@ pub fn settings() -> Settings {
     }
 }
 
+/// kmm-spoke's controllers running in this test process (`run_with`) as its ServiceAccount.
 pub struct Spoke {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
-pub fn start_spoke(client: &Client) -> Spoke {
-    start_spoke_with(client, settings())
+pub fn start_spoke(cluster: &SpokeCluster) -> Spoke {
+    start_spoke_with(cluster, settings())
 }
 
-pub fn start_spoke_with(client: &Client, settings: Settings) -> Spoke {
+pub fn start_spoke_with(cluster: &SpokeCluster, settings: Settings) -> Spoke {
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let client = client.clone();
+    let client = cluster.spoke_client.clone();
     let task = tokio::spawn(async move {
         run_with(client, settings, None, async move {
             let _ = rx.await;
@@ -116,6 +323,11 @@ impl Spoke {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
+    }
+
+    /// Whether the controllers still run (a panic ends the task).
+    pub fn running(&self) -> bool {
+        !self.task.is_finished()
     }
 }
 
@@ -140,6 +352,15 @@ pub fn loaded(nmc: &Option<NodeModulesConfig>) -> usize {
         .and_then(|n| n.status.as_ref())
         .map(|s| s.modules.len())
         .unwrap_or(0)
+}
+
+/// The worker pods in `drivers`.
+pub async fn worker_pods(client: &Client) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "drivers")
+        .list(&ListParams::default().labels("kmm.node.kubernetes.io/worker-action"))
+        .await
+        .unwrap()
+        .items
 }
 
 /// Sets a node's kernel (an upgrade, or the kubelet reporting it for the first time).
