@@ -15,13 +15,22 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kmm_sim::SimCluster;
 use kube::api::{Api, ObjectMeta, PostParams};
 
+/// The kubectl `scripts/controlplane-build` builds beside the test control plane (the same
+/// Kubernetes release), in `<target>/controlplane/`.
+fn kubectl_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|target| target.join("controlplane/kubectl"))
+        .unwrap_or_else(|| "kubectl".into())
+}
+
 fn kubectl(c: &SimCluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_path())
         .arg("--kubeconfig")
         .arg(c.kubeconfig_path())
         .args(args)
         .output()
-        .expect("kubectl is installed by scripts/test-deps");
+        .expect("kubectl is built by scripts/controlplane-build");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -100,7 +109,7 @@ async fn kubectl_applies_gets_describes_and_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_watch_prints_new_objects() {
     let (_sim, c) = cluster_with_crds("hub").await;
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(kubectl_path())
         .arg("--kubeconfig")
         .arg(c.kubeconfig_path())
         .args(["get", "configmaps", "-w", "-o", "name"])
