@@ -1,12 +1,16 @@
-//! A whole kmm-fleet on one machine, for the end-to-end tests under `tests/tests/` and for
-//! `just demo`: the API simulator with a hub and spoke clusters, the OCM agents and a kubelet
-//! per cluster, a real registry, and the real `kmm-hub` and `kmm-spoke` processes.
+//! A whole kmm-fleet on one machine, for the end-to-end tests under `tests/tests/`, the hub's and
+//! the spoke's integration tests, and `just demo`: a real control plane per cluster (hub and
+//! spokes), OCM's own agents, a kubelet stand-in per cluster, a real registry, and the real
+//! `kmm-hub` and `kmm-spoke` processes.
 //!
+//! - [`controlplane`]: `kmm-controlplane up` (tests/controlplane): etcd, kube-apiserver,
+//!   kube-controller-manager and kube-scheduler, identities, server-side apply, the audit log.
+//! - [`ocm`]: OCM's hub registration controller and klusterlet agents.
 //! - [`registry`]: a CNCF distribution registry on loopback.
 //! - [`images`]: module images (busybox plus a depmod'ed module tree) pushed with umoci/skopeo.
 //! - [`kmod`]: the test kernel module, compiled against the installed headers.
 //! - [`manifests`]: the install manifests as kustomize renders them (the manifests tests).
-//! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics.
+//! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics; other daemons.
 //! - [`fleet`]: the clusters, agents and processes together.
 //! - [`demo`]: the fleet `just demo` starts, and its status table.
 
