@@ -67,7 +67,13 @@ fn the_demo_converges_prints_every_cluster_loaded_and_stops_on_ctrl_c() {
         .unwrap();
     assert!(kubeconfig.exists());
 
-    // Ctrl-C: a clean exit, and the simulator's files are gone.
+    let server = std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://").map(str::to_owned))
+        .expect("the kubeconfig names its server");
+
+    // Ctrl-C: a clean exit, and the hub's control plane is stopped with it.
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -85,5 +91,12 @@ fn the_demo_converges_prints_every_cluster_loaded_and_stops_on_ctrl_c() {
         output.push(line);
     }
     assert!(output.iter().any(|l| l == "Stopped."), "{output:#?}");
-    assert!(!kubeconfig.exists(), "the simulator cleaned up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&server).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub's apiserver at {server} still answers after the demo stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
