@@ -242,14 +242,22 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(120);
         while count() <= before || self.client.apiserver_version().await.is_err() {
             if Instant::now() > deadline {
-                bail!("kube-apiserver of {} not back in 120 s:\n{}", self.name, self.log_tails(20));
+                bail!(
+                    "kube-apiserver of {} not back in 120 s:\n{}",
+                    self.name,
+                    self.log_tails(20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Discovery and the readiness checks settle a moment after /version answers.
         while self.client.list_api_groups().await.is_err() {
             if Instant::now() > deadline {
-                bail!("kube-apiserver of {} serves no discovery:\n{}", self.name, self.log_tails(20));
+                bail!(
+                    "kube-apiserver of {} serves no discovery:\n{}",
+                    self.name,
+                    self.log_tails(20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

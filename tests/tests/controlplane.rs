@@ -21,7 +21,12 @@ fn dir(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_identities_and_audit_on_a_real_apiserver() -> anyhow::Result<()> {
-    let cp = ControlPlane::start(&dir("cp-basics"), "hub", Options::hub().user("alice", &["team-a"])).await?;
+    let cp = ControlPlane::start(
+        &dir("cp-basics"),
+        "hub",
+        Options::hub().user("alice", &["team-a"]),
+    )
+    .await?;
     let root = kmm_fleet_tests::repo_root();
 
     // Every KMM CRD and OCM's hub and spoke CRDs are accepted as they are.
@@ -80,10 +85,16 @@ async fn crds_identities_and_audit_on_a_real_apiserver() -> anyhow::Result<()> {
         let audit = cp.audit()?;
         found = (
             audit.iter().any(|e| {
-                e.user.username == "alice" && e.verb == "create" && e.resource() == "configmaps" && e.code() == 403
+                e.user.username == "alice"
+                    && e.verb == "create"
+                    && e.resource() == "configmaps"
+                    && e.code() == 403
             }),
             audit.iter().any(|e| {
-                e.user.username == "admin" && e.verb == "create" && e.resource() == "managedclusters" && e.code() == 201
+                e.user.username == "admin"
+                    && e.verb == "create"
+                    && e.resource() == "managedclusters"
+                    && e.code() == 201
             }),
         );
         if found == (true, true) {
@@ -104,7 +115,12 @@ async fn ocm_registration_claims_and_lease() -> anyhow::Result<()> {
     let base = dir("cp-ocm");
     std::fs::create_dir_all(&base)?;
     let hub = ControlPlane::start(&base.join("hub"), "hub", ocm::hub_options(Options::hub())).await?;
-    let spoke = ControlPlane::start(&base.join("spoke-a"), "spoke-a", ocm::spoke_options(Options::default())).await?;
+    let spoke = ControlPlane::start(
+        &base.join("spoke-a"),
+        "spoke-a",
+        ocm::spoke_options(Options::default()),
+    )
+    .await?;
     let _ocm_hub = OcmHub::start(&hub, &base).await?;
     let mut agent = OcmAgent::start(
         &hub,
@@ -128,10 +144,10 @@ async fn ocm_registration_claims_and_lease() -> anyhow::Result<()> {
     for _ in 0..120 {
         let mc = serde_json::to_value(clusters.get("spoke-a").await?)?;
         claims = mc["status"]["clusterClaims"].clone();
-        if claims
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["name"] == "kernel-versions.kmm.node.kubernetes.io"))
-        {
+        if claims.as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["name"] == "kernel-versions.kmm.node.kubernetes.io")
+        }) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

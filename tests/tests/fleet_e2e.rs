@@ -637,7 +637,11 @@ async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() 
     fleet.push_prebuilt(K_B).unwrap();
     for (spoke, kernel) in [("a", K_A), ("b", K_B)] {
         fleet
-            .add_spoke(spoke, &[("driver", "gpu")], &[NodeSpec::worker(&format!("{spoke}-1"), kernel)])
+            .add_spoke(
+                spoke,
+                &[("driver", "gpu")],
+                &[NodeSpec::worker(&format!("{spoke}-1"), kernel)],
+            )
             .await
             .unwrap();
     }
@@ -689,5 +693,8 @@ async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() 
             && e.resource() == "managedclusters"
             && (e.verb == "list" || e.request_uri.contains("sendInitialEvents=true"))
     });
-    assert!(relisted, "the hub listed ManagedClusters again after its watch lost its place");
+    assert!(
+        relisted,
+        "the hub listed ManagedClusters again after its watch lost its place"
+    );
 }
