@@ -1,12 +1,17 @@
-//! The real `kmm-hub run` against a simulated hub and spokes (with the OCM agents) and a real
-//! registry: what a user sees on the hub and on the spokes.
+//! The real `kmm-hub run` on a real hub control plane with a real registry: what a user sees on
+//! the hub and on the spokes. Where a test looks at delivery or feedback (the spoke's Module, a
+//! cluster counted as applied) its clusters are spokes with their own control plane joined by
+//! OCM's real klusterlet agent; where only the hub is under test (blocked clusters, an unselected
+//! cluster) they are ManagedClusters the test creates as admin with `status.clusterClaims`
+//! written through the status subresource (see `support::fleet`). Writes are counted in the hub
+//! apiserver's audit log, per identity.
 
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use k8s_openapi::api::events::v1::Event;
 use kmm_api::{
@@ -18,7 +23,10 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use support::{
-    fleet::{Fleet, HUB_NAMESPACE, HubProcess, SPOKE_NAMESPACE, SpokeSpec, eventually, set_kernels},
+    fleet::{
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, is_on, serial,
+        writes_by,
+    },
     free_port, push_image, start_registry_at,
 };
 
@@ -95,35 +103,46 @@ async fn spoke_module(fleet: &Fleet, spoke: &str, name: &str) -> Option<Module> 
         .unwrap()
 }
 
+/// Requests of `user` the apiserver refused (403 Forbidden, 400/422 invalid): none expected.
+async fn assert_nothing_refused(fleet: &Fleet, user: &str) {
+    let audit = fleet.audit().await;
+    let refused: Vec<String> = audit
+        .iter()
+        .filter(|e| e.user.username == user && matches!(e.code(), 400 | 403 | 422))
+        .map(describe)
+        .collect();
+    assert!(refused.is_empty(), "the apiserver refused {user}: {refused:#?}");
+}
+
+/// Index of the next audit record: what happens from now on is `audit[mark..]`.
+async fn audit_mark(fleet: &Fleet) -> usize {
+    fleet.audit().await.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
-    let mut fleet = Fleet::start(
-        "rollout",
-        &[
-            SpokeSpec::prod("a", &[K1, K2]),
-            SpokeSpec::prod("b", &[K1]),
-            SpokeSpec {
-                name: "c",
-                labels: &[("env", "dev")],
-                kernels: Some(&[K1]),
-            },
-        ],
-    )
-    .await;
+    let _serial = serial().await;
+    let mut fleet = Fleet::start("rollout").await;
+    fleet
+        .add_spokes(&[ClusterSpec::prod("a", &[K1, K2]), ClusterSpec::prod("b", &[K1])])
+        .await;
+    // Never selected: only the hub needs to know it.
+    fleet
+        .add_cluster(&ClusterSpec {
+            name: "c",
+            labels: &[("env", "dev")],
+            kernels: Some(&[K1]),
+        })
+        .await;
     let d1 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
     let d2 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K2}"));
     // Pushing and inspecting with skopeo asked for manifests too; count from here on.
     let before = fleet.registry.manifest_requests("kmm/gpu-kmod");
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-0",
-        &["--leader-election", "false"],
-    );
-    eventually(30, "hub ready", Some(&hub), || hub.ready()).await;
+    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
+    hub.wait_ready().await;
     create_mcm(&fleet, "gpu").await;
 
-    eventually(30, "works for the two prod clusters", Some(&hub), || async {
+    eventually(120, "works for the two prod clusters", Some(&hub), || async {
         work(&fleet, "a", "gpu").await.is_some() && work(&fleet, "b", "gpu").await.is_some()
     })
     .await;
@@ -152,11 +171,11 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         "gpu"
     );
 
-    eventually(30, "Modules on both prod spokes", Some(&hub), || async {
+    eventually(180, "Modules on both prod spokes", Some(&hub), || async {
         spoke_module(&fleet, "a", "gpu").await.is_some() && spoke_module(&fleet, "b", "gpu").await.is_some()
     })
     .await;
-    eventually(30, "status shows both clusters applied", Some(&hub), || async {
+    eventually(180, "status shows both clusters applied", Some(&hub), || async {
         mcm_status(&fleet, "gpu")
             .await
             .is_some_and(|s| s.number_desired == 2 && s.number_applied == 2)
@@ -184,13 +203,13 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         .await
         .unwrap()
         .items;
-    let clusters_file = fleet.sim.dir().join("clusters.yaml");
+    let clusters_file = fleet.dir.join("clusters.yaml");
     let docs: Vec<String> = clusters
         .iter()
         .map(|c| serde_saphyr::to_string(c).unwrap())
         .collect();
     std::fs::write(&clusters_file, format!("---\n{}", docs.join("---\n"))).unwrap();
-    let mcm_file = fleet.sim.dir().join("mcm.yaml");
+    let mcm_file = fleet.dir.join("mcm.yaml");
     std::fs::write(&mcm_file, mcm_yaml(&fleet.registry.host, "gpu")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
         .args([
@@ -227,7 +246,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(30, "works carry the edited module name", Some(&hub), || async {
+    eventually(120, "works carry the edited module name", Some(&hub), || async {
         let name = |w: Option<ManifestWork>| {
             w.map(|w| {
                 w.spec.workload.manifests[0]["spec"]["moduleLoader"]["container"]["modprobe"]["moduleName"]
@@ -238,7 +257,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             && name(work(&fleet, "b", "gpu").await) == Some("gpu_kmod_v2".into())
     })
     .await;
-    eventually(30, "the spoke Module follows", Some(&hub), || async {
+    eventually(180, "the spoke Module follows", Some(&hub), || async {
         spoke_module(&fleet, "a", "gpu")
             .await
             .and_then(|m| m.spec.module_loader)
@@ -246,11 +265,18 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             == Some("gpu_kmod_v2".into())
     })
     .await;
+    eventually(180, "the edit applied on both spokes", Some(&hub), || async {
+        mcm_status(&fleet, "gpu")
+            .await
+            .is_some_and(|s| s.number_applied == 2)
+    })
+    .await;
 
     // b upgrades to K2: only b's work changes, to a K2 mapping.
     let a_version = work(&fleet, "a", "gpu").await.unwrap().metadata.generation;
-    set_kernels(fleet.spoke("b"), &[K2]);
-    eventually(30, "b's work follows its new kernel", Some(&hub), || async {
+    let mark = audit_mark(&fleet).await;
+    fleet.set_kernels("b", &[K2]).await;
+    eventually(180, "b's work follows its new kernel", Some(&hub), || async {
         literals(&work(&fleet, "b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
     })
     .await;
@@ -258,6 +284,16 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
         a_version,
         "a untouched"
+    );
+    let audit = fleet.audit().await;
+    let work_writes: Vec<String> = writes_by(&audit[mark..], HUB_USER)
+        .into_iter()
+        .filter(|e| is_on(e, "manifestworks"))
+        .map(describe)
+        .collect();
+    assert!(
+        work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
+        "the kernel change of b wrote b's work only: {work_writes:#?}"
     );
 
     // a is relabelled out of the selector: its work and its Module go, b keeps its own.
@@ -269,15 +305,15 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(30, "a's work and Module removed", Some(&hub), || async {
+    eventually(180, "a's work and Module removed", Some(&hub), || async {
         work(&fleet, "a", "gpu").await.is_none() && spoke_module(&fleet, "a", "gpu").await.is_none()
     })
     .await;
     assert!(spoke_module(&fleet, "b", "gpu").await.is_some());
 
     // A new prod cluster joins and gets the Module.
-    fleet.add_spoke(&SpokeSpec::prod("d", &[K1])).await;
-    eventually(30, "the new cluster gets its Module", Some(&hub), || async {
+    fleet.add_spokes(&[ClusterSpec::prod("d", &[K1])]).await;
+    eventually(180, "the new cluster gets its Module", Some(&hub), || async {
         spoke_module(&fleet, "d", "gpu").await.is_some()
     })
     .await;
@@ -287,7 +323,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         .delete("gpu", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(30, "everything removed", Some(&hub), || async {
+    eventually(180, "everything removed", Some(&hub), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get_opt("gpu")
             .await
@@ -298,30 +334,24 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             && spoke_module(&fleet, "d", "gpu").await.is_none()
     })
     .await;
+    assert_nothing_refused(&fleet, HUB_USER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
-    let fleet = Fleet::start(
-        "blocked",
-        &[
-            SpokeSpec {
-                name: "noclaim",
-                labels: &[("env", "prod")],
-                kernels: None,
-            },
-            SpokeSpec::prod("nomap", &[K1]),
-        ],
-    )
-    .await;
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-0",
-        &["--leader-election", "false"],
-    );
+    let _serial = serial().await;
+    let fleet = Fleet::start("blocked").await;
+    fleet
+        .add_cluster(&ClusterSpec {
+            name: "noclaim",
+            labels: &[("env", "prod")],
+            kernels: None,
+        })
+        .await;
+    fleet.add_cluster(&ClusterSpec::prod("nomap", &[K1])).await;
+    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     create_mcm(&fleet, "gpu").await;
-    eventually(30, "both clusters blocked in status", Some(&hub), || async {
+    eventually(120, "both clusters blocked in status", Some(&hub), || async {
         mcm_status(&fleet, "gpu")
             .await
             .is_some_and(|s| s.number_blocked == 2)
@@ -347,29 +377,32 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
         "no work with a tag the registry does not have"
     );
 
-    let events: Vec<Event> = Api::<Event>::all(fleet.hub.client())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let reasons: Vec<&str> = events
-        .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("gpu"))
-        .filter_map(|e| e.reason.as_deref())
-        .collect();
-    assert!(
-        reasons.contains(&"NoKernelClaim") && reasons.contains(&"ImageNotFound"),
-        "{reasons:?}"
-    );
+    let reasons = || async {
+        let events: Vec<Event> = Api::<Event>::all(fleet.hub.client())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        events
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("gpu"))
+            .filter_map(|e| e.reason.clone())
+            .collect::<Vec<String>>()
+    };
+    eventually(60, "an Event per blocking reason", Some(&hub), || async {
+        let reasons = reasons().await;
+        reasons.iter().any(|r| r == "NoKernelClaim") && reasons.iter().any(|r| r == "ImageNotFound")
+    })
+    .await;
 
     // The image is pushed: the next retry pins it and the work appears.
     push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(30, "work written once the image exists", Some(&hub), || async {
+    eventually(120, "work written once the image exists", Some(&hub), || async {
         work(&fleet, "nomap", "gpu").await.is_some()
     })
     .await;
     eventually(
-        30,
+        120,
         "only the cluster without a claim stays blocked",
         Some(&hub),
         || async {
@@ -379,44 +412,69 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
         },
     )
     .await;
+    assert_nothing_refused(&fleet, HUB_USER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
-    let fleet = Fleet::start(
-        "replicas",
-        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
-    )
-    .await;
+    let _serial = serial().await;
+    let mut fleet = Fleet::start_with("replicas", &["replica-1", "replica-2", "replica-3"]).await;
+    fleet
+        .add_spokes(&[ClusterSpec::prod("a", &[K1]), ClusterSpec::prod("b", &[K1])])
+        .await;
     push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    let first = HubProcess::start(&fleet.hub, fleet.sim.dir(), "replica-1", &[]);
-    let second = HubProcess::start(&fleet.hub, fleet.sim.dir(), "replica-2", &[]);
+    let first = fleet.start_hub_as("replica-1", &[]);
+    let second = fleet.start_hub_as("replica-2", &[]);
     create_mcm(&fleet, "gpu").await;
-    eventually(30, "both clusters applied", Some(&first), || async {
+    eventually(180, "both clusters applied", Some(&first), || async {
         mcm_status(&fleet, "gpu")
             .await
             .is_some_and(|s| s.number_applied == 2)
     })
     .await;
-    let w1 = first
-        .metric("kmm_hub_manifestwork_writes_total")
-        .await
-        .unwrap_or(0.0);
-    let w2 = second
-        .metric("kmm_hub_manifestwork_writes_total")
-        .await
-        .unwrap_or(0.0);
-    assert_eq!(w1 + w2, 2.0, "one write per cluster in total");
-    assert!(w1 == 0.0 || w2 == 0.0, "only one replica wrote: {w1} and {w2}");
+    let audit = fleet.audit().await;
+    let work_writes = |user: &str| -> Vec<String> {
+        writes_by(&audit, user)
+            .into_iter()
+            .filter(|e| is_on(e, "manifestworks"))
+            .map(describe)
+            .collect()
+    };
+    let (w1, w2) = (work_writes("replica-1"), work_writes("replica-2"));
+    assert_eq!(
+        w1.len() + w2.len(),
+        2,
+        "one ManifestWork write per cluster in total: {w1:#?} {w2:#?}"
+    );
+    assert!(
+        w1.is_empty() || w2.is_empty(),
+        "only one replica wrote: {w1:#?} {w2:#?}"
+    );
     let lease: k8s_openapi::api::coordination::v1::Lease = Api::namespaced(fleet.hub.client(), HUB_NAMESPACE)
         .get("kmm-hub")
         .await
         .unwrap();
     let holder = lease.spec.unwrap().holder_identity.unwrap();
-    assert_eq!(
-        holder,
-        if w1 > 0.0 { "replica-1" } else { "replica-2" },
-        "the writer holds the Lease"
+    let (writer, other) = if w1.is_empty() {
+        ("replica-2", "replica-1")
+    } else {
+        ("replica-1", "replica-2")
+    };
+    assert_eq!(holder, writer, "the writer holds the Lease");
+    let other_writes: Vec<String> = writes_by(&audit, other)
+        .into_iter()
+        .filter(|e| !is_on(e, "leases"))
+        .map(describe)
+        .collect();
+    assert!(
+        other_writes.is_empty(),
+        "the replica without the Lease wrote only to the Lease: {other_writes:#?}"
+    );
+    assert!(
+        writes_by(&audit, writer)
+            .iter()
+            .any(|e| is_on(e, "managedclustermodules/status")),
+        "the leader wrote the status"
     );
 
     // Both replicas restart: the works are up to date, so nothing is written again.
@@ -426,27 +484,17 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     ];
     // SIGTERM stops a replica cleanly and promptly (as the kubelet stops a pod).
     let (mut first, mut second) = (first, second);
-    assert_eq!(first.terminate(10), Some(0), "kmm-hub exits 0 on SIGTERM");
-    assert_eq!(second.terminate(10), Some(0));
-    let again = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "replica-3",
-        &["--leader-election", "false"],
-    );
-    eventually(30, "the restarted hub reconciled", Some(&again), || async {
-        again
-            .metric("kmm_hub_reconciles_total")
-            .await
-            .is_some_and(|n| n >= 1.0)
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(again.metric("kmm_hub_manifestwork_writes_total").await, Some(0.0));
-    assert_eq!(
-        again.metric("kmm_hub_status_writes_total").await,
-        Some(0.0),
-        "status unchanged, not rewritten"
+    assert_eq!(first.terminate(30), Some(0), "kmm-hub exits 0 on SIGTERM");
+    assert_eq!(second.terminate(30), Some(0));
+    let again = fleet.start_hub_as("replica-3", &["--leader-election", "false"]);
+    again.wait_reconciled().await;
+    // Several retry periods (1 s) and feedback rounds (1 s) later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let audit = fleet.audit().await;
+    let writes: Vec<String> = writes_by(&audit, "replica-3").into_iter().map(describe).collect();
+    assert!(
+        writes.is_empty(),
+        "the restarted hub found everything up to date and wrote nothing (works, status, finalizers): {writes:#?}"
     );
     assert_eq!(
         vec![
@@ -455,27 +503,27 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
         ],
         generations
     );
+    for user in ["replica-1", "replica-2", "replica-3"] {
+        assert_nothing_refused(&fleet, user).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back() {
-    let fleet = Fleet::start("down", &[SpokeSpec::prod("a", &[K1])]).await;
+    let _serial = serial().await;
+    let mut fleet = Fleet::start("down").await;
+    fleet.add_spokes(&[ClusterSpec::prod("a", &[K1])]).await;
     // The MCM points at a registry port where nothing listens yet.
     let port = free_port();
     let host = format!("127.0.0.1:{port}");
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-0",
-        &["--leader-election", "false"],
-    );
+    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&host, "gpu")).unwrap();
     Api::<ManagedClusterModule>::all(fleet.hub.client())
         .create(&PostParams::default(), &mcm)
         .await
         .unwrap();
     eventually(
-        30,
+        120,
         "the cluster is blocked by the registry error",
         Some(&hub),
         || async {
@@ -490,7 +538,7 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
     let registry = start_registry_at("down-later", port);
     let digest = push_image(&registry, &format!("kmm/gpu-kmod:{K1}"));
     eventually(
-        30,
+        120,
         "the work appears once the registry answers",
         Some(&hub),
         || async {
@@ -500,10 +548,11 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
         },
     )
     .await;
-    eventually(30, "no problem left", Some(&hub), || async {
+    eventually(180, "no problem left", Some(&hub), || async {
         mcm_status(&fleet, "gpu")
             .await
             .is_some_and(|s| s.problems.is_empty() && s.number_applied == 1)
     })
     .await;
+    assert_nothing_refused(&fleet, HUB_USER).await;
 }

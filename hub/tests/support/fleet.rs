@@ -1,47 +1,65 @@
-//! A small fleet for controller tests: a simulated hub and spokes with the OCM agents, a real
-//! registry, and the real `kmm-hub run` process pointed at the hub.
+//! A small fleet for the hub's tests on real control planes: a hub (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler, with `OwnerReferencesPermissionEnforcement` as on an
+//! OpenShift hub), a real registry, and two kinds of managed clusters:
+//!
+//! - spokes ([`Fleet::add_spokes`]): a control plane of their own with KMM's CRDs, joined by
+//!   OCM's real klusterlet agent (registration, ClusterClaims, ManifestWork delivery and status
+//!   feedback) to OCM's real registration controller on the hub;
+//! - hub-only clusters ([`Fleet::add_cluster`]): a `ManagedCluster` the test creates as the hub's
+//!   admin, with its namespace, `ManagedClusterJoined`/`Available` and `status.clusterClaims`
+//!   written through the status subresource; nothing delivers their ManifestWorks.
+//!
+//! The real `kmm-hub run` runs as the ServiceAccount of `manifests/hub` with the RBAC that
+//! kustomization renders ([`Fleet::start_hub`]), or as named client-certificate identities bound
+//! to the same roles ([`Fleet::start_hub_as`], to tell replicas apart in the audit log).
+//! Writes are counted from the apiserver's audit log ([`writes_by`]).
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use kmm_agents::{AgentHandle, RegistrationAgent, RegistrationOptions, WorkAgent, WorkAgentOptions};
-use kmm_fleet_tests::process::http_get;
-use kmm_sim::{Sim, SimCluster};
+use kmm_fleet_tests::{
+    controlplane::{AuditEvent, ControlPlane, Options},
+    fleet::install_service_account,
+    fresh_dir, manifests,
+    ocm::{self, AgentOptions, OcmAgent, OcmHub},
+    process::http_get,
+};
+use kmm_sim::SimCluster;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
 
 use super::{Registry, free_port, start_registry};
 
 pub const HUB_NAMESPACE: &str = "kmm-hub";
 pub const SPOKE_NAMESPACE: &str = "drivers";
-const CLAIM: &str = "kernel-versions.kmm.node.kubernetes.io";
+/// Who `kmm-hub run` is when started by [`Fleet::start_hub`]: the Deployment's ServiceAccount.
+pub const HUB_USER: &str = "system:serviceaccount:kmm-hub:kmm-hub";
+/// Group of the client-certificate identities of [`Fleet::start_with`], bound to the hub's roles.
+pub const HUB_GROUP: &str = "kmm-hub-replicas";
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub struct Spoke {
-    pub cluster: SimCluster,
-    _agents: Vec<AgentHandle>,
+/// Tests of one binary that start control planes run one at a time: each needs most of a
+/// 2-core machine, and timeouts are no assertion here.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
-pub struct Fleet {
-    pub sim: Sim,
-    pub hub: SimCluster,
-    pub spokes: BTreeMap<String, Spoke>,
-    pub registry: Registry,
-}
-
-/// One spoke: name, ManagedCluster labels, kernels it reports (`None`: no claim at all).
-pub struct SpokeSpec<'a> {
+/// One managed cluster: name, ManagedCluster labels, kernels it reports (`None`: no claim).
+pub struct ClusterSpec<'a> {
     pub name: &'a str,
     pub labels: &'a [(&'a str, &'a str)],
     pub kernels: Option<&'a [&'a str]>,
 }
 
-impl<'a> SpokeSpec<'a> {
+impl<'a> ClusterSpec<'a> {
     /// A cluster labelled `env=prod` (what the tests' MCMs select) running `kernels`.
     pub fn prod(name: &'a str, kernels: &'a [&'a str]) -> Self {
         Self {
@@ -52,89 +70,259 @@ impl<'a> SpokeSpec<'a> {
     }
 }
 
+/// A managed cluster with a control plane of its own and OCM's agent.
+pub struct Spoke {
+    pub agent: OcmAgent,
+    pub cluster: ControlPlane,
+}
+
+/// The hub, its registry and its managed clusters; everything stops on drop (spokes first).
+pub struct Fleet {
+    pub spokes: BTreeMap<String, Spoke>,
+    pub ocm: Option<OcmHub>,
+    pub hub: ControlPlane,
+    pub registry: Registry,
+    /// Logs, kubeconfigs, control plane folders.
+    pub dir: PathBuf,
+    /// kmm-hub's ServiceAccount kubeconfig.
+    pub hub_kubeconfig: PathBuf,
+}
+
 impl Fleet {
-    pub async fn start(name: &str, spokes: &[SpokeSpec<'_>]) -> Self {
-        let sim = Sim::new().unwrap();
-        let hub = sim.add_cluster("hub").await.unwrap();
-        hub.install_crds_from_path(repo_root().join("manifests/crds"))
-            .unwrap();
-        hub.install_crds_from_path(repo_root().join("../shared/reference/ocm-crds"))
-            .unwrap();
-        hub.apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {HUB_NAMESPACE}\n"
-        ))
-        .unwrap();
-        let mut fleet = Self {
-            sim,
-            hub,
-            spokes: BTreeMap::new(),
-            registry: start_registry(name),
-        };
-        for s in spokes {
-            fleet.add_spoke(s).await;
-        }
-        fleet
+    /// A hub with KMM's and OCM's CRDs, `manifests/hub`'s Namespace, ServiceAccount and RBAC,
+    /// and a registry; no cluster yet.
+    pub async fn start(name: &str) -> Self {
+        Self::start_with(name, &[]).await
     }
 
-    pub async fn add_spoke(&mut self, s: &SpokeSpec<'_>) {
-        let spoke = self.sim.add_cluster(s.name).await.unwrap();
-        spoke
-            .install_crds_from_path(repo_root().join("manifests/crds"))
-            .unwrap();
-        spoke
-            .install_crds_from_path(repo_root().join("../shared/reference/ocm-crds"))
-            .unwrap();
-        spoke
-            .apply_yaml(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SPOKE_NAMESPACE}\n"
-            ))
-            .unwrap();
-        if let Some(kernels) = s.kernels {
-            set_kernels(&spoke, kernels);
+    /// Like [`Fleet::start`], with client-certificate `identities` (group [`HUB_GROUP`]) bound to
+    /// the same roles as the hub's ServiceAccount.
+    pub async fn start_with(name: &str, identities: &[&str]) -> Self {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = fresh_dir(&base, &format!("hub-{name}")).unwrap();
+        let mut options = ocm::hub_options(Options::hub());
+        for id in identities {
+            options = options.user(id, &[HUB_GROUP]);
         }
-        let labels = s
+        let hub = ControlPlane::start(&dir.join("hub"), "hub", options)
+            .await
+            .unwrap();
+        hub.install_crds_from_path(repo_root().join("manifests/crds"))
+            .await
+            .unwrap();
+        hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
+            .await
+            .unwrap();
+        let hub_kubeconfig = install_service_account(&hub, &repo_root().join("manifests/hub"))
+            .await
+            .unwrap();
+        if !identities.is_empty() {
+            bind_hub_roles_to_group(&hub, HUB_GROUP).await;
+        }
+        Self {
+            spokes: BTreeMap::new(),
+            ocm: None,
+            hub,
+            registry: start_registry(name),
+            dir,
+            hub_kubeconfig,
+        }
+    }
+
+    /// Adds spokes (started side by side): a control plane each with KMM's CRDs and the
+    /// MCMs' namespace, joined by OCM's agent with the given labels, then its kernel claim.
+    /// The first call starts OCM's registration controller on the hub.
+    pub async fn add_spokes(&mut self, specs: &[ClusterSpec<'_>]) {
+        if self.ocm.is_none() {
+            self.ocm = Some(OcmHub::start(&self.hub, &self.dir).await.unwrap());
+        }
+        let started = futures::future::join_all(
+            specs
+                .iter()
+                .map(|s| start_spoke(&self.hub, &self.dir, s.name, s.labels)),
+        )
+        .await;
+        for (s, spoke) in specs.iter().zip(started) {
+            self.spokes.insert(s.name.to_owned(), spoke);
+            if let Some(kernels) = s.kernels {
+                self.set_kernels(s.name, kernels).await;
+            }
+        }
+    }
+
+    /// Adds a hub-only cluster: its namespace and ManagedCluster, created as admin, joined and
+    /// available, reporting `kernels` in `status.clusterClaims`.
+    pub async fn add_cluster(&self, s: &ClusterSpec<'_>) {
+        self.hub
+            .apply_yaml(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+                s.name
+            ))
+            .await
+            .unwrap();
+        let labels: serde_json::Map<String, Value> = s
             .labels
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
             .collect();
-        let registration = RegistrationAgent::spawn(
-            self.hub.client(),
-            spoke.client(),
-            s.name,
-            RegistrationOptions {
-                create_cluster_with_labels: Some(labels),
-                create_namespace: true,
-                ..Default::default()
-            },
-        );
-        let work = WorkAgent::spawn(
-            self.hub.client(),
-            spoke.client(),
-            s.name,
-            WorkAgentOptions::default(),
-        );
-        self.spokes.insert(
-            s.name.to_string(),
-            Spoke {
-                cluster: spoke,
-                _agents: vec![registration, work],
-            },
-        );
+        self.hub
+            .apply_value(&json!({
+                "apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster",
+                "metadata": {"name": s.name, "labels": labels},
+                "spec": {"hubAcceptsClient": true, "leaseDurationSeconds": 60},
+            }))
+            .await
+            .unwrap();
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap();
+        let condition = |type_: &str, reason: &str| {
+            json!({"type": type_, "status": "True", "reason": reason, "message": "created by the test",
+                   "lastTransitionTime": now})
+        };
+        clusters(&self.hub)
+            .patch_status(
+                s.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"conditions": [
+                    condition("HubAcceptedManagedCluster", "HubClusterAdminAccepted"),
+                    condition("ManagedClusterJoined", "ManagedClusterJoined"),
+                    condition("ManagedClusterConditionAvailable", "ManagedClusterAvailable"),
+                ]}})),
+            )
+            .await
+            .unwrap();
+        if let Some(kernels) = s.kernels {
+            self.set_kernels(s.name, kernels).await;
+        }
     }
 
-    pub fn spoke(&self, name: &str) -> &SimCluster {
+    /// The cluster reports `kernels`: a spoke gets the ClusterClaims kmm-spoke would write (OCM's
+    /// agent carries them to the hub); a hub-only cluster gets them in `status.clusterClaims`.
+    pub async fn set_kernels(&self, cluster: &str, kernels: &[&str]) {
+        let claims = kmm_api::claims::encode_kernel_claims(kernels.iter().copied()).unwrap();
+        if let Some(spoke) = self.spokes.get(cluster) {
+            for (name, value) in claims {
+                spoke
+                    .cluster
+                    .apply_value(&json!({
+                        "apiVersion": "cluster.open-cluster-management.io/v1alpha1", "kind": "ClusterClaim",
+                        "metadata": {"name": name}, "spec": {"value": value},
+                    }))
+                    .await
+                    .unwrap();
+            }
+        } else {
+            let claims: Vec<Value> = claims
+                .into_iter()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
+            clusters(&self.hub)
+                .patch_status(
+                    cluster,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"clusterClaims": claims}})),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    pub fn spoke(&self, name: &str) -> &ControlPlane {
         &self.spokes[name].cluster
+    }
+
+    /// `kmm-hub run` as the hub's ServiceAccount.
+    pub fn start_hub(&self, id: &str, extra: &[&str]) -> HubProcess {
+        HubProcess::start_with_kubeconfig(&self.hub_kubeconfig, &self.dir, id, extra)
+    }
+
+    /// `kmm-hub run` as client-certificate identity `user` (given to [`Fleet::start_with`]),
+    /// with `--identity user`.
+    pub fn start_hub_as(&self, user: &str, extra: &[&str]) -> HubProcess {
+        HubProcess::start_with_kubeconfig(&self.hub.kubeconfig_as(user).unwrap(), &self.dir, user, extra)
+    }
+
+    /// The hub's audit log once its batches are written.
+    pub async fn audit(&self) -> Vec<AuditEvent> {
+        self.hub.audit_settled().await.unwrap()
     }
 }
 
-/// Writes the spoke's kernel-versions ClusterClaim, as kmm-spoke would.
-pub fn set_kernels(spoke: &SimCluster, kernels: &[&str]) {
-    let value = kernels.join("\\n");
-    spoke
-        .apply_yaml(&format!(
-            "apiVersion: cluster.open-cluster-management.io/v1alpha1\nkind: ClusterClaim\nmetadata:\n  name: {CLAIM}\nspec:\n  value: \"{value}\"\n"
-        ))
+/// The write requests of `user` in `events`.
+pub fn writes_by<'a>(events: &'a [AuditEvent], user: &str) -> Vec<&'a AuditEvent> {
+    events
+        .iter()
+        .filter(|e| e.user.username == user && e.is_write())
+        .collect()
+}
+
+/// `verb resource[/subresource] namespace/name -> code`, for messages.
+pub fn describe(e: &AuditEvent) -> String {
+    let (ns, name) = e
+        .object_ref
+        .as_ref()
+        .map(|o| (o.namespace.as_str(), o.name.as_str()))
+        .unwrap_or_default();
+    let sub = if e.subresource().is_empty() {
+        String::new()
+    } else {
+        format!("/{}", e.subresource())
+    };
+    format!("{} {}{sub} {ns}/{name} -> {}", e.verb, e.resource(), e.code())
+}
+
+/// Whether `e` is a request on `resource` (with `/subresource` when it has one).
+pub fn is_on(e: &AuditEvent, resource: &str) -> bool {
+    let path = if e.subresource().is_empty() {
+        e.resource().to_owned()
+    } else {
+        format!("{}/{}", e.resource(), e.subresource())
+    };
+    path == resource
+}
+
+fn clusters(hub: &ControlPlane) -> Api<DynamicObject> {
+    Api::all_with(hub.client(), &ocm::managed_cluster_resource())
+}
+
+async fn start_spoke(hub: &ControlPlane, dir: &Path, name: &str, labels: &[(&str, &str)]) -> Spoke {
+    let dir = fresh_dir(dir, name).unwrap();
+    let cluster = ControlPlane::start(&dir.join("cluster"), name, ocm::spoke_options(Options::default()))
+        .await
         .unwrap();
+    cluster
+        .install_crds_from_path(repo_root().join("manifests/crds"))
+        .await
+        .unwrap();
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {SPOKE_NAMESPACE}}}\n"
+        ))
+        .await
+        .unwrap();
+    let agent = OcmAgent::start(hub, &cluster, name, labels, &dir, &AgentOptions::default())
+        .await
+        .unwrap();
+    Spoke { agent, cluster }
+}
+
+/// Binds every role `manifests/hub` binds to the hub's ServiceAccount to `group` as well.
+async fn bind_hub_roles_to_group(hub: &ControlPlane, group: &str) {
+    let docs = manifests::kustomize(&repo_root().join("manifests/hub")).unwrap();
+    for doc in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding")))
+    {
+        let mut binding = doc.clone();
+        let name = format!("{}-{group}", doc["metadata"]["name"].as_str().unwrap());
+        binding["metadata"]["name"] = json!(name);
+        binding["subjects"] =
+            json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]);
+        hub.apply_value(&binding).await.unwrap();
+    }
 }
 
 /// A running `kmm-hub run`, killed on drop.
@@ -152,18 +340,13 @@ impl Drop for HubProcess {
 }
 
 impl HubProcess {
-    pub fn start(hub: &SimCluster, dir: &std::path::Path, id: &str, extra: &[&str]) -> Self {
+    /// `kmm-hub run` against a simulated hub (the benchmark).
+    pub fn start(hub: &SimCluster, dir: &Path, id: &str, extra: &[&str]) -> Self {
         Self::start_with_kubeconfig(hub.kubeconfig_path(), dir, id, extra)
     }
 
-    /// Like [`HubProcess::start`], with another kubeconfig (e.g. `SimCluster::kubeconfig_as`, to
-    /// run as the hub's ServiceAccount).
-    pub fn start_with_kubeconfig(
-        kubeconfig: &std::path::Path,
-        dir: &std::path::Path,
-        id: &str,
-        extra: &[&str],
-    ) -> Self {
+    /// `kmm-hub run --identity id` with `kubeconfig`, its log in `dir`.
+    pub fn start_with_kubeconfig(kubeconfig: &Path, dir: &Path, id: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let log = dir.join(format!("kmm-hub-{id}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
@@ -224,6 +407,21 @@ impl HubProcess {
             .is_some_and(|b| b == "ready")
     }
 
+    /// Waits until `/readyz` says ready (its stores synced).
+    pub async fn wait_ready(&self) {
+        eventually(120, "hub ready", Some(self), || self.ready()).await;
+    }
+
+    /// Waits until it has reconciled at least once (a sync point, not a count of writes).
+    pub async fn wait_reconciled(&self) {
+        eventually(120, "the hub reconciled", Some(self), || async {
+            self.metric("kmm_hub_reconciles_total")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -240,7 +438,7 @@ where
         if f().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let log = hub.map(HubProcess::log_text).unwrap_or_default();
     let tail: String = log
