@@ -1,6 +1,10 @@
-//! Build and sign on the hub: Jobs started by the real `kmm-hub run` on the simulated hub (the
-//! kmm-agents kubelet runs their pods), and the build Job's own command run here with buildah
-//! against the real registry.
+//! Build and sign on the hub: Jobs started by the real `kmm-hub run` on a real hub control plane,
+//! run by its kube-controller-manager's Job controller, their pods bound by its scheduler to the
+//! node of the kmm-agents kubelet (which runs them: a scripted outcome, or the pod's command on
+//! this machine); and the build Job's own command run here with buildah against the real
+//! registry. Only the hub is under test: the clusters are ManagedClusters the test creates as
+//! admin, with `status.clusterClaims` written through the status subresource (see
+//! `support::fleet`). Jobs started are counted in the apiserver's audit log.
 
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +16,9 @@ mod support;
 use std::{collections::BTreeMap, process::Command};
 
 use k8s_openapi::api::batch::v1::Job;
-use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, Outcome, PodMatcher, ScriptRule};
+use kmm_agents::{
+    AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher, ScriptRule,
+};
 use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kmm_fleet_tests::images;
 use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
@@ -21,7 +27,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use support::{
-    fleet::{Fleet, HUB_NAMESPACE, HubProcess, SPOKE_NAMESPACE, SpokeSpec, eventually},
+    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, serial},
     push_image, run, start_registry,
 };
 
@@ -51,17 +57,31 @@ async fn jobs(fleet: &Fleet) -> Vec<Job> {
         .items
 }
 
-async fn hub_setup(fleet: &Fleet, script: KubeletScript) -> kmm_agents::AgentHandle {
+/// The hub's kubelet: one node, pods run as `options` says (the Job controller and the
+/// scheduler are the control plane's own).
+fn hub_kubelet(fleet: &Fleet, options: KubeletOptions) -> AgentHandle {
+    Kubelet::spawn(
+        fleet.hub.client(),
+        KubeletOptions {
+            nodes: vec![NodeRegistration::new("hub-node", "6.1.0-hub")],
+            daemonsets: false,
+            jobs: false,
+            ..options
+        },
+    )
+}
+
+async fn hub_setup(fleet: &Fleet, script: KubeletScript) -> AgentHandle {
     fleet
         .hub
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node, labels: {{kubernetes.io/os: linux}}}}\n---\n\
-             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: \"FROM scratch\\nCOPY gpu_kmod.ko /opt/lib/modules/$KERNEL_FULL_VERSION/\\n\"}}\n"
         ))
+        .await
         .unwrap();
-    Kubelet::spawn(
-        fleet.hub.client(),
+    hub_kubelet(
+        fleet,
         KubeletOptions {
             script,
             ..Default::default()
@@ -69,18 +89,32 @@ async fn hub_setup(fleet: &Fleet, script: KubeletScript) -> kmm_agents::AgentHan
     )
 }
 
+/// Jobs the hub created (`create jobs` answered 201), from the audit log from `mark` on.
+async fn jobs_created(fleet: &Fleet, mark: usize) -> Vec<String> {
+    let audit = fleet.audit().await;
+    audit[mark.min(audit.len())..]
+        .iter()
+        .filter(|e| {
+            e.user.username == HUB_USER && e.verb == "create" && e.resource() == "jobs" && e.code() == 201
+        })
+        .map(describe)
+        .collect()
+}
+
+/// Two hub-only clusters `a` and `b` on kernel K1.
+async fn two_clusters(fleet: &Fleet) {
+    fleet.add_cluster(&ClusterSpec::prod("a", &[K1])).await;
+    fleet.add_cluster(&ClusterSpec::prod("b", &[K1])).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
-    let fleet = Fleet::start(
-        "build-sign",
-        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
-    )
-    .await;
+    let _serial = serial().await;
+    let fleet = Fleet::start("build-sign").await;
+    two_clusters(&fleet).await;
     // The kubelet lets every Job pod succeed; the test pushes what each step would have pushed.
     let _kubelet = hub_setup(&fleet, KubeletScript::new()).await;
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
+    let hub = fleet.start_hub(
         "hub-0",
         &["--leader-election", "false", "--job-gc-delay-seconds", "3600"],
     );
@@ -90,7 +124,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         .await
         .unwrap();
 
-    eventually(30, "one build Job", Some(&hub), || async {
+    eventually(120, "one build Job", Some(&hub), || async {
         !jobs(&fleet).await.is_empty()
     })
     .await;
@@ -102,7 +136,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         format!("{}/{unsigned}", fleet.registry.host),
         "build+sign builds the unsigned intermediate"
     );
-    eventually(30, "clusters wait for the build", Some(&hub), || async {
+    eventually(120, "clusters wait for the build", Some(&hub), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get("gpu")
             .await
@@ -129,7 +163,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
                 })
         }
     };
-    eventually(30, "the missing key Secret reported", Some(&hub), || {
+    eventually(120, "the missing key Secret reported", Some(&hub), || {
         problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
     })
     .await;
@@ -139,8 +173,9 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: aw==}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{tls.crt: Yw==}}\n"
         ))
+        .await
         .unwrap();
-    eventually(30, "the cert Secret's missing key reported", Some(&hub), || {
+    eventually(120, "the cert Secret's missing key reported", Some(&hub), || {
         problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
     })
     .await;
@@ -156,8 +191,9 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: Yw==}}\n"
         ))
+        .await
         .unwrap();
-    eventually(30, "one sign Job after the build", Some(&hub), || async {
+    eventually(120, "one sign Job after the build", Some(&hub), || async {
         jobs(&fleet)
             .await
             .iter()
@@ -195,10 +231,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         },
     )
     .await;
+    let created = jobs_created(&fleet, 0).await;
     assert_eq!(
-        hub.metric("kmm_hub_jobs_started_total").await,
-        Some(2.0),
-        "one build and one sign for two clusters"
+        created.len(),
+        2,
+        "one build and one sign for two clusters: {created:#?}"
     );
     assert_eq!(
         jobs(&fleet).await.len(),
@@ -209,7 +246,9 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart() {
-    let fleet = Fleet::start("build-fail", &[SpokeSpec::prod("a", &[K1])]).await;
+    let _serial = serial().await;
+    let fleet = Fleet::start("build-fail").await;
+    fleet.add_cluster(&ClusterSpec::prod("a", &[K1])).await;
     let fail = ScriptRule {
         matcher: PodMatcher {
             labels: BTreeMap::from([(JOB_TYPE_LABEL.to_string(), "build".to_string())]),
@@ -218,18 +257,13 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
         outcomes: vec![Outcome::failed(2, "make: *** [Makefile:3: all] Error 2")],
     };
     let _kubelet = hub_setup(&fleet, KubeletScript { rules: vec![fail] }).await;
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-0",
-        &["--leader-election", "false"],
-    );
+    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, false)).unwrap();
     Api::<ManagedClusterModule>::all(fleet.hub.client())
         .create(&PostParams::default(), &mcm)
         .await
         .unwrap();
-    eventually(30, "the failure shows in status", Some(&hub), || async {
+    eventually(120, "the failure shows in status", Some(&hub), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get("gpu")
             .await
@@ -242,35 +276,48 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
             })
     })
     .await;
-    // Several retry periods later: still the one Job, nothing started again.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(hub.metric("kmm_hub_jobs_started_total").await, Some(1.0));
+    // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
+    eventually(120, "the Job Failed", Some(&hub), || async {
+        jobs(&fleet).await.iter().any(|j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+        })
+    })
+    .await;
+    // Several retry periods (1 s) later: still the one Job, nothing started again.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let created = jobs_created(&fleet, 0).await;
+    assert_eq!(created.len(), 1, "{created:#?}");
     assert_eq!(
         jobs(&fleet).await.len(),
         1,
         "the failed Job is kept for inspection"
     );
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fleet.hub.client(), HUB_NAMESPACE)
+        .list(&ListParams::default().labels(JOB_TYPE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(pods.len(), 1, "its failed pod too");
     drop(hub);
-    let again = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-1",
-        &["--leader-election", "false"],
-    );
-    eventually(30, "the restarted hub reconciled", Some(&again), || async {
-        again
-            .metric("kmm_hub_reconciles_total")
+    let mark = fleet.audit().await.len();
+    let again = fleet.start_hub("hub-1", &["--leader-election", "false"]);
+    again.wait_reconciled().await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let created = jobs_created(&fleet, mark).await;
+    assert!(created.is_empty(), "no second Job after a restart: {created:#?}");
+    assert_eq!(jobs(&fleet).await.len(), 1);
+    eventually(60, "the failure still shows in status", Some(&again), || async {
+        Api::<ManagedClusterModule>::all(fleet.hub.client())
+            .get("gpu")
             .await
-            .is_some_and(|n| n >= 1.0)
+            .unwrap()
+            .status
+            .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(
-        again.metric("kmm_hub_jobs_started_total").await,
-        Some(0.0),
-        "no second Job after a restart"
-    );
-    assert_eq!(jobs(&fleet).await.len(), 1);
 }
 
 /// The build Job's exact command, run here with buildah: FROM scratch, copying a compiled .ko,
@@ -358,11 +405,9 @@ fn push_module_image(registry: &support::Registry, repo_tag: &str) {
 /// Job's `kmm-hub sign-image` on this machine; both clusters end up with the signed image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
-    let fleet = Fleet::start(
-        "real-pipeline",
-        &[SpokeSpec::prod("a", &[K1]), SpokeSpec::prod("b", &[K1])],
-    )
-    .await;
+    let _serial = serial().await;
+    let fleet = Fleet::start("real-pipeline").await;
+    two_clusters(&fleet).await;
     let host = fleet.registry.host.clone();
     push_module_image(&fleet.registry, "kmm/gpu-src:1");
     let keys = kmod::scratch("pipeline-keys");
@@ -374,8 +419,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     fleet
         .hub
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: hub-node}}\n---\n\
-             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: \"FROM {host}/kmm/gpu-src:1 AS src\\nFROM scratch\\nARG KERNEL_FULL_VERSION\\n\
              COPY --from=src /gpu_kmod.ko /opt/lib/modules/${{KERNEL_FULL_VERSION}}/gpu_kmod.ko\\n\"}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
@@ -383,6 +427,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             b64(&key.pkcs8_pem),
             b64(&key.cert_pem)
         ))
+        .await
         .unwrap();
     let storage = kmod::scratch("pipeline-buildah");
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kmm-hub"))
@@ -401,8 +446,8 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         matcher: PodMatcher::any(),
         outcomes: vec![Outcome::Exec],
     };
-    let _kubelet = Kubelet::spawn(
-        fleet.hub.client(),
+    let _kubelet = hub_kubelet(
+        &fleet,
         KubeletOptions {
             script: KubeletScript {
                 rules: vec![everything],
@@ -413,12 +458,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             ..Default::default()
         },
     );
-    let hub = HubProcess::start(
-        &fleet.hub,
-        fleet.sim.dir(),
-        "hub-0",
-        &["--leader-election", "false"],
-    );
+    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let yaml = mcm_yaml(&host, true)
         .replace("              dockerfileConfigMap: {name: gpu-dockerfile}\n", "              dockerfileConfigMap: {name: gpu-dockerfile}\n              baseImageRegistryTLS: {insecure: true}\n")
         .replace("              certSecret: {name: signing-cert}\n", "              certSecret: {name: signing-cert}\n              unsignedImageRegistryTLS: {insecure: true}\n");
@@ -430,7 +470,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
 
     let final_repo = format!("{host}/kmm/gpu-kmod");
     eventually(
-        120,
+        300,
         "both clusters get the built and signed image, pinned",
         Some(&hub),
         || async {
@@ -450,10 +490,11 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         },
     )
     .await;
+    let created = jobs_created(&fleet, 0).await;
     assert_eq!(
-        hub.metric("kmm_hub_jobs_started_total").await,
-        Some(2.0),
-        "one build and one sign for two clusters"
+        created.len(),
+        2,
+        "one build and one sign for two clusters: {created:#?}"
     );
 
     // The shipped image holds the module, signed with our key.
