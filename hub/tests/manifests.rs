@@ -1,6 +1,6 @@
 //! `manifests/hub` as `kubectl kustomize` renders it: every object parses, the RBAC is the
 //! generated one, and the Deployment's command, args and environment (ConfigMap and downward API
-//! resolved) start the real `kmm-hub` against a simulated hub until it is ready.
+//! resolved) start the real `kmm-hub` against a real hub control plane until it is ready.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,7 +38,8 @@ fn every_object_renders_with_a_kind_name_and_the_rbac_is_the_generated_one() {
         assert!(d["metadata"]["name"].is_string(), "{d}");
         assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/part-of"], "kmm-fleet");
     }
-    let generated = kmm_sim::parse_documents(&kmm_hub::rbac::render("kmm-hub", "kmm-hub")).unwrap();
+    let generated =
+        kmm_fleet_tests::controlplane::documents(&kmm_hub::rbac::render("kmm-hub", "kmm-hub")).unwrap();
     assert!(generated.len() >= 4);
     for g in &generated {
         let name = g["metadata"]["name"].as_str().unwrap();
@@ -127,8 +128,9 @@ fn the_config_map_lists_every_setting_with_its_default() {
     assert_eq!(data["KMM_HUB_IMAGE"], "quay.io/kmm-fleet/kmm-hub:latest");
 }
 
-/// The Deployment as rendered (command's args, env, envFrom) starts `kmm-hub` against a
-/// simulated hub, authenticated as its ServiceAccount, until `/readyz` says ready.
+/// The Deployment as rendered (command's args, env, envFrom) starts `kmm-hub` against a real
+/// hub control plane, authenticated as its ServiceAccount with the manifests' RBAC, until
+/// `/readyz` says ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_configuration_starts_a_ready_hub() {
     let docs = kustomize("manifests/hub");
@@ -145,18 +147,25 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
 
-    let sim = kmm_sim::Sim::new().unwrap();
-    let hub = sim.add_cluster("hub").await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hub-deployment");
+    let hub = kmm_fleet_tests::controlplane::ControlPlane::start(
+        &dir,
+        "hub",
+        kmm_fleet_tests::controlplane::Options::hub(),
+    )
+    .await
+    .unwrap();
     hub.install_crds_from_path(repo_root().join("manifests/crds"))
+        .await
         .unwrap();
-    hub.install_crds_from_path(repo_root().join("../shared/reference/ocm-crds"))
+    hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
+        .await
         .unwrap();
-    hub.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: kmm-hub}\n")
-        .unwrap();
-    let kubeconfig = hub
-        .kubeconfig_as("system:serviceaccount:kmm-hub:kmm-hub")
-        .unwrap();
-    let log = sim.dir().join("kmm-hub-deployment.log");
+    let kubeconfig =
+        kmm_fleet_tests::fleet::install_service_account(&hub, &repo_root().join("manifests/hub"))
+            .await
+            .unwrap();
+    let log = hub.dir().join("kmm-hub-deployment.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
         .args(&args)
         .env_clear()
@@ -173,10 +182,13 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
         text.starts_with('{'),
         "KMM_LOG_FORMAT=json from the ConfigMap: {text}"
     );
+    let audit = hub.audit_settled().await.unwrap();
     assert!(
-        hub.audit()
-            .iter()
-            .any(|r| r.resource == "leases" && r.namespace.as_deref() == Some("kmm-hub")),
+        audit.iter().any(|e| {
+            e.user.username == "system:serviceaccount:kmm-hub:kmm-hub"
+                && e.resource() == "leases"
+                && e.object_ref.as_ref().is_some_and(|o| o.namespace == "kmm-hub")
+        }),
         "the Lease is in the namespace the downward API gave"
     );
 }
