@@ -39,7 +39,7 @@ async fn cold_start(clusters: usize) {
     let hub = sim.add_cluster("hub").await.unwrap();
     hub.install_crds_from_path(repo_root().join("manifests/crds"))
         .unwrap();
-    hub.install_crds_from_path(repo_root().join("../shared/reference/ocm-crds"))
+    hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("all"))
         .unwrap();
     hub.apply_yaml(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {HUB_NAMESPACE}\n"

@@ -11,8 +11,10 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+/// OCM's CRDs from the `open-cluster-management.io/api` module, as scripts/controlplane-build
+/// copies them into `<target>/controlplane/crds/ocm/all`.
 pub fn ocm_crds() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/ocm-crds")
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../controlplane/crds/ocm/all")
 }
 
 /// A namespaced test CRD `widgets.test.kmm.io/v1` with a status subresource and free-form fields.

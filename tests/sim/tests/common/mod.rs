@@ -9,8 +9,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// OCM's CRDs from the `open-cluster-management.io/api` module, as scripts/controlplane-build
+/// copies them into `<target>/controlplane/crds/ocm/all`.
 pub fn ocm_crds() -> PathBuf {
-    repo_root().join("../shared/reference/ocm-crds")
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../controlplane/crds/ocm/all")
 }
 
 /// A simulator with one cluster carrying our CRDs and OCM's.
