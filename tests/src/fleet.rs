@@ -153,8 +153,7 @@ pub struct Fleet {
 impl Fleet {
     /// A hub cluster (CRDs, namespace, signing key and certificate, the build Dockerfile, a
     /// kubelet that runs Jobs for real), a registry holding the base, source and device-plugin
-    /// images, and no spoke yet. `dir` must not be under `/tmp` (the worker pod's emptyDir is
-    /// mounted at `/tmp`, and paths under it are rewritten).
+    /// images, and no spoke yet. A `dir` under `/tmp` moves to `/var/tmp` ([`crate::scratch_dir`]).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(dir, Options::hub()).await
     }
@@ -162,11 +161,7 @@ impl Fleet {
     /// [`Self::start`] with the hub's control plane started with `hub_options` (e.g. extra
     /// apiserver flags); OCM's bootstrap identity is added to them.
     pub async fn start_with(dir: &Path, hub_options: Options) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !dir.starts_with("/tmp"),
-            "the fleet folder must not be under /tmp: {}",
-            dir.display()
-        );
+        let dir = &crate::scratch_dir(dir);
         let dir = fresh_dir(
             dir.parent().context("fleet dir has a parent")?,
             &dir.file_name().context("fleet dir has a name")?.to_string_lossy(),

@@ -71,6 +71,17 @@ pub fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where a test keeps its files: `dir`, unless that is under `/tmp` (a clone under /tmp puts the
+/// target folder there), then the same path under `/var/tmp/kmm-fleet-tests/`. Worker pods
+/// mount an emptyDir at `/tmp`, and the kubelet stand-in points every path under a mount path
+/// into the pod's own folder, so the tests' own files must live elsewhere.
+pub fn scratch_dir(dir: &Path) -> PathBuf {
+    match dir.strip_prefix("/tmp") {
+        Ok(rest) => Path::new("/var/tmp/kmm-fleet-tests").join(rest),
+        Err(_) => dir.to_path_buf(),
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

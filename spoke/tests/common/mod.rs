@@ -79,7 +79,7 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// A fresh folder for a test's control plane, under cargo's target tmp dir.
 pub fn test_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("spoke-{name}"))
+    kmm_fleet_tests::scratch_dir(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("spoke-{name}")))
 }
 
 /// A control plane with the spoke CRDs (and OCM's ClusterClaim CRD unless told otherwise),
