@@ -558,8 +558,9 @@ pub fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    format!("--- {} ---\n{}", path.display(), all[start..].join("\n"))
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::process::tail_titled(&name, path, lines)
 }

@@ -108,15 +108,7 @@ impl Process {
 
     /// The last `lines` lines of its log, titled.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        format!(
-            "--- {} ({}) ---\n{}",
-            self.name,
-            self.log.display(),
-            all[start..].join("\n")
-        )
+        tail_titled(&self.name, &self.log, lines)
     }
 
     /// The body of a 200 answer to `GET path`.
@@ -220,14 +212,14 @@ impl Daemon {
 
     /// The last `lines` lines of its log, titled.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        format!(
-            "--- {} ({}) ---\n{}",
-            self.name,
-            self.log.display(),
-            all[start..].join("\n")
-        )
+        tail_titled(&self.name, &self.log, lines)
     }
+}
+
+/// The last `lines` lines of the file at `path`, under a title naming `name` and the file.
+pub fn tail_titled(name: &str, path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    format!("--- {name} ({}) ---\n{}", path.display(), all[start..].join("\n"))
 }
