@@ -204,6 +204,7 @@ pub async fn run_with(
         nodes: node_ctrl.store(),
         nodes_tx,
         seen_modules: Mutex::new(HashMap::new()),
+        reported_once: Mutex::new(HashMap::new()),
         metrics: health.metrics.clone(),
     });
     let synced = tokio::spawn({

@@ -2,7 +2,7 @@
 //! caches, and the error type of reconciles.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -56,6 +56,9 @@ pub struct Ctx {
     pub nodes_tx: mpsc::Sender<()>,
     /// Last (generation, deleting) seen per Module, to signal only real changes.
     pub seen_modules: Mutex<HashMap<ModuleKey, (Option<i64>, bool)>>,
+    /// Per node, the keys of the once-per-key Events its last pass published or held back
+    /// (`NodeEvent::once_per`), so a lasting state is reported once, not on every pass.
+    pub reported_once: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
 }

@@ -7,6 +7,8 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Node, Pod},
@@ -14,8 +16,9 @@ use k8s_openapi::api::{
 };
 use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::{Module, labels};
+use kmm_fleet_tests::controlplane::AuditEvent;
 use kube::{
-    Api,
+    Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -43,6 +46,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_unloads_and_survives_a_restart() {
+    let _serial = one_at_a_time().await;
     // The first worker on node-b fails; the retry succeeds.
     let script = KubeletScript::new().rule(
         PodMatcher::any().name_prefix("kmm-worker-node-b-"),
@@ -193,5 +197,354 @@ async fn loads_unloads_and_survives_a_restart() {
         .unwrap();
     assert!(ds.items.is_empty(), "device plugin DaemonSet removed");
 
+    spoke.stop().await;
+}
+
+const IMAGE_1: &str =
+    "registry.example/kmm-ci@sha256:5555555555555555555555555555555555555555555555555555555555555555";
+const IMAGE_2: &str =
+    "registry.example/kmm-ci@sha256:6666666666666666666666666666666666666666666666666666666666666666";
+
+fn module_with(image: &str) -> String {
+    format!(
+        r#"
+apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: kmm-ci, namespace: drivers}}
+spec:
+  selector: {{role: gpu}}
+  moduleLoader:
+    container:
+      modprobe: {{moduleName: kmm_ci_a}}
+      kernelMappings:
+        - regexp: '.*'
+          containerImage: {image}
+"#
+    )
+}
+
+/// `resource` or `resource/subresource` of an audit record.
+fn resource_path(e: &AuditEvent) -> String {
+    match e.subresource() {
+        "" => e.resource().to_owned(),
+        sub => format!("{}/{sub}", e.resource()),
+    }
+}
+
+/// Warning Events about `node` with `reason`, their notes.
+async fn node_events(client: &Client, node: &str, reason: &str) -> Vec<String> {
+    Api::<Event>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node)
+        })
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// The worker pods bound to `node`: (uid, image of the module, deleting).
+async fn workers_on(client: &Client, node: &str) -> Vec<(String, String, bool)> {
+    worker_pods(client)
+        .await
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .map(|p| {
+            let image = p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            (
+                p.uid().unwrap_or_default(),
+                image,
+                p.metadata.deletion_timestamp.is_some(),
+            )
+        })
+        .collect()
+}
+
+/// A worker pod whose node died (its kubelet stops: no heartbeats, pods untouched) while the
+/// pod waited to start. The node turns NotReady; the Module's image changes, so kmm-spoke
+/// deletes the stale pod, which stays Terminating: nobody can finish the deletion. kmm-spoke
+/// keeps running, makes no second pod of the same fixed name, does not loop, reports the stuck
+/// pod on the node, moves the healthy node along meanwhile, and finishes the job on the dead
+/// node once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once_the_node_is_back() {
+    let _serial = one_at_a_time().await;
+    let cluster = spoke_cluster(
+        "stuck-terminating",
+        Setup {
+            nodes: vec![
+                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
+                NodeRegistration::new("node-b", K_DEBIAN).label("role", "gpu"),
+            ],
+            kubelet: KubeletOptions {
+                // node-a's first worker never starts (its image pull hangs); the next one loads.
+                script: KubeletScript::new().rule(
+                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
+                    [Outcome::Pending, Outcome::Succeeded],
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    let spoke = start_spoke(&cluster);
+    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+
+    let ready = labels::module_ready("drivers", "kmm-ci");
+    eventually("node-b loaded", || async {
+        node_labels(&client, "node-b").await.contains_key(&ready)
+    })
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), "drivers");
+    let name = "kmm-worker-node-a-kmm-ci";
+    eventually("node-a's worker waits to start", || async {
+        pods.get_opt(name).await.unwrap().is_some_and(|p| {
+            p.status.and_then(|s| s.container_statuses).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.state.as_ref().is_some_and(|s| s.waiting.is_some()))
+            })
+        })
+    })
+    .await;
+    let first_uid = pods.get(name).await.unwrap().uid().unwrap();
+
+    // The kubelet of node-a dies: the node-lifecycle controller marks it NotReady.
+    cluster.node_control.set_down("node-a", true);
+    let nodes = Api::<Node>::all(client.clone());
+    eventually_within(90, "node-a NotReady", || async {
+        !node_ready(&nodes.get("node-a").await.unwrap())
+    })
+    .await;
+    let before = cluster.spoke_requests().await.len();
+    cluster.apply_yaml(&module_with(IMAGE_2)).await;
+
+    // The healthy node moves on while node-a is stuck.
+    eventually("node-b on the new image", || async {
+        nmc(&client, "node-b")
+            .await
+            .and_then(|n| n.status)
+            .is_some_and(|s| {
+                s.modules
+                    .iter()
+                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
+            })
+            && node_labels(&client, "node-b").await.contains_key(&ready)
+    })
+    .await;
+    eventually("the stale worker on node-a is being deleted", || async {
+        workers_on(&client, "node-a").await == [(first_uid.clone(), IMAGE_1.to_owned(), true)]
+    })
+    .await;
+
+    // Past the pod's grace period (30 s): still Terminating (no kubelet finishes it), no second
+    // pod of that name.
+    let watch_from = Instant::now();
+    while watch_from.elapsed() < Duration::from_secs(40) {
+        assert_eq!(
+            workers_on(&client, "node-a").await,
+            [(first_uid.clone(), IMAGE_1.to_owned(), true)],
+            "the deleted worker stays Terminating and nothing replaces it while node-a is down"
+        );
+        assert!(spoke.running(), "kmm-spoke keeps running");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let requests = cluster.spoke_requests().await;
+    let since: Vec<&AuditEvent> = requests[before..].iter().collect();
+    let node_a_writes: Vec<String> = since
+        .iter()
+        .filter(|e| e.is_write() && e.object_ref.as_ref().is_some_and(|o| o.name.contains("node-a")))
+        .map(|e| {
+            // An Event's name is its object's name and a unique suffix.
+            let name = &e.object_ref.as_ref().unwrap().name;
+            let name = match e.resource() {
+                "events" => name.split('.').next().unwrap_or_default(),
+                _ => name.as_str(),
+            };
+            format!("{} {} {name} -> {}", e.verb, resource_path(e), e.code())
+        })
+        .collect();
+    println!(
+        "kmm-spoke since the image changed: {} requests; its writes about node-a: {node_a_writes:#?}",
+        since.len()
+    );
+    assert_eq!(
+        node_a_writes,
+        [
+            "patch nodemodulesconfigs node-a -> 200".to_owned(),
+            format!("delete pods {name} -> 200"),
+            "create events node-a -> 201".to_owned(),
+        ],
+        "node-a's record takes the new image, the stale worker is deleted once and reported \
+         once; no pod is created on node-a while the old one is there"
+    );
+    let collisions: Vec<String> = requests
+        .iter()
+        .filter(|e| e.resource() == "pods" && e.code() == 409)
+        .map(|e| format!("{} {}", e.verb, e.object_ref.as_ref().unwrap().name))
+        .collect();
+    assert!(
+        collisions.is_empty(),
+        "no pod of a taken name was tried: {collisions:#?}"
+    );
+    assert!(
+        since.len() < 200,
+        "no request loop while node-a is stuck: {} requests in about a minute",
+        since.len()
+    );
+    let notes = node_events(&client, "node-a", "WorkerPodStuck").await;
+    println!("WorkerPodStuck: {notes:#?}");
+    assert!(
+        notes.len() == 1 && notes[0].contains(name) && notes[0].contains("NotReady"),
+        "one WorkerPodStuck event on node-a names the pod and the NotReady node: {notes:#?}"
+    );
+
+    // node-a is back: its kubelet finishes the deletion, the new image loads.
+    cluster.node_control.set_down("node-a", false);
+    eventually("node-a loaded with the new image", || async {
+        nmc(&client, "node-a")
+            .await
+            .and_then(|n| n.status)
+            .is_some_and(|s| {
+                s.modules
+                    .iter()
+                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
+            })
+            && node_labels(&client, "node-a").await.contains_key(&ready)
+    })
+    .await;
+    eventually("node-a's workers cleaned up", || async {
+        workers_on(&client, "node-a").await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        node_events(&client, "node-a", "WorkerPodStuck").await.len(),
+        1,
+        "the stuck pod was reported once"
+    );
+    spoke.stop().await;
+}
+
+/// A node whose kubelet goes silent for a while (a crash, a network partition): the
+/// node-lifecycle controller marks it NotReady and taints it `node.kubernetes.io/unreachable`
+/// (NoSchedule and NoExecute). The module stays loaded in that node's kernel, so kmm-spoke keeps
+/// it targeted: no unload worker is queued on the dead node (its kubelet would run it the moment
+/// it is back), the ready label stays, and nothing runs when the node returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
+    let _serial = one_at_a_time().await;
+    let cluster = spoke_cluster(
+        "silent-kubelet",
+        Setup {
+            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    let spoke = start_spoke(&cluster);
+    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    let ready = labels::module_ready("drivers", "kmm-ci");
+    eventually("node-a loaded", || async {
+        node_labels(&client, "node-a").await.contains_key(&ready)
+            && workers_on(&client, "node-a").await.is_empty()
+    })
+    .await;
+
+    cluster.node_control.set_down("node-a", true);
+    let nodes = Api::<Node>::all(client.clone());
+    eventually_within(90, "node-a NotReady and tainted unreachable", || async {
+        let node = nodes.get("node-a").await.unwrap();
+        !node_ready(&node) && node_tainted(&node)
+    })
+    .await;
+    // kmm-spoke has seen the taints (they are a Node update); give it time to act on them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let record = nmc(&client, "node-a").await.unwrap();
+    assert_eq!(record.spec.modules.len(), 1, "the entry stays");
+    assert_eq!(loaded(&Some(record)), 1);
+    assert!(node_labels(&client, "node-a").await.contains_key(&ready));
+    assert_eq!(
+        workers_on(&client, "node-a").await,
+        [],
+        "no worker queued on the dead node"
+    );
+
+    cluster.node_control.set_down("node-a", false);
+    cluster.wait_node_ready("node-a").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let creates = cluster
+        .spoke_requests()
+        .await
+        .iter()
+        .filter(|e| e.resource() == "pods" && e.verb == "create")
+        .count();
+    assert_eq!(creates, 1, "only the first load ever ran a worker");
+    assert!(node_events(&client, "node-a", "ModuleUnloaded").await.is_empty());
+    assert!(node_labels(&client, "node-a").await.contains_key(&ready));
+    spoke.stop().await;
+}
+
+/// A worker that fails with a 4 KiB termination message (the most a kubelet keeps): the
+/// `WorkerFailed` Event still reaches the apiserver, which refuses an events.k8s.io note over
+/// 1024 bytes, with the start of the message; the retry loads the module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_kib_worker_failure_is_reported_in_an_event_the_apiserver_accepts() {
+    let _serial = one_at_a_time().await;
+    let head =
+        "modprobe: FATAL: Module kmm_ci_a not found in directory /opt/lib/modules/6.1.0-18-cloud-amd64; ";
+    let mut message = head.to_owned();
+    while message.len() < 4096 - 1 {
+        message.push('é');
+    }
+    while message.len() < 4096 {
+        message.push('.');
+    }
+    assert_eq!(message.len(), 4096);
+    let cluster = spoke_cluster(
+        "failure-4k",
+        Setup {
+            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
+            kubelet: KubeletOptions {
+                script: KubeletScript::new().rule(
+                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
+                    [Outcome::failed(1, message.clone()), Outcome::Succeeded],
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    let spoke = start_spoke(&cluster);
+    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+
+    let ready = labels::module_ready("drivers", "kmm-ci");
+    eventually("node-a loaded after the retry", || async {
+        node_labels(&client, "node-a").await.contains_key(&ready)
+    })
+    .await;
+    let notes = node_events(&client, "node-a", "WorkerFailed").await;
+    assert_eq!(notes.len(), 1, "one WorkerFailed event: {notes:#?}");
+    let note = &notes[0];
+    assert!(note.len() <= 1024, "the note is {} bytes", note.len());
+    assert!(note.contains(head), "the note starts the message: {note}");
+    let refused: Vec<String> = cluster
+        .spoke_requests()
+        .await
+        .iter()
+        .filter(|e| e.resource() == "events" && !(200..300).contains(&e.code()))
+        .map(|e| format!("{} {} -> {}", e.verb, e.request_uri, e.code()))
+        .collect();
+    assert!(refused.is_empty(), "every Event was accepted: {refused:#?}");
     spoke.stop().await;
 }

@@ -77,7 +77,14 @@ pub struct NodeEvent {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+    /// Published once while this key (a pod uid) keeps coming back in the node's passes, rather
+    /// than on every pass: for a state that lasts, not for a step that happened.
+    pub once_per: Option<String>,
 }
+
+/// Event reason: a worker pod is still there after its deletion's grace period ended (its
+/// node's kubelet does not finish it, usually because the node is down).
+pub const WORKER_POD_STUCK: &str = "WorkerPodStuck";
 
 /// What `apply` makes true for one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -111,7 +118,21 @@ pub struct NodeObserved<'a> {
     pub now: Timestamp,
 }
 
-/// Whether a node matches a Module's selector and tolerates its NoSchedule/NoExecute taints.
+/// Taints the node-lifecycle controller puts on a node from its conditions, which never decide
+/// whether a module belongs on it. `not-ready` and `unreachable` mean the kubelet stopped
+/// reporting (a crash, a partition): the module is still loaded in that kernel, and an unload
+/// queued on the node would run the moment its kubelet is back. The pressure taints are the
+/// ones upstream KMM tolerates internally. The admin's `unschedulable` (cordon) still counts.
+pub const NODE_CONDITION_TAINTS: [&str; 5] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/memory-pressure",
+    "node.kubernetes.io/disk-pressure",
+    "node.kubernetes.io/pid-pressure",
+];
+
+/// Whether a node matches a Module's selector and tolerates its NoSchedule/NoExecute taints
+/// (other than [`NODE_CONDITION_TAINTS`]).
 pub fn targets(module: &Module, node: &Node) -> bool {
     let node_labels = node.labels();
     let selected = module
@@ -129,6 +150,7 @@ pub fn targets(module: &Module, node: &Node) -> bool {
         && taints
             .iter()
             .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .filter(|t| !NODE_CONDITION_TAINTS.contains(&t.key.as_str()))
             .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
@@ -299,6 +321,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
         .collect();
 
     // 1. Read finished worker pods back into the record.
+    let mut min_wait: Option<Duration> = None;
     let mut pod_states: BTreeMap<ModuleKey, PodState<'_>> = BTreeMap::new();
     for pod in pods {
         let Some(action) = pod_action(pod) else { continue };
@@ -307,7 +330,15 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
         };
         let key = key_of(&pod.namespace().unwrap_or_default(), module);
         let pod_ref = (key.0.clone(), pod.name_any());
-        if pod.metadata.deletion_timestamp.is_some() {
+        if let Some(deadline) = pod.metadata.deletion_timestamp.as_ref().map(|t| t.0) {
+            // Being deleted: nothing replaces it (the name is taken) until the kubelet has
+            // stopped it and it is gone. Past its grace period, that kubelet is not doing it.
+            if now > deadline {
+                out.events.push(stuck_event(node, pod, &key, action, deadline));
+            } else {
+                let left = deadline.duration_since(now).unsigned_abs() + Duration::from_secs(1);
+                min_wait = Some(min_wait.map_or(left, |m| m.min(left)));
+            }
             pod_states.insert(key, PodState::InFlight { pod, pending: false });
             continue;
         }
@@ -342,12 +373,14 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                                 warning: false,
                                 reason: "ModuleLoaded",
                                 note: format!("module {}/{} loaded", key.0, key.1),
+                                once_per: None,
                             });
                         }
                         None => out.events.push(NodeEvent {
                             warning: true,
                             reason: "WorkerConfigUnreadable",
                             note: format!("worker pod {} has no readable config; loading again", pod_ref.1),
+                            once_per: None,
                         }),
                     },
                     Action::Unload => {
@@ -356,6 +389,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                             warning: false,
                             reason: "ModuleUnloaded",
                             note: format!("module {}/{} unloaded", key.0, key.1),
+                            once_per: None,
                         });
                     }
                 }
@@ -450,7 +484,6 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
         .chain(pod_states.keys())
         .cloned()
         .collect();
-    let mut min_wait: Option<Duration> = None;
     for key in keys {
         let want: Option<PodPlan> = match (spec.get(&key), status.get(&key)) {
             (Some(s), None) => Some(plan(Action::Load, &s.item, &s.config)),
@@ -525,6 +558,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                                     key.1,
                                     attempt + 1
                                 ),
+                                once_per: None,
                             });
                             delete_failed(&mut out, pod_ref);
                             want.attempt = attempt + 1;
@@ -612,6 +646,48 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
     out.spec = spec.into_values().collect();
     out.status = status.into_values().collect();
     out
+}
+
+/// The Warning about a worker pod whose deletion nobody finishes: which pod, why (the node's
+/// readiness), what waits for it and how an admin ends it.
+fn stuck_event(node: &Node, pod: &Pod, key: &ModuleKey, action: Action, deadline: Timestamp) -> NodeEvent {
+    let pod_name = pod.name_any();
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let node_state = match ready {
+        Some(c) if c.status == "True" => format!(
+            "node {} is Ready, but its kubelet has not finished the deletion",
+            node.name_any()
+        ),
+        Some(c) => format!(
+            "node {} is NotReady (Ready={}, {}: {}), so no kubelet finishes the deletion",
+            node.name_any(),
+            c.status,
+            c.reason.as_deref().unwrap_or_default(),
+            c.message.as_deref().unwrap_or_default()
+        ),
+        None => format!(
+            "node {} reports no Ready condition, so no kubelet finishes the deletion",
+            node.name_any()
+        ),
+    };
+    NodeEvent {
+        warning: true,
+        reason: WORKER_POD_STUCK,
+        note: format!(
+            "worker pod {ns}/{pod_name} ({action} {ns}/{module}) is still terminating after its grace \
+             period ended at {deadline}: {node_state}. The next worker for {ns}/{module} on this node \
+             starts once the pod is gone: when the node is back, or, if the node is gone for good, after \
+             `kubectl delete pod -n {ns} {pod_name} --force --grace-period=0`",
+            ns = key.0,
+            module = key.1,
+            action = action_name(action),
+        ),
+        once_per: Some(pod.uid().unwrap_or(pod_name)),
+    }
 }
 
 fn plan(action: Action, item: &ModuleItem, config: &ModuleConfig) -> PodPlan {

@@ -10,7 +10,7 @@
 
 pub mod desired;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -271,7 +271,22 @@ async fn apply(
     }
 
     let reference = node.object_ref(&());
+    let once_keys: BTreeSet<String> = want.events.iter().filter_map(|e| e.once_per.clone()).collect();
+    let already = ctx
+        .reported_once
+        .lock()
+        .map(|mut reported| {
+            let before = reported.remove(&name).unwrap_or_default();
+            if !once_keys.is_empty() {
+                reported.insert(name.clone(), once_keys);
+            }
+            before
+        })
+        .unwrap_or_default();
     for ev in &want.events {
+        if ev.once_per.as_ref().is_some_and(|k| already.contains(k)) {
+            continue;
+        }
         let event = Event {
             type_: if ev.warning {
                 EventType::Warning

@@ -336,6 +336,127 @@ fn versioned_modules_follow_the_worker_label_and_set_it_from_the_users_label() {
     assert_eq!(d.create_pods[0].action, Action::Load);
 }
 
+#[rstest::rstest]
+#[case::no_taint(&[], "", true)]
+#[case::untolerated_no_schedule(&[("gpu-maintenance", "NoSchedule")], "", false)]
+#[case::untolerated_no_execute(&[("gpu-maintenance", "NoExecute")], "", false)]
+#[case::tolerated(&[("gpu-maintenance", "NoSchedule")], "gpu-maintenance", true)]
+#[case::prefer_no_schedule_is_ignored(&[("gpu-maintenance", "PreferNoSchedule")], "", true)]
+#[case::cordoned(&[("node.kubernetes.io/unschedulable", "NoSchedule")], "", false)]
+#[case::kubelet_silent(
+    &[("node.kubernetes.io/unreachable", "NoSchedule"), ("node.kubernetes.io/unreachable", "NoExecute")],
+    "",
+    true
+)]
+#[case::not_ready(&[("node.kubernetes.io/not-ready", "NoExecute")], "", true)]
+#[case::disk_pressure(&[("node.kubernetes.io/disk-pressure", "NoSchedule")], "", true)]
+fn node_condition_taints_never_untarget_a_node(
+    #[case] taints: &[(&str, &str)],
+    #[case] tolerated_key: &str,
+    #[case] want: bool,
+) {
+    let extra = if tolerated_key.is_empty() {
+        String::new()
+    } else {
+        format!("  tolerations: [{{key: {tolerated_key}, operator: Exists}}]\n")
+    };
+    let module = mk_module("p=3", &extra);
+    let mut node = mk_node(&[("role", "gpu")], "b1");
+    node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        taints: Some(
+            taints
+                .iter()
+                .map(|(key, effect)| Taint {
+                    key: (*key).into(),
+                    effect: (*effect).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    assert_eq!(targets(&module, &node), want);
+}
+
+/// A stale Load pod being deleted on a node whose kubelet died: its deletion deadline
+/// (`deletionTimestamp`) passes and the pod is still there.
+fn deleting_pod(e: &NodeModuleSpec, deadline: Timestamp) -> Pod {
+    let mut pod = mk_pod(Action::Load, e, "Pending", None, 0);
+    pod.metadata.uid = Some("uid-1".into());
+    pod.metadata.deletion_timestamp = Some(Time(deadline));
+    pod
+}
+
+fn not_ready(mut node: Node) -> Node {
+    node.status.get_or_insert_default().conditions = Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+        type_: "Ready".into(),
+        status: "Unknown".into(),
+        reason: Some("NodeStatusUnknown".into()),
+        message: Some("Kubelet stopped posting node status.".into()),
+        ..Default::default()
+    }]);
+    node
+}
+
+#[test]
+fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_replaces_it() {
+    let old = mk_module("p=3", "");
+    let new = mk_module("p=4", "");
+    let nmc = mk_nmc(vec![entry(&new)], None);
+    let node = not_ready(mk_node(&[("role", "gpu")], "b1"));
+    let deadline = Timestamp::now();
+    let pod = deleting_pod(&entry(&old), deadline);
+
+    let d = decide(
+        &node,
+        Some(&nmc),
+        std::slice::from_ref(&new),
+        std::slice::from_ref(&pod),
+        deadline + Duration::from_secs(5),
+    );
+    assert!(
+        d.create_pods.is_empty() && d.delete_pods.is_empty(),
+        "the name is taken until the pod is gone, and it is already being deleted"
+    );
+    let stuck: Vec<&NodeEvent> = d.events.iter().filter(|e| e.reason == WORKER_POD_STUCK).collect();
+    assert_eq!(stuck.len(), 1);
+    assert!(stuck[0].warning);
+    assert_eq!(
+        stuck[0].once_per.as_deref(),
+        Some("uid-1"),
+        "reported once per pod"
+    );
+    for part in [
+        "worker pod drivers/kmm-worker-node-a-m (loading drivers/m)",
+        "node node-a is NotReady (Ready=Unknown, NodeStatusUnknown: Kubelet stopped posting node status.)",
+        "kubectl delete pod -n drivers kmm-worker-node-a-m --force --grace-period=0",
+    ] {
+        assert!(stuck[0].note.contains(part), "{part:?} in {}", stuck[0].note);
+    }
+
+    // Once the kubelet is back and the pod gone, the new worker starts.
+    let d = decide(&node, Some(&nmc), &[new], &[], deadline + Duration::from_secs(60));
+    assert_eq!(actions(&d), [(Action::Load, vec!["p=4".to_owned()])]);
+    assert!(d.events.iter().all(|e| e.reason != WORKER_POD_STUCK));
+}
+
+#[test]
+fn a_worker_pod_within_its_grace_period_brings_the_node_back_when_it_ends() {
+    let module = mk_module("p=3", "");
+    let e = entry(&module);
+    let nmc = mk_nmc(vec![e.clone()], None);
+    let node = mk_node(&[("role", "gpu")], "b1");
+    let now = Timestamp::now();
+    let pod = deleting_pod(&e, now + Duration::from_secs(20));
+    let d = decide(&node, Some(&nmc), &[module], &[pod], now);
+    assert!(d.create_pods.is_empty() && d.events.is_empty());
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(21)),
+        "a second after the grace period, to report the pod if it is still there"
+    );
+}
+
 #[test]
 fn backoff_doubles_up_to_the_maximum() {
     let s = NodeSettings {
