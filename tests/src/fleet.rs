@@ -423,7 +423,9 @@ impl Spoke {
     /// dry-run mode against the module tree the init container copied, host paths under the
     /// spoke's folder.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let spoke_bin = workspace_bin("kmm-spoke")?.display().to_string();
+        let spoke_bin = crate::outside_tmp(&workspace_bin("kmm-spoke")?, &self.dir.join("bin"))?
+            .display()
+            .to_string();
         let dir = self.dir.display().to_string();
         let mut args: Vec<String> = [
             "run",

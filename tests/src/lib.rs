@@ -82,6 +82,20 @@ pub fn scratch_dir(dir: &Path) -> PathBuf {
     }
 }
 
+/// `path`, or, when it is under `/tmp`, a link to it in `dir` (outside /tmp): a worker pod's
+/// command names the binary, and the kubelet stand-in would point a path under the pod's `/tmp`
+/// mount into the pod's own folder.
+pub fn outside_tmp(path: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    if !path.starts_with("/tmp") {
+        return Ok(path.to_path_buf());
+    }
+    std::fs::create_dir_all(dir)?;
+    let link = dir.join(path.file_name().context("a file path")?);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(path, &link).with_context(|| format!("linking {}", link.display()))?;
+    Ok(link)
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
