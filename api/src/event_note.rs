@@ -10,14 +10,7 @@ pub const MAX_NOTE_BYTES: usize = 1024;
 /// `text` cut to at most [`MAX_NOTE_BYTES`] bytes on a character boundary, ending in `...`
 /// when something was cut.
 pub fn note(text: &str) -> String {
-    if text.len() <= MAX_NOTE_BYTES {
-        return text.to_owned();
-    }
-    let mut end = MAX_NOTE_BYTES - 3;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    crate::text::fit(text, MAX_NOTE_BYTES)
 }
 
 #[cfg(test)]

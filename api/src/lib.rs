@@ -25,6 +25,7 @@ pub mod pod_failure;
 mod schema;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub mod text;
 pub mod trim;
 
 pub use mcm::{

@@ -62,11 +62,7 @@ fn clip(s: &str) -> String {
     if s.len() <= MAX_MESSAGE {
         return s.to_string();
     }
-    let mut end = MAX_MESSAGE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    format!("{}...", kmm_api::text::head(s, MAX_MESSAGE))
 }
 
 /// The status for `clusters`; `previous` keeps condition transition times stable.

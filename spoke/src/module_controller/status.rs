@@ -84,19 +84,14 @@ pub fn worker_failures(pods: &[Pod]) -> Vec<WorkerFailure> {
 /// `<n> node(s) failing; <first node>: <its reason>`, cut to a bounded length.
 fn failure_message(failures: &[WorkerFailure]) -> Option<String> {
     let first = failures.first()?;
-    let mut text = format!(
+    let text = format!(
         "{} node(s) failing; {}: {}",
         failures.len(),
         first.node,
         first.reason
     );
     if text.len() > MAX_FAILURE_MESSAGE {
-        let mut end = MAX_FAILURE_MESSAGE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
+        return Some(format!("{}...", kmm_api::text::head(&text, MAX_FAILURE_MESSAGE)));
     }
     Some(text)
 }

@@ -144,11 +144,10 @@ pub fn worker_pod(
     ]);
     if let Some(reason) = last_failure {
         let line = reason.lines().next().unwrap_or_default();
-        let mut end = line.len().min(MAX_LAST_FAILURE);
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        annotations.insert(WORKER_LAST_FAILURE_ANNOTATION.to_owned(), line[..end].to_owned());
+        annotations.insert(
+            WORKER_LAST_FAILURE_ANNOTATION.to_owned(),
+            kmm_api::text::head(line, MAX_LAST_FAILURE).to_owned(),
+        );
     }
     if let (Action::Load, Some(version)) = (action, item.version.as_ref()) {
         annotations.insert(WORKER_VERSION_ANNOTATION.to_owned(), version.clone());

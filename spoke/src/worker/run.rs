@@ -115,16 +115,7 @@ fn kernel_suffix(lines: &[String]) -> String {
 impl WorkerError {
     /// The termination message: one line, at most 1 KiB.
     pub fn termination_message(&self) -> String {
-        let mut line = self.to_string().replace(['\n', '\r'], " ");
-        if line.len() > 1024 {
-            let mut cut = 1021;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str("...");
-        }
-        line
+        kmm_api::text::fit(&self.to_string().replace(['\n', '\r'], " "), 1024)
     }
 }
 
