@@ -66,17 +66,14 @@ pub struct DigestResolver {
 impl DigestResolver {
     /// A resolver whose answers are trusted for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        let client = |protocol, accept_invalid_certificates| {
-            Client::new(ClientConfig {
-                protocol,
-                accept_invalid_certificates,
-                ..Default::default()
-            })
+        let tls = |insecure, insecure_skip_tls_verify| TlsOptions {
+            insecure,
+            insecure_skip_tls_verify,
         };
         Self {
-            verify: client(ClientProtocol::Https, false),
-            skip_verify: client(ClientProtocol::Https, true),
-            plain_http: client(ClientProtocol::Http, false),
+            verify: client(&tls(false, false)),
+            skip_verify: client(&tls(false, true)),
+            plain_http: client(&tls(true, false)),
             ttl,
             cache: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
@@ -158,6 +155,20 @@ impl DigestResolver {
     }
 }
 
+/// An OCI client for a registry reached as `tls` says: plain HTTP when `insecure`, HTTPS
+/// otherwise, without certificate checks when `insecureSkipTLSVerify`.
+pub fn client(tls: &TlsOptions) -> Client {
+    Client::new(ClientConfig {
+        protocol: if tls.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        accept_invalid_certificates: tls.insecure_skip_tls_verify,
+        ..Default::default()
+    })
+}
+
 fn classify(image: &str, error: OciDistributionError) -> RegistryError {
     let image = image.to_owned();
     match error {
@@ -183,7 +194,8 @@ fn classify(image: &str, error: OciDistributionError) -> RegistryError {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-separated: registry errors hide the useful part in a source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {

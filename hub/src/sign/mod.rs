@@ -4,6 +4,7 @@
 //! - [`module`]: the appended signature format (CMS SignedData, `module_signature` info block,
 //!   `~Module signature appended~\n` marker): sign, detect, strip.
 //! - [`keys`]: the signing key and certificate (RSA, PEM or DER), checked against each other.
+//! - [`layers`]: the files of an image's layers that match `filesToSign`, and the new layer.
 //! - [`image`]: `kmm-hub sign-image`, which signs the modules of a container image and pushes
 //!   the result with the signed files as one new layer.
 //! - [`cli`]: the arguments of `kmm-hub sign-kmod` and `kmm-hub sign-image`.
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod image;
 pub mod keys;
+pub mod layers;
 pub mod module;
 
 use std::{fmt, path::PathBuf, str::FromStr};
