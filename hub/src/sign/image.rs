@@ -21,7 +21,7 @@ use super::{
     FileError, HashAlgorithm, SignError, Signer,
     layers::{self, ImageFile, LayerError},
     module::sign_module,
-    parallel_map,
+    new_layer, parallel_map,
 };
 use crate::{
     pull_secret::{Credentials, PullSecretError},
@@ -144,8 +144,8 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
         blobs.push(blob);
     }
 
-    let files = layers::collect_files(&manifest.layers, &blobs, &patterns)?;
-    if files.is_empty() {
+    let selection = layers::select_files(&manifest.layers, &blobs, &patterns)?;
+    if selection.files.is_empty() {
         return Err(ImageError::NothingToSign {
             image: spec.unsigned_image.clone(),
             patterns: spec.files_to_sign.clone(),
@@ -154,13 +154,14 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
     let unmatched = patterns
         .iter()
         .filter(|p| {
-            !files
+            !selection
+                .selected
                 .keys()
                 .any(|path| p.matches_with(path, layers::match_options()))
         })
         .map(|p| p.as_str().to_owned())
         .collect();
-    let files: Vec<(String, ImageFile)> = files.into_iter().collect();
+    let files: Vec<(String, ImageFile)> = selection.files.into_iter().collect();
     let results = parallel_map(&files, |(_, file)| {
         sign_module(&signer, &file.data, spec.hash, spec.replace)
     });
@@ -174,14 +175,14 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
         signed.insert(path, file);
     }
 
-    let (layer_tar, layer_gz) = layers::build_layer(&signed).map_err(|e| LayerError {
+    let (layer_tar, layer_gz) = new_layer::build_layer(&signed).map_err(|e| LayerError {
         digest: "(new)".to_owned(),
         reason: e.to_string(),
     })?;
-    let diff_id = layers::sha256_digest(&layer_tar);
-    let layer_digest = layers::sha256_digest(&layer_gz);
+    let diff_id = new_layer::sha256_digest(&layer_tar);
+    let layer_digest = new_layer::sha256_digest(&layer_gz);
     let config =
-        layers::add_layer_to_config(&config, &diff_id, signed.len()).map_err(|reason| LayerError {
+        new_layer::add_layer_to_config(&config, &diff_id, signed.len()).map_err(|reason| LayerError {
             digest: manifest.config.digest.clone(),
             reason: format!("image config: {reason}"),
         })?;
@@ -197,7 +198,7 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
         size: i64::try_from(layer_gz.len()).unwrap_or(i64::MAX),
         ..Default::default()
     });
-    manifest.config.digest = layers::sha256_digest(config.as_bytes());
+    manifest.config.digest = new_layer::sha256_digest(config.as_bytes());
     manifest.config.size = i64::try_from(config.len()).unwrap_or(i64::MAX);
     blobs.push(layer_gz);
 

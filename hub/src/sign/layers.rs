@@ -1,20 +1,24 @@
-//! The image filesystem side of `sign-image`: which files of a stack of layers match the
-//! `filesToSign` globs (whiteouts applied), the one new layer that holds their signed copies,
-//! and the image config that lists it. Pure functions over bytes; the registry side is in
-//! [`super::image`].
+//! Which files `sign-image` signs: the layers are applied in order the way a container runtime
+//! materializes them (names normalized, whiteouts and opaque directories, hard links sharing
+//! their target's bytes, symlinks followed), and every path of the result that a `filesToSign`
+//! glob selects must end up as a regular file whose bytes are signed. A selected path that
+//! cannot be (a dangling link, a device, a name escaping the root) fails the command instead of
+//! leaving an unsigned module in a "signed" image. Pure functions over the layer bytes; the
+//! registry side is in [`super::image`], the layer written back in [`super::new_layer`].
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Read,
+    ops::Bound::{Included, Unbounded},
 };
 
-use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use flate2::read::GzDecoder;
 use glob::{MatchOptions, Pattern};
 use oci_client::manifest::OciDescriptor;
-use sha2_010::{Digest, Sha256};
 use thiserror::Error;
 
-/// A layer (or the image config) that cannot be read or written.
+/// A layer (or the image config) that cannot be read or written, or a selected path that
+/// cannot be signed.
 #[derive(Debug, Error)]
 #[error("layer {digest}: {reason}")]
 pub struct LayerError {
@@ -23,6 +27,9 @@ pub struct LayerError {
     /// What went wrong.
     pub reason: String,
 }
+
+/// Symlinks followed for one path before giving up, as the kernel's `MAXSYMLINKS`.
+const MAX_SYMLINKS: usize = 40;
 
 /// The `filesToSign` globs, checked: absolute paths, valid shell globs, at least one.
 pub fn compile_patterns(globs: &[String]) -> Result<Vec<Pattern>, String> {
@@ -54,249 +61,331 @@ pub fn match_options() -> MatchOptions {
 pub struct ImageFile {
     /// The file's bytes.
     pub data: Vec<u8>,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: u64,
+    /// Permission bits, owner and modification time of the file in the image.
+    pub meta: FileMeta,
 }
 
-/// `/a/b` for the tar paths `a/b`, `./a/b` and `/a/b`.
-fn absolute(path: &str) -> String {
-    let trimmed = path.trim_start_matches("./").trim_start_matches('/');
-    format!("/{}", trimmed.trim_end_matches('/'))
+/// What the new layer keeps of a file besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
 }
 
-/// The regular files that match a pattern in the filesystem the layers make, applying each
-/// layer in order (later layers replace files, whiteouts delete them).
-pub fn collect_files(
-    layers: &[OciDescriptor],
-    blobs: &[Vec<u8>],
-    patterns: &[Pattern],
-) -> Result<BTreeMap<String, ImageFile>, LayerError> {
-    let mut files: BTreeMap<String, ImageFile> = BTreeMap::new();
-    for (layer, blob) in layers.iter().zip(blobs) {
+/// What `filesToSign` selects in the image.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// The regular files to sign, by the absolute path the signed copy is written to: the
+    /// selected path itself, or the file a selected symlink resolves to.
+    pub files: BTreeMap<String, ImageFile>,
+    /// Every selected path, with the path of the file that holds its bytes.
+    pub selected: BTreeMap<String, String>,
+}
+
+/// Where the bytes of a regular file are: the entry's index in its layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    layer: usize,
+    entry: usize,
+    meta: FileMeta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    File(Source),
+    Dir,
+    Symlink(String),
+    /// Anything else, described for the error a selected one gets.
+    Unsignable(String),
+}
+
+/// A path of the merged filesystem and the layer that put it there (an opaque whiteout hides
+/// what lower layers put in a directory, not what its own layer did).
+#[derive(Debug, Clone)]
+struct Placed {
+    node: Node,
+    layer: usize,
+}
+
+/// The merged filesystem, by normalized absolute path.
+#[derive(Debug, Default)]
+struct View(BTreeMap<String, Placed>);
+
+impl View {
+    /// Removes `path` and everything below it, when `hide` says so.
+    fn remove_tree(&mut self, path: &str, hide: impl Fn(&Placed) -> bool) {
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let mut gone: Vec<String> = self
+            .0
+            .range::<str, _>((Included(prefix.as_str()), Unbounded))
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(_, placed)| hide(placed))
+            .map(|(p, _)| p.clone())
+            .collect();
+        if self.0.get(path).is_some_and(&hide) {
+            gone.push(path.to_owned());
+        }
+        for p in gone {
+            self.0.remove(&p);
+        }
+    }
+
+    /// Applies one tar entry of layer `layer`.
+    fn apply(&mut self, layer: usize, path: String, node: Node) {
+        let (dir, name) = split(&path);
+        if name == ".wh..wh..opq" {
+            self.remove_tree(dir, |placed| placed.layer < layer);
+            // The directory itself stays.
+            if dir != "/" {
+                self.0.entry(dir.to_owned()).or_insert(Placed {
+                    node: Node::Dir,
+                    layer,
+                });
+            }
+            return;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            self.remove_tree(&join(dir, hidden), |_| true);
+            return;
+        }
+        // A directory merges with the one below (declared or only implied by its files).
+        let merge_dirs = node == Node::Dir && self.0.get(&path).is_none_or(|p| p.node == Node::Dir);
+        if !merge_dirs {
+            self.remove_tree(&path, |_| true);
+        }
+        self.0.insert(path, Placed { node, layer });
+    }
+
+    /// The regular file `path` resolves to, following symlinks (in the path's directories too),
+    /// or why it does not resolve to one.
+    fn resolve(&self, path: &str) -> Result<(String, Source), String> {
+        let mut pending: Vec<String> = components(path).into_iter().rev().collect();
+        let mut current: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                current.pop();
+                continue;
+            }
+            current.push(part);
+            let here = format!("/{}", current.join("/"));
+            match self.0.get(&here).map(|p| &p.node) {
+                Some(Node::Symlink(target)) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINKS {
+                        return Err(format!("{path} has more than {MAX_SYMLINKS} levels of symlinks"));
+                    }
+                    current.pop();
+                    if target.starts_with('/') {
+                        current.clear();
+                    }
+                    pending.extend(components(target).into_iter().rev());
+                }
+                Some(Node::File(source)) if pending.is_empty() => return Ok((here, *source)),
+                Some(Node::Dir) if !pending.is_empty() => {}
+                None if !pending.is_empty() => {}
+                Some(Node::Unsignable(what)) => return Err(format!("{path} resolves to {here}, {what}")),
+                Some(Node::Dir) => return Err(format!("{path} resolves to {here}, a directory")),
+                Some(Node::File(_)) => return Err(format!("{path} goes through {here}, a regular file")),
+                None => return Err(format!("{path} resolves to {here}, which is not in the image")),
+            }
+        }
+        Err(format!("{path} resolves to the root directory"))
+    }
+}
+
+/// `a/b`, `./a/b`, `/a//b`, `a/./b` and `a/x/../b` as `/a/b`; `None` for the root itself.
+/// A name that climbs above the root is an error: no runtime writes it where it says.
+pub fn normalize(raw: &str) -> Result<Option<String>, String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("the entry {raw:?} climbs above the root"));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| format!("/{}", parts.join("/"))))
+}
+
+/// The components of a link target, `..` kept (it is resolved against what the path is).
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_owned)
+        .collect()
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", name)) => ("/", name),
+        Some((dir, name)) => (dir, name),
+        None => ("/", path),
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The tar entries of one layer blob.
+fn archive<'a>(layer: &OciDescriptor, blob: &'a [u8]) -> Result<tar::Archive<Box<dyn Read + 'a>>, String> {
+    let reader: Box<dyn Read + 'a> = if layer.media_type.ends_with("gzip") {
+        Box::new(GzDecoder::new(blob))
+    } else if layer.media_type.ends_with(".tar") || layer.media_type.ends_with(".rootfs.diff.tar") {
+        Box::new(blob)
+    } else {
+        return Err(format!(
+            "unsupported layer media type {} (gzip or uncompressed tar only)",
+            layer.media_type
+        ));
+    };
+    Ok(tar::Archive::new(reader))
+}
+
+/// The merged filesystem of `layers`, without file contents.
+fn merge(layers: &[OciDescriptor], blobs: &[Vec<u8>]) -> Result<View, LayerError> {
+    let mut view = View::default();
+    for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
         let layer_error = |reason: String| LayerError {
             digest: layer.digest.clone(),
             reason,
         };
-        let reader: Box<dyn Read + '_> = if layer.media_type.ends_with("gzip") {
-            Box::new(GzDecoder::new(blob.as_slice()))
-        } else if layer.media_type.ends_with(".tar") || layer.media_type.ends_with(".rootfs.diff.tar") {
-            Box::new(blob.as_slice())
-        } else {
-            return Err(layer_error(format!(
-                "unsupported layer media type {} (gzip or uncompressed tar only)",
-                layer.media_type
-            )));
-        };
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = archive(layer, blob).map_err(layer_error)?;
         let entries = archive.entries().map_err(|e| layer_error(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| layer_error(e.to_string()))?;
-            let raw_path = entry.path().map_err(|e| layer_error(e.to_string()))?;
-            let path = absolute(&raw_path.to_string_lossy());
-            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            if name == ".wh..wh..opq" {
-                let prefix = format!("{dir}/");
-                files.retain(|p, _| !p.starts_with(&prefix));
+        for (entry_index, entry) in entries.enumerate() {
+            let entry = entry.map_err(|e| layer_error(e.to_string()))?;
+            let raw = entry.path().map_err(|e| layer_error(e.to_string()))?;
+            let Some(path) = normalize(&raw.to_string_lossy()).map_err(&layer_error)? else {
                 continue;
-            }
-            if let Some(deleted) = name.strip_prefix(".wh.") {
-                let deleted = format!("{dir}/{deleted}");
-                let prefix = format!("{deleted}/");
-                files.retain(|p, _| *p != deleted && !p.starts_with(&prefix));
-                continue;
-            }
+            };
             let header = entry.header();
-            let regular = header.entry_type().is_file();
-            if regular && patterns.iter().any(|p| p.matches_with(&path, match_options())) {
-                let file = ImageFile {
-                    mode: header.mode().map_err(|e| layer_error(e.to_string()))?,
-                    uid: header.uid().map_err(|e| layer_error(e.to_string()))?,
-                    gid: header.gid().map_err(|e| layer_error(e.to_string()))?,
-                    mtime: header.mtime().map_err(|e| layer_error(e.to_string()))?,
-                    data: {
-                        let mut data = Vec::new();
-                        entry
-                            .read_to_end(&mut data)
-                            .map_err(|e| layer_error(format!("{path}: {e}")))?;
-                        data
+            let kind = header.entry_type();
+            let link = || -> Result<String, LayerError> {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| layer_error(e.to_string()))?
+                    .ok_or_else(|| layer_error(format!("the link {path} has no target")))?;
+                Ok(target.to_string_lossy().into_owned())
+            };
+            let node = if kind.is_file() {
+                let meta = |e: std::io::Error| layer_error(format!("{path}: {e}"));
+                Node::File(Source {
+                    layer: index,
+                    entry: entry_index,
+                    meta: FileMeta {
+                        mode: header.mode().map_err(meta)?,
+                        uid: header.uid().map_err(meta)?,
+                        gid: header.gid().map_err(meta)?,
+                        mtime: header.mtime().map_err(meta)?,
                     },
-                };
-                files.insert(path, file);
-            } else if header.entry_type().is_dir() {
-                // A directory merges with the lower one; it only hides a file of that name.
-                files.remove(&path);
+                })
+            } else if kind.is_dir() {
+                Node::Dir
+            } else if kind.is_symlink() {
+                Node::Symlink(link()?)
+            } else if kind.is_hard_link() {
+                // A hard link is the file it names, as that file is when the link is applied.
+                let target = normalize(&link()?)
+                    .map_err(&layer_error)?
+                    .unwrap_or_else(|| "/".to_owned());
+                match view.0.get(&target).map(|p| &p.node) {
+                    Some(Node::File(source)) => Node::File(*source),
+                    _ => Node::Unsignable(format!("a hard link to {target}, which is not a regular file")),
+                }
             } else {
-                // Replaced by something that is not a matching regular file (a symlink, a hard
-                // link, another file), which also hides a lower directory of that name.
-                let prefix = format!("{path}/");
-                files.retain(|p, _| *p != path && !p.starts_with(&prefix));
+                Node::Unsignable(format!("a {kind:?} entry, not a regular file"))
+            };
+            view.apply(index, path, node);
+        }
+    }
+    Ok(view)
+}
+
+/// The files of the image that `patterns` select, with their bytes. Fails on a selected path
+/// that is not, or does not resolve to, a regular file of the image.
+pub fn select_files(
+    layers: &[OciDescriptor],
+    blobs: &[Vec<u8>],
+    patterns: &[Pattern],
+) -> Result<Selection, LayerError> {
+    let view = merge(layers, blobs)?;
+    let mut selection = Selection::default();
+    let mut sources: BTreeMap<String, Source> = BTreeMap::new();
+    for (path, placed) in &view.0 {
+        if placed.node == Node::Dir || !patterns.iter().any(|p| p.matches_with(path, match_options())) {
+            continue;
+        }
+        let (file, source) = view.resolve(path).map_err(|reason| LayerError {
+            digest: layers
+                .get(placed.layer)
+                .map(|l| l.digest.clone())
+                .unwrap_or_default(),
+            reason: format!("{reason}: sign-image cannot sign it"),
+        })?;
+        selection.selected.insert(path.clone(), file.clone());
+        sources.insert(file, source);
+    }
+    selection.files = read_sources(layers, blobs, sources)?;
+    Ok(selection)
+}
+
+/// The bytes of the given entries, a second pass over the layers that holds only those.
+fn read_sources(
+    layers: &[OciDescriptor],
+    blobs: &[Vec<u8>],
+    sources: BTreeMap<String, Source>,
+) -> Result<BTreeMap<String, ImageFile>, LayerError> {
+    let mut wanted: BTreeMap<(usize, usize), Vec<(String, FileMeta)>> = BTreeMap::new();
+    for (path, source) in sources {
+        wanted
+            .entry((source.layer, source.entry))
+            .or_default()
+            .push((path, source.meta));
+    }
+    let mut files = BTreeMap::new();
+    for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
+        if !wanted.keys().any(|(l, _)| *l == index) {
+            continue;
+        }
+        let layer_error = |reason: String| LayerError {
+            digest: layer.digest.clone(),
+            reason,
+        };
+        let mut archive = archive(layer, blob).map_err(layer_error)?;
+        let entries = archive.entries().map_err(|e| layer_error(e.to_string()))?;
+        for (entry_index, entry) in entries.enumerate() {
+            let Some(targets) = wanted.remove(&(index, entry_index)) else {
+                continue;
+            };
+            let mut entry = entry.map_err(|e| layer_error(e.to_string()))?;
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| layer_error(e.to_string()))?;
+            for (path, meta) in targets {
+                files.insert(
+                    path,
+                    ImageFile {
+                        data: data.clone(),
+                        meta,
+                    },
+                );
             }
         }
     }
     Ok(files)
 }
 
-/// The new layer: the uncompressed tar (whose digest is the diff ID) and its gzip blob.
-pub fn build_layer(files: &BTreeMap<String, ImageFile>) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, file) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(file.data.len() as u64);
-        header.set_mode(file.mode);
-        header.set_uid(file.uid);
-        header.set_gid(file.gid);
-        header.set_mtime(file.mtime);
-        builder.append_data(&mut header, path.trim_start_matches('/'), file.data.as_slice())?;
-    }
-    let tar = builder.into_inner()?;
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&tar)?;
-    Ok((tar, gz.finish()?))
-}
-
-/// The image config with the new layer's diff ID (and a history entry, when it has history).
-pub fn add_layer_to_config(config: &str, diff_id: &str, count: usize) -> Result<String, String> {
-    let mut json: serde_json::Value = serde_json::from_str(config).map_err(|e| e.to_string())?;
-    let object = json.as_object_mut().ok_or("not a JSON object")?;
-    let rootfs = object
-        .entry("rootfs")
-        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
-    rootfs
-        .get_mut("diff_ids")
-        .and_then(|d| d.as_array_mut())
-        .ok_or("rootfs.diff_ids is not a list")?
-        .push(diff_id.into());
-    if let Some(history) = object.get_mut("history").and_then(|h| h.as_array_mut()) {
-        history.push(serde_json::json!({
-            "created_by": "kmm-hub sign-image",
-            "comment": format!("{count} signed kernel module(s)"),
-        }));
-    }
-    serde_json::to_string(&json).map_err(|e| e.to_string())
-}
-
-pub fn sha256_digest(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut text = String::with_capacity(7 + 64);
-    text.push_str("sha256:");
-    for byte in digest {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tar_layer(entries: &[(&str, Option<&[u8]>)]) -> (OciDescriptor, Vec<u8>) {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (path, data) in entries {
-            let mut header = tar::Header::new_ustar();
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(0);
-            match data {
-                Some(_) if path.ends_with('/') => {
-                    header.set_entry_type(tar::EntryType::Directory);
-                    header.set_size(0);
-                    header.set_mode(0o755);
-                    builder.append_data(&mut header, path, std::io::empty()).unwrap();
-                }
-                Some(data) => {
-                    header.set_entry_type(tar::EntryType::Regular);
-                    header.set_size(data.len() as u64);
-                    header.set_mode(0o644);
-                    builder.append_data(&mut header, path, *data).unwrap();
-                }
-                None => {
-                    header.set_entry_type(tar::EntryType::Symlink);
-                    header.set_size(0);
-                    builder.append_link(&mut header, path, "elsewhere").unwrap();
-                }
-            }
-        }
-        let blob = builder.into_inner().unwrap();
-        let descriptor = OciDescriptor {
-            media_type: "application/vnd.oci.image.layer.v1.tar".to_owned(),
-            digest: sha256_digest(&blob),
-            size: blob.len() as i64,
-            ..Default::default()
-        };
-        (descriptor, blob)
-    }
-
-    #[test]
-    fn files_follow_the_layers_whiteouts_and_globs() {
-        let patterns = compile_patterns(&["/opt/lib/modules/6.1/*.ko".to_owned()]).unwrap();
-        let (l1, b1) = tar_layer(&[
-            ("opt/lib/modules/6.1/a.ko", Some(b"a1")),
-            ("./opt/lib/modules/6.1/b.ko", Some(b"b1")),
-            ("opt/lib/modules/6.1/c.ko", Some(b"c1")),
-            ("opt/lib/modules/6.1/sub/d.ko", Some(b"deep")),
-            ("opt/lib/modules/6.1/readme", Some(b"text")),
-        ]);
-        let (l2, b2) = tar_layer(&[
-            ("opt/lib/modules/6.1/", Some(b"")),
-            ("opt/lib/modules/6.1/a.ko", Some(b"a2")),
-            ("opt/lib/modules/6.1/.wh.b.ko", Some(b"")),
-            ("opt/lib/modules/6.1/c.ko", None),
-        ]);
-        let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
-        let found: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, f)| (p.as_str(), f.data.as_slice()))
-            .collect();
-        assert_eq!(found, vec![("/opt/lib/modules/6.1/a.ko", b"a2".as_slice())]);
-    }
-
-    #[test]
-    fn an_upper_directory_entry_keeps_the_lower_files() {
-        let patterns = compile_patterns(&["/m/*.ko".to_owned()]).unwrap();
-        let (l1, b1) = tar_layer(&[("m/a.ko", Some(b"a")), ("m/b.ko", Some(b"b"))]);
-        let (l2, b2) = tar_layer(&[("m/", Some(b"")), ("m/b.ko/", Some(b""))]);
-        let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
-        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["/m/a.ko"]);
-    }
-
-    #[test]
-    fn an_opaque_whiteout_hides_the_lower_directory() {
-        let patterns = compile_patterns(&["/m/*.ko".to_owned()]).unwrap();
-        let (l1, b1) = tar_layer(&[("m/a.ko", Some(b"a")), ("m/b.ko", Some(b"b"))]);
-        let (l2, b2) = tar_layer(&[
-            ("m/", Some(b"")),
-            ("m/.wh..wh..opq", Some(b"")),
-            ("m/b.ko", Some(b"b2")),
-        ]);
-        let files = collect_files(&[l1, l2], &[b1, b2], &patterns).unwrap();
-        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["/m/b.ko"]);
-        assert_eq!(files["/m/b.ko"].data, b"b2");
-    }
-
-    #[test]
-    fn relative_and_empty_globs_are_refused() {
-        let refused = |globs: &[&str]| {
-            let globs: Vec<String> = globs.iter().map(|g| (*g).to_owned()).collect();
-            compile_patterns(&globs).map(|_| ()).unwrap_err()
-        };
-        assert_eq!(refused(&[]), "filesToSign is empty");
-        assert!(refused(&["lib/modules/*.ko"]).contains("is not an absolute path"));
-        assert!(refused(&["/a/["]).starts_with("filesToSign entry \"/a/[\""));
-    }
-
-    #[test]
-    fn the_config_gets_the_diff_id_and_a_history_entry() {
-        let config = r#"{"architecture":"amd64","rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"history":[{"created_by":"x"}]}"#;
-        let out: serde_json::Value =
-            serde_json::from_str(&add_layer_to_config(config, "sha256:bb", 2).unwrap()).unwrap();
-        assert_eq!(
-            out["rootfs"]["diff_ids"],
-            serde_json::json!(["sha256:aa", "sha256:bb"])
-        );
-        assert_eq!(out["history"][1]["created_by"], "kmm-hub sign-image");
-        assert_eq!(out["architecture"], "amd64");
-    }
-}
+mod tests;

@@ -17,6 +17,7 @@ pub mod image;
 pub mod keys;
 pub mod layers;
 pub mod module;
+pub mod new_layer;
 
 use std::{fmt, path::PathBuf, str::FromStr};
 

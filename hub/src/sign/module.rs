@@ -22,7 +22,7 @@ use cms::{
     signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos},
 };
 use der::{
-    Any, Encode,
+    Any, Decode, Encode,
     asn1::{ObjectIdentifier, OctetString, SetOfVec},
 };
 use x509_cert::spki::AlgorithmIdentifierOwned;
@@ -49,26 +49,54 @@ pub fn is_signed(module: &[u8]) -> bool {
 }
 
 /// `module` without its appended signature(s); unchanged when it has none. A module signed
-/// twice (signed again without stripping) loses both.
+/// twice (signed again without stripping) loses both. Each block is checked as the kernel's
+/// `mod_check_sig` does, and its signature must be a whole CMS SignedData of exactly the length
+/// the trailer claims: a forged `sig_len` is refused rather than cutting into the module.
 pub fn strip_signature(module: &[u8]) -> Result<&[u8], SignError> {
+    let malformed = |why: String| SignError::MalformedSignature(why);
     let mut rest = module;
     while is_signed(rest) {
         let end = rest.len() - MARKER.len();
-        let info = end
+        let info_start = end
             .checked_sub(INFO_LEN)
-            .map(|start| &rest[start..end])
-            .ok_or_else(|| SignError::MalformedSignature("no room for the signature info".to_owned()))?;
+            .ok_or_else(|| malformed("no room for the signature info".to_owned()))?;
+        let info = &rest[info_start..end];
+        if info[..8] != [0, 0, PKEY_ID_PKCS7, 0, 0, 0, 0, 0] {
+            return Err(malformed(format!(
+                "its signature info {:02x?} is not a PKCS#7 one (algo, hash, signer and key-id lengths zero, id_type 2)",
+                &info[..8]
+            )));
+        }
         let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
-        let total = sig_len + usize::from(info[3]) + usize::from(info[4]);
-        let body_end = (end - INFO_LEN).checked_sub(total).ok_or_else(|| {
-            SignError::MalformedSignature(format!(
-                "it claims {total} signature bytes in a {}-byte file",
+        let sig_start = info_start.checked_sub(sig_len).ok_or_else(|| {
+            malformed(format!(
+                "it claims {sig_len} signature bytes in a {}-byte file",
                 module.len()
             ))
         })?;
-        rest = &rest[..body_end];
+        check_cms(&rest[sig_start..info_start]).map_err(|e| {
+            malformed(format!(
+                "the {sig_len} bytes its trailer names are not a CMS SignedData: {e}"
+            ))
+        })?;
+        rest = &rest[..sig_start];
     }
     Ok(rest)
+}
+
+/// `bytes` is exactly one DER ContentInfo holding a SignedData.
+fn check_cms(bytes: &[u8]) -> Result<(), String> {
+    let info = ContentInfo::from_der(bytes).map_err(|e| e.to_string())?;
+    if info.content_type != ID_SIGNED_DATA {
+        return Err(format!(
+            "content type {} instead of signedData",
+            info.content_type
+        ));
+    }
+    info.content
+        .decode_as::<SignedData>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The detached CMS signature of `content`, DER-encoded, as sign-file writes it.
@@ -177,37 +205,79 @@ fn temp_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use der::{Tag, asn1::SetOfVec};
+
     use super::*;
 
-    fn signed(body: &[u8], sig: &[u8]) -> Vec<u8> {
+    /// A structurally valid detached-signature CMS whose "signature" is `marker`.
+    fn cms(marker: &[u8]) -> Vec<u8> {
+        let signed_data = SignedData {
+            version: CmsVersion::V1,
+            digest_algorithms: SetOfVec::new(),
+            encap_content_info: EncapsulatedContentInfo {
+                econtent_type: ID_DATA,
+                econtent: Some(Any::new(Tag::OctetString, marker).unwrap()),
+            },
+            certificates: None,
+            crls: None,
+            signer_infos: SignerInfos(SetOfVec::new()),
+        };
+        ContentInfo {
+            content_type: ID_SIGNED_DATA,
+            content: Any::encode_from(&signed_data).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    /// `body` with `sig` appended as sign-file does, the trailer claiming `sig_len` bytes.
+    fn signed_claiming(body: &[u8], sig: &[u8], info: [u8; 8], sig_len: usize) -> Vec<u8> {
         let mut out = body.to_vec();
         out.extend_from_slice(sig);
-        out.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
-        out.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        out.extend_from_slice(&info);
+        out.extend_from_slice(&(sig_len as u32).to_be_bytes());
         out.extend_from_slice(MARKER);
         out
+    }
+
+    fn signed(body: &[u8], sig: &[u8]) -> Vec<u8> {
+        signed_claiming(body, sig, [0, 0, 2, 0, 0, 0, 0, 0], sig.len())
     }
 
     #[test]
     fn strip_removes_one_or_several_signatures_and_keeps_unsigned_modules() {
         let body = b"\x7fELF module body".as_slice();
         assert_eq!(strip_signature(body).unwrap(), body);
-        let once = signed(body, b"first signature");
+        let once = signed(body, &cms(b"first signature"));
         assert!(is_signed(&once));
         assert_eq!(strip_signature(&once).unwrap(), body);
-        let twice = signed(&once, b"second");
+        let twice = signed(&once, &cms(b"second"));
         assert_eq!(strip_signature(&twice).unwrap(), body);
     }
 
     #[test]
-    fn a_signature_longer_than_the_file_is_malformed() {
-        let mut bogus = b"\x7fELF".to_vec();
-        bogus.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
-        bogus.extend_from_slice(MARKER);
-        assert!(matches!(
-            strip_signature(&bogus),
-            Err(SignError::MalformedSignature(_))
-        ));
+    fn a_forged_or_foreign_signature_block_is_malformed_not_cut() {
+        let body = b"\x7fELF module body with code".as_slice();
+        let sig = cms(b"sig");
+        let cases = [
+            // Longer than the file.
+            signed_claiming(b"\x7fELF", &[], [0, 0, 2, 0, 0, 0, 0, 0], 0x1000),
+            // A sig_len that reaches into the module body.
+            signed_claiming(body, &sig, [0, 0, 2, 0, 0, 0, 0, 0], sig.len() + 8),
+            // Shorter than the signature: what it names is not a whole CMS.
+            signed_claiming(body, &sig, [0, 0, 2, 0, 0, 0, 0, 0], sig.len() - 3),
+            // Bytes that are not CMS at all.
+            signed(body, b"not a signature"),
+            // Not PKCS#7 (id_type 1), or with signer/key-id lengths set.
+            signed_claiming(body, &sig, [0, 0, 1, 0, 0, 0, 0, 0], sig.len()),
+            signed_claiming(body, &sig, [0, 0, 2, 4, 0, 0, 0, 0], sig.len()),
+        ];
+        for (i, module) in cases.iter().enumerate() {
+            assert!(
+                matches!(strip_signature(module), Err(SignError::MalformedSignature(_))),
+                "case {i}"
+            );
+        }
         assert!(matches!(
             strip_signature(MARKER),
             Err(SignError::MalformedSignature(_))
