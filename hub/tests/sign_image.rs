@@ -22,45 +22,56 @@ fn module_path() -> String {
     format!("opt/lib/modules/{KVER}/kmm_sign_test.ko")
 }
 
-/// Builds an OCI layout with two layers: the module and a text file, then a second module and
-/// a file that a whiteout deletes again; pushes it as `repo_tag`.
-fn push_module_image(registry: &Registry, dir: &Path, repo_tag: &str) {
+/// Builds an OCI layout with one layer per `layers` entry (each changes the unpacked rootfs
+/// before umoci repacks it) and pushes it as `repo_tag`.
+fn push_layers(registry: &Registry, dir: &Path, repo_tag: &str, layers: &[&dyn Fn(&Path)]) {
     let layout = dir.join("layout").display().to_string();
     let image = format!("{layout}:v");
     let bundle = dir.join("bundle");
     run(Command::new("umoci").args(["init", "--layout", &layout]));
     run(Command::new("umoci").args(["new", "--image", &image]));
-    let unpack = |bundle: &Path| {
-        let _ = std::fs::remove_dir_all(bundle);
+    for change in layers {
+        let _ = std::fs::remove_dir_all(&bundle);
         run(Command::new("umoci")
             .args(["unpack", "--image", &image])
-            .arg(bundle));
-    };
-    let repack = |bundle: &Path| {
+            .arg(&bundle));
+        change(&bundle.join("rootfs"));
         run(Command::new("umoci")
             .args(["repack", "--image", &image])
-            .arg(bundle))
-    };
-    unpack(&bundle);
-    let rootfs = bundle.join("rootfs");
-    let modules = rootfs.join(format!("opt/lib/modules/{KVER}"));
-    std::fs::create_dir_all(&modules).unwrap();
-    std::fs::write(modules.join("kmm_sign_test.ko"), unsigned_module()).unwrap();
-    std::fs::write(modules.join("modules.dep"), "kmm_sign_test.ko:\n").unwrap();
-    std::fs::write(modules.join("removed.ko"), unsigned_module()).unwrap();
-    repack(&bundle);
-    unpack(&bundle);
-    let modules = bundle.join(format!("rootfs/opt/lib/modules/{KVER}"));
-    std::fs::create_dir_all(modules.join("extra")).unwrap();
-    std::fs::write(modules.join("extra/second.ko"), unsigned_module()).unwrap();
-    std::fs::remove_file(modules.join("removed.ko")).unwrap();
-    repack(&bundle);
+            .arg(&bundle));
+    }
     run(Command::new("skopeo").args([
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{image}"),
         &format!("docker://{}/{repo_tag}", registry.host),
     ]));
+}
+
+/// Two layers: the module and a text file, then a second module and a file that a whiteout
+/// deletes again; pushed as `repo_tag`.
+fn push_module_image(registry: &Registry, dir: &Path, repo_tag: &str) {
+    let modules = |rootfs: &Path| rootfs.join(format!("opt/lib/modules/{KVER}"));
+    push_layers(
+        registry,
+        dir,
+        repo_tag,
+        &[
+            &|rootfs| {
+                let modules = modules(rootfs);
+                std::fs::create_dir_all(&modules).unwrap();
+                std::fs::write(modules.join("kmm_sign_test.ko"), unsigned_module()).unwrap();
+                std::fs::write(modules.join("modules.dep"), "kmm_sign_test.ko:\n").unwrap();
+                std::fs::write(modules.join("removed.ko"), unsigned_module()).unwrap();
+            },
+            &|rootfs| {
+                let modules = modules(rootfs);
+                std::fs::create_dir_all(modules.join("extra")).unwrap();
+                std::fs::write(modules.join("extra/second.ko"), unsigned_module()).unwrap();
+                std::fs::remove_file(modules.join("removed.ko")).unwrap();
+            },
+        ],
+    );
 }
 
 fn sign_image(
@@ -441,4 +452,94 @@ fn sign_image_pushes_over_tls_with_the_credentials_of_a_docker_config() {
     ]));
     let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(inspect["Digest"].as_str().unwrap(), printed);
+}
+
+#[test]
+fn sign_image_signs_the_files_hard_links_and_symlinks_unpack_to() {
+    let registry = start_registry("sign-image-links");
+    let tmp = temp_dir("image-links");
+    let dir = tmp.path();
+    let modules = format!("opt/lib/modules/{KVER}");
+    push_layers(
+        &registry,
+        dir,
+        "links:unsigned",
+        &[
+            &|rootfs| {
+                let lib = rootfs.join("usr/lib/vendor");
+                std::fs::create_dir_all(&lib).unwrap();
+                std::fs::write(lib.join("real.ko"), unsigned_module()).unwrap();
+            },
+            &|rootfs| {
+                let dir = rootfs.join(&modules);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("own.ko"), unsigned_module()).unwrap();
+                // Hard links (umoci writes them as tar link entries): to a file of a lower
+                // layer and to one of this layer.
+                std::fs::hard_link(rootfs.join("usr/lib/vendor/real.ko"), dir.join("hard.ko")).unwrap();
+                std::fs::hard_link(dir.join("own.ko"), dir.join("own-hard.ko")).unwrap();
+                std::os::unix::fs::symlink("../../../../usr/lib/vendor/real.ko", dir.join("soft.ko"))
+                    .unwrap();
+            },
+        ],
+    );
+    let key = make_rsa_key(dir, "key", 2048, "kmm-fleet link signer");
+    let out = sign_image(
+        &registry,
+        &key,
+        "links:unsigned",
+        "links:signed",
+        &[&format!("/{modules}/*.ko")],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every selected name, read as a node will read it, is a signed module.
+    let (rootfs, _) = unpack_pushed(&registry, dir, "links:signed");
+    for name in ["own.ko", "own-hard.ko", "hard.ko", "soft.ko"] {
+        let path = rootfs.join(&modules).join(name);
+        assert_eq!(modinfo(&path, "signer"), key.common_name, "{name}");
+    }
+    assert!(
+        std::fs::symlink_metadata(rootfs.join(&modules).join("soft.ko"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the symlink stays a symlink; the file it names is signed"
+    );
+
+    // A selected name that resolves to nothing fails the command, and nothing is pushed.
+    let tmp = temp_dir("image-dangling");
+    let dir = tmp.path();
+    push_layers(
+        &registry,
+        dir,
+        "dangling:unsigned",
+        &[&|rootfs| {
+            let dir = rootfs.join("m");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("a.ko"), unsigned_module()).unwrap();
+            std::os::unix::fs::symlink("gone.ko", dir.join("b.ko")).unwrap();
+        }],
+    );
+    let out = sign_image(
+        &registry,
+        &key,
+        "dangling:unsigned",
+        "dangling:signed",
+        &["/m/*.ko"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/m/b.ko resolves to /m/gone.ko, which is not in the image"),
+        "{stderr}"
+    );
+    let inspect = output(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/dangling:signed", registry.host),
+    ]));
+    assert!(!inspect.status.success(), "nothing was pushed");
 }
