@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 use crate::{ManagedClusterModule, Module, NodeModulesConfig};
 
 pub mod admission;
+pub mod upstream;
 
 /// First line of every generated file.
 pub const GENERATED_HEADER: &str =
@@ -16,12 +17,15 @@ pub const GENERATED_HEADER: &str =
 
 /// CRDs installed on the hub cluster.
 pub fn hub_crds() -> Vec<CustomResourceDefinition> {
-    vec![ManagedClusterModule::crd()]
+    vec![upstream::shape(ManagedClusterModule::crd())]
 }
 
 /// CRDs installed on each spoke cluster.
 pub fn spoke_crds() -> Vec<CustomResourceDefinition> {
-    vec![Module::crd(), NodeModulesConfig::crd()]
+    vec![
+        upstream::shape(Module::crd()),
+        upstream::shape(NodeModulesConfig::crd()),
+    ]
 }
 
 /// File name of a CRD under `manifests/crds/`: `<plural>.<group>.yaml`, as kubectl names CRDs.

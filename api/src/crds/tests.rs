@@ -9,6 +9,7 @@ use super::*;
 use crate::ocm::{ClusterClaim, ManagedCluster, ManifestWork};
 
 mod cel_cost;
+mod upstream_facts;
 
 fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)

@@ -301,12 +301,45 @@ impl<'a> KernelMapper<'a> {
 fn compile_mapping_regexp(index: usize, mapping: &KernelMapping) -> Result<Option<Regex>, MappingError> {
     match mapping.regexp.as_deref().filter(|r| !r.is_empty()) {
         None => Ok(None),
-        Some(re) => Regex::new(re).map(Some).map_err(|e| MappingError::InvalidRegexp {
+        Some(re) => Regex::new(&expand_quoted(re)).map(Some).map_err(|e| MappingError::InvalidRegexp {
             index,
             regexp: re.to_owned(),
             reason: error_summary(&e.to_string()),
         }),
     }
+}
+
+/// RE2's `\Q...\E` (everything between is literal; a missing `\E` runs to the end), which
+/// upstream's Go regexps accept and the `regex` crate does not, as escaped literal text.
+pub fn expand_quoted(re: &str) -> std::borrow::Cow<'_, str> {
+    if !re.contains("\\Q") {
+        return std::borrow::Cow::Borrowed(re);
+    }
+    let mut out = String::with_capacity(re.len() + 8);
+    let mut rest = re;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let escaped = &rest[i + 1..];
+        match escaped.chars().next() {
+            Some('Q') => {
+                let quoted = &escaped[1..];
+                let (literal, after) = quoted.split_once("\\E").unwrap_or((quoted, ""));
+                out.push_str(&regex::escape(literal));
+                rest = after;
+            }
+            Some(c) => {
+                out.push('\\');
+                out.push(c);
+                rest = &escaped[c.len_utf8()..];
+            }
+            None => {
+                out.push('\\');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 fn error_summary(s: &str) -> String {

@@ -509,3 +509,20 @@ fn offered_variable_lists_match_what_expansion_provides() {
     assert_eq!(vars.kernel_vars().map(|(n, _)| n), SIGN_VARIABLES);
     assert_eq!(vars.image_vars("m", "ns").map(|(n, _)| n), IMAGE_VARIABLES);
 }
+
+#[rstest]
+#[case::quoted_dots(r"^\Q5.14.0-70.el9\E\.x86_64$", "5.14.0-70.el9.x86_64", true)]
+#[case::quoted_dots_are_literal(r"^\Q5.14.0\E", "5x14y0", false)]
+#[case::quote_to_the_end(r"\Q1.2.3+", "1.2.3+", true)]
+#[case::quote_to_the_end_is_literal(r"^\Q1.2.3+$", "1.2.3", false)]
+#[case::escaped_backslash_is_not_a_quote(r"^a\\Qb$", r"a\Qb", true)]
+#[case::plain_escapes_survive(r"^\d+\.\d+$", "6.1", true)]
+fn re2_quoting_is_accepted_like_upstream(#[case] regexp: &str, #[case] kernel: &str, #[case] matches: bool) {
+    let spec = mk_spec(vec![KernelMapping {
+        regexp: Some(regexp.to_owned()),
+        container_image: Some("r/x:1".to_owned()),
+        ..Default::default()
+    }]);
+    let mapper = KernelMapper::new(&spec, "m", "ns").expect("a \\Q...\\E regexp compiles");
+    assert_eq!(mapper.find(kernel).is_some(), matches, "{regexp} on {kernel}");
+}

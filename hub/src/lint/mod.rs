@@ -164,6 +164,9 @@ impl Kinds {
         problems.extend(semantic::metadata(doc, kind));
         let before_schema = problems.len();
         structural::check(schema, doc, "", &mut problems);
+        problems[before_schema..]
+            .iter_mut()
+            .for_each(explain_stricter_rule);
         if problems.len() > before_schema {
             return DocumentReport {
                 index,
@@ -198,6 +201,21 @@ impl Kinds {
             checked: true,
             problems,
         }
+    }
+}
+
+/// Upstream KMM's schema accepts what a deliberately stricter rule of ours refuses: say so, and why.
+fn explain_stricter_rule(problem: &mut Problem) {
+    let type_error = ["must be a ", "must be an ", "unknown field"]
+        .iter()
+        .any(|start| problem.message.starts_with(start));
+    if let Some(stricter) = kmm_api::crds::upstream::stricter_at(&problem.path)
+        && !type_error
+    {
+        problem.message.push_str(&format!(
+            " (upstream KMM accepts this; kmm-fleet refuses it on purpose: {})",
+            stricter.why
+        ));
     }
 }
 

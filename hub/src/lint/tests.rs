@@ -251,3 +251,31 @@ proptest! {
         let _ = lint_value(&doc);
     }
 }
+
+#[rstest]
+#[case::pull_policy(container_patch(json!({"imagePullPolicy": "Sometimes"})), "the pod API accepts only Always")]
+#[case::version(container_patch(json!({"version": "v1 beta"})), "label value")]
+#[case::image_length(container_patch(json!({"containerImage": format!("r/x:{}", "a".repeat(9000))})), "far more than any image reference")]
+fn a_rule_stricter_than_upstream_says_so_and_why(#[case] patch: Value, #[case] why: &str) {
+    let mut doc = valid_module();
+    merge(&mut doc, &patch);
+    let problems = lint_value(&doc);
+    assert!(
+        problems.iter().any(
+            |p| p.contains("upstream KMM accepts this; kmm-fleet refuses it on purpose") && p.contains(why)
+        ),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_problem_upstream_also_has_gets_no_upstream_note() {
+    let mut doc = valid_module();
+    merge(&mut doc, &json!({"spec": {"selector": null}}));
+    let problems = lint_value(&doc);
+    assert!(!problems.is_empty());
+    assert!(
+        problems.iter().all(|p| !p.contains("upstream KMM")),
+        "{problems:#?}"
+    );
+}
