@@ -51,7 +51,11 @@ spec:
         .await?;
     let module = serde_json::to_value(&stored[0])?;
     let spec = &module["spec"];
-    assert_eq!(spec["imageRepoSecret"], json!({"name": ""}), "the name defaults to \"\" as upstream's does");
+    assert_eq!(
+        spec["imageRepoSecret"],
+        json!({"name": ""}),
+        "the name defaults to \"\" as upstream's does"
+    );
     assert_eq!(
         spec["dra"]["deviceClasses"][0]["config"][0]["opaque"]["parameters"],
         json!({"apiVersion": "gpu.example.com/v1", "kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing", "replicas": 4}}),

@@ -301,11 +301,13 @@ impl<'a> KernelMapper<'a> {
 fn compile_mapping_regexp(index: usize, mapping: &KernelMapping) -> Result<Option<Regex>, MappingError> {
     match mapping.regexp.as_deref().filter(|r| !r.is_empty()) {
         None => Ok(None),
-        Some(re) => Regex::new(&expand_quoted(re)).map(Some).map_err(|e| MappingError::InvalidRegexp {
-            index,
-            regexp: re.to_owned(),
-            reason: error_summary(&e.to_string()),
-        }),
+        Some(re) => Regex::new(&expand_quoted(re))
+            .map(Some)
+            .map_err(|e| MappingError::InvalidRegexp {
+                index,
+                regexp: re.to_owned(),
+                reason: error_summary(&e.to_string()),
+            }),
     }
 }
 
