@@ -55,8 +55,8 @@ pub async fn apply_work(
             &Patch::Apply(body),
         )
         .await
-        .map_err(|source| Error::Write {
-            what: format!("ManifestWork {ns}/{name}"),
+        .map_err(|source| Error::Api {
+            what: format!("applying ManifestWork {ns}/{name}"),
             source,
         })?;
     ctx.metrics.work_writes.inc();
@@ -77,8 +77,8 @@ pub async fn delete_work(ctx: &Context, work: &ManifestWork) -> Result<(), Error
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Write {
-            what: format!("delete ManifestWork {ns}/{name}"),
+        Err(source) => Err(Error::Api {
+            what: format!("deleting ManifestWork {ns}/{name}"),
             source,
         }),
     }
@@ -106,8 +106,8 @@ pub async fn write_status(
         &Patch::Apply(body),
     )
     .await
-    .map_err(|source| Error::Write {
-        what: format!("status of ManagedClusterModule {name}"),
+    .map_err(|source| Error::Api {
+        what: format!("writing the status of ManagedClusterModule {name}"),
         source,
     })?;
     ctx.metrics.status_writes.inc();

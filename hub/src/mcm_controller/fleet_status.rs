@@ -7,13 +7,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kmm_api::{ClusterProblem, KernelSummary, ManagedClusterModuleStatus};
 
 use super::{desired::plan::Blocker, status::WorkOutcome};
+use crate::reason::Reason;
 
 /// Clusters named in `status.problems`; the rest are only counted.
 pub const MAX_PROBLEMS: usize = 20;
 /// Kernel lines in `status.kernels`.
 pub const MAX_KERNELS: usize = 256;
-/// Problem reason of a cluster the hub cannot hear from.
-pub const UNREACHABLE: &str = "ClusterUnavailable";
 /// Longest message kept per problem.
 const MAX_MESSAGE: usize = 512;
 
@@ -42,13 +41,13 @@ impl ClusterView {
     /// `(state, reason, message)` when the cluster needs attention.
     pub fn problem(&self) -> Option<(&'static str, String, String)> {
         if let (ClusterState::Work(_), Some(why)) = (&self.state, &self.unreachable) {
-            return Some(("Unreachable", UNREACHABLE.to_string(), why.clone()));
+            return Some(("Unreachable", Reason::ClusterUnavailable.to_string(), why.clone()));
         }
         match &self.state {
             ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
             ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
                 let reason = if reason.is_empty() {
-                    "ApplyFailed".to_string()
+                    Reason::ApplyFailed.to_string()
                 } else {
                     reason.clone()
                 };
@@ -123,12 +122,12 @@ pub fn fleet_status(
     let ready = s.number_blocked == 0 && s.number_degraded == 0 && pending == 0 && all_loaded;
     let (ready_reason, ready_msg) = if s.number_desired == 0 {
         (
-            "NoClusterSelected",
+            Reason::NoClusterSelected,
             "the selector matches no ManagedCluster".to_string(),
         )
     } else if ready {
         (
-            "Loaded",
+            Reason::Loaded,
             format!(
                 "{} clusters applied; module loaded on {} nodes",
                 s.number_applied, s.nodes_loaded
@@ -136,7 +135,7 @@ pub fn fleet_status(
         )
     } else {
         (
-            "NotReady",
+            Reason::NotReady,
             format!(
                 "{} of {} clusters applied, {} blocked, {} degraded; module loaded on {} of {} nodes",
                 s.number_applied,
@@ -165,7 +164,11 @@ pub fn fleet_status(
             old,
             "Progressing",
             progressing,
-            if progressing { "Rollout" } else { "Done" },
+            if progressing {
+                Reason::Rollout
+            } else {
+                Reason::Done
+            },
             &format!(
                 "{pending} clusters not applied yet; {} of {} nodes loaded",
                 s.nodes_loaded, s.nodes_desired
@@ -178,9 +181,9 @@ pub fn fleet_status(
             "Degraded",
             degraded > 0,
             if degraded > 0 {
-                "ClustersNeedAttention"
+                Reason::ClustersNeedAttention
             } else {
-                "AsExpected"
+                Reason::AsExpected
             },
             &format!(
                 "{} blocked and {} degraded clusters; see status.problems",
@@ -207,7 +210,7 @@ fn condition(
     old: &[Condition],
     type_: &str,
     value: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -232,7 +235,6 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::mcm_controller::desired::plan::reasons;
 
     fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
@@ -276,12 +278,12 @@ mod tests {
                 s.problems[0].state.as_str(),
                 s.problems[0].reason.as_str()
             ),
-            ("b", "Unreachable", UNREACHABLE)
+            ("b", "Unreachable", "ClusterUnavailable")
         );
         assert_eq!(cond(&s, "Ready").status, "False");
     }
 
-    fn blocked(reason: &'static str) -> ClusterState {
+    fn blocked(reason: Reason) -> ClusterState {
         ClusterState::Blocked(Blocker {
             reason,
             message: format!("{reason} happened"),
@@ -297,7 +299,7 @@ mod tests {
         let clusters = vec![
             view("a", &["k1"], applied(2, 2)),
             view("b", &["k1", "k2"], applied(3, 1)),
-            view("c", &[], blocked(reasons::NO_KERNEL_CLAIM)),
+            view("c", &[], blocked(Reason::NoKernelClaim)),
             view(
                 "d",
                 &["k2"],
@@ -371,7 +373,7 @@ mod tests {
                 let kernels = vec![format!("5.14.0-{}.el9.x86_64", i % 300)];
                 let state = if i % 2 == 0 {
                     ClusterState::Blocked(Blocker {
-                        reason: reasons::IMAGE_NOT_FOUND,
+                        reason: Reason::ImageNotFound,
                         message: long.clone(),
                     })
                 } else {

@@ -41,7 +41,7 @@ use self::{
     fleet_status::{ClusterState, ClusterView},
     observe::Observed,
 };
-use crate::{leader::Leadership, metrics::Metrics, registry::DigestResolver};
+use crate::{leader::Leadership, metrics::Metrics, reason::Reason, registry::DigestResolver};
 
 /// Finalizer on every MCM: its ManifestWorks live in other namespaces, so owner references alone
 /// cannot be relied on to remove them (and the spokes must unload first).
@@ -89,8 +89,9 @@ pub struct Context {
 /// Why a reconcile failed. Variant names are the Event reasons and metric labels.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("writing {what}: {source}")]
-    Write {
+    /// A call to the hub's API server failed (reads and writes alike).
+    #[error("{what}: {source}")]
+    Api {
         what: String,
         #[source]
         source: kube::Error,
@@ -104,13 +105,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Bounded name for Events and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Bounded name for logs and metrics.
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::Write { .. } => "WriteFailed",
-            Error::Serialize(_) => "SerializeFailed",
-            Error::Finalizer(_) => "FinalizerFailed",
-            Error::WorksRemaining(_) => "WaitingForSpokes",
+            Error::Api { .. } => Reason::WriteFailed,
+            Error::Serialize(_) => Reason::SerializeFailed,
+            Error::Finalizer(_) => Reason::FinalizerFailed,
+            Error::WorksRemaining(_) => Reason::WaitingForSpokes,
         }
     }
 }
@@ -139,7 +140,7 @@ pub async fn reconcile(mcm: Arc<ManagedClusterModule>, ctx: Arc<Context>) -> Res
 
 /// Transient errors retry soon; waiting for spokes checks back a little later.
 pub fn error_policy(mcm: Arc<ManagedClusterModule>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(error.reason());
+    ctx.metrics.reconcile_failed(error.reason().as_str());
     warn!(mcm = %mcm.name_any(), %error, "reconcile failed");
     match error {
         Error::WorksRemaining(_) => Action::requeue(Duration::from_secs(5)),
@@ -151,8 +152,9 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let started = std::time::Instant::now();
     let mut observed = observe::observe(mcm, ctx).await;
     let observed_in = started.elapsed();
-    build::advance(mcm, ctx, &mut observed).await?;
-    build::collect(ctx).await?;
+    let building = build::advance(mcm, ctx, &observed).await?;
+    observed.pins.extend(building);
+    build::gc::collect(ctx).await?;
     tracing::debug!(clusters = observed.clusters.len(), ?observed_in, planned_in = ?started.elapsed(), "observed");
     let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
 
@@ -281,7 +283,7 @@ async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Er
         kmm_api::labels::MCM_NAME_LABEL,
         mcm.name_any()
     ));
-    let listed = api.list(&lp).await.map_err(|source| Error::Write {
+    let listed = api.list(&lp).await.map_err(|source| Error::Api {
         what: "listing ManifestWorks".into(),
         source,
     })?;

@@ -42,6 +42,28 @@ pub struct JobSettings {
     pub hub_image: String,
 }
 
+/// What a [`Step`] does; its name is the Job's `job-type` label and part of the Job's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    Build,
+    Sign,
+}
+
+impl StepKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Build => "build",
+            StepKind::Sign => "sign",
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One step the hub must run for a missing image.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
@@ -69,10 +91,10 @@ impl Step {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> StepKind {
         match self {
-            Step::Build { .. } => "build",
-            Step::Sign { .. } => "sign",
+            Step::Build { .. } => StepKind::Build,
+            Step::Sign { .. } => StepKind::Sign,
         }
     }
 
