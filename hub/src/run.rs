@@ -227,6 +227,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             job_gc_delay: Duration::from_secs(args.job_gc_delay_seconds),
         },
     });
+    tokio::spawn(mcm_controller::build::gc::run(ctx.clone()));
     let controller = Controller::new(mcms, watcher::Config::default().any_semantic());
     let mcm_store = controller.store();
     let works_for_mapper = works.clone();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kmm_api::{ClusterProblem, KernelSummary, ManagedClusterModuleStatus};
 
-use super::{desired::plan::Blocker, status::WorkOutcome};
+use super::{desired::plan::Blocker, work_outcome::WorkOutcome};
 use crate::reason::Reason;
 
 /// Clusters named in `status.problems`; the rest are only counted.

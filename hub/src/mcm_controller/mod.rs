@@ -11,44 +11,33 @@
 pub mod apply;
 pub mod build;
 pub mod desired;
+pub mod events;
 pub mod fleet_status;
 pub mod observe;
-pub mod status;
+pub mod work_outcome;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kmm_api::{ManagedClusterModule, ModuleSpec, ocm::ManagedCluster, ocm::ManifestWork};
+use kmm_api::{ManagedClusterModule, ocm::ManagedCluster, ocm::ManifestWork};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::Recorder,
         finalizer::{self, finalizer},
         reflector::Store,
     },
 };
 use thiserror::Error;
-use tracing::{info, instrument, warn};
+use tracing::{instrument, warn};
 
-use self::{
-    desired::plan::{self, Blocker, Pin},
-    fleet_status::{ClusterState, ClusterView},
-    observe::Observed,
-};
+use self::desired::plan::{self, Pin};
 use crate::{leader::Leadership, metrics::Metrics, reason::Reason, registry::DigestResolver};
 
 /// Finalizer on every MCM: its ManifestWorks live in other namespaces, so owner references alone
 /// cannot be relied on to remove them (and the spokes must unload first).
 pub const FINALIZER: &str = "hub.kmm.sigs.x-k8s.io/manifestwork-cleanup";
-
-/// ManifestWork writes in flight at once for one MCM.
-const WRITE_CONCURRENCY: usize = 16;
 
 /// Read-only settings of the controller.
 #[derive(Clone, Debug)]
@@ -150,82 +139,21 @@ pub fn error_policy(mcm: Arc<ManagedClusterModule>, error: &Error, ctx: Arc<Cont
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let mut observed = observe::observe(mcm, ctx).await;
+    let observed = observe::observe(mcm, ctx).await;
     let observed_in = started.elapsed();
     let building = build::advance(mcm, ctx, &observed).await?;
-    observed.pins.extend(building);
-    build::gc::collect(ctx).await?;
+    let observed = observed.with_pins(building);
     tracing::debug!(clusters = observed.clusters.len(), ?observed_in, planned_in = ?started.elapsed(), "observed");
-    let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
 
-    // Delete the works of clusters that stopped matching.
-    for (ns, work) in &observed.works {
-        if !selected.contains(ns.as_str()) {
-            apply::delete_work(ctx, work).await?;
-            info!(cluster = %ns, "cluster no longer selected; ManifestWork deleted");
-            publish(
-                ctx,
-                mcm,
-                EventType::Normal,
-                "ManifestWorkDeleted",
-                format!("cluster {ns} no longer selected"),
-            )
-            .await;
-        }
-    }
-
-    // Render per distinct kernel set (10,000 clusters on 3 kernels render 3 Modules), then write.
-    let mut specs: BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>> = BTreeMap::new();
-    let planned: Vec<Result<ManifestWork, Blocker>> = observed
-        .clusters
-        .iter()
-        .map(|c| cluster_state(mcm, c, &observed, &mut specs))
-        .collect();
-    // Writes go out a few at a time: a cold start over thousands of clusters is bound by round trips.
-    let outcomes: Vec<Result<(ClusterState, bool), Error>> = stream::iter(planned)
-        .map(|plan| async {
-            match plan {
-                Ok(work) => {
-                    let current = observed.works.get(&work.namespace().unwrap_or_default());
-                    let (stored, sent) = apply::apply_work(ctx, work, current).await?;
-                    Ok((ClusterState::Work(status::work_outcome(&stored)), sent))
-                }
-                Err(blocker) => Ok((ClusterState::Blocked(blocker), false)),
-            }
-        })
-        .buffered(WRITE_CONCURRENCY)
-        .collect()
-        .await;
-    let mut views = Vec::with_capacity(observed.clusters.len());
-    let mut written = 0usize;
-    for (cluster, outcome) in observed.clusters.iter().zip(outcomes) {
-        let (state, sent) = outcome?;
-        written += usize::from(sent);
-        views.push(ClusterView {
-            name: cluster.name.clone(),
-            kernels: cluster.kernels.clone().unwrap_or_default(),
-            state,
-            unreachable: cluster.unreachable.clone(),
-        });
-    }
-    if written > 0 {
-        info!(written, "ManifestWorks written");
-        publish(
-            ctx,
-            mcm,
-            EventType::Normal,
-            "ManifestWorksApplied",
-            format!("{written} ManifestWorks written"),
-        )
-        .await;
-    }
+    let desired = desired::desired(mcm, &observed);
+    let views = apply::apply(ctx, mcm, desired).await?;
 
     let kernels: BTreeSet<String> = views.iter().flat_map(|v| v.kernels.iter().cloned()).collect();
     let images = plan::kernel_images(mcm, &kernels, &observed.pins);
     let now = Time(Timestamp::now());
     let new_status =
         fleet_status::fleet_status(mcm.metadata.generation, &views, &images, mcm.status.as_ref(), now);
-    announce_problems(ctx, mcm, &new_status).await;
+    events::publish(ctx, mcm, events::new_problems(mcm.status.as_ref(), &new_status)).await;
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     apply::write_status(ctx, mcm, &new_status).await?;
 
@@ -235,43 +163,6 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     } else {
         ctx.config.resync
     }))
-}
-
-/// The work for one cluster, or why there is none; Module specs are shared per kernel set.
-fn cluster_state(
-    mcm: &ManagedClusterModule,
-    cluster: &observe::SelectedCluster,
-    observed: &Observed,
-    specs: &mut BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>>,
-) -> Result<ManifestWork, Blocker> {
-    if let Some(b) = &observed.spec_error {
-        return Err(b.clone());
-    }
-    let kernels = cluster.kernels.as_ref().map_err(Clone::clone)?;
-    let spec = specs
-        .entry(kernels.clone())
-        .or_insert_with(|| plan::render_spec(mcm, kernels, &observed.pins))
-        .clone()?;
-    plan::work_for(mcm, &cluster.name, kernels, spec)
-}
-
-/// Warning Events for clusters that newly need attention (only those listed, so at most 20).
-async fn announce_problems(
-    ctx: &Context,
-    mcm: &ManagedClusterModule,
-    new: &kmm_api::ManagedClusterModuleStatus,
-) {
-    let old: BTreeSet<(&str, &str)> = mcm
-        .status
-        .iter()
-        .flat_map(|s| s.problems.iter().map(|p| (p.cluster.as_str(), p.reason.as_str())))
-        .collect();
-    for p in &new.problems {
-        if !old.contains(&(p.cluster.as_str(), p.reason.as_str())) {
-            let note = format!("cluster {}: {}", p.cluster, p.message);
-            publish(ctx, mcm, EventType::Warning, &p.reason, note).await;
-        }
-    }
 }
 
 async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
@@ -298,29 +189,8 @@ async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Er
     if !remaining.is_empty() || !works.is_empty() {
         return Err(Error::WorksRemaining(remaining.len().max(works.len())));
     }
-    publish(
-        ctx,
-        mcm,
-        EventType::Normal,
-        "Deleted",
-        "every ManifestWork is gone".into(),
-    )
-    .await;
+    let gone = events::Announcement::normal(Reason::Deleted, "every ManifestWork is gone");
+    events::publish(ctx, mcm, vec![gone]).await;
     ctx.metrics.forget(&mcm.name_any());
     Ok(Action::await_change())
 }
-
-async fn publish(ctx: &Context, mcm: &ManagedClusterModule, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(kmm_api::event_note::note(&note)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &mcm.object_ref(&())).await {
-        warn!(error = %e, "could not publish an Event");
-    }
-}
-
-use kube::Resource as _;

@@ -73,6 +73,14 @@ pub struct Observed {
     pub spec_error: Option<Blocker>,
 }
 
+impl Observed {
+    /// The same world with `pins` laid over the registry's answers (images a Job is making).
+    pub fn with_pins(mut self, pins: BTreeMap<String, Pin>) -> Self {
+        self.pins.extend(pins);
+        self
+    }
+}
+
 /// The clusters an MCM selects, sorted by name.
 pub fn selected_clusters(
     mcm: &ManagedClusterModule,
