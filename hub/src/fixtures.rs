@@ -10,7 +10,7 @@ use kmm_api::{
     },
 };
 
-use crate::mcm_controller::desired::plan::Pin;
+use crate::{mcm_controller::desired::plan::Pin, registry::RegistryError};
 
 /// A kernel the build fixtures resolve.
 pub const K: &str = "6.1.0-28-cloud-amd64";
@@ -71,4 +71,15 @@ pub fn mk_cluster(name: &str, labels: &[(&str, &str)], claim: Option<&str>) -> M
 /// Registry answers by image.
 pub fn pins(entries: &[(&str, Pin)]) -> BTreeMap<String, Pin> {
     entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// A lookup the registry did not answer, for `reason`.
+pub fn lookup_failed(reason: &str) -> Pin {
+    Pin::Failed(
+        RegistryError::Lookup {
+            image: "reg.example/kmod".into(),
+            reason: reason.into(),
+        }
+        .into(),
+    )
 }

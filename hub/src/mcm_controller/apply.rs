@@ -59,7 +59,7 @@ pub async fn apply(
         .collect()
         .await;
     let views = views.into_iter().collect::<Result<Vec<_>, _>>()?;
-    events::publish(ctx, mcm, events).await;
+    events::publish(ctx, &mcm.object_ref(&()), events).await;
     Ok(views)
 }
 

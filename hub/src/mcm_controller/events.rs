@@ -3,11 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use kmm_api::{ManagedClusterModule, ManagedClusterModuleStatus};
-use kube::{
-    Resource as _,
-    runtime::events::{Event, EventType},
-};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kmm_api::ManagedClusterModuleStatus;
+use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
 use super::Context;
@@ -54,9 +52,8 @@ pub fn new_problems(
         .collect()
 }
 
-/// Publishes `events` on `mcm`; a failure is logged, never fatal (Events are best effort).
-pub async fn publish(ctx: &Context, mcm: &ManagedClusterModule, events: Vec<Announcement>) {
-    let reference = mcm.object_ref(&());
+/// Publishes `events` on the object `reference` names; a failure is logged, never fatal (Events are best effort).
+pub async fn publish(ctx: &Context, reference: &ObjectReference, events: Vec<Announcement>) {
     for a in events {
         let event = Event {
             type_: a.type_,
@@ -65,7 +62,7 @@ pub async fn publish(ctx: &Context, mcm: &ManagedClusterModule, events: Vec<Anno
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = ctx.recorder.publish(&event, reference).await {
             warn!(error = %e, "could not publish an Event");
         }
     }

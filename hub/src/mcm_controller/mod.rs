@@ -1,6 +1,9 @@
-//! The ManagedClusterModule controller. Steps, as STYLE.md lays them out:
-//! [`observe`] (stores, registry) -> [`desired`] (pure plan and rendering) -> [`apply`] (SSA,
-//! deletes) -> [`fleet_status`] (pure) -> status write and Events.
+//! The ManagedClusterModule controller. Steps, as STYLE.md lays them out, with typed hand-offs:
+//! [`observe`] (stores, registry: [`observe::Observed`]) -> [`build`] (Jobs for missing images:
+//! pins laid over `Observed`) -> [`desired`] (pure: [`desired::Desired`]) -> [`apply`] (SSA,
+//! deletes, Events: one [`fleet_status::ClusterView`] per cluster) -> [`fleet_status`] (pure) ->
+//! status write and the Warnings of [`events::new_problems`]. Build Jobs are collected by
+//! [`build::gc`], a task of its own.
 //!
 //! ```text
 //!  ManagedCluster watch ──▶ MCMs selecting it, or owning a work in its namespace ─┐
@@ -21,10 +24,11 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kmm_api::{ManagedClusterModule, ocm::ManagedCluster, ocm::ManifestWork};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource as _, ResourceExt,
+    core::DeserializeGuard,
     runtime::{
         controller::Action,
-        events::Recorder,
+        events::{EventType, Recorder},
         finalizer::{self, finalizer},
         reflector::Store,
     },
@@ -91,6 +95,9 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("waiting for {0} ManifestWorks to be removed from the spokes")]
     WorksRemaining(usize),
+    /// The MCM does not parse: only the user can fix it.
+    #[error("the object does not parse: {0}")]
+    InvalidObject(String),
 }
 
 impl Error {
@@ -101,17 +108,44 @@ impl Error {
             Error::Serialize(_) => Reason::SerializeFailed,
             Error::Finalizer(_) => Reason::FinalizerFailed,
             Error::WorksRemaining(_) => Reason::WaitingForSpokes,
+            Error::InvalidObject(_) => Reason::InvalidObject,
+        }
+    }
+
+    /// When to look again: an MCM that does not parse waits for the user to change it, waiting
+    /// for spokes checks back a little later, anything else is retried soon.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::InvalidObject(_) => None,
+            Error::WorksRemaining(_) => Some(Duration::from_secs(5)),
+            _ => Some(Duration::from_secs(10)),
         }
     }
 }
 
 /// Reconciles one MCM; see the module docs for the steps.
-#[instrument(skip_all, fields(mcm = %mcm.name_any()))]
-pub async fn reconcile(mcm: Arc<ManagedClusterModule>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(mcm = %guard.name_any()))]
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<ManagedClusterModule>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if !ctx.leader.is_leader() {
         // Followers keep their caches warm and check back; the leader does the writing.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
+    // A malformed MCM must not stall the watch: report it on the object and wait for a change.
+    let mcm = match &guard.0 {
+        Ok(mcm) => Arc::new(mcm.clone()),
+        Err(invalid) => {
+            let event = events::Announcement {
+                type_: EventType::Warning,
+                reason: Reason::InvalidObject.to_string(),
+                note: invalid.to_string(),
+            };
+            events::publish(&ctx, &guard.object_ref(&()), vec![event]).await;
+            return Err(Error::InvalidObject(invalid.to_string()));
+        }
+    };
     let _timer = ctx.metrics.reconcile_timer();
     let api: Api<ManagedClusterModule> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, mcm, |event| async {
@@ -127,14 +161,17 @@ pub async fn reconcile(mcm: Arc<ManagedClusterModule>, ctx: Arc<Context>) -> Res
     })
 }
 
-/// Transient errors retry soon; waiting for spokes checks back a little later.
-pub fn error_policy(mcm: Arc<ManagedClusterModule>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Counts and logs the failure, then looks again after [`Error::retry_after`].
+pub fn error_policy(
+    mcm: Arc<DeserializeGuard<ManagedClusterModule>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.metrics.reconcile_failed(error.reason().as_str());
     warn!(mcm = %mcm.name_any(), %error, "reconcile failed");
-    match error {
-        Error::WorksRemaining(_) => Action::requeue(Duration::from_secs(5)),
-        _ => Action::requeue(Duration::from_secs(10)),
-    }
+    error
+        .retry_after()
+        .map_or_else(Action::await_change, Action::requeue)
 }
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
@@ -153,7 +190,8 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let now = Time(Timestamp::now());
     let new_status =
         fleet_status::fleet_status(mcm.metadata.generation, &views, &images, mcm.status.as_ref(), now);
-    events::publish(ctx, mcm, events::new_problems(mcm.status.as_ref(), &new_status)).await;
+    let problems = events::new_problems(mcm.status.as_ref(), &new_status);
+    events::publish(ctx, &mcm.object_ref(&()), problems).await;
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     apply::write_status(ctx, mcm, &new_status).await?;
 
@@ -190,7 +228,31 @@ async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Er
         return Err(Error::WorksRemaining(remaining.len().max(works.len())));
     }
     let gone = events::Announcement::normal(Reason::Deleted, "every ManifestWork is gone");
-    events::publish(ctx, mcm, vec![gone]).await;
+    events::publish(ctx, &mcm.object_ref(&()), vec![gone]).await;
     ctx.metrics.forget(&mcm.name_any());
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case::unparsable_waits_for_a_change(Error::InvalidObject("bad".into()), Reason::InvalidObject, None)]
+    #[case::spokes_are_checked_back_soon(Error::WorksRemaining(2), Reason::WaitingForSpokes, Some(5))]
+    #[case::serializing_is_retried(
+        Error::Serialize(serde_json::from_str::<u8>("x").unwrap_err()),
+        Reason::SerializeFailed,
+        Some(10)
+    )]
+    fn errors_name_their_reason_and_when_to_retry(
+        #[case] error: Error,
+        #[case] reason: Reason,
+        #[case] seconds: Option<u64>,
+    ) {
+        assert_eq!(error.reason(), reason);
+        assert_eq!(error.retry_after(), seconds.map(Duration::from_secs));
+    }
 }

@@ -80,7 +80,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, mk_build_mcm, pins},
+        fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, lookup_failed, mk_build_mcm, pins},
         mcm_controller::desired::job::StepKind,
     };
 
@@ -110,7 +110,7 @@ mod tests {
     }
 
     fn failed() -> Option<Pin> {
-        Some(Pin::Failed("registry down".into()))
+        Some(lookup_failed("registry down"))
     }
 
     /// The whole plan for one kernel, the intermediate looked up only when asked for:

@@ -18,6 +18,7 @@ use kmm_api::{
 use kube::ResourceExt;
 
 use super::manifestwork::manifest_work;
+use crate::mcm_controller::observe::LookupError;
 use crate::reason::Reason;
 
 /// Why a selected cluster gets no (new) ManifestWork: a reason for status, Events and metric
@@ -144,8 +145,8 @@ pub enum Pin {
     Pinned(String),
     /// The registry says the image does not exist (yet).
     Missing,
-    /// The registry could not be asked, or refused.
-    Failed(String),
+    /// The registry could not be asked, or refused, or the credentials are unusable.
+    Failed(LookupError),
     /// Missing, and a build or sign Job is making it, failed to, or cannot start: why the
     /// clusters needing it wait.
     Blocked(Blocker),

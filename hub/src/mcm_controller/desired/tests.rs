@@ -4,7 +4,7 @@ use rstest::rstest;
 
 use super::*;
 use crate::{
-    fixtures::{FINAL, K, mk_build_mcm, pins},
+    fixtures::{FINAL, K, lookup_failed, mk_build_mcm, pins},
     mcm_controller::{desired::plan::Pin, observe::SelectedCluster},
 };
 
@@ -110,7 +110,7 @@ fn summary(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>) {
     &["a: blocked ImageNotFound", "b: blocked ImageNotFound"], &[], &[]
 )]
 #[case::a_registry_failure_blocks(
-    observed(&["a"], &[], Pin::Failed("down".into())),
+    observed(&["a"], &[], lookup_failed("down")),
     &["a: blocked RegistryError"], &[], &[]
 )]
 #[case::nothing_selected_deletes_everything(

@@ -1,7 +1,7 @@
 use serde_json::Value;
 
 use super::*;
-use crate::fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, mk_build_mcm, pins};
+use crate::fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, lookup_failed, mk_build_mcm, pins};
 
 #[test]
 fn a_missing_image_with_build_gets_a_build_of_the_final_image() {
@@ -15,7 +15,7 @@ fn a_missing_image_with_build_gets_a_build_of_the_final_image() {
         "present: nothing to do"
     );
     assert_eq!(
-        step_for(&mcm, &r, &pins(&[(FINAL, Pin::Failed("down".into()))])),
+        step_for(&mcm, &r, &pins(&[(FINAL, lookup_failed("down"))])),
         None,
         "unknown: wait"
     );

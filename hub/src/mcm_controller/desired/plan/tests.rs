@@ -4,7 +4,7 @@ use kmm_api::{ManagedClusterModuleSpec, Module};
 use serde_json::Value;
 
 use super::*;
-use crate::fixtures::{mk_cluster, mk_mcm};
+use crate::fixtures::{lookup_failed, mk_cluster, mk_mcm};
 
 const K1: &str = "6.0.15-300.fc37.x86_64";
 const K2: &str = "5.14.0-70.el9.x86_64";
@@ -155,7 +155,7 @@ fn missing_and_unreachable_images_block_with_distinct_reasons() {
     let b = render(&mcm, "c", &kernels, &pins).unwrap_err();
     assert_eq!(b.reason, Reason::ImageNotFound);
     assert!(b.message.contains(&kmod));
-    pins.insert(kmod, Pin::Failed("connection refused".into()));
+    pins.insert(kmod, lookup_failed("connection refused"));
     let b = render(&mcm, "c", &kernels, &pins).unwrap_err();
     assert_eq!(
         (b.reason, b.message.contains("connection refused")),
