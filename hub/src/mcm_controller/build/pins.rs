@@ -87,43 +87,21 @@ mod tests {
         StepState::Job(JobState::Failed(why.into()))
     }
 
+    fn running() -> StepState {
+        StepState::Job(JobState::Running)
+    }
+
+    fn succeeded() -> StepState {
+        StepState::Job(JobState::Succeeded)
+    }
+
     #[rstest]
-    #[case::building(
-        StepKind::Build,
-        StepState::Job(JobState::Running),
-        Reason::Building,
-        "is making"
-    )]
-    #[case::signing(
-        StepKind::Sign,
-        StepState::Job(JobState::Running),
-        Reason::Signing,
-        "is making"
-    )]
-    #[case::built_not_yet_seen(
-        StepKind::Build,
-        StepState::Job(JobState::Succeeded),
-        Reason::Building,
-        "finished; waiting for"
-    )]
-    #[case::signed_not_yet_seen(
-        StepKind::Sign,
-        StepState::Job(JobState::Succeeded),
-        Reason::Signing,
-        "finished; waiting for"
-    )]
-    #[case::build_failed(
-        StepKind::Build,
-        failed("make: no rule"),
-        Reason::BuildFailed,
-        "failed: make: no rule (fix the cause"
-    )]
-    #[case::sign_failed(
-        StepKind::Sign,
-        failed("bad key"),
-        Reason::SignFailed,
-        "failed: bad key (fix the cause"
-    )]
+    #[case::building(StepKind::Build, running(), Reason::Building, "is making")]
+    #[case::signing(StepKind::Sign, running(), Reason::Signing, "is making")]
+    #[case::built_not_yet_seen(StepKind::Build, succeeded(), Reason::Building, "finished; waiting")]
+    #[case::signed_not_yet_seen(StepKind::Sign, succeeded(), Reason::Signing, "finished; waiting")]
+    #[case::build_failed(StepKind::Build, failed("make: no rule"), Reason::BuildFailed, "failed: make")]
+    #[case::sign_failed(StepKind::Sign, failed("bad key"), Reason::SignFailed, "failed: bad key (fix")]
     fn job_states_become_blockers(
         #[case] kind: StepKind,
         #[case] state: StepState,

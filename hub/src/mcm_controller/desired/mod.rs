@@ -5,6 +5,7 @@
 pub mod job;
 pub mod manifestwork;
 pub mod plan;
+pub mod step;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

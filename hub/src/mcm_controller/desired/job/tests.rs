@@ -1,76 +1,10 @@
 use serde_json::Value;
 
 use super::*;
-use crate::fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, lookup_failed, mk_build_mcm, pins};
-
-#[test]
-fn a_missing_image_with_build_gets_a_build_of_the_final_image() {
-    let mcm = mk_build_mcm("m", BUILD);
-    let r = resolve(&mcm, K).unwrap();
-    let step = step_for(&mcm, &r, &pins(&[(FINAL, Pin::Missing)])).unwrap();
-    assert!(matches!(&step, Step::Build { target, .. } if target == FINAL));
-    assert_eq!(
-        step_for(&mcm, &r, &pins(&[(FINAL, Pin::Pinned("x@sha256:1".into()))])),
-        None,
-        "present: nothing to do"
-    );
-    assert_eq!(
-        step_for(&mcm, &r, &pins(&[(FINAL, lookup_failed("down"))])),
-        None,
-        "unknown: wait"
-    );
-}
-
-#[test]
-fn build_and_sign_builds_the_unsigned_image_first_then_signs_it() {
-    let mcm = mk_build_mcm("m", &format!("{BUILD}{SIGN}"));
-    let r = resolve(&mcm, K).unwrap();
-    assert_eq!(intermediate_image(&mcm, &r).as_deref(), Some(UNSIGNED));
-    let build = step_for(
-        &mcm,
-        &r,
-        &pins(&[(FINAL, Pin::Missing), (UNSIGNED, Pin::Missing)]),
-    )
-    .unwrap();
-    assert!(
-        matches!(&build, Step::Build { target, .. } if target == UNSIGNED),
-        "{build:?}"
-    );
-    let sign = step_for(
-        &mcm,
-        &r,
-        &pins(&[
-            (FINAL, Pin::Missing),
-            (UNSIGNED, Pin::Pinned("u@sha256:2".into())),
-        ]),
-    )
-    .unwrap();
-    assert!(
-        matches!(&sign, Step::Sign { source, target, .. } if source == UNSIGNED && target == FINAL),
-        "{sign:?}"
-    );
-}
-
-#[test]
-fn job_names_depend_on_what_is_produced_not_on_who_asks() {
-    let a = mk_build_mcm("a", BUILD);
-    let b = mk_build_mcm("b", BUILD);
-    let p = pins(&[(FINAL, Pin::Missing)]);
-    let sa = step_for(&a, &resolve(&a, K).unwrap(), &p).unwrap();
-    let sb = step_for(&b, &resolve(&b, K).unwrap(), &p).unwrap();
-    assert_eq!(
-        sa.job_name(None),
-        sb.job_name(None),
-        "two MCMs needing one image share the Job"
-    );
-    assert_ne!(
-        sa.job_name(None),
-        sa.job_name(Some(2)),
-        "imageRebuildTriggerGeneration gives a new Job"
-    );
-    assert!(sa.job_name(None).starts_with("kmm-build-") && sa.job_name(None).len() <= 63);
-    assert_eq!(sa.job_name(None), sa.job_name(None));
-}
+use crate::{
+    fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, mk_build_mcm, pins},
+    mcm_controller::desired::plan::Pin,
+};
 
 fn settings() -> JobSettings {
     JobSettings {
