@@ -99,7 +99,7 @@ pub const ACCESS: &[Access] = &[
         verbs: &["get", "list", "watch", "create", "delete"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "build and sign Jobs: the Job store, create (and get when another hub created it first), delete once succeeded (--job-gc-delay-seconds)",
+        reason: "build and sign Jobs: the Job store, create (and get when another hub created it first) in build::jobs, delete once succeeded in build::gc (--job-gc-delay-seconds)",
     },
     Access {
         group: "",

@@ -167,7 +167,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.reconcile_failed(error.reason().as_str());
+    ctx.metrics.reconcile_failed(error.reason());
     warn!(mcm = %mcm.name_any(), %error, "reconcile failed");
     error
         .retry_after()
