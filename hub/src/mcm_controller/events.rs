@@ -29,6 +29,14 @@ impl Announcement {
             note: note.into(),
         }
     }
+
+    /// A Warning Event about the MCM itself.
+    pub fn warning(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Warning,
+            ..Self::normal(reason, note)
+        }
+    }
 }
 
 /// Warning Events for clusters that newly need attention: listed in `new` and not (with the same

@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod build;
 pub mod desired;
+mod error;
 pub mod events;
 pub mod fleet_status;
 pub mod observe;
@@ -28,15 +29,15 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         controller::Action,
-        events::{EventType, Recorder},
+        events::Recorder,
         finalizer::{self, finalizer},
         reflector::Store,
     },
 };
-use thiserror::Error;
 use tracing::{instrument, warn};
 
 use self::desired::plan::{self, Pin};
+pub use self::error::Error;
 use crate::{leader::Leadership, metrics::Metrics, reason::Reason, registry::DigestResolver};
 
 /// Finalizer on every MCM: its ManifestWorks live in other namespaces, so owner references alone
@@ -79,50 +80,6 @@ pub struct Context {
     pub config: Config,
 }
 
-/// Why a reconcile failed. Variant names are the Event reasons and metric labels.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// A call to the hub's API server failed (reads and writes alike).
-    #[error("{what}: {source}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("serializing: {0}")]
-    Serialize(#[source] serde_json::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
-    #[error("waiting for {0} ManifestWorks to be removed from the spokes")]
-    WorksRemaining(usize),
-    /// The MCM does not parse: only the user can fix it.
-    #[error("the object does not parse: {0}")]
-    InvalidObject(String),
-}
-
-impl Error {
-    /// Bounded name for logs and metrics.
-    pub fn reason(&self) -> Reason {
-        match self {
-            Error::Api { .. } => Reason::WriteFailed,
-            Error::Serialize(_) => Reason::SerializeFailed,
-            Error::Finalizer(_) => Reason::FinalizerFailed,
-            Error::WorksRemaining(_) => Reason::WaitingForSpokes,
-            Error::InvalidObject(_) => Reason::InvalidObject,
-        }
-    }
-
-    /// When to look again: an MCM that does not parse waits for the user to change it, waiting
-    /// for spokes checks back a little later, anything else is retried soon.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::InvalidObject(_) => None,
-            Error::WorksRemaining(_) => Some(Duration::from_secs(5)),
-            _ => Some(Duration::from_secs(10)),
-        }
-    }
-}
-
 /// Reconciles one MCM; see the module docs for the steps.
 #[instrument(skip_all, fields(mcm = %guard.name_any()))]
 pub async fn reconcile(
@@ -137,11 +94,7 @@ pub async fn reconcile(
     let mcm = match &guard.0 {
         Ok(mcm) => Arc::new(mcm.clone()),
         Err(invalid) => {
-            let event = events::Announcement {
-                type_: EventType::Warning,
-                reason: Reason::InvalidObject.to_string(),
-                note: invalid.to_string(),
-            };
+            let event = events::Announcement::warning(Reason::InvalidObject, invalid.to_string());
             events::publish(&ctx, &guard.object_ref(&()), vec![event]).await;
             return Err(Error::InvalidObject(invalid.to_string()));
         }
@@ -231,28 +184,4 @@ async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Er
     events::publish(ctx, &mcm.object_ref(&()), vec![gone]).await;
     ctx.metrics.forget(&mcm.name_any());
     Ok(Action::await_change())
-}
-
-#[cfg(test)]
-mod tests {
-    use rstest::rstest;
-
-    use super::*;
-
-    #[rstest]
-    #[case::unparsable_waits_for_a_change(Error::InvalidObject("bad".into()), Reason::InvalidObject, None)]
-    #[case::spokes_are_checked_back_soon(Error::WorksRemaining(2), Reason::WaitingForSpokes, Some(5))]
-    #[case::serializing_is_retried(
-        Error::Serialize(serde_json::from_str::<u8>("x").unwrap_err()),
-        Reason::SerializeFailed,
-        Some(10)
-    )]
-    fn errors_name_their_reason_and_when_to_retry(
-        #[case] error: Error,
-        #[case] reason: Reason,
-        #[case] seconds: Option<u64>,
-    ) {
-        assert_eq!(error.reason(), reason);
-        assert_eq!(error.retry_after(), seconds.map(Duration::from_secs));
-    }
 }
