@@ -6,6 +6,15 @@ use crate::{
     mcm_controller::desired::plan::Pin,
 };
 
+/// A JSON array of strings.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
 fn settings() -> JobSettings {
     JobSettings {
         namespace: "kmm-hub".into(),
@@ -29,12 +38,7 @@ fn the_build_job_carries_args_mounts_selector_and_no_retries() {
     assert_eq!(pod["nodeSelector"]["builder"], "yes");
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "buildah:v1");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&c["args"]);
     assert_eq!(args[..3], ["-c", BUILD_SCRIPT, "kmm-build"]);
     for want in [
         format!("--build-arg=KERNEL_FULL_VERSION={K}"),
@@ -80,12 +84,7 @@ fn the_sign_job_runs_sign_image_with_the_key_and_cert_mounted() {
     let v: Value = serde_json::to_value(job(&mcm, &step, None, &settings())).unwrap();
     let c = &v["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "kmm-hub:v1");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&c["args"]);
     assert_eq!(args[0], "sign-image");
     assert!(args.contains(&format!("--unsigned-image={UNSIGNED}").as_str()));
     assert!(args.contains(&format!("--image={FINAL}").as_str()));
