@@ -17,8 +17,12 @@ pub mod mcm_controller;
 pub mod metrics;
 pub mod pull_secret;
 pub mod rbac;
+pub mod reason;
 pub mod registry;
 pub mod render;
 pub mod run;
 pub mod sign;
+
+#[cfg(test)]
+mod fixtures;
 pub use kmm_api::telemetry;

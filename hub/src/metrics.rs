@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::registry::DigestResolver;
+use crate::{reason::Reason, registry::DigestResolver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -132,7 +132,8 @@ impl Metrics {
         }
     }
 
-    pub fn reconcile_failed(&self, reason: &str) {
+    /// Counts a failed reconcile under its bounded reason.
+    pub fn reconcile_failed(&self, reason: Reason) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 reason: reason.to_string(),
@@ -188,7 +189,7 @@ mod tests {
     fn exposes_counters_and_per_mcm_gauges_without_cluster_names() {
         let m = Metrics::new(Arc::new(DigestResolver::new(Duration::from_secs(1))));
         drop(m.reconcile_timer());
-        m.reconcile_failed("WriteFailed");
+        m.reconcile_failed(Reason::WriteFailed);
         m.observe_fleet(
             "gpu",
             &ManagedClusterModuleStatus {

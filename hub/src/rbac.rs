@@ -99,7 +99,7 @@ pub const ACCESS: &[Access] = &[
         verbs: &["get", "list", "watch", "create", "delete"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "build and sign Jobs: the Job store, create (and get when another hub created it first), delete once succeeded (--job-gc-delay-seconds)",
+        reason: "build and sign Jobs: the Job store, create (and get when another hub created it first) in build::jobs, delete once succeeded in build::gc (--job-gc-delay-seconds)",
     },
     Access {
         group: "",
@@ -107,7 +107,7 @@ pub const ACCESS: &[Access] = &[
         verbs: &["list"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "build::failure_message reads the termination message of a failed Job's pod",
+        reason: "build::jobs::failure_message reads the termination message of a failed Job's pod",
     },
     Access {
         group: "",
@@ -115,7 +115,7 @@ pub const ACCESS: &[Access] = &[
         verbs: &["get"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "observe::pull_auth reads an MCM's imageRepoSecret to resolve tags to digests; build::missing_input checks build secrets and the signing key and certificate before a Job starts",
+        reason: "observe::pull_auth reads an MCM's imageRepoSecret to resolve tags to digests; build::jobs::first_missing checks build secrets and the signing key and certificate before a Job starts",
     },
     Access {
         group: "",
@@ -123,7 +123,7 @@ pub const ACCESS: &[Access] = &[
         verbs: &["get"],
         names: &[],
         scope: Scope::HubNamespace,
-        reason: "build::missing_input checks the dockerfileConfigMap before a build Job starts",
+        reason: "build::jobs::first_missing checks the dockerfileConfigMap before a build Job starts",
     },
     Access {
         group: "coordination.k8s.io",

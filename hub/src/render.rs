@@ -17,7 +17,7 @@ use crate::{
     mcm_controller::{
         desired::plan::{self, ImageRef, KERNELS_ANNOTATION, Pin},
         observe,
-        status::work_outcome,
+        work_outcome::work_outcome,
     },
     registry::DigestResolver,
 };

@@ -22,6 +22,7 @@ use kmm_api::{
 use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
+    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt, controller,
         events::{Recorder, Reporter},
@@ -108,7 +109,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the hub's API server (KUBECONFIG or in-cluster)")?;
-    let mcms: Api<ManagedClusterModule> = Api::all(client.clone());
+    // Guarded: one MCM that does not parse gets an InvalidObject Event instead of stalling the watch.
+    let mcms: Api<DeserializeGuard<ManagedClusterModule>> = Api::all(client.clone());
     mcms.list(&ListParams::default().limit(1)).await.context(
         "listing ManagedClusterModules failed: are the CRDs installed (kubectl apply --server-side -f manifests/crds) \
          and may this account list them?",
@@ -227,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             job_gc_delay: Duration::from_secs(args.job_gc_delay_seconds),
         },
     });
+    tokio::spawn(mcm_controller::build::gc::run(ctx.clone()));
     let controller = Controller::new(mcms, watcher::Config::default().any_semantic());
     let mcm_store = controller.store();
     let works_for_mapper = works.clone();
@@ -242,7 +245,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             |work| {
                 work.labels()
                     .get(MCM_NAME_LABEL)
-                    .map(|name| ObjectRef::<ManagedClusterModule>::new(name))
+                    .map(|name| ObjectRef::<DeserializeGuard<ManagedClusterModule>>::new(name))
             },
         )
         .with_config(
@@ -280,16 +283,16 @@ where
 /// MCMs to reconcile when a cluster changes: those selecting it now, and those with a work in its
 /// namespace (it may just have stopped matching).
 pub fn mcms_for_cluster(
-    mcms: &Store<ManagedClusterModule>,
+    mcms: &Store<DeserializeGuard<ManagedClusterModule>>,
     works: &Store<ManifestWork>,
     cluster: &ManagedCluster,
-) -> Vec<ObjectRef<ManagedClusterModule>> {
+) -> Vec<ObjectRef<DeserializeGuard<ManagedClusterModule>>> {
     let name = cluster.name_any();
-    let mut out: Vec<ObjectRef<ManagedClusterModule>> = mcms
+    let mut out: Vec<ObjectRef<DeserializeGuard<ManagedClusterModule>>> = mcms
         .state()
         .iter()
-        .filter(|m| plan::selects(m, cluster))
-        .map(|m| ObjectRef::from_obj(&**m))
+        .filter(|m| m.0.as_ref().is_ok_and(|m| plan::selects(m, cluster)))
+        .map(|m| ObjectRef::new(&m.name_any()))
         .collect();
     for w in works
         .state()

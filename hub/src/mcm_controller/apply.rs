@@ -1,46 +1,70 @@
-//! Apply: write the ManifestWorks that changed with server-side apply, delete the ones of clusters
-//! that no longer match, and write the status when it changed. Nothing here decides anything.
+//! Apply: carry out a [`Desired`] (SSA writes, deletes, its Events) and write the status when it
+//! changed. Nothing here decides anything.
 
-use std::{collections::BTreeMap, sync::Arc};
-
+use futures::{StreamExt, stream};
 use kmm_api::{ManagedClusterModule, ManagedClusterModuleStatus, ocm::ManifestWork};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
+use tracing::info;
 
-use super::{Context, Error};
+use super::{
+    Context, Error,
+    desired::{Desired, WorkPlan},
+    events,
+    fleet_status::{ClusterState, ClusterView},
+    work_outcome::work_outcome,
+};
+
+/// ManifestWork writes in flight at once for one MCM.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// Field manager of everything the hub writes.
 pub const FIELD_MANAGER: &str = "kmm-hub";
 
-/// Does the stored work already say what we want? Then writing it again is pointless: a hub
-/// restart over 10,000 clusters must not cost 10,000 no-op patches.
-pub fn up_to_date(current: &ManifestWork, desired: &ManifestWork) -> bool {
-    let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
-    };
-    current.spec == desired.spec
-        && current.metadata.deletion_timestamp.is_none()
-        && subset(desired.labels(), current.labels())
-        && subset(desired.annotations(), current.annotations())
-        && desired
-            .owner_references()
-            .iter()
-            .all(|o| current.owner_references().contains(o))
+/// Carries out `desired`: deletes the works of clusters no longer selected, writes the works
+/// that changed (a few at a time: a cold start over thousands of clusters is bound by round
+/// trips), then publishes its Events. Returns each selected cluster as the status sees it.
+pub async fn apply(
+    ctx: &Context,
+    mcm: &ManagedClusterModule,
+    desired: Desired,
+) -> Result<Vec<ClusterView>, Error> {
+    let Desired {
+        clusters,
+        deletes,
+        events,
+    } = desired;
+    for work in &deletes {
+        delete_work(ctx, work).await?;
+        info!(cluster = %work.namespace().unwrap_or_default(), "cluster no longer selected; ManifestWork deleted");
+    }
+    let views: Vec<Result<ClusterView, Error>> = stream::iter(clusters)
+        .map(|c| async move {
+            let state = match c.work {
+                WorkPlan::Write(work) => ClusterState::Work(work_outcome(&write_work(ctx, *work).await?)),
+                WorkPlan::Keep(current) => ClusterState::Work(work_outcome(&current)),
+                WorkPlan::Blocked(blocker) => ClusterState::Blocked(blocker),
+            };
+            Ok(ClusterView {
+                name: c.cluster,
+                kernels: c.kernels,
+                state,
+                unreachable: c.unreachable,
+            })
+        })
+        .buffered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    let views = views.into_iter().collect::<Result<Vec<_>, _>>()?;
+    events::publish(ctx, &mcm.object_ref(&()), events).await;
+    Ok(views)
 }
 
-/// Writes `desired` unless the stored copy is up to date; returns what the server holds and
-/// whether a request was sent.
-pub async fn apply_work(
-    ctx: &Context,
-    desired: ManifestWork,
-    current: Option<&Arc<ManifestWork>>,
-) -> Result<(ManifestWork, bool), Error> {
-    if let Some(current) = current.filter(|c| up_to_date(c, &desired)) {
-        return Ok(((**current).clone(), false));
-    }
+/// Writes `work` with server-side apply; returns what the server holds.
+async fn write_work(ctx: &Context, desired: ManifestWork) -> Result<ManifestWork, Error> {
     let ns = desired.namespace().unwrap_or_default();
     let name = desired.name_any();
     let api: Api<ManifestWork> = Api::namespaced(ctx.client.clone(), &ns);
@@ -55,12 +79,12 @@ pub async fn apply_work(
             &Patch::Apply(body),
         )
         .await
-        .map_err(|source| Error::Write {
-            what: format!("ManifestWork {ns}/{name}"),
+        .map_err(|source| Error::Api {
+            what: format!("applying ManifestWork {ns}/{name}"),
             source,
         })?;
     ctx.metrics.work_writes.inc();
-    Ok((written, true))
+    Ok(written)
 }
 
 /// Deletes a ManifestWork (404 is fine: it is already gone).
@@ -77,8 +101,8 @@ pub async fn delete_work(ctx: &Context, work: &ManifestWork) -> Result<(), Error
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Write {
-            what: format!("delete ManifestWork {ns}/{name}"),
+        Err(source) => Err(Error::Api {
+            what: format!("deleting ManifestWork {ns}/{name}"),
             source,
         }),
     }
@@ -106,8 +130,8 @@ pub async fn write_status(
         &Patch::Apply(body),
     )
     .await
-    .map_err(|source| Error::Write {
-        what: format!("status of ManagedClusterModule {name}"),
+    .map_err(|source| Error::Api {
+        what: format!("writing the status of ManagedClusterModule {name}"),
         source,
     })?;
     ctx.metrics.status_writes.inc();

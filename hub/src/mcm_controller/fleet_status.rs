@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kmm_api::{ClusterProblem, KernelSummary, ManagedClusterModuleStatus};
 
-use super::{desired::plan::Blocker, status::WorkOutcome};
+use super::{desired::plan::Blocker, work_outcome::WorkOutcome};
+use crate::reason::Reason;
 
 /// Clusters named in `status.problems`; the rest are only counted.
 pub const MAX_PROBLEMS: usize = 20;
 /// Kernel lines in `status.kernels`.
 pub const MAX_KERNELS: usize = 256;
-/// Problem reason of a cluster the hub cannot hear from.
-pub const UNREACHABLE: &str = "ClusterUnavailable";
 /// Longest message kept per problem.
 const MAX_MESSAGE: usize = 512;
 
@@ -42,13 +41,13 @@ impl ClusterView {
     /// `(state, reason, message)` when the cluster needs attention.
     pub fn problem(&self) -> Option<(&'static str, String, String)> {
         if let (ClusterState::Work(_), Some(why)) = (&self.state, &self.unreachable) {
-            return Some(("Unreachable", UNREACHABLE.to_string(), why.clone()));
+            return Some(("Unreachable", Reason::ClusterUnavailable.to_string(), why.clone()));
         }
         match &self.state {
             ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
             ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
                 let reason = if reason.is_empty() {
-                    "ApplyFailed".to_string()
+                    Reason::ApplyFailed.to_string()
                 } else {
                     reason.clone()
                 };
@@ -123,12 +122,12 @@ pub fn fleet_status(
     let ready = s.number_blocked == 0 && s.number_degraded == 0 && pending == 0 && all_loaded;
     let (ready_reason, ready_msg) = if s.number_desired == 0 {
         (
-            "NoClusterSelected",
+            Reason::NoClusterSelected,
             "the selector matches no ManagedCluster".to_string(),
         )
     } else if ready {
         (
-            "Loaded",
+            Reason::Loaded,
             format!(
                 "{} clusters applied; module loaded on {} nodes",
                 s.number_applied, s.nodes_loaded
@@ -136,7 +135,7 @@ pub fn fleet_status(
         )
     } else {
         (
-            "NotReady",
+            Reason::NotReady,
             format!(
                 "{} of {} clusters applied, {} blocked, {} degraded; module loaded on {} of {} nodes",
                 s.number_applied,
@@ -165,7 +164,11 @@ pub fn fleet_status(
             old,
             "Progressing",
             progressing,
-            if progressing { "Rollout" } else { "Done" },
+            if progressing {
+                Reason::Rollout
+            } else {
+                Reason::Done
+            },
             &format!(
                 "{pending} clusters not applied yet; {} of {} nodes loaded",
                 s.nodes_loaded, s.nodes_desired
@@ -178,9 +181,9 @@ pub fn fleet_status(
             "Degraded",
             degraded > 0,
             if degraded > 0 {
-                "ClustersNeedAttention"
+                Reason::ClustersNeedAttention
             } else {
-                "AsExpected"
+                Reason::AsExpected
             },
             &format!(
                 "{} blocked and {} degraded clusters; see status.problems",
@@ -207,7 +210,7 @@ fn condition(
     old: &[Condition],
     type_: &str,
     value: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -228,186 +231,4 @@ fn condition(
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::jiff::Timestamp;
-
-    use super::*;
-    use crate::mcm_controller::desired::plan::reasons;
-
-    fn now() -> Time {
-        Time(Timestamp::from_second(1_800_000_000).unwrap())
-    }
-
-    fn applied(desired: i64, loaded: i64) -> ClusterState {
-        ClusterState::Work(WorkOutcome {
-            applied: true,
-            nodes_desired: desired,
-            nodes_loaded: loaded,
-            ..Default::default()
-        })
-    }
-
-    fn view(name: &str, kernels: &[&str], state: ClusterState) -> ClusterView {
-        ClusterView {
-            name: name.into(),
-            kernels: kernels.iter().map(|k| k.to_string()).collect(),
-            state,
-            unreachable: None,
-        }
-    }
-
-    #[test]
-    fn an_unreachable_cluster_is_a_problem_and_its_old_feedback_is_not_counted() {
-        let mut gone = view("b", &["k1"], applied(2, 2));
-        gone.unreachable =
-            Some("the cluster is unreachable (ManagedClusterConditionAvailable Unknown ...)".into());
-        let clusters = vec![view("a", &["k1"], applied(1, 1)), gone];
-        let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
-        assert_eq!((s.number_desired, s.number_applied), (2, 1));
-        assert_eq!(
-            (s.nodes_desired, s.nodes_loaded),
-            (1, 1),
-            "b's two loaded nodes are old news"
-        );
-        assert_eq!(s.problems.len(), 1);
-        assert_eq!(
-            (
-                s.problems[0].cluster.as_str(),
-                s.problems[0].state.as_str(),
-                s.problems[0].reason.as_str()
-            ),
-            ("b", "Unreachable", UNREACHABLE)
-        );
-        assert_eq!(cond(&s, "Ready").status, "False");
-    }
-
-    fn blocked(reason: &'static str) -> ClusterState {
-        ClusterState::Blocked(Blocker {
-            reason,
-            message: format!("{reason} happened"),
-        })
-    }
-
-    fn cond<'a>(s: &'a ManagedClusterModuleStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).unwrap()
-    }
-
-    #[test]
-    fn counts_kernels_and_conditions_for_a_mixed_fleet() {
-        let clusters = vec![
-            view("a", &["k1"], applied(2, 2)),
-            view("b", &["k1", "k2"], applied(3, 1)),
-            view("c", &[], blocked(reasons::NO_KERNEL_CLAIM)),
-            view(
-                "d",
-                &["k2"],
-                ClusterState::Work(WorkOutcome {
-                    failure: Some(("AppliedManifestWorkFailed".into(), "conflict".into())),
-                    ..Default::default()
-                }),
-            ),
-        ];
-        let images = BTreeMap::from([("k1".to_string(), "r/m@sha256:1".to_string())]);
-        let s = fleet_status(Some(3), &clusters, &images, None, now());
-        assert_eq!(
-            (
-                s.number_desired,
-                s.number_applied,
-                s.number_blocked,
-                s.number_degraded
-            ),
-            (4, 2, 1, 1)
-        );
-        assert_eq!((s.nodes_desired, s.nodes_loaded), (5, 3));
-        assert_eq!(
-            s.kernels,
-            vec![
-                KernelSummary {
-                    kernel: "k1".into(),
-                    image: "r/m@sha256:1".into(),
-                    clusters: 2
-                },
-                KernelSummary {
-                    kernel: "k2".into(),
-                    image: String::new(),
-                    clusters: 2
-                },
-            ]
-        );
-        let names: Vec<(&str, &str)> = s
-            .problems
-            .iter()
-            .map(|p| (p.cluster.as_str(), p.reason.as_str()))
-            .collect();
-        assert_eq!(
-            names,
-            [("c", "NoKernelClaim"), ("d", "AppliedManifestWorkFailed")]
-        );
-        assert_eq!(cond(&s, "Ready").status, "False");
-        assert_eq!(cond(&s, "Progressing").status, "True");
-        assert_eq!(cond(&s, "Degraded").status, "True");
-        assert_eq!(cond(&s, "Ready").observed_generation, Some(3));
-    }
-
-    #[test]
-    fn a_fully_loaded_fleet_is_ready_and_transition_times_stay_put() {
-        let clusters = vec![view("a", &["k1"], applied(2, 2))];
-        let first = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
-        assert_eq!(cond(&first, "Ready").status, "True");
-        assert_eq!(cond(&first, "Degraded").status, "False");
-        let later = Time(Timestamp::from_second(1_800_000_500).unwrap());
-        let second = fleet_status(Some(1), &clusters, &BTreeMap::new(), Some(&first), later);
-        assert_eq!(
-            first, second,
-            "an unchanged fleet gives a byte-identical status (no write)"
-        );
-    }
-
-    #[test]
-    fn ten_thousand_blocked_clusters_keep_the_object_small() {
-        let long = "x".repeat(4000);
-        let clusters: Vec<ClusterView> = (0..10_000)
-            .map(|i| {
-                let kernels = vec![format!("5.14.0-{}.el9.x86_64", i % 300)];
-                let state = if i % 2 == 0 {
-                    ClusterState::Blocked(Blocker {
-                        reason: reasons::IMAGE_NOT_FOUND,
-                        message: long.clone(),
-                    })
-                } else {
-                    applied(10, 9)
-                };
-                ClusterView {
-                    unreachable: None,
-                    name: format!("cluster-{i:05}"),
-                    kernels,
-                    state,
-                }
-            })
-            .collect();
-        let images: BTreeMap<String, String> = (0..300)
-            .map(|k| {
-                (
-                    format!("5.14.0-{k}.el9.x86_64"),
-                    format!("registry.example.com/org/kmod@sha256:{:064x}", k),
-                )
-            })
-            .collect();
-        let s = fleet_status(Some(1), &clusters, &images, None, now());
-        let size = serde_json::to_vec(&s).unwrap().len();
-        assert!(size < 64 * 1024, "status is {size} bytes");
-        assert_eq!(s.problems.len(), MAX_PROBLEMS);
-        assert_eq!(s.problems_omitted, 5000 - MAX_PROBLEMS as i32);
-        assert_eq!(s.problems[0].cluster, "cluster-00000");
-        assert_eq!(s.kernels.len(), MAX_KERNELS);
-        assert_eq!(
-            (
-                s.number_desired,
-                s.number_blocked,
-                s.nodes_desired,
-                s.nodes_loaded
-            ),
-            (10_000, 5000, 50_000, 45_000)
-        );
-    }
-}
+mod tests;

@@ -16,13 +16,14 @@ use kmm_api::{
 };
 use kube::{Api, ResourceExt};
 use oci_client::secrets::RegistryAuth;
+use thiserror::Error;
 
 use super::{
     Context,
     desired::plan::{self, Blocker, ImageRef, Pin},
 };
 use crate::{
-    pull_secret::Credentials,
+    pull_secret::{Credentials, PullSecretError},
     registry::{DigestResolver, RegistryError},
 };
 
@@ -71,6 +72,14 @@ pub struct Observed {
     pub pins: BTreeMap<String, Pin>,
     /// A spec error that blocks every cluster (bad regexp, unknown variable, ...).
     pub spec_error: Option<Blocker>,
+}
+
+impl Observed {
+    /// The same world with `pins` laid over the registry's answers (images a Job is making).
+    pub fn with_pins(mut self, pins: BTreeMap<String, Pin>) -> Self {
+        self.pins.extend(pins);
+        self
+    }
 }
 
 /// The clusters an MCM selects, sorted by name.
@@ -139,9 +148,38 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
     }
 }
 
-/// Credentials from `imageRepoSecret`, read from the hub's namespace; an error text when the
-/// secret is named but unusable (every lookup then reports it).
-async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<Credentials>, String> {
+/// Why `imageRepoSecret` gives no credentials (every lookup of the MCM then reports it).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PullAuthError {
+    #[error("imageRepoSecret {secret} not found in the hub namespace {namespace}")]
+    NotFound { namespace: String, secret: String },
+    #[error("imageRepoSecret {namespace}/{secret}: {source}")]
+    Unusable {
+        namespace: String,
+        secret: String,
+        #[source]
+        source: PullSecretError,
+    },
+    /// The API server did not answer (kept as text: a kube error cannot be cloned into pins).
+    #[error("reading imageRepoSecret {namespace}/{secret}: {reason}")]
+    Read {
+        namespace: String,
+        secret: String,
+        reason: String,
+    },
+}
+
+/// Why an image could not be pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Auth(#[from] PullAuthError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Credentials from `imageRepoSecret`, read from the hub's namespace.
+async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<Credentials>, PullAuthError> {
     let Some(secret) = mcm
         .spec
         .module_spec
@@ -151,8 +189,8 @@ async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<C
     else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let ns = &ctx.config.namespace;
+    let namespace = ctx.config.namespace.clone();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     match api.get_opt(&secret).await {
         Ok(Some(s)) => {
             let data: BTreeMap<String, Vec<u8>> = s
@@ -163,12 +201,18 @@ async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<C
                 .collect();
             Credentials::from_secret_data(&data)
                 .map(Some)
-                .map_err(|e| format!("imageRepoSecret {ns}/{secret}: {e}"))
+                .map_err(|source| PullAuthError::Unusable {
+                    namespace,
+                    secret,
+                    source,
+                })
         }
-        Ok(None) => Err(format!(
-            "imageRepoSecret {secret} not found in the hub namespace {ns}"
-        )),
-        Err(e) => Err(format!("reading imageRepoSecret {ns}/{secret}: {e}")),
+        Ok(None) => Err(PullAuthError::NotFound { namespace, secret }),
+        Err(e) => Err(PullAuthError::Read {
+            namespace,
+            secret,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -176,12 +220,12 @@ async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<C
 pub async fn resolve(
     resolver: &DigestResolver,
     images: BTreeSet<ImageRef>,
-    auth: &Result<Option<Credentials>, String>,
+    auth: &Result<Option<Credentials>, PullAuthError>,
 ) -> BTreeMap<String, Pin> {
     stream::iter(images)
         .map(|image| async move {
             let pin = match auth {
-                Err(why) => Pin::Failed(why.clone()),
+                Err(why) => Pin::Failed(why.clone().into()),
                 Ok(creds) => {
                     let auth = creds
                         .as_ref()
@@ -189,7 +233,7 @@ pub async fn resolve(
                     match resolver.pin(&image.image, &image.tls(), &auth).await {
                         Ok(pinned) => Pin::Pinned(pinned),
                         Err(RegistryError::NotFound { .. }) => Pin::Missing,
-                        Err(e) => Pin::Failed(e.to_string()),
+                        Err(e) => Pin::Failed(e.into()),
                     }
                 }
             };

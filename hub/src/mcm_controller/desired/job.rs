@@ -1,6 +1,4 @@
-//! Build and sign Jobs (pure): what must run on the hub before a missing image exists, and the
-//! Job that runs it. Names are a stable hash of what is produced, so many clusters and many MCMs
-//! needing one image share one Job, and a hub restart finds the Job it already started.
+//! Build and sign Jobs (pure): the Job that runs a [`Step`], and reading how it went.
 
 use std::collections::BTreeMap;
 
@@ -14,15 +12,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kmm_api::{
-    ManagedClusterModule,
-    kernel::{KernelMapper, ResolvedMapping},
-    labels::MCM_NAME_LABEL,
-    module::{Build, Sign, TlsOptions},
-};
+use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL, module::TlsOptions};
 use kube::ResourceExt;
 
-use super::plan::Pin;
+// The Job renders a Step; the step's names stay reachable from here.
+pub use super::step::{Step, StepKind, intermediate_image, resolve, step_for};
 
 /// Label on every Job: `build` or `sign`.
 pub const JOB_TYPE_LABEL: &str = "hub.kmm.sigs.x-k8s.io/job-type";
@@ -40,147 +34,6 @@ pub struct JobSettings {
     pub buildah_image: String,
     /// Image of kmm-hub itself, for `kmm-hub sign-image`.
     pub hub_image: String,
-}
-
-/// One step the hub must run for a missing image.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Step {
-    Build {
-        kernel: String,
-        target: String,
-        build: Build,
-        push_tls: TlsOptions,
-        auth: Option<String>,
-    },
-    Sign {
-        kernel: String,
-        source: String,
-        target: String,
-        sign: Sign,
-        push_tls: TlsOptions,
-        auth: Option<String>,
-    },
-}
-
-impl Step {
-    pub fn target(&self) -> &str {
-        match self {
-            Step::Build { target, .. } | Step::Sign { target, .. } => target,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Step::Build { .. } => "build",
-            Step::Sign { .. } => "sign",
-        }
-    }
-
-    fn kernel(&self) -> &str {
-        match self {
-            Step::Build { kernel, .. } | Step::Sign { kernel, .. } => kernel,
-        }
-    }
-
-    /// `kmm-build-<hash>` / `kmm-sign-<hash>`: a hash of what the step produces.
-    pub fn job_name(&self, trigger: Option<i64>) -> String {
-        let key = format!(
-            "{}\n{}\n{}\n{}",
-            self.kind(),
-            self.target(),
-            self.kernel(),
-            trigger.unwrap_or(0)
-        );
-        format!("kmm-{}-{:016x}", self.kind(), fnv1a(key.as_bytes()))
-    }
-}
-
-/// FNV-1a, 64 bits: tiny and stable across Rust releases (std's hasher is not guaranteed to be).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The images a missing one depends on, to look up before deciding ([`step_for`]): the unsigned
-/// intermediate of a build+sign mapping.
-pub fn intermediate_image(mcm: &ManagedClusterModule, resolved: &ResolvedMapping) -> Option<String> {
-    let name = mcm.name_any();
-    match (&resolved.build, &resolved.sign) {
-        (Some(_), Some(_)) => resolved
-            .build_target(&name, &mcm.spec.spoke_namespace)
-            .ok()
-            .flatten(),
-        _ => None,
-    }
-}
-
-/// What to run for `kernel`'s image, when it is missing and the mapping says how to make it.
-pub fn step_for(
-    mcm: &ManagedClusterModule,
-    resolved: &ResolvedMapping,
-    pins: &BTreeMap<String, Pin>,
-) -> Option<Step> {
-    if !matches!(pins.get(&resolved.container_image), Some(Pin::Missing)) {
-        return None;
-    }
-    let name = mcm.name_any();
-    let ns = &mcm.spec.spoke_namespace;
-    let auth = mcm
-        .spec
-        .module_spec
-        .image_repo_secret
-        .as_ref()
-        .map(|s| s.name.clone());
-    let kernel = resolved.kernel.clone();
-    match (&resolved.build, &resolved.sign) {
-        (Some(build), None) => Some(Step::Build {
-            kernel,
-            target: resolved.container_image.clone(),
-            build: build.clone(),
-            push_tls: resolved.registry_tls.clone(),
-            auth,
-        }),
-        (Some(build), Some(sign)) => {
-            let intermediate = resolved.build_target(&name, ns).ok().flatten()?;
-            if matches!(pins.get(&intermediate), Some(Pin::Pinned(_))) {
-                Some(Step::Sign {
-                    kernel,
-                    source: intermediate,
-                    target: resolved.container_image.clone(),
-                    sign: sign.clone(),
-                    push_tls: resolved.registry_tls.clone(),
-                    auth,
-                })
-            } else {
-                Some(Step::Build {
-                    kernel,
-                    target: intermediate,
-                    build: build.clone(),
-                    push_tls: resolved.registry_tls.clone(),
-                    auth,
-                })
-            }
-        }
-        (None, Some(sign)) => Some(Step::Sign {
-            kernel,
-            source: resolved.sign_source(&name, ns).ok().flatten()?,
-            target: resolved.container_image.clone(),
-            sign: sign.clone(),
-            push_tls: resolved.registry_tls.clone(),
-            auth,
-        }),
-        (None, None) => None,
-    }
-}
-
-/// Resolves `kernel` with the MCM's mappings (spoke namespace as `MOD_NAMESPACE`).
-pub fn resolve(mcm: &ManagedClusterModule, kernel: &str) -> Option<ResolvedMapping> {
-    let name = mcm.name_any();
-    KernelMapper::new(&mcm.spec.module_spec, &name, &mcm.spec.spoke_namespace)
-        .ok()?
-        .resolve(kernel)
-        .ok()
 }
 
 /// Key of the Dockerfile in the `dockerfileConfigMap` (as upstream).

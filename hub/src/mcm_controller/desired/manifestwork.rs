@@ -107,20 +107,14 @@ pub fn manifest_work(
 
 #[cfg(test)]
 mod tests {
-    use kmm_api::ManagedClusterModuleSpec;
-
     use super::*;
+    use crate::fixtures;
 
     fn mk_mcm() -> ManagedClusterModule {
-        let mut mcm = ManagedClusterModule::new(
-            "my-kmod",
-            ManagedClusterModuleSpec {
-                spoke_namespace: "kmm-spoke".into(),
-                ..Default::default()
-            },
-        );
-        mcm.metadata.uid = Some("uid-1".into());
-        mcm
+        fixtures::mk_mcm(
+            "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\n\
+             metadata: {name: my-kmod}\nspec: {spokeNamespace: kmm-spoke, selector: {}, moduleSpec: {selector: {}}}\n",
+        )
     }
 
     #[test]

@@ -1,5 +1,148 @@
-//! Pure rendering of what the hub wants to exist for one MCM; one file per rendered kind.
+//! Desired: what the hub wants for one MCM, decided from [`Observed`] alone (pure). One file per
+//! rendered kind ([`manifestwork`], [`job`]), the per-cluster plan in [`plan`], and here the
+//! whole round: the works to write or keep, the works to delete, and the Events that say so.
 
 pub mod job;
 pub mod manifestwork;
 pub mod plan;
+pub mod step;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use kmm_api::{ManagedClusterModule, ModuleSpec, ocm::ManifestWork};
+use kube::ResourceExt;
+
+use self::plan::Blocker;
+use super::{
+    events::Announcement,
+    observe::{Observed, SelectedCluster},
+};
+use crate::reason::Reason;
+
+/// Everything one reconcile of an MCM wants done.
+#[derive(Debug)]
+pub struct Desired {
+    /// One entry per selected cluster, in the order of [`Observed::clusters`].
+    pub clusters: Vec<ClusterPlan>,
+    /// ManifestWorks of clusters the MCM no longer selects.
+    pub deletes: Vec<Arc<ManifestWork>>,
+    /// Events to publish once the works are written and deleted.
+    pub events: Vec<Announcement>,
+}
+
+/// What one selected cluster gets.
+#[derive(Debug)]
+pub struct ClusterPlan {
+    pub cluster: String,
+    /// Kernels it reports (empty when unknown).
+    pub kernels: Vec<String>,
+    /// Why the hub cannot hear from it, if so.
+    pub unreachable: Option<String>,
+    pub work: WorkPlan,
+}
+
+/// The fate of one cluster's ManifestWork this round.
+#[derive(Debug)]
+pub enum WorkPlan {
+    /// Write this (new or changed).
+    Write(Box<ManifestWork>),
+    /// The stored work already says what we want: writing it again would be a no-op patch.
+    Keep(Arc<ManifestWork>),
+    /// No work can be rendered (an older one, if any, is left alone).
+    Blocked(Blocker),
+}
+
+/// The round for `mcm` given what was observed.
+pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
+    let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
+    let deletes: Vec<Arc<ManifestWork>> = observed
+        .works
+        .iter()
+        .filter(|(ns, _)| !selected.contains(ns.as_str()))
+        .map(|(_, w)| w.clone())
+        .collect();
+    let mut events: Vec<Announcement> = deletes
+        .iter()
+        .map(|w| {
+            let ns = w.namespace().unwrap_or_default();
+            Announcement::normal(
+                Reason::ManifestWorkDeleted,
+                format!("cluster {ns} no longer selected"),
+            )
+        })
+        .collect();
+
+    // Render per distinct kernel set (10,000 clusters on 3 kernels render 3 Modules).
+    let mut specs: BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>> = BTreeMap::new();
+    let clusters: Vec<ClusterPlan> = observed
+        .clusters
+        .iter()
+        .map(|c| ClusterPlan {
+            cluster: c.name.clone(),
+            kernels: c.kernels.clone().unwrap_or_default(),
+            unreachable: c.unreachable.clone(),
+            work: match render(mcm, c, observed, &mut specs) {
+                Err(blocker) => WorkPlan::Blocked(blocker),
+                Ok(work) => match observed.works.get(&c.name) {
+                    Some(current) if up_to_date(current, &work) => WorkPlan::Keep(current.clone()),
+                    _ => WorkPlan::Write(Box::new(work)),
+                },
+            },
+        })
+        .collect();
+    let written = clusters
+        .iter()
+        .filter(|c| matches!(c.work, WorkPlan::Write(_)))
+        .count();
+    if written > 0 {
+        events.push(Announcement::normal(
+            Reason::ManifestWorksApplied,
+            format!("{written} ManifestWorks written"),
+        ));
+    }
+    Desired {
+        clusters,
+        deletes,
+        events,
+    }
+}
+
+/// The work for one cluster, or why there is none; Module specs are shared per kernel set.
+fn render(
+    mcm: &ManagedClusterModule,
+    cluster: &SelectedCluster,
+    observed: &Observed,
+    specs: &mut BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>>,
+) -> Result<ManifestWork, Blocker> {
+    if let Some(b) = &observed.spec_error {
+        return Err(b.clone());
+    }
+    let kernels = cluster.kernels.as_ref().map_err(Clone::clone)?;
+    let spec = specs
+        .entry(kernels.clone())
+        .or_insert_with(|| plan::render_spec(mcm, kernels, &observed.pins))
+        .clone()?;
+    plan::work_for(mcm, &cluster.name, kernels, spec)
+}
+
+/// Does the stored work already say what we want? Then writing it again is pointless: a hub
+/// restart over 10,000 clusters must not cost 10,000 no-op patches.
+pub fn up_to_date(current: &ManifestWork, desired: &ManifestWork) -> bool {
+    let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    current.spec == desired.spec
+        && current.metadata.deletion_timestamp.is_none()
+        && subset(desired.labels(), current.labels())
+        && subset(desired.annotations(), current.annotations())
+        && desired
+            .owner_references()
+            .iter()
+            .all(|o| current.owner_references().contains(o))
+}
+
+#[cfg(test)]
+mod tests;

@@ -18,28 +18,24 @@ use kmm_api::{
 use kube::ResourceExt;
 
 use super::manifestwork::manifest_work;
+use crate::mcm_controller::observe::LookupError;
+use crate::reason::Reason;
 
-/// Why a selected cluster gets no (new) ManifestWork. `reason` is a stable CamelCase word used in
-/// status, Events and metric labels; `message` says what to do.
+/// Why a selected cluster gets no (new) ManifestWork: a reason for status, Events and metric
+/// labels, and a message that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocker {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
-pub mod reasons {
-    pub const NO_KERNEL_CLAIM: &str = "NoKernelClaim";
-    pub const MALFORMED_KERNEL_CLAIM: &str = "MalformedKernelClaim";
-    pub const NO_KERNEL_MAPPING: &str = "NoKernelMapping";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
-    pub const REGISTRY_ERROR: &str = "RegistryError";
-    pub const RENDER_ERROR: &str = "RenderError";
-    pub const BUILDING: &str = "Building";
-    pub const SIGNING: &str = "Signing";
-    pub const BUILD_FAILED: &str = "BuildFailed";
-    pub const SIGN_FAILED: &str = "SignFailed";
-    pub const BUILD_INPUT_MISSING: &str = "BuildInputMissing";
+impl Blocker {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 /// Does the MCM's label selector pick this cluster? `{}` picks every cluster.
@@ -52,14 +48,14 @@ pub fn selects(mcm: &ManagedClusterModule, cluster: &ManagedCluster) -> bool {
 pub fn cluster_kernels(cluster: &ManagedCluster) -> Result<Vec<String>, Blocker> {
     let kernels = claims::decode_kernel_claims(|name| cluster.claim(name)).map_err(|e| match e {
         ClaimError::Missing => Blocker {
-            reason: reasons::NO_KERNEL_CLAIM,
+            reason: Reason::NoKernelClaim,
             message: format!(
                 "cluster reports no ClusterClaim {KERNEL_VERSIONS_CLAIM}; is kmm-spoke running there \
                  (rolled out by the kmm-spoke Policy) and is the ClusterClaim feature of the klusterlet on?"
             ),
         },
         other => Blocker {
-            reason: reasons::MALFORMED_KERNEL_CLAIM,
+            reason: Reason::MalformedKernelClaim,
             message: other.to_string(),
         },
     })?;
@@ -70,7 +66,7 @@ pub fn cluster_kernels(cluster: &ManagedCluster) -> Result<Vec<String>, Blocker>
         .collect();
     if set.is_empty() {
         return Err(Blocker {
-            reason: reasons::MALFORMED_KERNEL_CLAIM,
+            reason: Reason::MalformedKernelClaim,
             message: format!("ClusterClaim {KERNEL_VERSIONS_CLAIM} lists no kernel version"),
         });
     }
@@ -137,7 +133,7 @@ pub fn images_for(mcm: &ManagedClusterModule, kernels: &[String]) -> Result<Vec<
 
 fn invalid_spec(e: impl std::fmt::Display) -> Blocker {
     Blocker {
-        reason: reasons::INVALID_SPEC,
+        reason: Reason::InvalidSpec,
         message: format!("spec.moduleSpec: {e}"),
     }
 }
@@ -149,10 +145,11 @@ pub enum Pin {
     Pinned(String),
     /// The registry says the image does not exist (yet).
     Missing,
-    /// The registry could not be asked, or refused.
-    Failed(String),
-    /// Missing, and a build or sign Job is making it (or failed to): why the cluster waits.
-    Waiting { reason: &'static str, message: String },
+    /// The registry could not be asked, or refused, or the credentials are unusable.
+    Failed(LookupError),
+    /// Missing, and a build or sign Job is making it, failed to, or cannot start: why the
+    /// clusters needing it wait.
+    Blocked(Blocker),
 }
 
 /// The kernel each summary line is about, with its image as shipped (pinned when known).
@@ -172,7 +169,7 @@ pub fn render_spec(
         .map_err(|e| match e {
             TrimError::Mapping(m) => invalid_spec(m),
             TrimError::NoKernelMatches { kernels } => Blocker {
-                reason: reasons::NO_KERNEL_MAPPING,
+                reason: Reason::NoKernelMapping,
                 message: format!(
                     "no kernelMappings entry matches the cluster's kernels ({}); add a literal or regexp mapping for them",
                     kernels.join(", ")
@@ -180,12 +177,12 @@ pub fn render_spec(
             },
             TrimError::NotPinned { image } => match pins.get(&image) {
                 Some(Pin::Failed(why)) => Blocker {
-                    reason: reasons::REGISTRY_ERROR,
+                    reason: Reason::RegistryError,
                     message: format!("cannot look up {image}: {why}"),
                 },
-                Some(Pin::Waiting { reason, message }) => Blocker { reason, message: message.clone() },
+                Some(Pin::Blocked(blocker)) => blocker.clone(),
                 _ => Blocker {
-                    reason: reasons::IMAGE_NOT_FOUND,
+                    reason: Reason::ImageNotFound,
                     message: format!(
                         "image {image} does not exist in its registry; push it, or add build/sign so the hub builds it"
                     ),
@@ -202,7 +199,7 @@ pub fn work_for(
     spec: ModuleSpec,
 ) -> Result<ManifestWork, Blocker> {
     let mut work = manifest_work(mcm, cluster, spec).map_err(|e| Blocker {
-        reason: reasons::RENDER_ERROR,
+        reason: Reason::RenderError,
         message: e.to_string(),
     })?;
     work.annotations_mut()

@@ -1,100 +1,18 @@
 use serde_json::Value;
 
 use super::*;
+use crate::{
+    fixtures::{BUILD, FINAL, K, SIGN, UNSIGNED, mk_build_mcm, pins},
+    mcm_controller::desired::plan::Pin,
+};
 
-const K: &str = "6.1.0-28-cloud-amd64";
-
-fn mk_mcm(name: &str, mapping: &str) -> ManagedClusterModule {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\nmetadata: {{name: {name}}}\n\
-         spec:\n  spokeNamespace: drivers\n  selector: {{}}\n  moduleSpec:\n    selector: {{}}\n\
-         \x20   imageRepoSecret: {{name: push-creds}}\n    moduleLoader:\n      container:\n\
-         \x20       modprobe: {{moduleName: my_kmod}}\n        kernelMappings:\n          - regexp: '^.+$'\n\
-         \x20           containerImage: reg.example/kmod:${{KERNEL_FULL_VERSION}}\n{mapping}"
-    ))
-    .unwrap()
-}
-
-const BUILD: &str = "            build:\n              dockerfileConfigMap: {name: df}\n\
-                     \x20             buildArgs: [{name: EXTRA, value: '1'}]\n              secrets: [{name: token}]\n\
-                     \x20             baseImageRegistryTLS: {insecure: true}\n              selector: {builder: 'yes'}\n";
-const SIGN: &str = "            sign:\n              keySecret: {name: key}\n              certSecret: {name: cert}\n\
-                    \x20             filesToSign: ['/opt/lib/modules/${KERNEL_FULL_VERSION}/my_kmod.ko']\n";
-
-fn pins(entries: &[(&str, Pin)]) -> BTreeMap<String, Pin> {
-    entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-const FINAL: &str = "reg.example/kmod:6.1.0-28-cloud-amd64";
-const UNSIGNED: &str = "reg.example/kmod:6.1.0-28-cloud-amd64-drivers_m_kmm_unsigned";
-
-#[test]
-fn a_missing_image_with_build_gets_a_build_of_the_final_image() {
-    let mcm = mk_mcm("m", BUILD);
-    let r = resolve(&mcm, K).unwrap();
-    let step = step_for(&mcm, &r, &pins(&[(FINAL, Pin::Missing)])).unwrap();
-    assert!(matches!(&step, Step::Build { target, .. } if target == FINAL));
-    assert_eq!(
-        step_for(&mcm, &r, &pins(&[(FINAL, Pin::Pinned("x@sha256:1".into()))])),
-        None,
-        "present: nothing to do"
-    );
-    assert_eq!(
-        step_for(&mcm, &r, &pins(&[(FINAL, Pin::Failed("down".into()))])),
-        None,
-        "unknown: wait"
-    );
-}
-
-#[test]
-fn build_and_sign_builds_the_unsigned_image_first_then_signs_it() {
-    let mcm = mk_mcm("m", &format!("{BUILD}{SIGN}"));
-    let r = resolve(&mcm, K).unwrap();
-    assert_eq!(intermediate_image(&mcm, &r).as_deref(), Some(UNSIGNED));
-    let build = step_for(
-        &mcm,
-        &r,
-        &pins(&[(FINAL, Pin::Missing), (UNSIGNED, Pin::Missing)]),
-    )
-    .unwrap();
-    assert!(
-        matches!(&build, Step::Build { target, .. } if target == UNSIGNED),
-        "{build:?}"
-    );
-    let sign = step_for(
-        &mcm,
-        &r,
-        &pins(&[
-            (FINAL, Pin::Missing),
-            (UNSIGNED, Pin::Pinned("u@sha256:2".into())),
-        ]),
-    )
-    .unwrap();
-    assert!(
-        matches!(&sign, Step::Sign { source, target, .. } if source == UNSIGNED && target == FINAL),
-        "{sign:?}"
-    );
-}
-
-#[test]
-fn job_names_depend_on_what_is_produced_not_on_who_asks() {
-    let a = mk_mcm("a", BUILD);
-    let b = mk_mcm("b", BUILD);
-    let p = pins(&[(FINAL, Pin::Missing)]);
-    let sa = step_for(&a, &resolve(&a, K).unwrap(), &p).unwrap();
-    let sb = step_for(&b, &resolve(&b, K).unwrap(), &p).unwrap();
-    assert_eq!(
-        sa.job_name(None),
-        sb.job_name(None),
-        "two MCMs needing one image share the Job"
-    );
-    assert_ne!(
-        sa.job_name(None),
-        sa.job_name(Some(2)),
-        "imageRebuildTriggerGeneration gives a new Job"
-    );
-    assert!(sa.job_name(None).starts_with("kmm-build-") && sa.job_name(None).len() <= 63);
-    assert_eq!(sa.job_name(None), sa.job_name(None));
+/// A JSON array of strings.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
 }
 
 fn settings() -> JobSettings {
@@ -107,7 +25,7 @@ fn settings() -> JobSettings {
 
 #[test]
 fn the_build_job_carries_args_mounts_selector_and_no_retries() {
-    let mcm = mk_mcm("m", BUILD);
+    let mcm = mk_build_mcm("m", BUILD);
     let step = step_for(&mcm, &resolve(&mcm, K).unwrap(), &pins(&[(FINAL, Pin::Missing)])).unwrap();
     let job = job(&mcm, &step, None, &settings());
     let v: Value = serde_json::to_value(&job).unwrap();
@@ -120,12 +38,7 @@ fn the_build_job_carries_args_mounts_selector_and_no_retries() {
     assert_eq!(pod["nodeSelector"]["builder"], "yes");
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "buildah:v1");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&c["args"]);
     assert_eq!(args[..3], ["-c", BUILD_SCRIPT, "kmm-build"]);
     for want in [
         format!("--build-arg=KERNEL_FULL_VERSION={K}"),
@@ -158,7 +71,7 @@ fn the_build_job_carries_args_mounts_selector_and_no_retries() {
 
 #[test]
 fn the_sign_job_runs_sign_image_with_the_key_and_cert_mounted() {
-    let mcm = mk_mcm("m", &format!("{BUILD}{SIGN}"));
+    let mcm = mk_build_mcm("m", &format!("{BUILD}{SIGN}"));
     let step = step_for(
         &mcm,
         &resolve(&mcm, K).unwrap(),
@@ -171,12 +84,7 @@ fn the_sign_job_runs_sign_image_with_the_key_and_cert_mounted() {
     let v: Value = serde_json::to_value(job(&mcm, &step, None, &settings())).unwrap();
     let c = &v["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "kmm-hub:v1");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&c["args"]);
     assert_eq!(args[0], "sign-image");
     assert!(args.contains(&format!("--unsigned-image={UNSIGNED}").as_str()));
     assert!(args.contains(&format!("--image={FINAL}").as_str()));

@@ -1,42 +1,13 @@
 use std::path::PathBuf;
 
-use kmm_api::{
-    ManagedClusterModuleSpec, Module,
-    ocm::{ManagedClusterClaim, ManagedClusterSpec, ManagedClusterStatus},
-};
+use kmm_api::{ManagedClusterModuleSpec, Module};
 use serde_json::Value;
 
 use super::*;
+use crate::fixtures::{lookup_failed, mk_cluster, mk_mcm};
 
 const K1: &str = "6.0.15-300.fc37.x86_64";
 const K2: &str = "5.14.0-70.el9.x86_64";
-
-fn mk_cluster(name: &str, labels: &[(&str, &str)], claim: Option<&str>) -> ManagedCluster {
-    let mut mc = ManagedCluster::new(name, ManagedClusterSpec::default());
-    mc.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    mc.status = Some(ManagedClusterStatus {
-        cluster_claims: claim
-            .map(|v| ManagedClusterClaim {
-                name: KERNEL_VERSIONS_CLAIM.into(),
-                value: v.into(),
-            })
-            .into_iter()
-            .collect(),
-        ..Default::default()
-    });
-    mc
-}
-
-fn mk_mcm(yaml: &str) -> ManagedClusterModule {
-    let mut mcm: ManagedClusterModule = serde_saphyr::from_str(yaml).unwrap();
-    mcm.metadata.uid = Some("uid-1".into());
-    mcm
-}
 
 const MCM: &str = r#"
 apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
@@ -110,10 +81,10 @@ fn kernels_come_from_the_claim_and_a_missing_or_bad_claim_is_reported() {
     assert_eq!(ok, [K2, K1]);
     assert_eq!(
         cluster_kernels(&mk_cluster("a", &[], None)).unwrap_err().reason,
-        reasons::NO_KERNEL_CLAIM
+        Reason::NoKernelClaim
     );
     let bad = cluster_kernels(&mk_cluster("a", &[], Some("not a kernel"))).unwrap_err();
-    assert_eq!(bad.reason, reasons::MALFORMED_KERNEL_CLAIM);
+    assert_eq!(bad.reason, Reason::MalformedKernelClaim);
 }
 
 #[test]
@@ -139,7 +110,7 @@ fn a_broken_regexp_is_an_invalid_spec() {
     let mcm = mk_mcm(&MCM.replace(r"'^5\.14\..+$'", "'(['"));
     assert_eq!(
         images_for(&mcm, &[K2.into()]).unwrap_err().reason,
-        reasons::INVALID_SPEC
+        Reason::InvalidSpec
     );
 }
 
@@ -182,16 +153,16 @@ fn missing_and_unreachable_images_block_with_distinct_reasons() {
     let kmod = "reg.example/drivers/kmod:6.0.15-300.fc37.x86_64".to_string();
     pins.insert(kmod.clone(), Pin::Missing);
     let b = render(&mcm, "c", &kernels, &pins).unwrap_err();
-    assert_eq!(b.reason, reasons::IMAGE_NOT_FOUND);
+    assert_eq!(b.reason, Reason::ImageNotFound);
     assert!(b.message.contains(&kmod));
-    pins.insert(kmod, Pin::Failed("connection refused".into()));
+    pins.insert(kmod, lookup_failed("connection refused"));
     let b = render(&mcm, "c", &kernels, &pins).unwrap_err();
     assert_eq!(
         (b.reason, b.message.contains("connection refused")),
-        (reasons::REGISTRY_ERROR, true)
+        (Reason::RegistryError, true)
     );
     let none = render(&mcm, "c", &["4.18.0-1".to_string()], &pins).unwrap_err();
-    assert_eq!(none.reason, reasons::NO_KERNEL_MAPPING);
+    assert_eq!(none.reason, Reason::NoKernelMapping);
 }
 
 #[test]

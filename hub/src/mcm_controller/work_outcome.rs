@@ -8,9 +8,7 @@
 use kmm_api::ocm::{FieldValue, ManifestWork};
 
 use super::desired::manifestwork::WORKERS_FAILING_FEEDBACK;
-
-/// Problem reason of a cluster whose spoke reports failing worker pods.
-pub const LOAD_FAILED: &str = "LoadFailed";
+use crate::reason::Reason;
 
 /// What one cluster's ManifestWork says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,7 +48,7 @@ pub fn work_outcome(work: &ManifestWork) -> WorkOutcome {
         .find(|v| v.name == WORKERS_FAILING_FEEDBACK)
         .and_then(|v| v.field_value.string.clone())
         .filter(|m| !m.is_empty())
-        .map(|m| (LOAD_FAILED.to_owned(), m));
+        .map(|m| (Reason::LoadFailed.to_string(), m));
     let failure = conditions
         .iter()
         .chain(manifest.map(|m| m.conditions.as_slice()).unwrap_or_default())
@@ -129,7 +127,7 @@ mod tests {
         assert_eq!(
             applied.failure,
             Some((
-                LOAD_FAILED.into(),
+                "LoadFailed".into(),
                 "1 node(s) failing; n1: Required key not available".into()
             ))
         );

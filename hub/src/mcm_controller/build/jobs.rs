@@ -1,0 +1,124 @@
+//! The I/O of the build step: for each planned step, check its inputs, create its Job when it
+//! does not exist yet, and read how the Job went (with the failed pod's message). Decides nothing.
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMap, Pod, Secret},
+};
+use kmm_api::ManagedClusterModule;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use tracing::info;
+
+use super::{
+    inputs::{self, Input, InputKind, MissingInput},
+    pins::StepState,
+    plan::PlannedStep,
+};
+use crate::mcm_controller::{
+    Context, Error,
+    desired::job::{self, JobState},
+};
+
+/// Each planned step with its state, starting Jobs whose inputs are all there.
+pub async fn ensure(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+    steps: Vec<PlannedStep>,
+) -> Result<Vec<(PlannedStep, StepState)>, Error> {
+    let mut out = Vec::with_capacity(steps.len());
+    for planned in steps {
+        let existing = ctx.jobs.state().into_iter().find(|j| j.name_any() == planned.job);
+        let state = match existing {
+            Some(job) => StepState::Job(state_of(ctx, &job).await),
+            None => match first_missing(ctx, &planned).await? {
+                Some(missing) => StepState::InputMissing(missing),
+                None => StepState::Job(state_of(ctx, &create(mcm, ctx, &planned).await?).await),
+            },
+        };
+        out.push((planned, state));
+    }
+    Ok(out)
+}
+
+/// The first input of the step that is absent or lacks its key.
+async fn first_missing(ctx: &Context, planned: &PlannedStep) -> Result<Option<MissingInput>, Error> {
+    for input in inputs::inputs(&planned.step) {
+        let keys = keys(ctx, &input).await?;
+        if let Some(missing) = inputs::check(&input, keys.as_deref()) {
+            return Ok(Some(missing));
+        }
+    }
+    Ok(None)
+}
+
+/// The data keys of an input object, `None` when it does not exist.
+async fn keys(ctx: &Context, input: &Input) -> Result<Option<Vec<String>>, Error> {
+    let ns = &ctx.config.namespace;
+    let name = &input.name;
+    let read = |source| Error::Api {
+        what: format!("reading {} {ns}/{name}", input.kind),
+        source,
+    };
+    Ok(match input.kind {
+        InputKind::ConfigMap => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(read)?
+            .map(|c| c.data.unwrap_or_default().into_keys().collect()),
+        InputKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(read)?
+            .map(|s| s.data.unwrap_or_default().into_keys().collect()),
+    })
+}
+
+/// Creates the step's Job; one that exists already (another reconcile, a previous hub) is read.
+async fn create(mcm: &ManagedClusterModule, ctx: &Context, planned: &PlannedStep) -> Result<Job, Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let name = &planned.job;
+    let trigger = mcm.spec.module_spec.image_rebuild_trigger_generation;
+    let desired = job::job(mcm, &planned.step, trigger, &ctx.config.jobs);
+    let job = match api.create(&PostParams::default(), &desired).await {
+        Ok(created) => {
+            info!(job = %name, image = planned.step.target(), "started a {} Job", planned.step.kind());
+            ctx.metrics.jobs_started.inc();
+            created
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await.map_err(|source| Error::Api {
+            what: format!("reading Job {name}"),
+            source,
+        })?,
+        Err(source) => {
+            return Err(Error::Api {
+                what: format!("creating Job {name}"),
+                source,
+            });
+        }
+    };
+    Ok(job)
+}
+
+/// How the Job went, with its failed pod's termination message when it failed.
+async fn state_of(ctx: &Context, job: &Job) -> JobState {
+    match job::job_state(job, None) {
+        JobState::Failed(_) => job::job_state(job, failure_message(ctx, &job.name_any()).await.as_deref()),
+        state => state,
+    }
+}
+
+/// The termination message of the Job's failed pod, if any.
+async fn failure_message(ctx: &Context, job: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .ok()?;
+    list.items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .find_map(|p| kmm_api::pod_failure::termination(p, "build").map(|(_, why)| why))
+}

@@ -1,0 +1,126 @@
+//! Events on MCMs, as data: the steps decide which to publish ([`Announcement`]s), and
+//! [`publish`] is the one place that sends them (one shared recorder, so repeats aggregate).
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kmm_api::ManagedClusterModuleStatus;
+use kube::runtime::events::{Event, EventType};
+use tracing::warn;
+
+use super::Context;
+use crate::reason::Reason;
+
+/// One Event to publish on the MCM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub type_: EventType,
+    /// A [`Reason`], or the reason of a cluster's problem as its work agent reported it.
+    pub reason: String,
+    pub note: String,
+}
+
+impl Announcement {
+    /// A Normal Event about something the hub did.
+    pub fn normal(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason: reason.to_string(),
+            note: note.into(),
+        }
+    }
+
+    /// A Warning Event about the MCM itself.
+    pub fn warning(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Warning,
+            ..Self::normal(reason, note)
+        }
+    }
+}
+
+/// Warning Events for clusters that newly need attention: listed in `new` and not (with the same
+/// reason) in `old`. Only listed problems count, so there are at most `MAX_PROBLEMS`.
+pub fn new_problems(
+    old: Option<&ManagedClusterModuleStatus>,
+    new: &ManagedClusterModuleStatus,
+) -> Vec<Announcement> {
+    let old: BTreeSet<(&str, &str)> = old
+        .iter()
+        .flat_map(|s| s.problems.iter().map(|p| (p.cluster.as_str(), p.reason.as_str())))
+        .collect();
+    new.problems
+        .iter()
+        .filter(|p| !old.contains(&(p.cluster.as_str(), p.reason.as_str())))
+        .map(|p| Announcement {
+            type_: EventType::Warning,
+            reason: p.reason.clone(),
+            note: format!("cluster {}: {}", p.cluster, p.message),
+        })
+        .collect()
+}
+
+/// Publishes `events` on the object `reference` names; a failure is logged, never fatal (Events are best effort).
+pub async fn publish(ctx: &Context, reference: &ObjectReference, events: Vec<Announcement>) {
+    for a in events {
+        let event = Event {
+            type_: a.type_,
+            reason: a.reason,
+            note: Some(kmm_api::event_note::note(&a.note)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, reference).await {
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kmm_api::ClusterProblem;
+
+    use super::*;
+
+    fn status(problems: &[(&str, &str)]) -> ManagedClusterModuleStatus {
+        ManagedClusterModuleStatus {
+            problems: problems
+                .iter()
+                .map(|(cluster, reason)| ClusterProblem {
+                    cluster: cluster.to_string(),
+                    state: "Blocked".into(),
+                    reason: reason.to_string(),
+                    message: "m".into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_new_cluster_reason_pairs_are_announced() {
+        let old = status(&[("a", "ImageNotFound"), ("b", "BuildFailed")]);
+        let new = status(&[("a", "ImageNotFound"), ("b", "Building"), ("c", "LoadFailed")]);
+        let got: Vec<(EventType, String, String)> = new_problems(Some(&old), &new)
+            .into_iter()
+            .map(|a| (a.type_, a.reason, a.note))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    EventType::Warning,
+                    "Building".to_string(),
+                    "cluster b: m".to_string()
+                ),
+                (
+                    EventType::Warning,
+                    "LoadFailed".to_string(),
+                    "cluster c: m".to_string()
+                ),
+            ]
+        );
+        assert_eq!(new_problems(None, &status(&[("a", "X")])).len(), 1);
+        assert!(new_problems(Some(&new), &new).is_empty());
+    }
+}
