@@ -67,7 +67,7 @@ pub fn spoke_module_spec(
     let mapper = KernelMapper::new(spec, name, spoke_namespace)?;
     let mut mappings = Vec::with_capacity(kernels.len());
     for kernel in kernels {
-        let resolved = match mapper.resolve(kernel) {
+        let resolved = match mapper.resolve_trimmed(kernel) {
             Ok(resolved) => resolved,
             Err(e) if e.is_no_mapping() => continue,
             Err(e) => return Err(e.into()),
@@ -250,9 +250,32 @@ mod tests {
     }
 
     #[test]
-    fn the_same_kernel_with_and_without_plus_is_one_mapping() {
-        let kernels = vec!["5.14.0-1.el9".to_owned(), "5.14.0-1.el9+".to_owned()];
-        let out = spoke_module_spec(&mk_spec(), "m", "ns", &kernels, pin).unwrap();
-        assert_eq!(container(&out).kernel_mappings.len(), 1);
+    fn a_node_kernel_ending_in_plus_signs_finds_the_literal_the_hub_ships() {
+        // What the spoke claims, what the hub decodes and ships, what the node then looks up.
+        for reported in [
+            "5.14.0-1.el9",
+            "5.14.0-1.el9+",
+            "5.14.0-1.el9++",
+            "5.14.0-1.el9+++",
+        ] {
+            let claims = crate::claims::encode_kernel_claims([reported, "5.14.0-1.el9"]).unwrap();
+            let kernels = crate::claims::decode_kernel_claims(|name| {
+                claims.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+            })
+            .unwrap();
+            let out = spoke_module_spec(&mk_spec(), "m", "ns", &kernels, pin).unwrap();
+            let mapper = KernelMapper::new(&out, "m", "ns").unwrap();
+            let found = mapper.resolve(reported).unwrap();
+            assert_eq!(
+                found.kernel,
+                reported.strip_suffix('+').unwrap_or(reported),
+                "{reported}"
+            );
+            assert_eq!(
+                container(&out).kernel_mappings.len(),
+                kernels.len(),
+                "one mapping per distinct trimmed kernel for {reported}"
+            );
+        }
     }
 }

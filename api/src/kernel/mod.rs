@@ -238,9 +238,14 @@ impl<'a> KernelMapper<'a> {
             )
     }
 
-    /// Loader data for `kernel` (a trailing `+` is trimmed first).
+    /// Loader data for `kernel` as a node reports it (one trailing `+` is trimmed first).
     pub fn resolve(&self, kernel: &str) -> Result<ResolvedMapping, MappingError> {
-        let kernel = trim_kernel(kernel);
+        self.resolve_trimmed(trim_kernel(kernel))
+    }
+
+    /// Loader data for a kernel already trimmed (from the kernel claims, which are decoded
+    /// trimmed): trimming again would turn `1.2.3++` into `1.2.3` where the node looks up `1.2.3+`.
+    pub fn resolve_trimmed(&self, kernel: &str) -> Result<ResolvedMapping, MappingError> {
         let index = self.find(kernel).ok_or_else(|| MappingError::NoMapping {
             kernel: kernel.to_owned(),
         })?;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kmm_api::{
     ManagedClusterModule, ModuleSpec,
     claims::{self, ClaimError},
-    kernel::{KernelMapper, trim_kernel},
+    kernel::KernelMapper,
     module::TlsOptions,
     ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork},
     trim::{self, TrimError},
@@ -59,11 +59,8 @@ pub fn cluster_kernels(cluster: &ManagedCluster) -> Result<Vec<String>, Blocker>
             message: other.to_string(),
         },
     })?;
-    let set: BTreeSet<String> = kernels
-        .iter()
-        .map(|k| trim_kernel(k).to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
+    // Decoded claims are already trimmed once, as the spoke trims a node's kernel once.
+    let set: BTreeSet<String> = kernels.into_iter().filter(|k| !k.is_empty()).collect();
     if set.is_empty() {
         return Err(Blocker {
             reason: Reason::MalformedKernelClaim,
@@ -119,7 +116,7 @@ pub fn images_for(mcm: &ManagedClusterModule, kernels: &[String]) -> Result<Vec<
     if spec.module_loader.is_some() {
         let mapper = KernelMapper::new(spec, &name, &mcm.spec.spoke_namespace).map_err(invalid_spec)?;
         for kernel in kernels {
-            match mapper.resolve(kernel) {
+            match mapper.resolve_trimmed(kernel) {
                 Ok(r) => {
                     out.insert(ImageRef::new(&r.container_image, &r.registry_tls));
                 }
@@ -233,7 +230,7 @@ pub fn kernel_images(
     kernels
         .iter()
         .map(|k| {
-            let image = match mapper.resolve(k) {
+            let image = match mapper.resolve_trimmed(k) {
                 Ok(r) => match pins.get(&r.container_image) {
                     Some(Pin::Pinned(p)) => p.clone(),
                     _ => String::new(),

@@ -172,7 +172,7 @@ pub fn resolve(mcm: &ManagedClusterModule, kernel: &str) -> Option<ResolvedMappi
     let name = mcm.name_any();
     KernelMapper::new(&mcm.spec.module_spec, &name, &mcm.spec.spoke_namespace)
         .ok()?
-        .resolve(kernel)
+        .resolve_trimmed(kernel)
         .ok()
 }
 
