@@ -103,6 +103,9 @@ pub struct SignImageArgs {
     /// Docker config file with registry credentials (`.dockerconfigjson`).
     #[arg(long)]
     pub docker_config: Option<PathBuf>,
+    /// Fetch foreign layers from the URLs their descriptors name (off: such an image is refused).
+    #[arg(long)]
+    pub allow_foreign_layers: bool,
 }
 
 impl SignImageArgs {
@@ -136,6 +139,7 @@ impl SignImageArgs {
             spec.hash = v;
         }
         spec.replace |= self.replace;
+        spec.allow_foreign_layers |= self.allow_foreign_layers;
         spec.unsigned_image_registry_tls.insecure |= self.unsigned_image_insecure;
         spec.unsigned_image_registry_tls.insecure_skip_tls_verify |=
             self.unsigned_image_insecure_skip_tls_verify;

@@ -31,6 +31,52 @@ pub struct LayerError {
 /// Symlinks followed for one path before giving up, as the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINKS: usize = 40;
 
+/// Largest layer blob downloaded. Module images are a few hundred MiB at most; the bound keeps
+/// a hostile manifest from making the sign Job hold an arbitrary amount of memory.
+pub const MAX_LAYER_BYTES: u64 = 4 << 30;
+/// Most bytes one layer may expand to (a gzip bomb stops here).
+pub const MAX_EXPANDED_BYTES: u64 = 32 << 30;
+/// Largest selected file read to be signed (a kernel module is a few MiB).
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+/// Most bytes of selected files held at once.
+pub const MAX_SELECTED_BYTES: u64 = 4 << 30;
+
+/// The size to download for `layer`, or why it is not downloaded: a size out of bounds, or
+/// foreign URLs (unless `allow_foreign`).
+pub fn check_declared(layer: &OciDescriptor, allow_foreign: bool) -> Result<usize, String> {
+    if layer.urls.as_ref().is_some_and(|u| !u.is_empty()) && !allow_foreign {
+        return Err(
+            "a foreign layer (its descriptor lists URLs outside the registry); pass --allow-foreign-layers to fetch it"
+                .to_owned(),
+        );
+    }
+    let size = u64::try_from(layer.size).map_err(|_| format!("declared size {} is negative", layer.size))?;
+    if size > MAX_LAYER_BYTES {
+        return Err(format!(
+            "declared size {size} is over the {MAX_LAYER_BYTES}-byte limit"
+        ));
+    }
+    usize::try_from(size).map_err(|_| format!("declared size {size} does not fit in memory"))
+}
+
+/// A reader that fails once more than `left` bytes have come through.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the layer expands to more than {MAX_EXPANDED_BYTES} bytes"
+            ))
+        })?;
+        Ok(n)
+    }
+}
+
 /// The `filesToSign` globs, checked: absolute paths, valid shell globs, at least one.
 pub fn compile_patterns(globs: &[String]) -> Result<Vec<Pattern>, String> {
     if globs.is_empty() {
@@ -240,7 +286,7 @@ fn join(dir: &str, name: &str) -> String {
 
 /// The tar entries of one layer blob.
 fn archive<'a>(layer: &OciDescriptor, blob: &'a [u8]) -> Result<tar::Archive<Box<dyn Read + 'a>>, String> {
-    let reader: Box<dyn Read + 'a> = if layer.media_type.ends_with("gzip") {
+    let inner: Box<dyn Read + 'a> = if layer.media_type.ends_with("gzip") {
         Box::new(GzDecoder::new(blob))
     } else if layer.media_type.ends_with(".tar") || layer.media_type.ends_with(".rootfs.diff.tar") {
         Box::new(blob)
@@ -250,6 +296,10 @@ fn archive<'a>(layer: &OciDescriptor, blob: &'a [u8]) -> Result<tar::Archive<Box
             layer.media_type
         ));
     };
+    let reader: Box<dyn Read + 'a> = Box::new(Bounded {
+        inner,
+        left: MAX_EXPANDED_BYTES,
+    });
     Ok(tar::Archive::new(reader))
 }
 
@@ -354,6 +404,7 @@ fn read_sources(
             .push((path, source.meta));
     }
     let mut files = BTreeMap::new();
+    let mut selected_bytes: u64 = 0;
     for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
         if !wanted.keys().any(|(l, _)| *l == index) {
             continue;
@@ -368,9 +419,19 @@ fn read_sources(
             let Some(targets) = wanted.remove(&(index, entry_index)) else {
                 continue;
             };
-            let mut entry = entry.map_err(|e| layer_error(e.to_string()))?;
-            let mut data = Vec::new();
+            let entry = entry.map_err(|e| layer_error(e.to_string()))?;
+            let size = entry.header().size().map_err(|e| layer_error(e.to_string()))?;
+            selected_bytes = selected_bytes.saturating_add(size);
+            if size > MAX_FILE_BYTES || selected_bytes > MAX_SELECTED_BYTES {
+                let path = targets.first().map(|(p, _)| p.as_str()).unwrap_or_default();
+                return Err(layer_error(format!(
+                    "{path} is {size} bytes: over the {MAX_FILE_BYTES}-byte limit of a file to sign, or \
+                     the selected files together are over {MAX_SELECTED_BYTES} bytes"
+                )));
+            }
+            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             entry
+                .take(size)
                 .read_to_end(&mut data)
                 .map_err(|e| layer_error(e.to_string()))?;
             for (path, meta) in targets {

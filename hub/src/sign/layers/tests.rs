@@ -255,3 +255,45 @@ fn relative_and_empty_globs_are_refused() {
     assert!(refused(&["lib/modules/*.ko"]).contains("is not an absolute path"));
     assert!(refused(&["/a/["]).starts_with("filesToSign entry \"/a/[\""));
 }
+
+#[test]
+fn foreign_negative_and_oversized_layers_are_not_downloaded() {
+    let layer = |size: i64, urls: Option<Vec<String>>| OciDescriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+        digest: "sha256:00".to_owned(),
+        size,
+        urls,
+        ..Default::default()
+    };
+    assert_eq!(check_declared(&layer(10, None), false), Ok(10));
+    let foreign = layer(10, Some(vec!["https://elsewhere.example/blob".to_owned()]));
+    assert!(
+        check_declared(&foreign, false)
+            .unwrap_err()
+            .contains("--allow-foreign-layers")
+    );
+    assert_eq!(check_declared(&foreign, true), Ok(10));
+    assert!(
+        check_declared(&layer(-1, None), false)
+            .unwrap_err()
+            .contains("negative")
+    );
+    let huge = i64::try_from(MAX_LAYER_BYTES + 1).unwrap();
+    assert!(
+        check_declared(&layer(huge, None), false)
+            .unwrap_err()
+            .contains("limit")
+    );
+}
+
+#[test]
+fn expansion_stops_at_its_bound() {
+    let mut reader = Bounded {
+        inner: std::io::repeat(0),
+        left: 1000,
+    };
+    let mut sink = Vec::new();
+    let error = reader.read_to_end(&mut sink).unwrap_err();
+    assert!(error.to_string().contains("expands to more than"), "{error}");
+    assert!(sink.len() <= 1000 + 8192);
+}
