@@ -142,6 +142,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
         )))?;
         return Ok(Action::requeue(std::time::Duration::from_millis(1)));
     }
+    let object = format!("Module {ns}/{}", module.name_any());
     finalizer(&api, FINALIZER, module, |event| async {
         match event {
             Finalizer::Apply(m) => apply(m, ctx.clone()).await,
@@ -149,7 +150,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::from_finalizer(e, &object))
 }
 
 async fn module_daemonsets(module: &Module, ctx: &SharedCtx) -> Result<Vec<DaemonSet>, Error> {
@@ -279,7 +280,19 @@ async fn cleanup(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
         })
         .count();
     if holding > 0 {
-        return Err(Error::StillLoaded(holding));
+        let err = Error::StillLoaded(holding);
+        // Says why the deleted Module stays; repeats fold into one Event's series.
+        let event = Event {
+            type_: EventType::Normal,
+            reason: err.reason().into(),
+            note: Some(kmm_api::event_note::note(&err.to_string())),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &module.object_ref(&())).await {
+            tracing::warn!(%error, module = %name, "publishing an event failed");
+        }
+        return Err(err);
     }
     Ok(Action::await_change())
 }
