@@ -8,7 +8,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Node;
-use kmm_api::Module;
+use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Client,
     core::DeserializeGuard,
@@ -52,6 +52,9 @@ pub struct Ctx {
     pub modules: Store<DeserializeGuard<Module>>,
     /// Every Node (the node controller's cache).
     pub nodes: Store<Node>,
+    /// Every NodeModulesConfig (a watch of its own): the Module controller's counts and
+    /// finalizer release read it instead of listing.
+    pub records: Store<NodeModulesConfig>,
     /// Tells the node controller to look at every node again (a Module changed).
     pub nodes_tx: mpsc::Sender<()>,
     /// Last (generation, deleting) seen per Module, to signal only real changes.

@@ -1,6 +1,7 @@
 //! kmm-spoke: the managed-mode Module controller and the node worker.
 //!
-//! - [`cli`]: `kmm-spoke run`, which wires the controllers below together.
+//! - [`cli`]: the `kmm-spoke` subcommands.
+//! - [`run`]: `kmm-spoke run`, which wires the controllers below together.
 //! - [`node_controller`]: per node, the NodeModulesConfig record, worker pods and node labels.
 //! - [`module_controller`]: per Module, finalizer, device plugin DaemonSets and status.
 //! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) from the Nodes.
@@ -23,5 +24,6 @@ pub mod node_controller;
 pub mod ordered_upgrade;
 pub mod policy;
 pub mod rbac;
+pub mod run;
 pub use kmm_api::telemetry;
 pub mod worker;

@@ -4,22 +4,26 @@
 //! The node records themselves are written by [`crate::node_controller`], which derives them from
 //! every Module at once. Deleting a Module keeps it (finalizer) until no node record still has
 //! it, so the hub sees it go only once it is unloaded everywhere.
+//!
+//! Each pass: [`observe`] (Nodes and node records from the caches, the Module's DaemonSets and
+//! worker pods from the API), pure [`desired`] (the DaemonSet to apply, the stale ones),
+//! [`apply`] (returns what runs), then [`update_status`] from what was observed and applied.
 
+pub mod apply;
 pub mod desired;
 pub mod device_plugin;
+pub mod observe;
 pub mod status;
+pub mod update_status;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{apps::v1::DaemonSet, core::v1::Pod},
-    jiff::Timestamp,
-};
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
 use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller,
@@ -33,7 +37,7 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Error, FIELD_MANAGER, SharedCtx, error_policy, is_status, kube_err, record_reconcile},
+    context::{Error, FIELD_MANAGER, SharedCtx, error_policy, kube_err, record_reconcile},
     worker::pod::MODULE_NAME_LABEL,
 };
 
@@ -145,7 +149,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
     let object = format!("Module {ns}/{}", module.name_any());
     finalizer(&api, FINALIZER, module, |event| async {
         match event {
-            Finalizer::Apply(m) => apply(m, ctx.clone()).await,
+            Finalizer::Apply(m) => apply_module(m, ctx.clone()).await,
             Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
         }
     })
@@ -153,132 +157,23 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
     .map_err(|e| Error::from_finalizer(e, &object))
 }
 
-async fn module_daemonsets(module: &Module, ctx: &SharedCtx) -> Result<Vec<DaemonSet>, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let selector = device_plugin::selector_labels(module)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok(Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_err(format!("listing device plugin DaemonSets in {ns}")))?
-        .items)
-}
-
-async fn delete_daemonset(ctx: &SharedCtx, ns: &str, name: &str) -> Result<(), Error> {
-    match Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(kube_err(format!("deleting DaemonSet {ns}/{name}"))(e)),
-    }
-}
-
-async fn apply(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let name = module.name_any();
-
-    // Device plugin: the current version's DaemonSet; older ones go once no node runs them.
-    let mut daemonsets = module_daemonsets(&module, &ctx).await?;
-    let wanted = device_plugin::daemonset(&module, &ctx.settings.node.operator_namespace);
-    let wanted_name = wanted.as_ref().and_then(|d| d.metadata.name.clone());
-    if let Some(ds) = &wanted {
-        let applied = Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch(
-                &ds.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(ds),
-            )
-            .await
-            .map_err(kube_err(format!("applying DaemonSet {ns}/{}", ds.name_any())))?;
-        daemonsets.retain(|d| d.metadata.name != applied.metadata.name);
-        daemonsets.push(applied);
-    }
-    let mut kept = Vec::new();
-    for ds in daemonsets {
-        let idle = ds.status.as_ref().is_none_or(|s| s.desired_number_scheduled == 0);
-        if ds.metadata.name != wanted_name && (wanted.is_none() || idle) {
-            delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
-        } else {
-            kept.push(ds);
-        }
-    }
-
-    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing NodeModulesConfigs"))?
-        .items;
-    let nodes: Vec<_> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let workers = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={name}")))
-        .await
-        .map_err(kube_err(format!("listing the worker pods of {ns}/{name}")))?
-        .items;
-    let failures = status::worker_failures(&workers);
-    let status = status::module_status(&module, &nodes, &nmcs, &kept, &failures, Timestamp::now());
-    let had_build_sign = module
-        .status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == status::BUILD_SIGN_IGNORED));
-    if module.status.as_ref() != Some(&status) {
-        Api::<Module>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
-                    "kind": "Module",
-                    "status": status,
-                })),
-            )
-            .await
-            .map_err(kube_err(format!("writing the status of Module {ns}/{name}")))?;
-    }
-    if !had_build_sign
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == status::BUILD_SIGN_IGNORED)
-    {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: status::BUILD_SIGN_IGNORED.into(),
-            note: Some(
-                "managed mode: build and sign are ignored; the hub builds and signs, the spoke loads images as given"
-                    .into(),
-            ),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&event, &module.object_ref(&())).await;
-    }
+/// Apply step of the finalizer: observe -> desired -> apply -> update status.
+async fn apply_module(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
+    let observed = observe::observe(&module, &ctx).await?;
+    let want = desired::desired(&module, &observed, &ctx.settings.node.operator_namespace);
+    let applied = apply::apply(&module, want, &ctx).await?;
+    update_status::update_status(&module, &observed, &applied, &ctx).await?;
     Ok(Action::requeue(ctx.settings.resync))
 }
 
+/// Cleanup step of the finalizer: every device plugin DaemonSet goes; the Module itself goes
+/// once no node record names it (the node controller unloads it first).
 async fn cleanup(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let name = module.name_any();
-    for ds in module_daemonsets(&module, &ctx).await? {
-        delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
+    let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
+    for ds in observe::daemonsets(&module, &ctx).await? {
+        apply::delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
     }
-    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing NodeModulesConfigs"))?
-        .items;
-    let holding = nmcs
-        .iter()
-        .filter(|n| {
-            let is_it = |i: &kmm_api::nmc::ModuleItem| i.namespace == ns && i.name == name;
-            n.spec.modules.iter().any(|e| is_it(&e.item))
-                || n.status.iter().any(|s| s.modules.iter().any(|e| is_it(&e.item)))
-        })
-        .count();
+    let holding = observe::records_naming(&ctx.records, &ns, &name).len();
     if holding > 0 {
         let err = Error::StillLoaded(holding);
         // Says why the deleted Module stays; repeats fold into one Event's series.

@@ -21,8 +21,8 @@ use kmm_api::{
 };
 use kube::ResourceExt;
 
+use self::decision::{NodeDecision, node_decision, worker_service_account};
 use crate::{
-    module_controller::desired::{NodeDecision, node_decision, worker_service_account},
     ordered_upgrade::{NodeVersionState, VersionAction, next_action},
     worker::{
         pod::{
@@ -725,5 +725,6 @@ pub fn version_label_modules(node_labels: &BTreeMap<String, String>) -> BTreeSet
         .collect()
 }
 
+pub mod decision;
 #[cfg(test)]
 mod tests;
