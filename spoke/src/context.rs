@@ -7,14 +7,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Client,
     core::DeserializeGuard,
     runtime::{
         controller::{Action, Error as ControllerError},
-        events::Recorder,
+        events::{Event, EventType, Recorder},
         finalizer,
         reflector::Store,
     },
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::{
     metrics::Metrics,
     node_controller::desired::{ModuleKey, NodeSettings},
+    reason::Reason,
     worker::pod::WorkerPodSettings,
 };
 
@@ -77,6 +78,30 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Publishes one Event about `regarding` (its note cut to what the API server accepts); a
+    /// failure is logged, never fatal: the state it reports is in status or the next pass.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: Reason,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(kmm_api::event_note::note(note)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(%error, %reason, object = ?regarding.name, "publishing an event failed");
+        }
+    }
+}
+
 /// Shared pointer to the context.
 pub type SharedCtx = Arc<Ctx>;
 
@@ -84,7 +109,7 @@ pub type SharedCtx = Arc<Ctx>;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("{action}: {source}")]
-    Kube {
+    Api {
         action: String,
         #[source]
         source: kube::Error,
@@ -101,14 +126,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// A bounded name for Event reasons and metric labels.
-    pub fn reason(&self) -> &'static str {
+    /// The bounded reason for Events and metric labels.
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::Kube { .. } => "ApiError",
-            Error::Serialize { .. } => "SerializeError",
-            Error::InvalidObject(_) => "InvalidObject",
-            Error::StillLoaded(_) => "StillLoaded",
-            Error::Finalizer(_) => "FinalizerError",
+            Error::Api { .. } => Reason::ApiError,
+            Error::Serialize { .. } => Reason::SerializeError,
+            Error::InvalidObject(_) => Reason::InvalidObject,
+            Error::StillLoaded(_) => Reason::StillLoaded,
+            Error::Finalizer(_) => Reason::FinalizerError,
         }
     }
 
@@ -118,11 +143,11 @@ impl Error {
     pub fn from_finalizer(err: finalizer::Error<Error>, object: &str) -> Error {
         match err {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            finalizer::Error::AddFinalizer(source) => Error::Kube {
+            finalizer::Error::AddFinalizer(source) => Error::Api {
                 action: format!("adding the finalizer to {object}"),
                 source,
             },
-            finalizer::Error::RemoveFinalizer(source) => Error::Kube {
+            finalizer::Error::RemoveFinalizer(source) => Error::Api {
                 action: format!("removing the finalizer from {object}"),
                 source,
             },
@@ -166,9 +191,10 @@ pub fn record_reconcile<T, E: std::fmt::Display>(
     if let Err(error) = result {
         let reason = match error {
             ControllerError::ReconcilerFailed(e, _) => e.reason(),
-            ControllerError::QueueError(_) => "WatchError",
-            _ => "Other",
-        };
+            ControllerError::QueueError(_) => Reason::WatchError,
+            _ => Reason::Other,
+        }
+        .as_str();
         metrics.reconcile_failed(controller, reason);
         tracing::warn!(%error, reason, controller, "reconcile failed");
     }
@@ -177,7 +203,7 @@ pub fn record_reconcile<T, E: std::fmt::Display>(
 /// Wraps a kube error with what was being done.
 pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
-    move |source| Error::Kube { action, source }
+    move |source| Error::Api { action, source }
 }
 
 /// Whether a kube error is an API answer with this HTTP code.

@@ -12,7 +12,8 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: structured logs.
-//! - [`context`]: what the controllers share, and their error type.
+//! - [`context`]: what the controllers share, their error type and the Event helper.
+//! - [`reason`]: every reason the spoke reports (Events, conditions, failed reconciles).
 
 pub mod cli;
 pub mod context;
@@ -24,6 +25,7 @@ pub mod node_controller;
 pub mod ordered_upgrade;
 pub mod policy;
 pub mod rbac;
+pub mod reason;
 pub mod run;
 pub use kmm_api::telemetry;
 pub mod worker;

@@ -28,7 +28,7 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::ObjectRef,
         watcher,
@@ -38,6 +38,7 @@ use serde_json::json;
 
 use crate::{
     context::{Error, FIELD_MANAGER, SharedCtx, error_policy, kube_err, record_reconcile},
+    reason::Reason,
     worker::pod::MODULE_NAME_LABEL,
 };
 
@@ -97,15 +98,16 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
     let module = match &guard.0 {
         Ok(m) => Arc::new(m.clone()),
         Err(invalid) => {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "InvalidObject".into(),
-                note: Some(kmm_api::event_note::note(&invalid.to_string())),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            let _ = ctx.recorder.publish(&event, &guard.object_ref(&())).await;
-            return Err(Error::InvalidObject(invalid.to_string()));
+            let note = invalid.to_string();
+            ctx.publish(
+                &guard.object_ref(&()),
+                EventType::Warning,
+                Reason::InvalidObject,
+                "Reconcile",
+                &note,
+            )
+            .await;
+            return Err(Error::InvalidObject(note));
         }
     };
     let ns = module.namespace().unwrap_or_default();
@@ -177,16 +179,15 @@ async fn cleanup(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
     if holding > 0 {
         let err = Error::StillLoaded(holding);
         // Says why the deleted Module stays; repeats fold into one Event's series.
-        let event = Event {
-            type_: EventType::Normal,
-            reason: err.reason().into(),
-            note: Some(kmm_api::event_note::note(&err.to_string())),
-            action: "Delete".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &module.object_ref(&())).await {
-            tracing::warn!(%error, module = %name, "publishing an event failed");
-        }
+        let note = err.to_string();
+        ctx.publish(
+            &module.object_ref(&()),
+            EventType::Normal,
+            err.reason(),
+            "Delete",
+            &note,
+        )
+        .await;
         return Err(err);
     }
     Ok(Action::await_change())

@@ -20,6 +20,7 @@ use kube::ResourceExt;
 
 use crate::{
     node_controller::desired::{targets, termination},
+    reason::Reason,
     worker::pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
 };
 
@@ -158,7 +159,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             BUILD_SIGN_IGNORED,
-            "ManagedMode",
+            Reason::ManagedMode,
             "kmm-spoke runs in managed mode and never builds or signs: spec.moduleLoader.container \
              build/sign are ignored and each kernel mapping's containerImage is loaded as given \
              (the hub builds and signs)",
@@ -172,7 +173,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             KERNEL_MAPPINGS_INVALID,
-            "InvalidKernelMapping",
+            Reason::InvalidKernelMapping,
             &e.to_string(),
             module.metadata.generation,
             now,
@@ -182,7 +183,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             WORKERS_FAILING,
-            "WorkerFailed",
+            Reason::WorkerFailed,
             &message,
             module.metadata.generation,
             now,
@@ -201,14 +202,14 @@ pub fn module_status(
 fn condition(
     current: &[Condition],
     type_: &str,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
     let since = current
         .iter()
-        .find(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+        .find(|c| c.type_ == type_ && c.status == "True" && reason == c.reason.as_str())
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
     Condition {

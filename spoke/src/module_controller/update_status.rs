@@ -6,7 +6,7 @@ use kmm_api::{Module, module::ModuleStatus};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    runtime::events::EventType,
 };
 use serde_json::json;
 
@@ -15,7 +15,10 @@ use super::{
     observe::Observed,
     status::{BUILD_SIGN_IGNORED, module_status},
 };
-use crate::context::{Ctx, Error, FIELD_MANAGER, kube_err};
+use crate::{
+    context::{Ctx, Error, FIELD_MANAGER, kube_err},
+    reason::Reason,
+};
 
 /// What the status step does once the new status is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +70,14 @@ pub async fn update_status(
             .map_err(kube_err(format!("writing the status of Module {ns}/{name}")))?;
     }
     if change.announce_build_sign_ignored {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: BUILD_SIGN_IGNORED.into(),
-            note: Some(
-                "managed mode: build and sign are ignored; the hub builds and signs, the spoke loads images as given"
-                    .into(),
-            ),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&event, &module.object_ref(&())).await;
+        ctx.publish(
+            &module.object_ref(&()),
+            EventType::Warning,
+            Reason::BuildSignIgnored,
+            "Reconcile",
+            "managed mode: build and sign are ignored; the hub builds and signs, the spoke loads images as given",
+        )
+        .await;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ use kube::ResourceExt;
 use self::decision::{NodeDecision, node_decision, worker_service_account};
 use crate::{
     ordered_upgrade::{NodeVersionState, VersionAction, next_action},
+    reason::Reason,
     worker::{
         pod::{
             MODULE_NAME_LABEL, WORKER_ACTION_LABEL, WORKER_ATTEMPT_ANNOTATION, WORKER_CONFIG_ANNOTATION,
@@ -75,16 +76,12 @@ pub struct PodPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeEvent {
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub note: String,
     /// Published once while this key (a pod uid) keeps coming back in the node's passes, rather
     /// than on every pass: for a state that lasts, not for a step that happened.
     pub once_per: Option<String>,
 }
-
-/// Event reason: a worker pod is still there after its deletion's grace period ended (its
-/// node's kubelet does not finish it, usually because the node is down).
-pub const WORKER_POD_STUCK: &str = "WorkerPodStuck";
 
 /// What `apply` makes true for one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -371,14 +368,14 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                             );
                             out.events.push(NodeEvent {
                                 warning: false,
-                                reason: "ModuleLoaded",
+                                reason: Reason::ModuleLoaded,
                                 note: format!("module {}/{} loaded", key.0, key.1),
                                 once_per: None,
                             });
                         }
                         None => out.events.push(NodeEvent {
                             warning: true,
-                            reason: "WorkerConfigUnreadable",
+                            reason: Reason::WorkerConfigUnreadable,
                             note: format!("worker pod {} has no readable config; loading again", pod_ref.1),
                             once_per: None,
                         }),
@@ -387,7 +384,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                         status.remove(&key);
                         out.events.push(NodeEvent {
                             warning: false,
-                            reason: "ModuleUnloaded",
+                            reason: Reason::ModuleUnloaded,
                             note: format!("module {}/{} unloaded", key.0, key.1),
                             once_per: None,
                         });
@@ -550,7 +547,7 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
                         if since >= wait {
                             out.events.push(NodeEvent {
                                 warning: true,
-                                reason: "WorkerFailed",
+                                reason: Reason::WorkerFailed,
                                 note: format!(
                                     "{} of {}/{} failed (attempt {}), retrying: {message}",
                                     action_name(want.action),
@@ -676,7 +673,7 @@ fn stuck_event(node: &Node, pod: &Pod, key: &ModuleKey, action: Action, deadline
     };
     NodeEvent {
         warning: true,
-        reason: WORKER_POD_STUCK,
+        reason: Reason::WorkerPodStuck,
         note: format!(
             "worker pod {ns}/{pod_name} ({action} {ns}/{module}) is still terminating after its grace \
              period ended at {deadline}: {node_state}. The next worker for {ns}/{module} on this node \

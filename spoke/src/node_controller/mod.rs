@@ -24,13 +24,7 @@ use kmm_api::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    runtime::{
-        Controller,
-        controller::Action,
-        events::{Event, EventType},
-        reflector::ObjectRef,
-        watcher,
-    },
+    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -287,20 +281,13 @@ async fn apply(
         if ev.once_per.as_ref().is_some_and(|k| already.contains(k)) {
             continue;
         }
-        let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.into(),
-            note: Some(kmm_api::event_note::note(&ev.note)),
-            action: "Reconcile".into(),
-            secondary: None,
+        let type_ = if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%error, node = %name, "publishing an event failed");
-        }
+        ctx.publish(&reference, type_, ev.reason, "Reconcile", &ev.note)
+            .await;
     }
     Ok(())
 }

@@ -418,7 +418,11 @@ fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_repla
         d.create_pods.is_empty() && d.delete_pods.is_empty(),
         "the name is taken until the pod is gone, and it is already being deleted"
     );
-    let stuck: Vec<&NodeEvent> = d.events.iter().filter(|e| e.reason == WORKER_POD_STUCK).collect();
+    let stuck: Vec<&NodeEvent> = d
+        .events
+        .iter()
+        .filter(|e| e.reason == Reason::WorkerPodStuck)
+        .collect();
     assert_eq!(stuck.len(), 1);
     assert!(stuck[0].warning);
     assert_eq!(
@@ -437,7 +441,7 @@ fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_repla
     // Once the kubelet is back and the pod gone, the new worker starts.
     let d = decide(&node, Some(&nmc), &[new], &[], deadline + Duration::from_secs(60));
     assert_eq!(actions(&d), [(Action::Load, vec!["p=4".to_owned()])]);
-    assert!(d.events.iter().all(|e| e.reason != WORKER_POD_STUCK));
+    assert!(d.events.iter().all(|e| e.reason != Reason::WorkerPodStuck));
 }
 
 #[test]
