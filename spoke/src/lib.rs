@@ -5,6 +5,7 @@
 //! - [`node_controller`]: per node, the NodeModulesConfig record, worker pods and node labels.
 //! - [`module_controller`]: per Module, finalizer, device plugin DaemonSets and status.
 //! - [`kernel_claim`]: the kernel-versions ClusterClaim(s) from the Nodes.
+//! - [`targeting`]: whether a Module belongs on a Node (both controllers ask).
 //! - [`ordered_upgrade`]: the version-label action table for ordered upgrades (pure).
 //! - [`worker`]: `kmm-spoke worker load|unload`, its modprobe command lines and its pod.
 //! - [`policy`]: the governance Policy that installs the spoke, generated from `manifests/`.
@@ -27,5 +28,6 @@ pub mod policy;
 pub mod rbac;
 pub mod reason;
 pub mod run;
+pub mod targeting;
 pub use kmm_api::telemetry;
 pub mod worker;

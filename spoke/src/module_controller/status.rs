@@ -19,9 +19,12 @@ use kmm_api::{
 use kube::ResourceExt;
 
 use crate::{
-    node_controller::desired::{targets, termination},
     reason::Reason,
-    worker::pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
+    targeting::targets,
+    worker::{
+        pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
+        pod_state::termination,
+    },
 };
 
 /// Condition: the Module asks for a build or signing, which a managed spoke never does.

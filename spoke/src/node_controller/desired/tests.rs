@@ -1,13 +1,20 @@
 //! The pure per-node decisions: what the record says, which worker pod runs, which labels.
 
+use k8s_openapi::api::core::v1::Taint;
 use k8s_openapi::{
     api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus},
     apimachinery::pkg::apis::meta::v1::Time,
 };
-use kmm_api::nmc::{NodeModulesConfigSpec, NodeModulesConfigStatus};
+use kmm_api::{
+    labels,
+    nmc::{NodeModulesConfigSpec, NodeModulesConfigStatus},
+};
 
 use super::*;
-use crate::worker::pod::{WorkerPodInput, WorkerPodSettings, worker_pod};
+use crate::{
+    targeting::targets,
+    worker::pod::{WorkerPodInput, WorkerPodSettings, worker_pod},
+};
 
 const KERNEL: &str = "6.1.0-18-cloud-amd64";
 
