@@ -18,6 +18,8 @@
 
 pub mod cli;
 pub mod context;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod kernel_claim;
 pub mod metrics;

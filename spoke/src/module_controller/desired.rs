@@ -46,6 +46,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::DaemonSetStatus;
 
     use super::*;
+    use crate::fixtures::{self, loader};
 
     fn mk_module(plugin: bool) -> Module {
         let plugin = if plugin {
@@ -53,12 +54,7 @@ mod tests {
         } else {
             ""
         };
-        serde_saphyr::from_str(&format!(
-            "apiVersion: kmm.sigs.x-k8s.io/v1beta1\nkind: Module\nmetadata: {{name: m, namespace: drivers}}\n\
-             spec:\n  selector: {{role: gpu}}\n  moduleLoader:\n    container:\n      version: v2\n\
-             \x20     modprobe: {{moduleName: kmm_m}}\n      kernelMappings: [{{regexp: '.*', containerImage: img}}]\n{plugin}"
-        ))
-        .unwrap()
+        fixtures::mk_module(&(loader("") + "      version: v2\n" + plugin))
     }
 
     fn mk_ds(name: &str, scheduled: Option<i32>) -> DaemonSet {

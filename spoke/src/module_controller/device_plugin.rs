@@ -165,28 +165,25 @@ fn container(name: &str, spec: &DevicePluginContainerSpec, main: bool) -> Contai
 mod tests {
     use super::*;
 
+    use crate::fixtures::{loader, mk_module_in};
+
+    const PULL_AND_TOLERATIONS: &str = "  imageRepoSecret: {name: pull}\n  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]\n";
+
     fn mk_module(ns: &str, extra: &str) -> Module {
-        serde_saphyr::from_str(&format!(
-            r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: m, namespace: {ns}, uid: u-1}}
-spec:
-  selector: {{role: gpu}}
-  imageRepoSecret: {{name: pull}}
-  tolerations: [{{key: gpu, operator: Exists, effect: NoSchedule}}]
-{extra}"#
-        ))
-        .unwrap()
+        mk_module_in(ns, &format!("{PULL_AND_TOLERATIONS}{extra}"))
     }
 
-    const LOADER: &str = "  moduleLoader:\n    container:\n      version: V_2\n      modprobe: {moduleName: kmm_m}\n      kernelMappings: [{regexp: '.*', containerImage: img}]\n";
+    /// A loader with `version: V_2`.
+    fn versioned_loader() -> String {
+        loader("") + "      version: V_2\n"
+    }
+
     const PLUGIN: &str = "  devicePlugin:\n    container: {image: registry.example/plugin:1}\n";
 
     #[test]
     fn targets_only_nodes_where_the_module_is_ready_and_scheduled_for_its_version() {
         let ds = daemonset(
-            &mk_module("drivers", &format!("{LOADER}{PLUGIN}")),
+            &mk_module("drivers", &format!("{}{PLUGIN}", versioned_loader())),
             "kmm-operator-system",
         )
         .unwrap();
@@ -251,6 +248,6 @@ spec:
 
     #[test]
     fn no_device_plugin_section_no_daemonset() {
-        assert!(daemonset(&mk_module("drivers", LOADER), "kmm-operator-system").is_none());
+        assert!(daemonset(&mk_module("drivers", &versioned_loader()), "kmm-operator-system").is_none());
     }
 }

@@ -234,20 +234,7 @@ mod tests {
     };
 
     use super::*;
-
-    fn mk_module(extra: &str) -> Module {
-        serde_saphyr::from_str(&format!(
-            "apiVersion: kmm.sigs.x-k8s.io/v1beta1\nkind: Module\nmetadata: {{name: m, namespace: drivers, generation: 3}}\n\
-             spec:\n  selector: {{role: gpu}}\n  moduleLoader:\n    container:\n      modprobe: {{moduleName: kmm_m}}\n\
-             \x20     kernelMappings: [{{regexp: '.*', containerImage: img}}]\n{extra}"
-        ))
-        .unwrap()
-    }
-
-    fn mk_node(role: &str) -> Node {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "n", "labels": {"role": role}}}))
-            .unwrap()
-    }
+    use crate::fixtures::{loader, mk_module, mk_node};
 
     fn config(image: &str) -> ModuleConfig {
         ModuleConfig {
@@ -301,8 +288,13 @@ mod tests {
 
     #[test]
     fn counts_matching_desired_and_available_nodes() {
-        let module = mk_module("  devicePlugin:\n    container: {image: plugin}\n");
-        let nodes = [mk_node("gpu"), mk_node("gpu"), mk_node("gpu"), mk_node("cpu")];
+        let module = mk_module(&(loader("") + "  devicePlugin:\n    container: {image: plugin}\n"));
+        let nodes = [
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "cpu")], "b1"),
+        ];
         let nmcs = [
             mk_nmc(Some("v2"), Some("v2")), // loaded
             mk_nmc(Some("v2"), Some("v1")), // still the old image
@@ -338,7 +330,7 @@ mod tests {
 
     #[test]
     fn build_or_sign_gets_a_managed_mode_condition_that_keeps_its_transition_time() {
-        let mut module = mk_module("");
+        let mut module = mk_module(&loader(""));
         assert!(
             module_status(&module, &[], &[], &[], &[], Timestamp::now())
                 .conditions
@@ -377,7 +369,7 @@ mod tests {
 
     #[test]
     fn failing_workers_give_a_condition_naming_the_count_the_first_node_and_its_reason() {
-        let module = mk_module("");
+        let module = mk_module(&loader(""));
         let mut running = failed_worker("node-c", "x");
         running.status.as_mut().unwrap().phase = Some("Running".into());
         let mut retrying = failed_worker("node-d", "x");
@@ -425,9 +417,16 @@ mod tests {
 
     #[test]
     fn without_sections_there_are_no_counts() {
-        let mut module = mk_module("");
+        let mut module = mk_module(&loader(""));
         module.spec.module_loader = None;
-        let status = module_status(&module, &[mk_node("gpu")], &[], &[], &[], Timestamp::now());
+        let status = module_status(
+            &module,
+            &[mk_node(&[("role", "gpu")], "b1")],
+            &[],
+            &[],
+            &[],
+            Timestamp::now(),
+        );
         assert_eq!(status.module_loader, None);
         assert_eq!(status.device_plugin, None);
     }

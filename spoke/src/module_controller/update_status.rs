@@ -106,7 +106,7 @@ mod tests {
     }
 
     fn mk_module(status: Option<ModuleStatus>) -> Module {
-        let mut module = Module::new("m", Default::default());
+        let mut module = crate::fixtures::mk_module("");
         module.status = status;
         module
     }
