@@ -46,15 +46,15 @@ mod tests {
     use k8s_openapi::api::apps::v1::DaemonSetStatus;
 
     use super::*;
-    use crate::fixtures::{self, loader};
+    use crate::fixtures::{loader, mk_module};
 
-    fn mk_module(plugin: bool) -> Module {
+    fn versioned_module(plugin: bool) -> Module {
         let plugin = if plugin {
             "  devicePlugin:\n    container: {image: plugin}\n"
         } else {
             ""
         };
-        fixtures::mk_module(&(loader("") + "      version: v2\n" + plugin))
+        mk_module(&(loader("") + "      version: v2\n" + plugin))
     }
 
     fn mk_ds(name: &str, scheduled: Option<i32>) -> DaemonSet {
@@ -82,7 +82,7 @@ mod tests {
             ],
             ..Observed::default()
         };
-        let want = desired(&mk_module(true), &observed, "kmm-operator-system");
+        let want = desired(&versioned_module(true), &observed, "kmm-operator-system");
         assert_eq!(
             want.daemonset.as_ref().and_then(|d| d.metadata.name.as_deref()),
             Some("m-device-plugin-v2")
@@ -100,7 +100,7 @@ mod tests {
             ],
             ..Observed::default()
         };
-        let want = desired(&mk_module(false), &observed, "kmm-operator-system");
+        let want = desired(&versioned_module(false), &observed, "kmm-operator-system");
         assert_eq!(want.daemonset, None);
         assert_eq!(
             want.stale_daemonsets,

@@ -169,7 +169,7 @@ mod tests {
 
     const PULL_AND_TOLERATIONS: &str = "  imageRepoSecret: {name: pull}\n  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]\n";
 
-    fn mk_module(ns: &str, extra: &str) -> Module {
+    fn module_with_pull_secret(ns: &str, extra: &str) -> Module {
         mk_module_in(ns, &format!("{PULL_AND_TOLERATIONS}{extra}"))
     }
 
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn targets_only_nodes_where_the_module_is_ready_and_scheduled_for_its_version() {
         let ds = daemonset(
-            &mk_module("drivers", &format!("{}{PLUGIN}", versioned_loader())),
+            &module_with_pull_secret("drivers", &format!("{}{PLUGIN}", versioned_loader())),
             "kmm-operator-system",
         )
         .unwrap();
@@ -233,7 +233,11 @@ mod tests {
 
     #[test]
     fn without_a_loader_the_plugin_follows_the_selector_and_in_the_operator_namespace_its_account() {
-        let ds = daemonset(&mk_module("kmm-operator-system", PLUGIN), "kmm-operator-system").unwrap();
+        let ds = daemonset(
+            &module_with_pull_secret("kmm-operator-system", PLUGIN),
+            "kmm-operator-system",
+        )
+        .unwrap();
         assert_eq!(ds.metadata.name.as_deref(), Some("m-device-plugin"));
         let pod = ds.spec.unwrap().template.spec.unwrap();
         assert_eq!(
@@ -248,6 +252,12 @@ mod tests {
 
     #[test]
     fn no_device_plugin_section_no_daemonset() {
-        assert!(daemonset(&mk_module("drivers", &versioned_loader()), "kmm-operator-system").is_none());
+        assert!(
+            daemonset(
+                &module_with_pull_secret("drivers", &versioned_loader()),
+                "kmm-operator-system"
+            )
+            .is_none()
+        );
     }
 }

@@ -105,7 +105,7 @@ mod tests {
         }
     }
 
-    fn mk_module(status: Option<ModuleStatus>) -> Module {
+    fn module_with_status(status: Option<ModuleStatus>) -> Module {
         let mut module = crate::fixtures::mk_module("");
         module.status = status;
         module
@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn an_unchanged_status_is_not_written() {
         let status = with_conditions(&[BUILD_SIGN_IGNORED]);
-        let change = status_change(&mk_module(Some(status.clone())), &status);
+        let change = status_change(&module_with_status(Some(status.clone())), &status);
         assert_eq!(
             change,
             StatusChange {
@@ -127,11 +127,13 @@ mod tests {
     #[test]
     fn build_sign_ignored_is_announced_only_when_it_appears() {
         let new = with_conditions(&[BUILD_SIGN_IGNORED]);
-        assert!(status_change(&mk_module(None), &new).announce_build_sign_ignored);
-        assert!(status_change(&mk_module(Some(with_conditions(&[]))), &new).announce_build_sign_ignored);
+        assert!(status_change(&module_with_status(None), &new).announce_build_sign_ignored);
+        assert!(
+            status_change(&module_with_status(Some(with_conditions(&[]))), &new).announce_build_sign_ignored
+        );
         let mut older = new.clone();
         older.conditions[0].reason = "Other".into();
-        let change = status_change(&mk_module(Some(older)), &new);
+        let change = status_change(&module_with_status(Some(older)), &new);
         assert!(change.write && !change.announce_build_sign_ignored);
     }
 }
