@@ -19,8 +19,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         events::{Recorder, Reporter},
-        reflector::{self, Store},
-        watcher,
+        reflector, watcher,
     },
 };
 use thiserror::Error;
@@ -158,25 +157,6 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// A store fed by its own watch, and the task driving it.
-fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let task = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| std::future::ready(()));
-    (reader, task)
-}
-
 /// Waits for a store to be ready, asking again every second: the controller waits on the same
 /// store, and a store wakes only its most recent waiter, so one long wait can sleep forever.
 async fn until_ready<F, Fut, E>(wait: F) -> bool
@@ -215,8 +195,15 @@ pub async fn run_with(
         .list(&ListParams::default().limit(1))
         .await
         .map_err(RunError::NoCrd)?;
-    let (records, records_task) = reflect(Api::<NodeModulesConfig>::all(client.clone()));
-    let records_task = tokio::spawn(records_task);
+    // The node records, for the Module controller: a cache of their own (its reconciles read
+    // them, the controller's own NodeModulesConfig watch only triggers).
+    let (records, records_writer) = reflector::store::<NodeModulesConfig>();
+    let records_task = tokio::spawn(
+        watcher(Api::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(records_writer)
+            .for_each(|_| std::future::ready(())),
+    );
     let (nodes_tx, nodes_rx) = mpsc::channel(1);
     let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
     let module_ctrl = module_controller::controller(client.clone());

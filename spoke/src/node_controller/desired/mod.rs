@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::{Node, Pod},
+    api::core::v1::{Node, NodeSystemInfo, Pod},
     jiff::Timestamp,
 };
 use kmm_api::{
@@ -132,22 +132,10 @@ impl NodeEvent {
     }
 }
 
-fn node_kernel(node: &Node) -> Option<&str> {
-    node.status
-        .as_ref()?
-        .node_info
-        .as_ref()
-        .map(|i| i.kernel_version.as_str())
-        .filter(|k| !k.is_empty())
-}
-
-fn node_boot_id(node: &Node) -> Option<&str> {
-    node.status
-        .as_ref()?
-        .node_info
-        .as_ref()
-        .map(|i| i.boot_id.as_str())
-        .filter(|b| !b.is_empty())
+/// One field of the node's system info, when the kubelet reported it.
+fn node_info(node: &Node, field: impl Fn(&NodeSystemInfo) -> &str) -> Option<&str> {
+    let info = node.status.as_ref()?.node_info.as_ref()?;
+    Some(field(info)).filter(|v| !v.is_empty())
 }
 
 fn key_of(namespace: &str, name: &str) -> ModuleKey {
@@ -176,12 +164,12 @@ pub fn desired(observed: NodeObserved<'_>, settings: &NodeSettings) -> NodeDesir
         pods,
         now,
     } = observed;
-    let boot_id = node_boot_id(node);
+    let boot_id = node_info(node, |i| &i.boot_id);
     let mut status = record::current_status(nmc);
     let read = pods::read_back(node, pods, &mut status, boot_id, now);
     let spec = record::spec(
         node,
-        node_kernel(node),
+        node_info(node, |i| &i.kernel_version),
         modules,
         &record::current_spec(nmc),
         settings,
