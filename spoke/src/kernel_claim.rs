@@ -30,7 +30,8 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Error, FIELD_MANAGER, is_status, kube_err},
+    context::FIELD_MANAGER,
+    error::{Error, is_status, kube_err},
     metrics::Metrics,
 };
 

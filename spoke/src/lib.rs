@@ -13,11 +13,13 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: structured logs.
-//! - [`context`]: what the controllers share, their error type and the Event helper.
+//! - [`context`]: what the controllers share, and the Event helper.
+//! - [`error`]: why a reconcile fails, its reason and its retry.
 //! - [`reason`]: every reason the spoke reports (Events, conditions, failed reconciles).
 
 pub mod cli;
 pub mod context;
+pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod health;

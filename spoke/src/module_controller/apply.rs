@@ -9,7 +9,10 @@ use kube::{
 };
 
 use super::desired::Desired;
-use crate::context::{Ctx, Error, FIELD_MANAGER, is_status, kube_err};
+use crate::{
+    context::{Ctx, FIELD_MANAGER},
+    error::{Error, is_status, kube_err},
+};
 
 /// The Module's DaemonSets after the Apply step: the kept ones and the one just applied.
 #[derive(Debug, Clone, Default)]

@@ -37,7 +37,8 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Error, FIELD_MANAGER, SharedCtx, error_policy, kube_err, record_reconcile},
+    context::{FIELD_MANAGER, SharedCtx},
+    error::{Error, error_policy, kube_err, record_reconcile},
     reason::Reason,
     worker::pod::MODULE_NAME_LABEL,
 };

@@ -16,7 +16,8 @@ use super::{
     status::{WorkerFailure, worker_failures},
 };
 use crate::{
-    context::{Ctx, Error, kube_err},
+    context::Ctx,
+    error::{Error, kube_err},
     worker::pod::MODULE_NAME_LABEL,
 };
 

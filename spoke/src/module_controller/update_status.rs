@@ -16,7 +16,8 @@ use super::{
     status::{BUILD_SIGN_IGNORED, module_status},
 };
 use crate::{
-    context::{Ctx, Error, FIELD_MANAGER, kube_err},
+    context::{Ctx, FIELD_MANAGER},
+    error::{Error, kube_err},
     reason::Reason,
 };
 

@@ -449,7 +449,7 @@ fn backoff_doubles_up_to_the_maximum() {
 
 #[test]
 fn owned_labels_are_only_the_ones_kmm_spoke_writes() {
-    use crate::node_controller::is_owned_label;
+    use crate::node_controller::apply::is_owned_label;
     assert!(is_owned_label(&labels::module_ready("drivers", "m")));
     assert!(is_owned_label(&labels::module_version_ready("drivers", "m")));
     assert!(is_owned_label(&labels::device_plugin_target("drivers", "m")));
