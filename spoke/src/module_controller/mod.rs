@@ -111,8 +111,29 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
             return Err(Error::InvalidObject(note));
         }
     };
+    signal_nodes_on_change(&module, &ctx);
     let ns = module.namespace().unwrap_or_default();
-    let key = (ns.clone(), module.name_any());
+    let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = module.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && module.metadata.deletion_timestamp.is_none() {
+        add_finalizer(&api, &module).await?;
+        return Ok(Action::requeue(std::time::Duration::from_millis(1)));
+    }
+    let object = format!("Module {ns}/{}", module.name_any());
+    finalizer(&api, FINALIZER, module, |event| async {
+        match event {
+            Finalizer::Apply(m) => apply_module(m, ctx.clone()).await,
+            Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::from_finalizer(e, &object))
+}
+
+/// Asks the node controller for a pass over every node when the Module's generation or
+/// deletion changed since its last reconcile (not on status-only updates).
+fn signal_nodes_on_change(module: &Module, ctx: &SharedCtx) {
+    let key = (module.namespace().unwrap_or_default(), module.name_any());
     let seen = (
         module.metadata.generation,
         module.metadata.deletion_timestamp.is_some(),
@@ -126,38 +147,25 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
         // Full channel: a pass over every node is already queued.
         let _ = ctx.nodes_tx.try_send(());
     }
-    let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
-    let has_finalizer = module.finalizers().iter().any(|f| f == FINALIZER);
-    if !has_finalizer && module.metadata.deletion_timestamp.is_none() {
-        // Add it with server-side apply (finalizers are a set, so other managers' stay). kube's
-        // finalizer() would add it with a JSON patch `test` of a missing path, which kmm-sim
-        // refuses; with the finalizer present it goes straight to Apply.
-        let body = json!({
-            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
-            "kind": "Module",
-            "metadata": { "name": module.name_any(), "finalizers": [FINALIZER] },
-        });
-        api.patch(
-            &module.name_any(),
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(body),
-        )
+}
+
+/// Adds the finalizer with server-side apply (finalizers are a set, so other managers' stay).
+/// kube's finalizer() would add it with a JSON patch `test` of a missing path, which kmm-sim
+/// refuses; with the finalizer present it goes straight to Apply.
+async fn add_finalizer(api: &Api<Module>, module: &Module) -> Result<(), Error> {
+    let name = module.name_any();
+    let body = json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": { "name": name, "finalizers": [FINALIZER] },
+    });
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
         .await
         .map_err(kube_err(format!(
-            "adding the finalizer to Module {ns}/{}",
-            module.name_any()
+            "adding the finalizer to Module {}/{name}",
+            module.namespace().unwrap_or_default()
         )))?;
-        return Ok(Action::requeue(std::time::Duration::from_millis(1)));
-    }
-    let object = format!("Module {ns}/{}", module.name_any());
-    finalizer(&api, FINALIZER, module, |event| async {
-        match event {
-            Finalizer::Apply(m) => apply_module(m, ctx.clone()).await,
-            Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::from_finalizer(e, &object))
+    Ok(())
 }
 
 /// Apply step of the finalizer: observe -> desired -> apply -> update status.
