@@ -1,254 +1,179 @@
-//! `kmm-spoke run`: wires the controllers together (managed mode).
+//! The `kmm-spoke` command line: its subcommands and what each runs.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
-    time::Duration,
-};
+use std::{io::Write, path::PathBuf};
 
-use clap::Args;
-use kmm_api::Module;
-use kube::{
-    Api, Client,
-    api::ListParams,
-    runtime::events::{Recorder, Reporter},
-};
-use thiserror::Error;
-use tokio::sync::mpsc;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kmm_api::crds;
 
+/// What the spoke's tests start in-process (kept under this path for them).
+pub use crate::run::run_with;
 use crate::{
-    context::{Ctx, Settings},
-    health::{self, Health},
-    kernel_claim, module_controller,
-    node_controller::{self, desired::NodeSettings},
-    worker::pod::WorkerPodSettings,
+    run::{self, RunArgs},
+    worker::run::{self as worker, Action, WorkerOptions},
 };
 
-/// Flags and environment of `kmm-spoke run`.
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    /// Managed mode (a spoke of a kmm-fleet hub): the only mode kmm-spoke implements.
-    #[arg(long, env = "KMM_MANAGED", value_parser = parse_bool, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    pub managed: bool,
-    /// Namespace kmm-spoke runs in.
-    #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "kmm-operator-system")]
-    pub operator_namespace: String,
-    /// Image of the worker pods (kmm-spoke's own image).
-    #[arg(long, env = "RELATED_IMAGE_WORKER")]
-    pub worker_image: String,
-    /// Path of kmm-spoke inside that image.
-    #[arg(long, default_value = "/usr/local/bin/kmm-spoke")]
-    pub worker_binary: String,
-    /// Host firmware directory the workers copy firmware into.
-    #[arg(long, default_value = "/var/lib/firmware")]
-    pub firmware_host_path: String,
-    /// Point the kernel's firmware class path at --firmware-host-path when a Module has a
-    /// firmwarePath (as upstream); `--set-firmware-class-path=false` turns it off.
-    #[arg(long, env = "KMM_SET_FIRMWARE_CLASS_PATH", default_value_t = true, action = clap::ArgAction::Set)]
-    pub set_firmware_class_path: bool,
-    /// Extra argument for every worker (repeatable), for example `--worker-arg=--dry-run`.
-    #[arg(long = "worker-arg", allow_hyphen_values = true)]
-    pub worker_args: Vec<String>,
-    /// Service account of worker pods for Modules in the operator namespace.
-    #[arg(long, default_value = "kmm-operator-module-loader")]
-    pub module_loader_service_account: String,
-    /// First retry delay after a failed worker pod, in milliseconds (doubles per failure).
-    #[arg(long, default_value_t = 10_000)]
-    pub worker_backoff_ms: u64,
-    /// Longest retry delay, in milliseconds.
-    #[arg(long, default_value_t = 300_000)]
-    pub worker_backoff_max_ms: u64,
-    /// Resync period of healthy objects, in seconds.
-    #[arg(long, default_value_t = 600)]
-    pub resync_seconds: u64,
-    /// Address of the /healthz, /readyz and /metrics server.
-    #[arg(long, env = "KMM_SPOKE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-    pub metrics_addr: SocketAddr,
+/// kmm-spoke loads kernel modules on the nodes of a managed cluster.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "" | "0" | "f" | "false" => Ok(false),
-        "1" | "t" | "true" => Ok(true),
-        other => Err(format!("{other:?} is not a boolean (use true or false)")),
-    }
-}
-
-/// Why `run` stopped.
-#[derive(Debug, Error)]
-pub enum RunError {
-    #[error(
-        "kmm-spoke only implements managed mode (a spoke of a kmm-fleet hub, where the hub builds \
-         and signs): set KMM_MANAGED=1 or pass --managed"
-    )]
-    NotManaged,
-    #[error("connecting to the Kubernetes API: {0}")]
-    Client(#[source] kube::Error),
-    #[error("binding the health and metrics address {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the CRDs installed on each spoke cluster and the admission policy guarding Module names
+    /// (YAML), or write one file each into --dir.
+    Crds {
+        /// Directory to write `<plural>.<group>.yaml` files into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
-    #[error(
-        "the Module CRD is not served ({0}); install the spoke CRDs first (`kmm-spoke crds | kubectl apply -f -`)"
-    )]
-    NoCrd(#[source] kube::Error),
+    /// Print the RBAC `kmm-spoke run` needs (ClusterRole, binding) and the ClusterRole that lets
+    /// OCM's work agent manage Modules (YAML), generated from the API calls it makes.
+    Rbac {
+        /// Namespace the spoke runs in.
+        #[arg(long, default_value = crate::rbac::NAMESPACE)]
+        namespace: String,
+        /// The spoke's ServiceAccount.
+        #[arg(long, default_value = crate::rbac::NAME)]
+        service_account: String,
+    },
+    /// Write the governance Policies, Placement and bindings that install the spoke on managed
+    /// clusters (policies/), generated from the spoke's kustomize base and CRDs.
+    Policy {
+        /// The manifests directory (with `spoke/` and `crds/`).
+        #[arg(long, default_value = "manifests")]
+        manifests: PathBuf,
+        /// Directory to write into.
+        #[arg(long, default_value = "policies")]
+        out: PathBuf,
+    },
+    /// Load or unload a kernel module on this node (what worker pods run; needs no API access).
+    Worker(WorkerArgs),
+    /// Run the spoke controllers (managed mode only).
+    Run(RunArgs),
 }
 
-impl RunArgs {
-    /// Settings from the flags.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            node: NodeSettings {
-                operator_namespace: self.operator_namespace.clone(),
-                operator_module_loader_sa: self.module_loader_service_account.clone(),
-                backoff_base: Duration::from_millis(self.worker_backoff_ms),
-                backoff_max: Duration::from_millis(self.worker_backoff_max_ms),
-            },
-            worker: WorkerPodSettings {
-                image: self.worker_image.clone(),
-                binary: self.worker_binary.clone(),
-                firmware_host_path: self.firmware_host_path.clone(),
-                set_firmware_class_path: self.set_firmware_class_path,
-                extra_args: self.worker_args.clone(),
-            },
-            resync: Duration::from_secs(self.resync_seconds.max(1)),
-        }
-    }
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WorkerAction {
+    Load,
+    Unload,
 }
 
-/// Runs every spoke controller with the default client until SIGTERM or Ctrl-C.
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    if !args.managed {
-        return Err(RunError::NotManaged);
-    }
-    let client = Client::try_default().await.map_err(RunError::Client)?;
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.metrics_addr,
-            source,
-        })?;
-    run_with(client, args.settings(), Some(listener), shutdown_signal()).await
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// load or unload.
+    action: WorkerAction,
+    /// Worker configuration file (YAML or JSON, the format of a NodeModulesConfig entry's config).
+    #[arg(long, default_value = worker::CONFIG_PATH)]
+    config: PathBuf,
+    /// The configuration itself; when set, --config is not read (worker pods set the env var).
+    #[arg(long, env = worker::CONFIG_ENV, hide_env_values = true)]
+    config_yaml: Option<String>,
+    /// Pass --dry-run to every modprobe call.
+    #[arg(long)]
+    dry_run: bool,
+    /// Directory the init container copied the image's files into.
+    #[arg(long, default_value = crate::worker::modprobe::SHARED_ROOT)]
+    shared_root: PathBuf,
+    /// Root of the host's /lib/modules (in-tree modules are looked up there).
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
+    /// Host firmware directory (needed when the config sets modprobe.firmwarePath).
+    #[arg(long)]
+    firmware_host_path: Option<PathBuf>,
+    /// Write the firmware host path into this file (the kernel's firmware class path) first.
+    #[arg(long)]
+    firmware_class_path_file: Option<PathBuf>,
+    /// modprobe binary.
+    #[arg(long, default_value = "modprobe")]
+    modprobe: PathBuf,
+    /// Directory for the modprobe configuration the worker writes (softdeps).
+    #[arg(long, default_value = "/run/kmm-worker/modprobe.d")]
+    modprobe_conf_dir: PathBuf,
+    /// Where the one-line failure reason goes (the pod's termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = ctrl_c.await;
-}
-
-/// Waits for a store to be ready, asking again every second: the controller waits on the same
-/// store, and a store wakes only its most recent waiter, so one long wait can sleep forever.
-async fn until_ready<F, Fut, E>(wait: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), wait()).await {
-            Ok(result) => return result.is_ok(),
-            Err(_elapsed) => continue,
-        }
-    }
-}
-
-/// Runs every spoke controller against `client` until `shutdown` resolves (tests call this),
-/// serving `/healthz`, `/readyz` and `/metrics` on `listener` when given.
-pub async fn run_with(
-    client: Client,
-    settings: Settings,
-    listener: Option<tokio::net::TcpListener>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), RunError> {
-    let health = Health::default();
-    if let Some(listener) = listener {
-        let addr = listener.local_addr().ok();
-        tracing::info!(addr = ?addr, "serving /healthz, /readyz and /metrics");
-        let app = health::router(health.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "the health and metrics server stopped");
-            }
-        });
-    }
-    Api::<Module>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(RunError::NoCrd)?;
-    let (nodes_tx, nodes_rx) = mpsc::channel(1);
-    let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
-    let module_ctrl = module_controller::controller(client.clone());
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "kmm-spoke".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        settings,
-        modules: module_ctrl.store(),
-        nodes: node_ctrl.store(),
-        nodes_tx,
-        seen_modules: Mutex::new(HashMap::new()),
-        reported_once: Mutex::new(HashMap::new()),
-        metrics: health.metrics.clone(),
-    });
-    let synced = tokio::spawn({
-        let (nodes, modules) = (ctx.nodes.clone(), ctx.modules.clone());
-        let (nodes_flag, modules_flag) = (health.nodes_synced.clone(), health.modules_synced.clone());
-        async move {
-            if until_ready(|| nodes.wait_until_ready()).await {
-                nodes_flag.store(true, Ordering::Relaxed);
-            }
-            if until_ready(|| modules.wait_until_ready()).await {
-                modules_flag.store(true, Ordering::Relaxed);
-            }
-            tracing::info!("node and Module caches synced");
-        }
-    });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+fn run_worker(args: WorkerArgs) -> std::process::ExitCode {
+    let action = match args.action {
+        WorkerAction::Load => Action::Load,
+        WorkerAction::Unload => Action::Unload,
     };
-    let claims = tokio::spawn({
-        let client = client.clone();
-        let rx = stop_rx.clone();
-        let report = kernel_claim::ClaimReporting {
-            metrics: health.metrics.clone(),
-            synced: health.claims_synced.clone(),
-        };
-        async move {
-            tokio::select! {
-                () = kernel_claim::run(client, report) => {
-                    tracing::error!("the kernel-versions claim writer stopped");
-                }
-                () = stopped(rx) => {}
+    let opts = WorkerOptions {
+        config: args.config,
+        config_inline: args.config_yaml.filter(|c| !c.trim().is_empty()),
+        dry_run: args.dry_run,
+        shared_root: args.shared_root,
+        host_root: args.host_root,
+        firmware_host_path: args.firmware_host_path,
+        firmware_class_path_file: args.firmware_class_path_file,
+        modprobe: args.modprobe,
+        modprobe_conf_dir: args.modprobe_conf_dir,
+    };
+    match worker::run(action, &opts) {
+        Ok(report) => {
+            for file in &report.firmware_files {
+                println!("firmware: {}", file.display());
             }
+            std::process::ExitCode::SUCCESS
         }
-    });
-    let nodes = tokio::spawn(node_controller::run(
-        node_ctrl,
-        ctx.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let modules = tokio::spawn(module_controller::run(module_ctrl, ctx, stopped(stop_rx)));
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    synced.abort();
-    let _ = tokio::join!(claims, nodes, modules);
-    Ok(())
+        Err(err) => {
+            let message = err.termination_message();
+            eprintln!("error: {message}");
+            if let Err(e) = std::fs::write(&args.termination_log, format!("{message}\n")) {
+                eprintln!("could not write {}: {e}", args.termination_log.display());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the subcommand `cli` names.
+pub fn execute(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Worker(args) => return Ok(run_worker(args)),
+        Command::Run(args) => {
+            crate::telemetry::init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run::run(args))?;
+        }
+        Command::Rbac {
+            namespace,
+            service_account,
+        } => {
+            std::io::stdout()
+                .write_all(crate::rbac::render(&namespace, &service_account).as_bytes())
+                .context("writing to stdout")?;
+        }
+        Command::Policy { manifests, out } => {
+            crate::policy::write(&manifests, &out, &mut std::io::stdout())?;
+        }
+        Command::Crds { dir: None } => {
+            let yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;
+            std::io::stdout()
+                .write_all(yaml.as_bytes())
+                .context("writing to stdout")?;
+        }
+        Command::Crds { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, yaml) in crds::files(&crds::spoke_crds()).context("rendering the spoke CRDs")? {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            let path = dir.join(crds::admission::FILE_NAME);
+            let policy = crds::admission::to_yaml().context("rendering the admission policy")?;
+            std::fs::write(&path, policy).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

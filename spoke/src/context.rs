@@ -1,5 +1,5 @@
-//! What every controller of the spoke shares: the client, the event recorder, settings, the
-//! caches, and the error type of reconciles.
+//! What every controller of the spoke shares: the client, the event recorder and its one
+//! publishing helper, settings, and the caches.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -7,24 +7,22 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Node;
-use kmm_api::Module;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Client,
     core::DeserializeGuard,
     runtime::{
-        controller::{Action, Error as ControllerError},
-        events::Recorder,
-        finalizer,
+        events::{Event, EventType, Recorder},
         reflector::Store,
     },
 };
-use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::{
     metrics::Metrics,
     node_controller::desired::{ModuleKey, NodeSettings},
+    reason::Reason,
     worker::pod::WorkerPodSettings,
 };
 
@@ -52,6 +50,9 @@ pub struct Ctx {
     pub modules: Store<DeserializeGuard<Module>>,
     /// Every Node (the node controller's cache).
     pub nodes: Store<Node>,
+    /// Every NodeModulesConfig (a watch of its own): the Module controller's counts and
+    /// finalizer release read it instead of listing.
+    pub records: Store<NodeModulesConfig>,
     /// Tells the node controller to look at every node again (a Module changed).
     pub nodes_tx: mpsc::Sender<()>,
     /// Last (generation, deleting) seen per Module, to signal only real changes.
@@ -74,84 +75,29 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Publishes one Event about `regarding` (its note cut to what the API server accepts); a
+    /// failure is logged, never fatal: the state it reports is in status or the next pass.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: Reason,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(kmm_api::event_note::note(note)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(%error, %reason, object = ?regarding.name, "publishing an event failed");
+        }
+    }
+}
+
 /// Shared pointer to the context.
 pub type SharedCtx = Arc<Ctx>;
-
-/// Why a reconcile failed.
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("serializing {what}: {reason}")]
-    Serialize { what: &'static str, reason: String },
-    #[error("the object does not parse: {0}")]
-    InvalidObject(String),
-    #[error("the module is still loaded on {0} node(s); waiting for the unload workers")]
-    StillLoaded(usize),
-    #[error(transparent)]
-    Finalizer(#[from] Box<finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// A bounded name for Event reasons and metric labels.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "ApiError",
-            Error::Serialize { .. } => "SerializeError",
-            Error::InvalidObject(_) => "InvalidObject",
-            Error::StillLoaded(_) => "StillLoaded",
-            Error::Finalizer(_) => "FinalizerError",
-        }
-    }
-
-    /// Errors the user must fix wait for a change; the rest are retried soon.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::InvalidObject(_) => None,
-            Error::StillLoaded(_) => Some(Duration::from_secs(5)),
-            _ => Some(Duration::from_secs(2)),
-        }
-    }
-}
-
-/// The retry policy of both controllers: errors the user must fix wait for a change, the rest
-/// come back after [`Error::retry_after`].
-pub fn error_policy<K>(_object: Arc<K>, err: &Error, _ctx: SharedCtx) -> Action {
-    match err.retry_after() {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    }
-}
-
-/// Counts one reconcile of `controller` and, when it failed, its bounded reason (and logs it).
-pub fn record_reconcile<T, E: std::fmt::Display>(
-    metrics: &Metrics,
-    controller: &'static str,
-    result: &Result<T, ControllerError<Error, E>>,
-) {
-    metrics.reconciled(controller);
-    if let Err(error) = result {
-        let reason = match error {
-            ControllerError::ReconcilerFailed(e, _) => e.reason(),
-            ControllerError::QueueError(_) => "WatchError",
-            _ => "Other",
-        };
-        metrics.reconcile_failed(controller, reason);
-        tracing::warn!(%error, reason, controller, "reconcile failed");
-    }
-}
-
-/// Wraps a kube error with what was being done.
-pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
-
-/// Whether a kube error is an API answer with this HTTP code.
-pub fn is_status(err: &kube::Error, code: u16) -> bool {
-    matches!(err, kube::Error::Api(s) if s.code == code)
-}

@@ -1,6 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` on one address. `/readyz` answers 200 only once every
-//! cache the spoke decides from has synced (Nodes and Modules of the controllers, Nodes and
-//! ClusterClaims of the claim writer), and 503 naming what is missing before that.
+//! cache the spoke decides from has synced (Nodes, Modules and NodeModulesConfigs of the
+//! controllers, Nodes and ClusterClaims of the claim writer), and 503 naming what is missing
+//! before that.
 
 use std::sync::{
     Arc,
@@ -18,6 +19,8 @@ pub struct Health {
     pub nodes_synced: Arc<AtomicBool>,
     /// The Module controller's Module cache has listed.
     pub modules_synced: Arc<AtomicBool>,
+    /// The NodeModulesConfig cache (the Module controller's counts) has listed.
+    pub records_synced: Arc<AtomicBool>,
     /// The claim writer's watches have listed and are not failing.
     pub claims_synced: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
@@ -29,6 +32,7 @@ impl Health {
         [
             ("nodes", &self.nodes_synced),
             ("modules", &self.modules_synced),
+            ("node records", &self.records_synced),
             ("kernel claim watches", &self.claims_synced),
         ]
         .into_iter()

@@ -30,7 +30,8 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Error, FIELD_MANAGER, is_status, kube_err},
+    context::FIELD_MANAGER,
+    error::{Error, is_status, kube_err},
     metrics::Metrics,
 };
 
@@ -301,31 +302,18 @@ async fn sync(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
     use kmm_api::{claims::decode_kernel_claims, ocm::KERNEL_VERSIONS_CLAIM};
 
     use super::*;
-
-    fn mk_node(kernel: Option<&str>) -> Node {
-        Node {
-            status: Some(NodeStatus {
-                node_info: kernel.map(|k| NodeSystemInfo {
-                    kernel_version: k.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::fixtures::mk_bare_node;
 
     #[test]
     fn publishes_each_kernel_once_and_skips_nodes_without_one() {
         let nodes = [
-            mk_node(Some("6.1.0-18-cloud-amd64")),
-            mk_node(Some("5.14.0-70.el9.x86_64")),
-            mk_node(Some("6.1.0-18-cloud-amd64")),
-            mk_node(None),
+            mk_bare_node(Some("6.1.0-18-cloud-amd64")),
+            mk_bare_node(Some("5.14.0-70.el9.x86_64")),
+            mk_bare_node(Some("6.1.0-18-cloud-amd64")),
+            mk_bare_node(None),
         ];
         let claims = desired_claims(&nodes).unwrap();
         assert_eq!(claims.len(), 1);
@@ -336,7 +324,7 @@ mod tests {
     #[test]
     fn what_the_spoke_publishes_the_hub_reads_back() {
         let nodes: Vec<Node> = (0..80)
-            .map(|i| mk_node(Some(&format!("5.14.0-{i}.el9_{i}.x86_64"))))
+            .map(|i| mk_bare_node(Some(&format!("5.14.0-{i}.el9_{i}.x86_64"))))
             .collect();
         let claims = desired_claims(&nodes).unwrap();
         assert!(claims.len() > 1);
@@ -353,7 +341,7 @@ mod tests {
     #[test]
     fn a_cluster_without_kernels_publishes_nothing() {
         assert_eq!(
-            desired_claims(&[mk_node(None)]).unwrap_err(),
+            desired_claims(&[mk_bare_node(None)]).unwrap_err(),
             ClaimError::NoKernels
         );
     }

@@ -1,104 +1,111 @@
-//! Pure decisions of the Module controller, from upstream's rules (reference 4.2, step 8-9).
+//! Desired (pure): the device plugin DaemonSet the Module wants now, and which of its older
+//! DaemonSets go.
 
-/// What to do with a node's NodeModulesConfig entry for one Module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeDecision {
-    /// Add or update the entry (the worker loads the module).
-    Load,
-    /// Remove the entry (the worker unloads what it loaded).
-    Unload,
-    /// Leave the entry as it is (an ordered upgrade is moving this node along).
-    Leave,
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kmm_api::Module;
+use kube::ResourceExt;
+
+use super::{device_plugin, observe::Observed};
+
+/// What the Apply step makes true for one Module.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// The DaemonSet of the Module's current version, applied whole (none without a plugin).
+    pub daemonset: Option<DaemonSet>,
+    /// DaemonSets to delete: every other one when no plugin is wanted, else the older versions
+    /// no node runs any more.
+    pub stale_daemonsets: Vec<String>,
+    /// The observed DaemonSets that stay as they are (older versions still running somewhere).
+    pub kept_daemonsets: Vec<DaemonSet>,
 }
 
-/// The decision for one node.
-///
-/// - `targeted`: the node matches the Module's selector and tolerates its taints;
-/// - `has_mapping`: a kernel mapping matches the node's kernel;
-/// - `in_nmc`: the node's record already holds an entry for this Module;
-/// - `version`: `moduleLoader.container.version`;
-/// - `worker_label`: the node's `version-worker-pod` label for this Module.
-pub fn node_decision(
-    targeted: bool,
-    has_mapping: bool,
-    in_nmc: bool,
-    version: Option<&str>,
-    worker_label: Option<&str>,
-) -> NodeDecision {
-    let remove_if_present = if in_nmc {
-        NodeDecision::Unload
-    } else {
-        NodeDecision::Leave
+/// The desired device plugin state of `module`.
+pub fn desired(module: &Module, observed: &Observed, operator_namespace: &str) -> Desired {
+    let daemonset = device_plugin::daemonset(module, operator_namespace);
+    let wanted_name = daemonset.as_ref().and_then(|d| d.metadata.name.clone());
+    let mut out = Desired {
+        daemonset,
+        ..Desired::default()
     };
-    if !targeted || !has_mapping {
-        return remove_if_present;
+    for ds in &observed.daemonsets {
+        if ds.metadata.name.is_some() && ds.metadata.name == wanted_name {
+            continue;
+        }
+        let idle = ds.status.as_ref().is_none_or(|s| s.desired_number_scheduled == 0);
+        if out.daemonset.is_none() || idle {
+            out.stale_daemonsets.push(ds.name_any());
+        } else {
+            out.kept_daemonsets.push(ds.clone());
+        }
     }
-    match (version, worker_label) {
-        (None, _) => NodeDecision::Load,
-        (Some(v), Some(w)) if v == w => NodeDecision::Load,
-        (Some(_), Some(_)) => NodeDecision::Leave,
-        (Some(_), None) => remove_if_present,
-    }
-}
-
-/// Service account of the worker pods: the Module's own when set; in the operator's namespace the
-/// operator's module-loader account; anywhere else the namespace's `default`.
-pub fn worker_service_account<'a>(
-    module_loader_sa: Option<&'a str>,
-    module_namespace: &str,
-    operator_namespace: &str,
-    operator_module_loader_sa: &'a str,
-) -> &'a str {
-    match module_loader_sa.filter(|sa| !sa.is_empty()) {
-        Some(sa) => sa,
-        None if module_namespace == operator_namespace => operator_module_loader_sa,
-        None => "default",
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use rstest::rstest;
+    use k8s_openapi::api::apps::v1::DaemonSetStatus;
 
-    use super::{NodeDecision::*, *};
+    use super::*;
+    use crate::fixtures::{loader, mk_module};
 
-    #[rstest]
-    #[case::untargeted_node_in_record(false, true, true, None, None, Unload)]
-    #[case::untargeted_node_not_in_record(false, true, false, None, None, Leave)]
-    #[case::kernel_without_mapping_in_record(true, false, true, None, None, Unload)]
-    #[case::kernel_without_mapping_not_in_record(true, false, false, None, None, Leave)]
-    #[case::unversioned(true, true, false, None, Some("v9"), Load)]
-    #[case::version_matches_worker_label(true, true, true, Some("v2"), Some("v2"), Load)]
-    #[case::upgrade_in_progress(true, true, true, Some("v2"), Some("v1"), Leave)]
-    #[case::worker_label_removed(true, true, true, Some("v2"), None, Unload)]
-    #[case::worker_label_not_yet_set(true, true, false, Some("v2"), None, Leave)]
-    fn decides_per_node(
-        #[case] targeted: bool,
-        #[case] has_mapping: bool,
-        #[case] in_nmc: bool,
-        #[case] version: Option<&str>,
-        #[case] worker_label: Option<&str>,
-        #[case] want: NodeDecision,
-    ) {
-        assert_eq!(
-            node_decision(targeted, has_mapping, in_nmc, version, worker_label),
-            want
-        );
+    fn versioned_module(plugin: bool) -> Module {
+        let plugin = if plugin {
+            "  devicePlugin:\n    container: {image: plugin}\n"
+        } else {
+            ""
+        };
+        mk_module(&(loader("") + "      version: v2\n" + plugin))
     }
 
-    #[rstest]
-    #[case(Some("my-sa"), "kmm-operator", "my-sa")]
-    #[case(None, "kmm-operator", "kmm-operator-module-loader")]
-    #[case(Some(""), "kmm-operator", "kmm-operator-module-loader")]
-    #[case(None, "drivers", "default")]
-    fn picks_the_worker_service_account(
-        #[case] explicit: Option<&str>,
-        #[case] namespace: &str,
-        #[case] want: &str,
-    ) {
+    fn mk_ds(name: &str, scheduled: Option<i32>) -> DaemonSet {
+        let mut ds = DaemonSet::default();
+        ds.metadata.name = Some(name.into());
+        ds.status = scheduled.map(|n| DaemonSetStatus {
+            desired_number_scheduled: n,
+            ..Default::default()
+        });
+        ds
+    }
+
+    fn names(d: &[DaemonSet]) -> Vec<String> {
+        d.iter().map(ResourceExt::name_any).collect()
+    }
+
+    #[test]
+    fn older_versions_go_once_no_node_runs_them() {
+        let observed = Observed {
+            daemonsets: vec![
+                mk_ds("m-device-plugin-v2", Some(1)),
+                mk_ds("m-device-plugin-v1", Some(2)),
+                mk_ds("m-device-plugin-v0", Some(0)),
+                mk_ds("m-device-plugin", None),
+            ],
+            ..Observed::default()
+        };
+        let want = desired(&versioned_module(true), &observed, "kmm-operator-system");
         assert_eq!(
-            worker_service_account(explicit, namespace, "kmm-operator", "kmm-operator-module-loader"),
-            want
+            want.daemonset.as_ref().and_then(|d| d.metadata.name.as_deref()),
+            Some("m-device-plugin-v2")
         );
+        assert_eq!(want.stale_daemonsets, ["m-device-plugin-v0", "m-device-plugin"]);
+        assert_eq!(names(&want.kept_daemonsets), ["m-device-plugin-v1"]);
+    }
+
+    #[test]
+    fn without_a_plugin_every_daemonset_goes() {
+        let observed = Observed {
+            daemonsets: vec![
+                mk_ds("m-device-plugin-v2", Some(1)),
+                mk_ds("m-device-plugin-v1", Some(2)),
+            ],
+            ..Observed::default()
+        };
+        let want = desired(&versioned_module(false), &observed, "kmm-operator-system");
+        assert_eq!(want.daemonset, None);
+        assert_eq!(
+            want.stale_daemonsets,
+            ["m-device-plugin-v2", "m-device-plugin-v1"]
+        );
+        assert!(want.kept_daemonsets.is_empty());
     }
 }

@@ -165,28 +165,25 @@ fn container(name: &str, spec: &DevicePluginContainerSpec, main: bool) -> Contai
 mod tests {
     use super::*;
 
-    fn mk_module(ns: &str, extra: &str) -> Module {
-        serde_saphyr::from_str(&format!(
-            r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: m, namespace: {ns}, uid: u-1}}
-spec:
-  selector: {{role: gpu}}
-  imageRepoSecret: {{name: pull}}
-  tolerations: [{{key: gpu, operator: Exists, effect: NoSchedule}}]
-{extra}"#
-        ))
-        .unwrap()
+    use crate::fixtures::{loader, mk_module_in};
+
+    const PULL_AND_TOLERATIONS: &str = "  imageRepoSecret: {name: pull}\n  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]\n";
+
+    fn module_with_pull_secret(ns: &str, extra: &str) -> Module {
+        mk_module_in(ns, &format!("{PULL_AND_TOLERATIONS}{extra}"))
     }
 
-    const LOADER: &str = "  moduleLoader:\n    container:\n      version: V_2\n      modprobe: {moduleName: kmm_m}\n      kernelMappings: [{regexp: '.*', containerImage: img}]\n";
+    /// A loader with `version: V_2`.
+    fn versioned_loader() -> String {
+        loader("") + "      version: V_2\n"
+    }
+
     const PLUGIN: &str = "  devicePlugin:\n    container: {image: registry.example/plugin:1}\n";
 
     #[test]
     fn targets_only_nodes_where_the_module_is_ready_and_scheduled_for_its_version() {
         let ds = daemonset(
-            &mk_module("drivers", &format!("{LOADER}{PLUGIN}")),
+            &module_with_pull_secret("drivers", &format!("{}{PLUGIN}", versioned_loader())),
             "kmm-operator-system",
         )
         .unwrap();
@@ -236,7 +233,11 @@ spec:
 
     #[test]
     fn without_a_loader_the_plugin_follows_the_selector_and_in_the_operator_namespace_its_account() {
-        let ds = daemonset(&mk_module("kmm-operator-system", PLUGIN), "kmm-operator-system").unwrap();
+        let ds = daemonset(
+            &module_with_pull_secret("kmm-operator-system", PLUGIN),
+            "kmm-operator-system",
+        )
+        .unwrap();
         assert_eq!(ds.metadata.name.as_deref(), Some("m-device-plugin"));
         let pod = ds.spec.unwrap().template.spec.unwrap();
         assert_eq!(
@@ -251,6 +252,12 @@ spec:
 
     #[test]
     fn no_device_plugin_section_no_daemonset() {
-        assert!(daemonset(&mk_module("drivers", LOADER), "kmm-operator-system").is_none());
+        assert!(
+            daemonset(
+                &module_with_pull_secret("drivers", &versioned_loader()),
+                "kmm-operator-system"
+            )
+            .is_none()
+        );
     }
 }

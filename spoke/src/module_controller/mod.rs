@@ -4,27 +4,31 @@
 //! The node records themselves are written by [`crate::node_controller`], which derives them from
 //! every Module at once. Deleting a Module keeps it (finalizer) until no node record still has
 //! it, so the hub sees it go only once it is unloaded everywhere.
+//!
+//! Each pass: [`observe`] (Nodes and node records from the caches, the Module's DaemonSets and
+//! worker pods from the API), pure [`desired`] (the DaemonSet to apply, the stale ones),
+//! [`apply`] (returns what runs), then [`update_status`] from what was observed and applied.
 
+pub mod apply;
 pub mod desired;
 pub mod device_plugin;
+pub mod observe;
 pub mod status;
+pub mod update_status;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{apps::v1::DaemonSet, core::v1::Pod},
-    jiff::Timestamp,
-};
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
 use kmm_api::{Module, nmc::NodeModulesConfig};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::ObjectRef,
         watcher,
@@ -33,7 +37,9 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Error, FIELD_MANAGER, SharedCtx, error_policy, is_status, kube_err, record_reconcile},
+    context::{FIELD_MANAGER, SharedCtx},
+    error::{Error, error_policy, kube_err, record_reconcile},
+    reason::Reason,
     worker::pod::MODULE_NAME_LABEL,
 };
 
@@ -93,19 +99,41 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
     let module = match &guard.0 {
         Ok(m) => Arc::new(m.clone()),
         Err(invalid) => {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "InvalidObject".into(),
-                note: Some(kmm_api::event_note::note(&invalid.to_string())),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            let _ = ctx.recorder.publish(&event, &guard.object_ref(&())).await;
-            return Err(Error::InvalidObject(invalid.to_string()));
+            let note = invalid.to_string();
+            ctx.publish(
+                &guard.object_ref(&()),
+                EventType::Warning,
+                Reason::InvalidObject,
+                "Reconcile",
+                &note,
+            )
+            .await;
+            return Err(Error::InvalidObject(note));
         }
     };
+    signal_nodes_on_change(&module, &ctx);
     let ns = module.namespace().unwrap_or_default();
-    let key = (ns.clone(), module.name_any());
+    let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = module.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && module.metadata.deletion_timestamp.is_none() {
+        add_finalizer(&api, &module).await?;
+        return Ok(Action::requeue(std::time::Duration::from_millis(1)));
+    }
+    let object = format!("Module {ns}/{}", module.name_any());
+    finalizer(&api, FINALIZER, module, |event| async {
+        match event {
+            Finalizer::Apply(m) => apply_module(m, ctx.clone()).await,
+            Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::from_finalizer(e, &object))
+}
+
+/// Asks the node controller for a pass over every node when the Module's generation or
+/// deletion changed since its last reconcile (not on status-only updates).
+fn signal_nodes_on_change(module: &Module, ctx: &SharedCtx) {
+    let key = (module.namespace().unwrap_or_default(), module.name_any());
     let seen = (
         module.metadata.generation,
         module.metadata.deletion_timestamp.is_some(),
@@ -119,167 +147,57 @@ async fn reconcile(guard: Arc<DeserializeGuard<Module>>, ctx: SharedCtx) -> Resu
         // Full channel: a pass over every node is already queued.
         let _ = ctx.nodes_tx.try_send(());
     }
-    let api = Api::<Module>::namespaced(ctx.client.clone(), &ns);
-    let has_finalizer = module.finalizers().iter().any(|f| f == FINALIZER);
-    if !has_finalizer && module.metadata.deletion_timestamp.is_none() {
-        // Add it with server-side apply (finalizers are a set, so other managers' stay). kube's
-        // finalizer() would add it with a JSON patch `test` of a missing path, which kmm-sim
-        // refuses; with the finalizer present it goes straight to Apply.
-        let body = json!({
-            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
-            "kind": "Module",
-            "metadata": { "name": module.name_any(), "finalizers": [FINALIZER] },
-        });
-        api.patch(
-            &module.name_any(),
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(body),
-        )
+}
+
+/// Adds the finalizer with server-side apply (finalizers are a set, so other managers' stay).
+/// kube's finalizer() would add it with a JSON patch `test` of a missing path, which kmm-sim
+/// refuses; with the finalizer present it goes straight to Apply.
+async fn add_finalizer(api: &Api<Module>, module: &Module) -> Result<(), Error> {
+    let name = module.name_any();
+    let body = json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": { "name": name, "finalizers": [FINALIZER] },
+    });
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
         .await
         .map_err(kube_err(format!(
-            "adding the finalizer to Module {ns}/{}",
-            module.name_any()
+            "adding the finalizer to Module {}/{name}",
+            module.namespace().unwrap_or_default()
         )))?;
-        return Ok(Action::requeue(std::time::Duration::from_millis(1)));
-    }
-    finalizer(&api, FINALIZER, module, |event| async {
-        match event {
-            Finalizer::Apply(m) => apply(m, ctx.clone()).await,
-            Finalizer::Cleanup(m) => cleanup(m, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    Ok(())
 }
 
-async fn module_daemonsets(module: &Module, ctx: &SharedCtx) -> Result<Vec<DaemonSet>, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let selector = device_plugin::selector_labels(module)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok(Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_err(format!("listing device plugin DaemonSets in {ns}")))?
-        .items)
-}
-
-async fn delete_daemonset(ctx: &SharedCtx, ns: &str, name: &str) -> Result<(), Error> {
-    match Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(kube_err(format!("deleting DaemonSet {ns}/{name}"))(e)),
-    }
-}
-
-async fn apply(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let name = module.name_any();
-
-    // Device plugin: the current version's DaemonSet; older ones go once no node runs them.
-    let mut daemonsets = module_daemonsets(&module, &ctx).await?;
-    let wanted = device_plugin::daemonset(&module, &ctx.settings.node.operator_namespace);
-    let wanted_name = wanted.as_ref().and_then(|d| d.metadata.name.clone());
-    if let Some(ds) = &wanted {
-        let applied = Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch(
-                &ds.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(ds),
-            )
-            .await
-            .map_err(kube_err(format!("applying DaemonSet {ns}/{}", ds.name_any())))?;
-        daemonsets.retain(|d| d.metadata.name != applied.metadata.name);
-        daemonsets.push(applied);
-    }
-    let mut kept = Vec::new();
-    for ds in daemonsets {
-        let idle = ds.status.as_ref().is_none_or(|s| s.desired_number_scheduled == 0);
-        if ds.metadata.name != wanted_name && (wanted.is_none() || idle) {
-            delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
-        } else {
-            kept.push(ds);
-        }
-    }
-
-    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing NodeModulesConfigs"))?
-        .items;
-    let nodes: Vec<_> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let workers = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={name}")))
-        .await
-        .map_err(kube_err(format!("listing the worker pods of {ns}/{name}")))?
-        .items;
-    let failures = status::worker_failures(&workers);
-    let status = status::module_status(&module, &nodes, &nmcs, &kept, &failures, Timestamp::now());
-    let had_build_sign = module
-        .status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == status::BUILD_SIGN_IGNORED));
-    if module.status.as_ref() != Some(&status) {
-        Api::<Module>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
-                    "kind": "Module",
-                    "status": status,
-                })),
-            )
-            .await
-            .map_err(kube_err(format!("writing the status of Module {ns}/{name}")))?;
-    }
-    if !had_build_sign
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == status::BUILD_SIGN_IGNORED)
-    {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: status::BUILD_SIGN_IGNORED.into(),
-            note: Some(
-                "managed mode: build and sign are ignored; the hub builds and signs, the spoke loads images as given"
-                    .into(),
-            ),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&event, &module.object_ref(&())).await;
-    }
+/// Apply step of the finalizer: observe -> desired -> apply -> update status.
+async fn apply_module(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
+    let observed = observe::observe(&module, &ctx).await?;
+    let want = desired::desired(&module, &observed, &ctx.settings.node.operator_namespace);
+    let applied = apply::apply(&module, want, &ctx).await?;
+    update_status::update_status(&module, &observed, &applied, &ctx).await?;
     Ok(Action::requeue(ctx.settings.resync))
 }
 
+/// Cleanup step of the finalizer: every device plugin DaemonSet goes; the Module itself goes
+/// once no node record names it (the node controller unloads it first).
 async fn cleanup(module: Arc<Module>, ctx: SharedCtx) -> Result<Action, Error> {
-    let ns = module.namespace().unwrap_or_default();
-    let name = module.name_any();
-    for ds in module_daemonsets(&module, &ctx).await? {
-        delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
+    let (ns, name) = (module.namespace().unwrap_or_default(), module.name_any());
+    for ds in observe::daemonsets(&module, &ctx).await? {
+        apply::delete_daemonset(&ctx, &ns, &ds.name_any()).await?;
     }
-    let nmcs = Api::<NodeModulesConfig>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing NodeModulesConfigs"))?
-        .items;
-    let holding = nmcs
-        .iter()
-        .filter(|n| {
-            let is_it = |i: &kmm_api::nmc::ModuleItem| i.namespace == ns && i.name == name;
-            n.spec.modules.iter().any(|e| is_it(&e.item))
-                || n.status.iter().any(|s| s.modules.iter().any(|e| is_it(&e.item)))
-        })
-        .count();
+    let holding = observe::records_naming(&ctx.records, &ns, &name).len();
     if holding > 0 {
-        return Err(Error::StillLoaded(holding));
+        let err = Error::StillLoaded(holding);
+        // Says why the deleted Module stays; repeats fold into one Event's series.
+        let note = err.to_string();
+        ctx.publish(
+            &module.object_ref(&()),
+            EventType::Normal,
+            err.reason(),
+            "Delete",
+            &note,
+        )
+        .await;
+        return Err(err);
     }
     Ok(Action::await_change())
 }

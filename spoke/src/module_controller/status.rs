@@ -19,8 +19,12 @@ use kmm_api::{
 use kube::ResourceExt;
 
 use crate::{
-    node_controller::desired::{targets, termination},
-    worker::pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
+    reason::Reason,
+    targeting::targets,
+    worker::{
+        pod::{WORKER_ACTION_LABEL, WORKER_LAST_FAILURE_ANNOTATION},
+        pod_state::termination,
+    },
 };
 
 /// Condition: the Module asks for a build or signing, which a managed spoke never does.
@@ -158,7 +162,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             BUILD_SIGN_IGNORED,
-            "ManagedMode",
+            Reason::ManagedMode,
             "kmm-spoke runs in managed mode and never builds or signs: spec.moduleLoader.container \
              build/sign are ignored and each kernel mapping's containerImage is loaded as given \
              (the hub builds and signs)",
@@ -172,7 +176,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             KERNEL_MAPPINGS_INVALID,
-            "InvalidKernelMapping",
+            Reason::InvalidKernelMapping,
             &e.to_string(),
             module.metadata.generation,
             now,
@@ -182,7 +186,7 @@ pub fn module_status(
         conditions.push(condition(
             current,
             WORKERS_FAILING,
-            "WorkerFailed",
+            Reason::WorkerFailed,
             &message,
             module.metadata.generation,
             now,
@@ -201,14 +205,14 @@ pub fn module_status(
 fn condition(
     current: &[Condition],
     type_: &str,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
     let since = current
         .iter()
-        .find(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+        .find(|c| c.type_ == type_ && c.status == "True" && reason == c.reason.as_str())
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
     Condition {
@@ -230,20 +234,7 @@ mod tests {
     };
 
     use super::*;
-
-    fn mk_module(extra: &str) -> Module {
-        serde_saphyr::from_str(&format!(
-            "apiVersion: kmm.sigs.x-k8s.io/v1beta1\nkind: Module\nmetadata: {{name: m, namespace: drivers, generation: 3}}\n\
-             spec:\n  selector: {{role: gpu}}\n  moduleLoader:\n    container:\n      modprobe: {{moduleName: kmm_m}}\n\
-             \x20     kernelMappings: [{{regexp: '.*', containerImage: img}}]\n{extra}"
-        ))
-        .unwrap()
-    }
-
-    fn mk_node(role: &str) -> Node {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "n", "labels": {"role": role}}}))
-            .unwrap()
-    }
+    use crate::fixtures::{loader, mk_module, mk_node};
 
     fn config(image: &str) -> ModuleConfig {
         ModuleConfig {
@@ -297,8 +288,13 @@ mod tests {
 
     #[test]
     fn counts_matching_desired_and_available_nodes() {
-        let module = mk_module("  devicePlugin:\n    container: {image: plugin}\n");
-        let nodes = [mk_node("gpu"), mk_node("gpu"), mk_node("gpu"), mk_node("cpu")];
+        let module = mk_module(&(loader("") + "  devicePlugin:\n    container: {image: plugin}\n"));
+        let nodes = [
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "gpu")], "b1"),
+            mk_node(&[("role", "cpu")], "b1"),
+        ];
         let nmcs = [
             mk_nmc(Some("v2"), Some("v2")), // loaded
             mk_nmc(Some("v2"), Some("v1")), // still the old image
@@ -334,7 +330,7 @@ mod tests {
 
     #[test]
     fn build_or_sign_gets_a_managed_mode_condition_that_keeps_its_transition_time() {
-        let mut module = mk_module("");
+        let mut module = mk_module(&loader(""));
         assert!(
             module_status(&module, &[], &[], &[], &[], Timestamp::now())
                 .conditions
@@ -373,7 +369,7 @@ mod tests {
 
     #[test]
     fn failing_workers_give_a_condition_naming_the_count_the_first_node_and_its_reason() {
-        let module = mk_module("");
+        let module = mk_module(&loader(""));
         let mut running = failed_worker("node-c", "x");
         running.status.as_mut().unwrap().phase = Some("Running".into());
         let mut retrying = failed_worker("node-d", "x");
@@ -421,9 +417,16 @@ mod tests {
 
     #[test]
     fn without_sections_there_are_no_counts() {
-        let mut module = mk_module("");
+        let mut module = mk_module(&loader(""));
         module.spec.module_loader = None;
-        let status = module_status(&module, &[mk_node("gpu")], &[], &[], &[], Timestamp::now());
+        let status = module_status(
+            &module,
+            &[mk_node(&[("role", "gpu")], "b1")],
+            &[],
+            &[],
+            &[],
+            Timestamp::now(),
+        );
         assert_eq!(status.module_loader, None);
         assert_eq!(status.device_plugin, None);
     }

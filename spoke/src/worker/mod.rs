@@ -1,7 +1,11 @@
 //! The node worker (`kmm-spoke worker load|unload --config <file>`): the modprobe command lines
-//! and files it uses ([`modprobe`]), what it does on the node ([`run`]), and the worker pod the
-//! controller starts for it ([`pod`]).
+//! and files it uses ([`modprobe`]), what it does on the node ([`run`], with the module's
+//! [`firmware`] and the [`kernel_log`] around modprobe), the worker pod the controller starts
+//! for it ([`pod`]) and what that pod says back ([`pod_state`]).
 
+pub mod firmware;
+pub mod kernel_log;
 pub mod modprobe;
 pub mod pod;
+pub mod pod_state;
 pub mod run;

@@ -18,7 +18,7 @@ use std::{
 use kmm_api::nmc::ModuleConfig;
 use thiserror::Error;
 
-use super::modprobe;
+use super::{firmware, kernel_log::KernelLog, modprobe};
 
 /// What the worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,23 +179,7 @@ fn load(config: &ModuleConfig, opts: &WorkerOptions, report: &mut Report) -> Res
         argv.extend(args);
         run_modprobe(opts, argv, report)?;
     }
-    if let Some(firmware) = firmware_path(config) {
-        let host = opts
-            .firmware_host_path
-            .as_ref()
-            .ok_or(WorkerError::NoFirmwareHostPath)?;
-        if let Some(class_path) = &opts.firmware_class_path_file {
-            set_firmware_class_path(class_path, host)?;
-        }
-        let from = under(&opts.shared_root, firmware);
-        copy_tree(&from, host, Path::new(""), &mut report.firmware_files).map_err(|source| {
-            WorkerError::CopyFirmware {
-                from: from.clone(),
-                to: host.clone(),
-                source,
-            }
-        })?;
-    }
+    firmware::install(config, opts, report)?;
     let args = modprobe::load_args_at(&config.modprobe, &shared_root(opts));
     let raw = config
         .modprobe
@@ -215,28 +199,12 @@ fn unload(config: &ModuleConfig, opts: &WorkerOptions, report: &mut Report) -> R
         .is_some_and(|r| r.unload.is_some());
     let argv = modprobe_argv(config, opts, args, raw)?;
     run_modprobe(opts, argv, report)?;
-    if let (Some(firmware), Some(host)) = (firmware_path(config), opts.firmware_host_path.as_ref()) {
-        let copied = under(&opts.shared_root, firmware);
-        remove_copied(&copied, host, Path::new(""), &mut report.firmware_files);
-    }
+    firmware::remove(config, opts, report);
     Ok(())
 }
 
 fn shared_root(opts: &WorkerOptions) -> String {
     opts.shared_root.display().to_string()
-}
-
-fn firmware_path(config: &ModuleConfig) -> Option<&str> {
-    config
-        .modprobe
-        .firmware_path
-        .as_deref()
-        .filter(|f| !f.trim_matches('/').is_empty())
-}
-
-/// `<root>/<path>` for an absolute `path` from the config.
-fn under(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
 }
 
 fn dry_run_flag(opts: &WorkerOptions) -> Vec<String> {
@@ -327,114 +295,6 @@ fn run_modprobe(opts: &WorkerOptions, argv: Vec<String>, report: &mut Report) ->
     })
 }
 
-/// Kernel log lines kept in a failure reason: the last few, each cut short.
-const KERNEL_LINES: usize = 5;
-const KERNEL_LINE_LEN: usize = 200;
-/// `O_NONBLOCK` on Linux (x86, x86_64, arm, aarch64, riscv, s390x, powerpc); no libc binding is
-/// needed for one flag.
-const O_NONBLOCK: i32 = 0o4000;
-
-/// The kernel log from a point on, best effort: `/dev/kmsg` read from its end (each reader has
-/// its own position, so nothing is consumed), else the new lines of `dmesg`. Neither may be
-/// readable in a pod without privileges; then there is nothing to add.
-struct KernelLog {
-    kmsg: Option<fs::File>,
-    dmesg_before: Option<usize>,
-}
-
-impl KernelLog {
-    fn start() -> Self {
-        use std::{
-            io::{Seek, SeekFrom},
-            os::unix::fs::OpenOptionsExt,
-        };
-        let kmsg = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NONBLOCK)
-            .open("/dev/kmsg")
-            .ok()
-            .and_then(|mut f| f.seek(SeekFrom::End(0)).ok().map(|_| f));
-        let dmesg_before = match kmsg {
-            Some(_) => None,
-            None => dmesg().map(|lines| lines.len()),
-        };
-        Self { kmsg, dmesg_before }
-    }
-
-    fn lines_since(self) -> Vec<String> {
-        let lines = match (self.kmsg, self.dmesg_before) {
-            (Some(file), _) => read_kmsg(file),
-            (None, Some(before)) => dmesg()
-                .map(|all| all.into_iter().skip(before).collect())
-                .unwrap_or_default(),
-            (None, None) => Vec::new(),
-        };
-        tail(lines)
-    }
-}
-
-/// The last [`KERNEL_LINES`] non-empty lines, each cut to [`KERNEL_LINE_LEN`] characters.
-fn tail(mut lines: Vec<String>) -> Vec<String> {
-    lines.retain(|l| !l.trim().is_empty());
-    let skip = lines.len().saturating_sub(KERNEL_LINES);
-    lines
-        .into_iter()
-        .skip(skip)
-        .map(|l| {
-            let l = l.trim();
-            match l.char_indices().nth(KERNEL_LINE_LEN) {
-                Some((cut, _)) => format!("{}...", &l[..cut]),
-                None => l.to_owned(),
-            }
-        })
-        .collect()
-}
-
-/// Records readable now from `/dev/kmsg` (one per read; `prio,seq,ts,flags;text`), as text.
-fn read_kmsg(mut file: fs::File) -> Vec<String> {
-    use std::io::Read;
-    let mut lines = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    for _ in 0..1000 {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let record = String::from_utf8_lossy(&buf[..n]);
-                if let Some(text) = kmsg_text(&record) {
-                    lines.push(text);
-                }
-            }
-            // Records overwritten since the last read: the next read goes on with the oldest.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => continue,
-            Err(_) => break, // WouldBlock: nothing more now
-        }
-    }
-    lines
-}
-
-/// The message of one `/dev/kmsg` record (its first line, after the `;`).
-fn kmsg_text(record: &str) -> Option<String> {
-    let (_, text) = record.split_once(';')?;
-    Some(text.lines().next().unwrap_or_default().to_owned())
-}
-
-/// `dmesg` output, one entry per line, without the `[ seconds]` prefix.
-fn dmesg() -> Option<Vec<String>> {
-    let out = Command::new("dmesg").output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| match l.strip_prefix('[').and_then(|r| r.split_once("] ")) {
-                Some((_, text)) => text.to_owned(),
-                None => l.to_owned(),
-            })
-            .collect(),
-    )
-}
-
 /// Whether any kernel tree under `modules_dir` holds a file named `<name>.ko*` (upstream matches
 /// the prefix `<name>.ko`, so compressed modules count). Unreadable dirs count as "not there".
 fn host_has_module(modules_dir: &Path, name: &str) -> bool {
@@ -460,57 +320,6 @@ fn host_has_module(modules_dir: &Path, name: &str) -> bool {
         }
     }
     false
-}
-
-fn set_firmware_class_path(file: &Path, host: &Path) -> Result<(), WorkerError> {
-    let want = host.display().to_string();
-    let current = fs::read_to_string(file).unwrap_or_default();
-    if current.trim_end() == want {
-        return Ok(());
-    }
-    fs::write(file, &want).map_err(|source| WorkerError::FirmwareClassPath {
-        path: file.to_owned(),
-        source,
-    })
-}
-
-fn copy_tree(from: &Path, to: &Path, rel: &Path, copied: &mut Vec<PathBuf>) -> io::Result<()> {
-    fs::create_dir_all(to.join(rel))?;
-    for entry in fs::read_dir(from.join(rel))? {
-        let entry = entry?;
-        let rel = rel.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(from, to, &rel, copied)?;
-        } else {
-            fs::copy(from.join(&rel), to.join(&rel))?;
-            copied.push(rel);
-        }
-    }
-    Ok(())
-}
-
-/// Removes from `host` every file whose relative path exists under `copied`, then the
-/// directories that this left empty (never `host` itself). Failures are logged, not fatal:
-/// the module is already unloaded.
-fn remove_copied(copied: &Path, host: &Path, rel: &Path, removed: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(copied.join(rel)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let rel = rel.join(entry.file_name());
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if is_dir {
-            remove_copied(copied, host, &rel, removed);
-            // Only succeeds when empty, which is what we want.
-            let _ = fs::remove_dir(host.join(&rel));
-        } else {
-            match fs::remove_file(host.join(&rel)) {
-                Ok(()) => removed.push(rel),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("removing firmware {}: {e}", host.join(&rel).display()),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -551,28 +360,6 @@ mod tests {
     }
 
     #[test]
-    fn kmsg_records_give_their_message() {
-        assert_eq!(
-            kmsg_text("3,1234,5678901,-;Key was rejected by service\n SUBSYSTEM=x\n").as_deref(),
-            Some("Key was rejected by service")
-        );
-        assert_eq!(kmsg_text("garbage"), None);
-    }
-
-    #[test]
-    fn kernel_lines_are_the_last_few_and_short() {
-        let lines: Vec<String> = (0..8)
-            .map(|i| format!("line {i}{}", "x".repeat(if i == 7 { 500 } else { 0 })))
-            .chain([" ".to_owned()])
-            .collect();
-        let kept = tail(lines);
-        assert_eq!(kept.len(), KERNEL_LINES);
-        assert_eq!(kept[0], "line 3");
-        assert_eq!(kept[4].len(), KERNEL_LINE_LEN + 3);
-        assert!(kept[4].ends_with("..."));
-    }
-
-    #[test]
     fn finds_in_tree_modules_by_prefix_in_any_kernel_tree() {
         let dir = tempfile::tempdir().unwrap();
         let kdir = dir.path().join("6.1.0/kernel/drivers");
@@ -583,42 +370,6 @@ mod tests {
         assert!(host_has_module(dir.path(), "mlx5_core"));
         assert!(!host_has_module(dir.path(), "igb"));
         assert!(!host_has_module(&dir.path().join("missing"), "ice"));
-    }
-
-    #[test]
-    fn unload_removes_only_copied_files_and_dirs_it_emptied() {
-        let copied = tempfile::tempdir().unwrap();
-        let host = tempfile::tempdir().unwrap();
-        fs::create_dir_all(copied.path().join("vendor/sub")).unwrap();
-        fs::write(copied.path().join("vendor/sub/fw.bin"), b"x").unwrap();
-        fs::write(copied.path().join("top.bin"), b"x").unwrap();
-        let mut files = Vec::new();
-        copy_tree(copied.path(), host.path(), Path::new(""), &mut files).unwrap();
-        fs::write(host.path().join("other.bin"), b"keep").unwrap();
-        files.sort();
-        assert_eq!(
-            files,
-            [PathBuf::from("top.bin"), PathBuf::from("vendor/sub/fw.bin")]
-        );
-
-        let mut removed = Vec::new();
-        remove_copied(copied.path(), host.path(), Path::new(""), &mut removed);
-        assert!(!host.path().join("vendor").exists());
-        assert!(host.path().join("other.bin").exists());
-        assert_eq!(removed.len(), 2);
-    }
-
-    #[test]
-    fn firmware_class_path_is_written_only_when_it_differs() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("path");
-        fs::write(&file, "/var/lib/firmware\n").unwrap();
-        let before = fs::metadata(&file).unwrap().modified().unwrap();
-        set_firmware_class_path(&file, Path::new("/var/lib/firmware")).unwrap();
-        assert_eq!(fs::read_to_string(&file).unwrap(), "/var/lib/firmware\n");
-        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), before);
-        set_firmware_class_path(&file, Path::new("/lib/firmware/kmm")).unwrap();
-        assert_eq!(fs::read_to_string(&file).unwrap(), "/lib/firmware/kmm");
     }
 
     #[test]

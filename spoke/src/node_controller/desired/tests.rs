@@ -1,46 +1,21 @@
 //! The pure per-node decisions: what the record says, which worker pod runs, which labels.
 
+use k8s_openapi::api::core::v1::Taint;
 use k8s_openapi::{
     api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus},
     apimachinery::pkg::apis::meta::v1::Time,
 };
-use kmm_api::nmc::{NodeModulesConfigSpec, NodeModulesConfigStatus};
+use kmm_api::{
+    labels,
+    nmc::{NodeModulesConfigSpec, NodeModulesConfigStatus},
+};
 
 use super::*;
-use crate::worker::pod::{WorkerPodInput, WorkerPodSettings, worker_pod};
-
-const KERNEL: &str = "6.1.0-18-cloud-amd64";
-
-fn mk_module(params: &str, extra: &str) -> Module {
-    serde_saphyr::from_str(&format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: m, namespace: drivers, generation: 1}}
-spec:
-  selector: {{role: gpu}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: kmm_m, parameters: [{params}]}}
-      kernelMappings:
-        - literal: {KERNEL}
-          containerImage: registry.example/m@sha256:{digest}
-{extra}"#,
-        digest = "1".repeat(64)
-    ))
-    .unwrap()
-}
-
-fn mk_node(labels: &[(&str, &str)], boot: &str) -> Node {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "node-a", "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()},
-        "status": {"nodeInfo": {
-            "kernelVersion": KERNEL, "bootID": boot, "machineID": "", "systemUUID": "",
-            "kubeProxyVersion": "", "kubeletVersion": "", "osImage": "", "containerRuntimeVersion": "",
-            "operatingSystem": "linux", "architecture": "amd64"}}
-    }))
-    .unwrap()
-}
+use crate::{
+    fixtures::{KERNEL, loader, mk_module, mk_node},
+    targeting::targets,
+    worker::pod::{WorkerPodInput, WorkerPodSettings, worker_pod},
+};
 
 fn entry(module: &Module) -> NodeModuleSpec {
     match module_entry(module, KERNEL, &NodeSettings::default()) {
@@ -133,7 +108,7 @@ fn actions(d: &NodeDesired) -> Vec<(Action, Vec<String>)> {
 
 #[test]
 fn a_selected_node_gets_the_entry_and_a_load_pod_but_no_ready_label_yet() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let d = decide(
         &mk_node(&[("role", "gpu")], "b1"),
         None,
@@ -152,7 +127,7 @@ fn an_unselected_node_gets_nothing() {
     let d = decide(
         &mk_node(&[("role", "cpu")], "b1"),
         None,
-        &[mk_module("p=3", "")],
+        &[mk_module(&loader("p=3"))],
         &[],
         Timestamp::now(),
     );
@@ -161,7 +136,7 @@ fn an_unselected_node_gets_nothing() {
 
 #[test]
 fn a_finished_load_is_recorded_the_pod_removed_and_the_node_labelled() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let e = entry(&module);
     let nmc = mk_nmc(vec![e.clone()], None);
     let pod = mk_pod(Action::Load, &e, "Succeeded", None, 0);
@@ -186,8 +161,8 @@ fn a_finished_load_is_recorded_the_pod_removed_and_the_node_labelled() {
 
 #[test]
 fn changed_parameters_on_the_same_kernel_unload_the_loaded_module_first() {
-    let old = entry(&mk_module("p=3", ""));
-    let module = mk_module("p=4", "");
+    let old = entry(&mk_module(&loader("p=3")));
+    let module = mk_module(&loader("p=4"));
     let nmc = mk_nmc(vec![old.clone()], Some((&old, "b1")));
     let d = decide(
         &mk_node(&[("role", "gpu")], "b1"),
@@ -222,7 +197,7 @@ fn changed_parameters_on_the_same_kernel_unload_the_loaded_module_first() {
 
 #[test]
 fn a_new_kernel_loads_without_unloading() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let mut old = entry(&module);
     old.config.kernel_version = "6.1.0-17-cloud-amd64".into();
     let nmc = mk_nmc(vec![old.clone()], Some((&old, "b1")));
@@ -238,7 +213,7 @@ fn a_new_kernel_loads_without_unloading() {
 
 #[test]
 fn a_deleted_module_or_a_deselected_node_is_unloaded() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let e = entry(&module);
     let nmc = mk_nmc(vec![e.clone()], Some((&e, "b1")));
     for (node, modules) in [
@@ -253,7 +228,7 @@ fn a_deleted_module_or_a_deselected_node_is_unloaded() {
 
 #[test]
 fn after_a_reboot_a_wanted_module_loads_again_and_an_unwanted_one_is_forgotten() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let e = entry(&module);
     let nmc = mk_nmc(vec![e.clone()], Some((&e, "b1")));
     let node = mk_node(&[("role", "gpu")], "b2");
@@ -267,7 +242,7 @@ fn after_a_reboot_a_wanted_module_loads_again_and_an_unwanted_one_is_forgotten()
 
 #[test]
 fn a_failed_worker_is_retried_only_after_its_backoff() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let e = entry(&module);
     let nmc = mk_nmc(vec![e.clone()], None);
     let node = mk_node(&[("role", "gpu")], "b1");
@@ -309,7 +284,7 @@ fn a_failed_worker_is_retried_only_after_its_backoff() {
 
 #[test]
 fn versioned_modules_follow_the_worker_label_and_set_it_from_the_users_label() {
-    let module = mk_module("p=3", "      version: v2\n");
+    let module = mk_module(&(loader("p=3") + "      version: v2\n"));
     let requested = labels::version_module("drivers", "m");
     // M = v2, no W yet: W is set first; no entry until it is.
     let node = mk_node(&[("role", "gpu"), (requested.as_str(), "v2")], "b1");
@@ -360,7 +335,7 @@ fn node_condition_taints_never_untarget_a_node(
     } else {
         format!("  tolerations: [{{key: {tolerated_key}, operator: Exists}}]\n")
     };
-    let module = mk_module("p=3", &extra);
+    let module = mk_module(&(loader("p=3") + &extra));
     let mut node = mk_node(&[("role", "gpu")], "b1");
     node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
         taints: Some(
@@ -400,8 +375,8 @@ fn not_ready(mut node: Node) -> Node {
 
 #[test]
 fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_replaces_it() {
-    let old = mk_module("p=3", "");
-    let new = mk_module("p=4", "");
+    let old = mk_module(&loader("p=3"));
+    let new = mk_module(&loader("p=4"));
     let nmc = mk_nmc(vec![entry(&new)], None);
     let node = not_ready(mk_node(&[("role", "gpu")], "b1"));
     let deadline = Timestamp::now();
@@ -418,7 +393,11 @@ fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_repla
         d.create_pods.is_empty() && d.delete_pods.is_empty(),
         "the name is taken until the pod is gone, and it is already being deleted"
     );
-    let stuck: Vec<&NodeEvent> = d.events.iter().filter(|e| e.reason == WORKER_POD_STUCK).collect();
+    let stuck: Vec<&NodeEvent> = d
+        .events
+        .iter()
+        .filter(|e| e.reason == Reason::WorkerPodStuck)
+        .collect();
     assert_eq!(stuck.len(), 1);
     assert!(stuck[0].warning);
     assert_eq!(
@@ -437,12 +416,12 @@ fn a_worker_pod_still_there_after_its_grace_period_is_reported_and_nothing_repla
     // Once the kubelet is back and the pod gone, the new worker starts.
     let d = decide(&node, Some(&nmc), &[new], &[], deadline + Duration::from_secs(60));
     assert_eq!(actions(&d), [(Action::Load, vec!["p=4".to_owned()])]);
-    assert!(d.events.iter().all(|e| e.reason != WORKER_POD_STUCK));
+    assert!(d.events.iter().all(|e| e.reason != Reason::WorkerPodStuck));
 }
 
 #[test]
 fn a_worker_pod_within_its_grace_period_brings_the_node_back_when_it_ends() {
-    let module = mk_module("p=3", "");
+    let module = mk_module(&loader("p=3"));
     let e = entry(&module);
     let nmc = mk_nmc(vec![e.clone()], None);
     let node = mk_node(&[("role", "gpu")], "b1");
@@ -470,7 +449,7 @@ fn backoff_doubles_up_to_the_maximum() {
 
 #[test]
 fn owned_labels_are_only_the_ones_kmm_spoke_writes() {
-    use crate::node_controller::is_owned_label;
+    use crate::node_controller::apply::is_owned_label;
     assert!(is_owned_label(&labels::module_ready("drivers", "m")));
     assert!(is_owned_label(&labels::module_version_ready("drivers", "m")));
     assert!(is_owned_label(&labels::device_plugin_target("drivers", "m")));
