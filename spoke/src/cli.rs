@@ -157,9 +157,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             crate::policy::write(&manifests, &out, &mut std::io::stdout())?;
         }
         Command::Crds { dir: None } => {
-            let yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;
             std::io::stdout()
-                .write_all(yaml.as_bytes())
+                .write_all(crds_stream()?.as_bytes())
                 .context("writing to stdout")?;
         }
         Command::Crds { dir: Some(dir) } => {
@@ -176,4 +175,44 @@ pub fn execute(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What `kmm-spoke crds` prints: the spoke's CRDs and the admission policy and binding that
+/// `--dir` writes beside them, as one stream for `kubectl apply -f -`.
+fn crds_stream() -> anyhow::Result<String> {
+    let mut yaml = crds::to_yaml_stream(&crds::spoke_crds()).context("rendering the spoke CRDs")?;
+    yaml.push_str(&crds::admission::documents().context("rendering the admission policy")?);
+    Ok(yaml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_on_stdout_hold_what_dir_writes() {
+        let stream = crds_stream().unwrap();
+        let kinds: Vec<String> = stream
+            .split("\n---\n")
+            .filter_map(|doc| {
+                let doc: serde_json::Value = serde_saphyr::from_str(doc.trim_start_matches("---\n")).ok()?;
+                Some(format!(
+                    "{}/{}",
+                    doc["kind"].as_str()?,
+                    doc["metadata"]["name"].as_str()?
+                ))
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "CustomResourceDefinition/modules.kmm.sigs.x-k8s.io",
+                "CustomResourceDefinition/nodemodulesconfigs.kmm.sigs.x-k8s.io",
+                "ValidatingAdmissionPolicy/kmm-module-name-length",
+                "ValidatingAdmissionPolicyBinding/kmm-module-name-length",
+            ]
+        );
+        let written = crds::admission::to_yaml().unwrap();
+        assert!(stream.ends_with(written.trim_start_matches(crds::GENERATED_HEADER)));
+    }
 }

@@ -76,9 +76,13 @@ pub fn module_name_length_binding() -> ValidatingAdmissionPolicyBinding {
 
 /// Policy and binding as one YAML stream, with the generated-file header.
 pub fn to_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    Ok(format!("{}{}", super::GENERATED_HEADER, documents()?))
+}
+
+/// Policy and binding as YAML documents (each after `---`), to append to another stream.
+pub fn documents() -> Result<String, serde_saphyr::SerializeError> {
     Ok(format!(
-        "{}---\n{}---\n{}",
-        super::GENERATED_HEADER,
+        "---\n{}---\n{}",
         serde_saphyr::to_string(&module_name_length_policy())?,
         serde_saphyr::to_string(&module_name_length_binding())?,
     ))
