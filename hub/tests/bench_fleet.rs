@@ -13,7 +13,7 @@ use kmm_api::ManagedClusterModule;
 use kmm_sim::{FleetMember, Sim};
 use kube::{Api, api::PostParams};
 use support::{
-    fleet::{HUB_NAMESPACE, HubProcess, repo_root},
+    fleet::{HUB_NAMESPACE, HubProcess},
     push_image, start_registry,
 };
 
@@ -37,8 +37,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn cold_start(clusters: usize) {
     let sim = Sim::new().unwrap();
     let hub = sim.add_cluster("hub").await.unwrap();
-    hub.install_crds_from_path(repo_root().join("manifests/crds"))
-        .unwrap();
+    hub.install_crds_from_path(kmm_test_kit::crds_dir()).unwrap();
     hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("all"))
         .unwrap();
     hub.apply_yaml(&format!(

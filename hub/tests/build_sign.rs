@@ -13,7 +13,7 @@
 mod kmod;
 mod support;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use k8s_openapi::api::batch::v1::Job;
 use kmm_agents::{
@@ -27,7 +27,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use support::{
-    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, serial},
+    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial},
     push_image, run, start_registry,
 };
 
@@ -124,7 +124,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         .await
         .unwrap();
 
-    eventually(120, "one build Job", Some(&hub), || async {
+    hub.eventually("one build Job", Duration::from_secs(120), || async {
         !jobs(&fleet).await.is_empty()
     })
     .await;
@@ -136,14 +136,18 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         format!("{}/{unsigned}", fleet.registry.host),
         "build+sign builds the unsigned intermediate"
     );
-    eventually(120, "clusters wait for the build", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
-    })
+    hub.eventually(
+        "clusters wait for the build",
+        Duration::from_secs(120),
+        || async {
+            Api::<ManagedClusterModule>::all(fleet.hub.client())
+                .get("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
+        },
+    )
     .await;
     push_image(&fleet.registry, &unsigned);
     // The signing Secrets are missing, then one lacks its key: no sign Job, a clear problem.
@@ -163,9 +167,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
                 })
         }
     };
-    eventually(120, "the missing key Secret reported", Some(&hub), || {
-        problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
-    })
+    hub.eventually(
+        "the missing key Secret reported",
+        Duration::from_secs(120),
+        || problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist"),
+    )
     .await;
     fleet
         .hub
@@ -175,9 +181,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    eventually(120, "the cert Secret's missing key reported", Some(&hub), || {
-        problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
-    })
+    hub.eventually(
+        "the cert Secret's missing key reported",
+        Duration::from_secs(120),
+        || problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\""),
+    )
     .await;
     assert!(
         jobs(&fleet)
@@ -193,12 +201,16 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    eventually(120, "one sign Job after the build", Some(&hub), || async {
-        jobs(&fleet)
-            .await
-            .iter()
-            .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
-    })
+    hub.eventually(
+        "one sign Job after the build",
+        Duration::from_secs(120),
+        || async {
+            jobs(&fleet)
+                .await
+                .iter()
+                .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
+        },
+    )
     .await;
     let sign = jobs(&fleet)
         .await
@@ -214,10 +226,9 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         "{args:?}"
     );
     let digest = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(
-        30,
+    hub.eventually(
         "both clusters get the signed image, pinned",
-        Some(&hub),
+        Duration::from_secs(30),
         || async {
             let mut ok = true;
             for c in ["a", "b"] {
@@ -263,21 +274,25 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
         .create(&PostParams::default(), &mcm)
         .await
         .unwrap();
-    eventually(120, "the failure shows in status", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| {
-                s.problems.iter().any(|p| {
-                    p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
+    hub.eventually(
+        "the failure shows in status",
+        Duration::from_secs(120),
+        || async {
+            Api::<ManagedClusterModule>::all(fleet.hub.client())
+                .get("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| {
+                    s.problems.iter().any(|p| {
+                        p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
     // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
-    eventually(120, "the Job Failed", Some(&hub), || async {
+    hub.eventually("the Job Failed", Duration::from_secs(120), || async {
         jobs(&fleet).await.iter().any(|j| {
             j.status
                 .as_ref()
@@ -309,15 +324,20 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     let created = jobs_created(&fleet, mark).await;
     assert!(created.is_empty(), "no second Job after a restart: {created:#?}");
     assert_eq!(jobs(&fleet).await.len(), 1);
-    eventually(60, "the failure still shows in status", Some(&again), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
-    })
-    .await;
+    again
+        .eventually(
+            "the failure still shows in status",
+            Duration::from_secs(60),
+            || async {
+                Api::<ManagedClusterModule>::all(fleet.hub.client())
+                    .get("gpu")
+                    .await
+                    .unwrap()
+                    .status
+                    .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
+            },
+        )
+        .await;
 }
 
 /// The build Job's exact command, run here with buildah: FROM scratch, copying a compiled .ko,
@@ -469,10 +489,9 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         .unwrap();
 
     let final_repo = format!("{host}/kmm/gpu-kmod");
-    eventually(
-        300,
+    hub.eventually(
         "both clusters get the built and signed image, pinned",
-        Some(&hub),
+        Duration::from_secs(300),
         || async {
             let mut ok = true;
             for c in ["a", "b"] {

@@ -24,10 +24,9 @@ use kube::{
 };
 use support::{
     fleet::{
-        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, is_on, serial,
-        writes_by,
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial, writes_by,
     },
-    free_port, push_image, start_registry_at,
+    push_image, start_registry_at,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -142,9 +141,11 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     hub.wait_ready().await;
     create_mcm(&fleet, "gpu").await;
 
-    eventually(120, "works for the two prod clusters", Some(&hub), || async {
-        work(&fleet, "a", "gpu").await.is_some() && work(&fleet, "b", "gpu").await.is_some()
-    })
+    hub.eventually(
+        "works for the two prod clusters",
+        Duration::from_secs(120),
+        || async { work(&fleet, "a", "gpu").await.is_some() && work(&fleet, "b", "gpu").await.is_some() },
+    )
     .await;
     assert!(
         work(&fleet, "c", "gpu").await.is_none(),
@@ -171,15 +172,24 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         "gpu"
     );
 
-    eventually(180, "Modules on both prod spokes", Some(&hub), || async {
-        spoke_module(&fleet, "a", "gpu").await.is_some() && spoke_module(&fleet, "b", "gpu").await.is_some()
-    })
+    hub.eventually(
+        "Modules on both prod spokes",
+        Duration::from_secs(180),
+        || async {
+            spoke_module(&fleet, "a", "gpu").await.is_some()
+                && spoke_module(&fleet, "b", "gpu").await.is_some()
+        },
+    )
     .await;
-    eventually(180, "status shows both clusters applied", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_desired == 2 && s.number_applied == 2)
-    })
+    hub.eventually(
+        "status shows both clusters applied",
+        Duration::from_secs(180),
+        || async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_desired == 2 && s.number_applied == 2)
+        },
+    )
     .await;
     let status = mcm_status(&fleet, "gpu").await.unwrap();
     let kernels: Vec<(String, String, i32)> = status
@@ -246,18 +256,22 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(120, "works carry the edited module name", Some(&hub), || async {
-        let name = |w: Option<ManifestWork>| {
-            w.map(|w| {
+    hub.eventually(
+        "works carry the edited module name",
+        Duration::from_secs(120),
+        || async {
+            let name = |w: Option<ManifestWork>| {
+                w.map(|w| {
                 w.spec.workload.manifests[0]["spec"]["moduleLoader"]["container"]["modprobe"]["moduleName"]
                     .clone()
             })
-        };
-        name(work(&fleet, "a", "gpu").await) == Some("gpu_kmod_v2".into())
-            && name(work(&fleet, "b", "gpu").await) == Some("gpu_kmod_v2".into())
-    })
+            };
+            name(work(&fleet, "a", "gpu").await) == Some("gpu_kmod_v2".into())
+                && name(work(&fleet, "b", "gpu").await) == Some("gpu_kmod_v2".into())
+        },
+    )
     .await;
-    eventually(180, "the spoke Module follows", Some(&hub), || async {
+    hub.eventually("the spoke Module follows", Duration::from_secs(180), || async {
         spoke_module(&fleet, "a", "gpu")
             .await
             .and_then(|m| m.spec.module_loader)
@@ -265,20 +279,28 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             == Some("gpu_kmod_v2".into())
     })
     .await;
-    eventually(180, "the edit applied on both spokes", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_applied == 2)
-    })
+    hub.eventually(
+        "the edit applied on both spokes",
+        Duration::from_secs(180),
+        || async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_applied == 2)
+        },
+    )
     .await;
 
     // b upgrades to K2: only b's work changes, to a K2 mapping.
     let a_version = work(&fleet, "a", "gpu").await.unwrap().metadata.generation;
     let mark = audit_mark(&fleet).await;
     fleet.set_kernels("b", &[K2]).await;
-    eventually(180, "b's work follows its new kernel", Some(&hub), || async {
-        literals(&work(&fleet, "b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
-    })
+    hub.eventually(
+        "b's work follows its new kernel",
+        Duration::from_secs(180),
+        || async {
+            literals(&work(&fleet, "b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
+        },
+    )
     .await;
     assert_eq!(
         work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
@@ -305,17 +327,23 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(180, "a's work and Module removed", Some(&hub), || async {
-        work(&fleet, "a", "gpu").await.is_none() && spoke_module(&fleet, "a", "gpu").await.is_none()
-    })
+    hub.eventually(
+        "a's work and Module removed",
+        Duration::from_secs(180),
+        || async {
+            work(&fleet, "a", "gpu").await.is_none() && spoke_module(&fleet, "a", "gpu").await.is_none()
+        },
+    )
     .await;
     assert!(spoke_module(&fleet, "b", "gpu").await.is_some());
 
     // A new prod cluster joins and gets the Module.
     fleet.add_spokes(&[ClusterSpec::prod("d", &[K1])]).await;
-    eventually(180, "the new cluster gets its Module", Some(&hub), || async {
-        spoke_module(&fleet, "d", "gpu").await.is_some()
-    })
+    hub.eventually(
+        "the new cluster gets its Module",
+        Duration::from_secs(180),
+        || async { spoke_module(&fleet, "d", "gpu").await.is_some() },
+    )
     .await;
 
     // The MCM is deleted: every work and Module goes, then the MCM itself.
@@ -323,7 +351,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         .delete("gpu", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(180, "everything removed", Some(&hub), || async {
+    hub.eventually("everything removed", Duration::from_secs(180), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get_opt("gpu")
             .await
@@ -351,11 +379,15 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
     fleet.add_cluster(&ClusterSpec::prod("nomap", &[K1])).await;
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     create_mcm(&fleet, "gpu").await;
-    eventually(120, "both clusters blocked in status", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_blocked == 2)
-    })
+    hub.eventually(
+        "both clusters blocked in status",
+        Duration::from_secs(120),
+        || async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_blocked == 2)
+        },
+    )
     .await;
     let s = mcm_status(&fleet, "gpu").await.unwrap();
     let problems: BTreeMap<String, String> = s
@@ -389,22 +421,27 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
             .filter_map(|e| e.reason.clone())
             .collect::<Vec<String>>()
     };
-    eventually(60, "an Event per blocking reason", Some(&hub), || async {
-        let reasons = reasons().await;
-        reasons.iter().any(|r| r == "NoKernelClaim") && reasons.iter().any(|r| r == "ImageNotFound")
-    })
+    hub.eventually(
+        "an Event per blocking reason",
+        Duration::from_secs(60),
+        || async {
+            let reasons = reasons().await;
+            reasons.iter().any(|r| r == "NoKernelClaim") && reasons.iter().any(|r| r == "ImageNotFound")
+        },
+    )
     .await;
 
     // The image is pushed: the next retry pins it and the work appears.
     push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(120, "work written once the image exists", Some(&hub), || async {
-        work(&fleet, "nomap", "gpu").await.is_some()
-    })
+    hub.eventually(
+        "work written once the image exists",
+        Duration::from_secs(120),
+        || async { work(&fleet, "nomap", "gpu").await.is_some() },
+    )
     .await;
-    eventually(
-        120,
+    hub.eventually(
         "only the cluster without a claim stays blocked",
-        Some(&hub),
+        Duration::from_secs(120),
         || async {
             mcm_status(&fleet, "gpu")
                 .await
@@ -426,12 +463,13 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     let first = fleet.start_hub_as("replica-1", &[]);
     let second = fleet.start_hub_as("replica-2", &[]);
     create_mcm(&fleet, "gpu").await;
-    eventually(180, "both clusters applied", Some(&first), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_applied == 2)
-    })
-    .await;
+    first
+        .eventually("both clusters applied", Duration::from_secs(180), || async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_applied == 2)
+        })
+        .await;
     let audit = fleet.audit().await;
     let work_writes = |user: &str| -> Vec<String> {
         writes_by(&audit, user)
@@ -514,7 +552,7 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
     let mut fleet = Fleet::start("down").await;
     fleet.add_spokes(&[ClusterSpec::prod("a", &[K1])]).await;
     // The MCM points at a registry port where nothing listens yet.
-    let port = free_port();
+    let port = kmm_test_kit::free_port().unwrap();
     let host = format!("127.0.0.1:{port}");
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&host, "gpu")).unwrap();
@@ -522,10 +560,9 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
         .create(&PostParams::default(), &mcm)
         .await
         .unwrap();
-    eventually(
-        120,
+    hub.eventually(
         "the cluster is blocked by the registry error",
-        Some(&hub),
+        Duration::from_secs(120),
         || async {
             mcm_status(&fleet, "gpu")
                 .await
@@ -537,10 +574,9 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
 
     let registry = start_registry_at("down-later", port);
     let digest = push_image(&registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(
-        120,
+    hub.eventually(
         "the work appears once the registry answers",
-        Some(&hub),
+        Duration::from_secs(120),
         || async {
             work(&fleet, "a", "gpu")
                 .await
@@ -548,7 +584,7 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
         },
     )
     .await;
-    eventually(180, "no problem left", Some(&hub), || async {
+    hub.eventually("no problem left", Duration::from_secs(180), || async {
         mcm_status(&fleet, "gpu")
             .await
             .is_some_and(|s| s.problems.is_empty() && s.number_applied == 1)

@@ -15,8 +15,8 @@ use kmm_fleet_tests::{
     manifests::{self, without_labels},
     process::wait_ready_then_kill,
 };
+use kmm_test_kit::repo_root;
 use serde_json::Value;
-use support::fleet::repo_root;
 
 fn kustomize(dir: &str) -> Vec<Value> {
     manifests::kustomize(&repo_root().join(dir)).unwrap()
@@ -136,7 +136,7 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
     let docs = kustomize("manifests/hub");
     let deployment = find(&docs, "Deployment", "kmm-hub");
     let mut env = container_env(&docs, deployment, "kmm-hub-0");
-    let port = support::free_port();
+    let port = kmm_test_kit::free_port().unwrap();
     env.insert("KMM_HUB_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
     let c = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["command"][0], "/usr/local/bin/kmm-hub");
@@ -155,7 +155,7 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
     )
     .await
     .unwrap();
-    hub.install_crds_from_path(repo_root().join("manifests/crds"))
+    hub.install_crds_from_path(kmm_test_kit::crds_dir())
         .await
         .unwrap();
     hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))

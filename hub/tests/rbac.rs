@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -20,15 +20,13 @@ use k8s_openapi::api::{
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher, ScriptRule};
 use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL, ocm::ManifestWork};
 use kmm_hub::mcm_controller::desired::job::JOB_TYPE_LABEL;
+use kmm_test_kit::repo_root;
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use support::{
-    fleet::{
-        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, is_on, repo_root,
-        serial,
-    },
+    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial},
     push_image,
 };
 
@@ -145,11 +143,13 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
     hub.wait_ready().await;
     create(&fleet, &mcm_yaml(&fleet.registry.host, "gpu", "env: prod", false)).await;
     create(&fleet, &mcm_yaml(&fleet.registry.host, "lab", "env: lab", true)).await;
-    eventually(120, "works for the prod clusters", Some(&hub), || async {
-        work_exists(&fleet, "a", "gpu").await && work_exists(&fleet, "b", "gpu").await
-    })
+    hub.eventually(
+        "works for the prod clusters",
+        Duration::from_secs(120),
+        || async { work_exists(&fleet, "a", "gpu").await && work_exists(&fleet, "b", "gpu").await },
+    )
     .await;
-    eventually(120, "the lab build failed", Some(&hub), || async {
+    hub.eventually("the lab build failed", Duration::from_secs(120), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get("lab")
             .await
@@ -178,19 +178,20 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
             .items
             .len()
     };
-    eventually(120, "the ok build Job", Some(&hub), || async {
+    hub.eventually("the ok build Job", Duration::from_secs(120), || async {
         ok_jobs().await == 1
     })
     .await;
     push_image(&fleet.registry, &format!("kmm/ok-kmod:{K2}"));
-    eventually(120, "d's work and the build Job deleted", Some(&hub), || async {
-        work_exists(&fleet, "d", "ok").await && ok_jobs().await == 0
-    })
+    hub.eventually(
+        "d's work and the build Job deleted",
+        Duration::from_secs(120),
+        || async { work_exists(&fleet, "d", "ok").await && ok_jobs().await == 0 },
+    )
     .await;
-    eventually(
-        120,
+    hub.eventually(
         "the collected Job's pod garbage-collected",
-        Some(&hub),
+        Duration::from_secs(120),
         || async { ok_pods().await == 0 },
     )
     .await;
@@ -203,7 +204,7 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         )
         .await
         .unwrap();
-    eventually(120, "b's work removed", Some(&hub), || async {
+    hub.eventually("b's work removed", Duration::from_secs(120), || async {
         !work_exists(&fleet, "b", "gpu").await
     })
     .await;
@@ -211,7 +212,7 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         .delete("gpu", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(120, "the MCM is gone", Some(&hub), || async {
+    hub.eventually("the MCM is gone", Duration::from_secs(120), || async {
         Api::<ManagedClusterModule>::all(fleet.hub.client())
             .get_opt("gpu")
             .await
@@ -220,7 +221,7 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
     })
     .await;
     // The leader renews its Lease every 5 s.
-    eventually(60, "the Lease renewed", Some(&hub), || async {
+    hub.eventually("the Lease renewed", Duration::from_secs(60), || async {
         fleet
             .hub
             .audit()

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use kmm_api::module::TlsOptions;
 use kmm_hub::registry::{DigestResolver, RegistryError};
 use oci_client::secrets::RegistryAuth;
-use support::{free_port, push_image, start_registry};
+use support::{push_image, start_registry};
 
 const INSECURE: TlsOptions = TlsOptions {
     insecure: true,
@@ -104,7 +104,7 @@ async fn missing_images_and_unreachable_registries_are_told_apart() {
     );
     assert!(!err.is_transient());
 
-    let closed = format!("127.0.0.1:{}/kmm/kmod:v1", free_port());
+    let closed = format!("127.0.0.1:{}/kmm/kmod:v1", kmm_test_kit::free_port().unwrap());
     let err = resolver
         .pin(&closed, &INSECURE, &RegistryAuth::Anonymous)
         .await

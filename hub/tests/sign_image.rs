@@ -340,7 +340,7 @@ fn start_secure_registry(dir: &Path, user: &str, password: &str) -> SecureRegist
     // bcrypt, as the registry requires (apache2-utils).
     let entry = run(Command::new("htpasswd").args(["-nbB", "-C", "4", user, password]));
     std::fs::write(&htpasswd, format!("{}\n", entry.trim())).unwrap();
-    let port = support::free_port();
+    let port = kmm_test_kit::free_port().unwrap();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,

@@ -86,16 +86,19 @@ async fn readyz_turns_ready_and_metrics_count_worker_pods() {
         },
     ));
 
-    eventually("/healthz answers", || async {
+    eventually("/healthz answers", WAIT, || async {
         get(addr, "/healthz").await.0 == 200
     })
     .await;
-    eventually("/readyz ready", || async { get(addr, "/readyz").await.0 == 200 }).await;
+    eventually("/readyz ready", WAIT, || async {
+        get(addr, "/readyz").await.0 == 200
+    })
+    .await;
     assert!(get(addr, "/metrics").await.1.contains("kmm_spoke_ready 1"));
 
     cluster.apply_yaml(MODULE).await;
     let ready = labels::module_ready("drivers", "kmm-health");
-    eventually("node-a ready", || async {
+    eventually("node-a ready", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;

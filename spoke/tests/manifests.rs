@@ -12,16 +12,17 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{K_DEBIAN, ROOT, Setup, mk_node, spoke_cluster, test_dir};
+use common::{K_DEBIAN, Setup, mk_node, spoke_cluster, test_dir};
 use kmm_fleet_tests::{
     controlplane::{self, ControlPlane, Options, documents},
     manifests::{self, without_labels},
     process::wait_ready_then_kill,
 };
+use kmm_test_kit::repo_root;
 use serde_json::Value;
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    manifests::kustomize(std::path::Path::new(&format!("{ROOT}/{dir}"))).unwrap()
+    manifests::kustomize(&repo_root().join(dir)).unwrap()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -195,10 +196,11 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
 
 #[test]
 fn the_committed_policies_are_what_the_code_generates() {
-    let files = kmm_spoke::policy::render(std::path::Path::new(&format!("{ROOT}/manifests"))).unwrap();
+    let files = kmm_spoke::policy::render(&repo_root().join("manifests")).unwrap();
     assert!(files.len() >= 5);
     for f in &files {
-        let committed = std::fs::read_to_string(format!("{ROOT}/policies/{}", f.name)).unwrap_or_default();
+        let committed =
+            std::fs::read_to_string(repo_root().join("policies").join(&f.name)).unwrap_or_default();
         assert!(
             committed == f.text,
             "policies/{} is missing or stale: run `just gen` and commit the result",
@@ -327,10 +329,10 @@ async fn the_placement_fits_the_ocm_schemas() {
     hub.install_crds_from_path(controlplane::ocm_crds().unwrap().join("hub"))
         .await
         .unwrap();
-    hub.apply_yaml(&std::fs::read_to_string(format!("{ROOT}/policies/namespace.yaml")).unwrap())
+    hub.apply_yaml(&std::fs::read_to_string(repo_root().join("policies/namespace.yaml")).unwrap())
         .await
         .unwrap();
-    let text = std::fs::read_to_string(format!("{ROOT}/policies/placement.yaml")).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("policies/placement.yaml")).unwrap();
     let docs = documents(&text).unwrap();
     let checked: Vec<Value> = docs
         .into_iter()

@@ -154,7 +154,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // v1 everywhere: W and S follow M, the module loads, the v1 device plugin runs.
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} on v1"), || async {
+        eventually(&format!("{node} on v1"), WAIT, || async {
             version_state(&client, node).await == on("v1")
         })
         .await;
@@ -163,12 +163,15 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
         ("node-a".to_owned(), "kmm-ci-device-plugin-v1".to_owned()),
         ("node-b".to_owned(), "kmm-ci-device-plugin-v1".to_owned()),
     ]);
-    eventually("v1 plugins", || async { plugin_pods(&client).await == both_v1 }).await;
+    eventually("v1 plugins", WAIT, || async {
+        plugin_pods(&client).await == both_v1
+    })
+    .await;
 
     // The Module moves to v2 (image and version together): nothing moves on the nodes yet.
     cluster.apply_yaml(&module("v2", IMAGE_V2)).await;
     let dsets = Api::<DaemonSet>::namespaced(client.clone(), "drivers");
-    eventually("the v2 DaemonSet exists", || async {
+    eventually("the v2 DaemonSet exists", WAIT, || async {
         dsets.get_opt("kmm-ci-device-plugin-v2").await.unwrap().is_some()
     })
     .await;
@@ -181,7 +184,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-a: the admin removes M. S goes (plugin stops), then W (module unloaded).
     label_node(&client, "node-a", &[(requested.as_str(), None)]).await;
-    eventually("node-a drained", || async {
+    eventually("node-a drained", WAIT, || async {
         version_state(&client, "node-a").await == (None, None, false, None)
             && loaded(&nmc(&client, "node-a").await) == 0
     })
@@ -198,11 +201,11 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-a: M = v2. W = v2, the v2 image loads, then S = v2 and the v2 plugin runs there.
     label_node(&client, "node-a", &[(requested.as_str(), Some("v2"))]).await;
-    eventually("node-a on v2", || async {
+    eventually("node-a on v2", WAIT, || async {
         version_state(&client, "node-a").await == on("v2")
     })
     .await;
-    eventually("v2 plugin on node-a", || async {
+    eventually("v2 plugin on node-a", WAIT, || async {
         plugin_pods(&client).await.get("node-a").map(String::as_str) == Some("kmm-ci-device-plugin-v2")
     })
     .await;
@@ -230,7 +233,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-b: the shortcut, M changed straight to v2; same order of steps.
     label_node(&client, "node-b", &[(requested.as_str(), Some("v2"))]).await;
-    eventually("node-b on v2", || async {
+    eventually("node-b on v2", WAIT, || async {
         version_state(&client, "node-b").await == on("v2")
     })
     .await;
@@ -238,7 +241,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
         ("node-a".to_owned(), "kmm-ci-device-plugin-v2".to_owned()),
         ("node-b".to_owned(), "kmm-ci-device-plugin-v2".to_owned()),
     ]);
-    eventually("v2 plugins everywhere", || async {
+    eventually("v2 plugins everywhere", WAIT, || async {
         plugin_pods(&client).await == both_v2
     })
     .await;
@@ -250,7 +253,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
             ("Load".to_owned(), IMAGE_V2.to_owned()),
         ]
     );
-    eventually("the idle v1 DaemonSet is removed", || async {
+    eventually("the idle v1 DaemonSet is removed", WAIT, || async {
         dsets.get_opt("kmm-ci-device-plugin-v1").await.unwrap().is_none()
     })
     .await;

@@ -48,7 +48,8 @@ fn the_committed_rbac_is_what_the_code_renders() {
         .expect("kmm-spoke runs");
     assert!(out.status.success());
     let rendered = String::from_utf8(out.stdout).unwrap();
-    let committed = std::fs::read_to_string(format!("{ROOT}/manifests/spoke/rbac.yaml")).unwrap_or_default();
+    let committed =
+        std::fs::read_to_string(repo_root().join("manifests/spoke/rbac.yaml")).unwrap_or_default();
     assert!(
         rendered == committed,
         "manifests/spoke/rbac.yaml is missing or stale: run `just gen` and commit the result"
@@ -163,12 +164,12 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} labelled ready"), || async {
+        eventually(&format!("{node} labelled ready"), WAIT, || async {
             node_labels(&client, node).await.contains_key(&ready)
         })
         .await;
     }
-    eventually("the device plugin DaemonSet", || async {
+    eventually("the device plugin DaemonSet", WAIT, || async {
         !Api::<DaemonSet>::namespaced(client.clone(), "drivers")
             .list(&ListParams::default())
             .await
@@ -185,7 +186,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         )
         .await
         .unwrap();
-    eventually("node-b unloaded", || async {
+    eventually("node-b unloaded", WAIT, || async {
         !node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
@@ -193,7 +194,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         .delete("kmm-ci", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the Module is gone", || async {
+    eventually("the Module is gone", WAIT, || async {
         Api::<Module>::namespaced(client.clone(), "drivers")
             .get_opt("kmm-ci")
             .await
@@ -201,7 +202,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
             .is_none()
     })
     .await;
-    eventually("the kernel claim was written", || async {
+    eventually("the kernel claim was written", WAIT, || async {
         did(&cluster.spoke_requests().await, "create", "clusterclaims")
     })
     .await;
@@ -246,7 +247,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         );
     }
 
-    let docs = manifests::kustomize(&kmm_fleet_tests::repo_root().join("manifests/spoke")).unwrap();
+    let docs = manifests::kustomize(&repo_root().join("manifests/spoke")).unwrap();
     let granted = grants(&docs);
     assert!(
         !granted.is_empty(),

@@ -77,7 +77,7 @@ async fn loads_unloads_and_survives_a_restart() {
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} labelled ready"), || async {
+        eventually(&format!("{node} labelled ready"), WAIT, || async {
             node_labels(&client, node).await.contains_key(&ready)
         })
         .await;
@@ -115,7 +115,7 @@ async fn loads_unloads_and_survives_a_restart() {
         "a WorkerFailed event names the failure"
     );
     // Finished worker pods are gone once read back.
-    eventually("worker pods cleaned up", || async {
+    eventually("worker pods cleaned up", WAIT, || async {
         Api::<Pod>::namespaced(client.clone(), "drivers")
             .list(&ListParams::default().labels("kmm.node.kubernetes.io/worker-action"))
             .await
@@ -127,7 +127,7 @@ async fn loads_unloads_and_survives_a_restart() {
 
     // Status, the managed-mode condition, and the device plugin only where the module is loaded.
     let modules = Api::<Module>::namespaced(client.clone(), "drivers");
-    eventually("module status counts", || async {
+    eventually("module status counts", WAIT, || async {
         let m = modules.get("kmm-ci").await.unwrap();
         let s = m.status.unwrap_or_default();
         s.module_loader.is_some_and(|l| {
@@ -150,7 +150,7 @@ async fn loads_unloads_and_survives_a_restart() {
         nodes.sort();
         nodes
     };
-    eventually("device plugin on loaded nodes", || async {
+    eventually("device plugin on loaded nodes", WAIT, || async {
         plugin_nodes().await == ["node-a", "node-b"]
     })
     .await;
@@ -164,12 +164,12 @@ async fn loads_unloads_and_survives_a_restart() {
         )
         .await
         .unwrap();
-    eventually("node-b unloaded", || async {
+    eventually("node-b unloaded", WAIT, || async {
         loaded(&nmc(&client, "node-b").await) == 0
             && !node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
-    eventually("device plugin left node-b", || async {
+    eventually("device plugin left node-b", WAIT, || async {
         plugin_nodes().await == ["node-a"]
     })
     .await;
@@ -182,12 +182,12 @@ async fn loads_unloads_and_survives_a_restart() {
         "the finalizer holds the Module"
     );
     let spoke = start_spoke(&cluster);
-    eventually("node-a unloaded after the restart", || async {
+    eventually("node-a unloaded after the restart", WAIT, || async {
         loaded(&nmc(&client, "node-a").await) == 0
             && !node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
-    eventually("Module released", || async {
+    eventually("Module released", WAIT, || async {
         modules.get_opt("kmm-ci").await.unwrap().is_none()
     })
     .await;
@@ -300,13 +300,13 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     cluster.apply_yaml(&module_with(IMAGE_1)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-b loaded", || async {
+    eventually("node-b loaded", WAIT, || async {
         node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), "drivers");
     let name = "kmm-worker-node-a-kmm-ci";
-    eventually("node-a's worker waits to start", || async {
+    eventually("node-a's worker waits to start", WAIT, || async {
         pods.get_opt(name).await.unwrap().is_some_and(|p| {
             p.status.and_then(|s| s.container_statuses).is_some_and(|cs| {
                 cs.iter()
@@ -320,7 +320,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     // The kubelet of node-a dies: the node-lifecycle controller marks it NotReady.
     cluster.node_control.set_down("node-a", true);
     let nodes = Api::<Node>::all(client.clone());
-    eventually_within(90, "node-a NotReady", || async {
+    eventually("node-a NotReady", Duration::from_secs(90), || async {
         !node_ready(&nodes.get("node-a").await.unwrap())
     })
     .await;
@@ -328,7 +328,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     cluster.apply_yaml(&module_with(IMAGE_2)).await;
 
     // The healthy node moves on while node-a is stuck.
-    eventually("node-b on the new image", || async {
+    eventually("node-b on the new image", WAIT, || async {
         nmc(&client, "node-b")
             .await
             .and_then(|n| n.status)
@@ -340,7 +340,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
             && node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
-    eventually("the stale worker on node-a is being deleted", || async {
+    eventually("the stale worker on node-a is being deleted", WAIT, || async {
         workers_on(&client, "node-a").await == [(first_uid.clone(), IMAGE_1.to_owned(), true)]
     })
     .await;
@@ -409,7 +409,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
 
     // node-a is back: its kubelet finishes the deletion, the new image loads.
     cluster.node_control.set_down("node-a", false);
-    eventually("node-a loaded with the new image", || async {
+    eventually("node-a loaded with the new image", WAIT, || async {
         nmc(&client, "node-a")
             .await
             .and_then(|n| n.status)
@@ -421,7 +421,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
             && node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
-    eventually("node-a's workers cleaned up", || async {
+    eventually("node-a's workers cleaned up", WAIT, || async {
         workers_on(&client, "node-a").await.is_empty()
     })
     .await;
@@ -453,7 +453,7 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
     let spoke = start_spoke(&cluster);
     cluster.apply_yaml(&module_with(IMAGE_1)).await;
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-a loaded", || async {
+    eventually("node-a loaded", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
             && workers_on(&client, "node-a").await.is_empty()
     })
@@ -461,10 +461,14 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
 
     cluster.node_control.set_down("node-a", true);
     let nodes = Api::<Node>::all(client.clone());
-    eventually_within(90, "node-a NotReady and tainted unreachable", || async {
-        let node = nodes.get("node-a").await.unwrap();
-        !node_ready(&node) && node_tainted(&node)
-    })
+    eventually(
+        "node-a NotReady and tainted unreachable",
+        Duration::from_secs(90),
+        || async {
+            let node = nodes.get("node-a").await.unwrap();
+            !node_ready(&node) && node_tainted(&node)
+        },
+    )
     .await;
     // kmm-spoke has seen the taints (they are a Node update); give it time to act on them.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -529,7 +533,7 @@ async fn a_4_kib_worker_failure_is_reported_in_an_event_the_apiserver_accepts() 
     cluster.apply_yaml(&module_with(IMAGE_1)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-a loaded after the retry", || async {
+    eventually("node-a loaded after the retry", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;

@@ -46,18 +46,14 @@ fn mcm_yaml(host: &str) -> String {
 }
 
 /// Waits up to `secs` for `check`; on timeout fails with what was awaited and the logs.
-async fn eventually<F, Fut>(fleet: &Fleet, secs: u64, what: &str, mut check: F)
+async fn eventually<F, Fut>(fleet: &Fleet, secs: u64, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let Err(timed_out) = kmm_fleet_tests::wait_for(what, Duration::from_secs(secs), check).await else {
+        return;
+    };
     let mcm = Api::<ManagedClusterModule>::all(fleet.hub.client())
         .get_opt(MCM)
         .await
@@ -79,7 +75,7 @@ where
         .map(|l| format!("{}/{}/{}: {}", l.cluster, l.namespace, l.pod, l.output))
         .collect();
     panic!(
-        "timed out waiting for: {what}\nlast pod runs: {last_runs:#?}\nMCM status: {}\nhub Jobs: {jobs:#?}\n{}",
+        "{timed_out}\nlast pod runs: {last_runs:#?}\nMCM status: {}\nhub Jobs: {jobs:#?}\n{}",
         status.unwrap_or_else(|| "none".into()),
         fleet.log_tails(40)
     );

@@ -5,7 +5,6 @@
 //! Every write of the kubelet must pass the real apiserver's validation (no 4xx refusals in the
 //! audit log).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -27,25 +26,6 @@ const KERNEL: &str = "6.1.0-25-cloud-amd64";
 
 fn dir(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
-}
-
-/// Polls `check` every 250 ms until it gives a value; fails after `secs` with `what` and the
-/// control plane's log tails.
-async fn eventually<T, F, Fut>(cp: &ControlPlane, secs: u64, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("not within {secs} s: {what}\n{}", cp.log_tails(15));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The kubelet for `nodes` on a real control plane: the kube-controller-manager runs Jobs and
@@ -96,10 +76,9 @@ fn has_taint(node: &Node, key: &str) -> bool {
 /// A node is Ready and the node-lifecycle controller has lifted its `not-ready` taint.
 async fn ready_and_untainted(cp: &ControlPlane, name: &str) -> anyhow::Result<Node> {
     let nodes = Api::<Node>::all(cp.client());
-    eventually(
-        cp,
-        60,
+    cp.wait_for(
         &format!("node {name} Ready without the not-ready taint"),
+        Duration::from_secs(60),
         || async {
             let n = nodes.get_opt(name).await.ok()??;
             let ready = condition(&n, "Ready").is_some_and(|(s, _)| s == "True");
@@ -215,7 +194,7 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         Some(("Node", n1.uid().unwrap_or_default().as_str()))
     );
     let first = spec.renew_time.map(|t| t.0).expect("a renew time");
-    eventually(&cp, 10, "the lease of n1 renewed", || async {
+    cp.wait_for("the lease of n1 renewed", Duration::from_secs(10), || async {
         let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
         (t > first).then_some(())
     })
@@ -231,7 +210,7 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         )
         .await?;
     let beat = condition(&nodes.get("n1").await?, "Ready").map(|c| c.1);
-    eventually(&cp, 25, "a new heartbeat of n1", || async {
+    cp.wait_for("a new heartbeat of n1", Duration::from_secs(25), || async {
         let now = condition(&nodes.get("n1").await.ok()?, "Ready")?.1;
         (Some(&now) != beat.as_ref()).then_some(())
     })
@@ -263,10 +242,14 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         KubeletScript::new(),
         None,
     );
-    eventually(&cp, 10, "the lease of n1 renewed after the restart", || async {
-        let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
-        (Some(t) > renewed).then_some(())
-    })
+    cp.wait_for(
+        "the lease of n1 renewed after the restart",
+        Duration::from_secs(10),
+        || async {
+            let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
+            (Some(t) > renewed).then_some(())
+        },
+    )
     .await?;
     let info = nodes
         .get("n1")
@@ -323,11 +306,12 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
     jobs.create(&PostParams::default(), &job("works")?).await?;
     jobs.create(&PostParams::default(), &job("fails")?).await?;
 
-    let done = eventually(&cp, 60, "job works Complete", || async {
-        let j = jobs.get("works").await.ok()?;
-        job_condition(&j, "Complete").then_some(j)
-    })
-    .await?;
+    let done = cp
+        .wait_for("job works Complete", Duration::from_secs(60), || async {
+            let j = jobs.get("works").await.ok()?;
+            job_condition(&j, "Complete").then_some(j)
+        })
+        .await?;
     assert_eq!(done.status.as_ref().and_then(|s| s.succeeded), Some(1));
     let pod = job_pod(&cp.client(), "works").await?;
     let node = pod
@@ -351,11 +335,12 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         Some((0, "Completed".to_owned()))
     );
 
-    let failed = eventually(&cp, 60, "job fails Failed", || async {
-        let j = jobs.get("fails").await.ok()?;
-        job_condition(&j, "Failed").then_some(j)
-    })
-    .await?;
+    let failed = cp
+        .wait_for("job fails Failed", Duration::from_secs(60), || async {
+            let j = jobs.get("fails").await.ok()?;
+            job_condition(&j, "Failed").then_some(j)
+        })
+        .await?;
     assert_eq!(failed.status.as_ref().and_then(|s| s.failed), Some(1));
     let pod = job_pod(&cp.client(), "fails").await?;
     let (code, reason, stored) = terminated(&pod).expect("a terminated container");
@@ -397,11 +382,16 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
     }))?;
     let sets = Api::<DaemonSet>::namespaced(cp.client(), "default");
     sets.create(&PostParams::default(), &ds).await?;
-    let status = eventually(&cp, 60, "daemonset loader with one ready pod", || async {
-        let s = sets.get("loader").await.ok()?.status?;
-        (s.number_ready == 1).then_some(s)
-    })
-    .await?;
+    let status = cp
+        .wait_for(
+            "daemonset loader with one ready pod",
+            Duration::from_secs(60),
+            || async {
+                let s = sets.get("loader").await.ok()?.status?;
+                (s.number_ready == 1).then_some(s)
+            },
+        )
+        .await?;
     assert_eq!(status.desired_number_scheduled, 1);
     assert_eq!(status.number_available, Some(1));
 
@@ -480,10 +470,13 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         &pod_on("exec-slow", "n1", &["sh", "-c", &touch])?,
     )
     .await?;
-    eventually(&cp, 60, "pod exec-slow Running", || running("exec-slow")).await?;
+    cp.wait_for("pod exec-slow Running", Duration::from_secs(60), || {
+        running("exec-slow")
+    })
+    .await?;
     let deleted_at = Instant::now();
     pods.delete("exec-slow", &DeleteParams::default()).await?;
-    eventually(&cp, 10, "pod exec-slow gone", || async {
+    cp.wait_for("pod exec-slow gone", Duration::from_secs(10), || async {
         pods.get_opt("exec-slow").await.ok()?.is_none().then_some(())
     })
     .await?;
@@ -501,16 +494,19 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         &pod_on("web", "n2", &["sleep", "infinity"])?,
     )
     .await?;
-    let web = eventually(&cp, 60, "pod web Running", || running("web")).await?;
+    let web = cp
+        .wait_for("pod web Running", Duration::from_secs(60), || running("web"))
+        .await?;
     pods.create(
         &PostParams::default(),
         &pod_on("stays", "n2", &["sleep", "infinity"])?,
     )
     .await?;
-    eventually(&cp, 60, "pod stays Running", || running("stays")).await?;
+    cp.wait_for("pod stays Running", Duration::from_secs(60), || running("stays"))
+        .await?;
     control.set_down("n2", true);
     let went_down = Instant::now();
-    eventually(&cp, 45, "node n2 not Ready", || async {
+    cp.wait_for("node n2 not Ready", Duration::from_secs(45), || async {
         let n = nodes.get("n2").await.ok()?;
         let (status, _) = condition(&n, "Ready")?;
         (status != "True").then_some(status)
@@ -528,7 +524,7 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         "n1 stays up"
     );
     // The node-lifecycle controller marks the pods of the unreachable node not ready.
-    eventually(&cp, 20, "pod stays marked not ready", || async {
+    cp.wait_for("pod stays marked not ready", Duration::from_secs(20), || async {
         let p = pods.get("stays").await.ok()?;
         (!status::is_ready(&p)).then_some(())
     })
@@ -557,14 +553,17 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
 
     // Back up: Ready again, and the deletion is finished.
     control.set_down("n2", false);
-    eventually(&cp, 15, "pod web gone after n2 came back", || async {
-        pods.get_opt("web").await.ok()?.is_none().then_some(())
-    })
+    cp.wait_for(
+        "pod web gone after n2 came back",
+        Duration::from_secs(15),
+        || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) },
+    )
     .await?;
     ready_and_untainted(&cp, "n2").await?;
-    eventually(&cp, 15, "pod late Running", || running("late")).await?;
+    cp.wait_for("pod late Running", Duration::from_secs(15), || running("late"))
+        .await?;
     // Its other pod is Ready again: the kubelet's status wins over the controller's mark.
-    eventually(&cp, 15, "pod stays Ready again", || async {
+    cp.wait_for("pod stays Ready again", Duration::from_secs(15), || async {
         let p = pods.get("stays").await.ok()?;
         status::is_ready(&p).then_some(())
     })

@@ -29,10 +29,11 @@ use kmm_fleet_tests::{
     process::http_get,
 };
 use kmm_sim::SimCluster;
+use kmm_test_kit::{Done, crds_dir, free_port, repo_root};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::{Registry, free_port, start_registry};
+use super::{Registry, start_registry};
 
 pub const HUB_NAMESPACE: &str = "kmm-hub";
 pub const SPOKE_NAMESPACE: &str = "drivers";
@@ -40,10 +41,6 @@ pub const SPOKE_NAMESPACE: &str = "drivers";
 pub const HUB_USER: &str = "system:serviceaccount:kmm-hub:kmm-hub";
 /// Group of the client-certificate identities of [`Fleet::start_with`], bound to the hub's roles.
 pub const HUB_GROUP: &str = "kmm-hub-replicas";
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Tests of one binary that start control planes run one at a time: each needs most of a
 /// 2-core machine, and timeouts are no assertion here.
@@ -108,10 +105,8 @@ impl Fleet {
         let hub = ControlPlane::start(&dir.join("hub"), "hub", options)
             .await
             .unwrap();
-        hub.install_crds_from_path(repo_root().join("manifests/crds"))
-            .await
-            .unwrap();
-        hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
+        hub.install_crds_from_path(crds_dir()).await.unwrap();
+        hub.install_crds_from_path(kmm_test_kit::ocm_crds().unwrap().join("hub"))
             .await
             .unwrap();
         let hub_kubeconfig = install_service_account(&hub, &repo_root().join("manifests/hub"))
@@ -293,10 +288,7 @@ async fn start_spoke(hub: &ControlPlane, dir: &Path, name: &str, labels: &[(&str
     let cluster = ControlPlane::start(&dir.join("cluster"), name, ocm::spoke_options(Options::default()))
         .await
         .unwrap();
-    cluster
-        .install_crds_from_path(repo_root().join("manifests/crds"))
-        .await
-        .unwrap();
+    cluster.install_crds_from_path(crds_dir()).await.unwrap();
     cluster
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {SPOKE_NAMESPACE}}}\n"
@@ -347,7 +339,7 @@ impl HubProcess {
 
     /// `kmm-hub run --identity id` with `kubeconfig`, its log in `dir`.
     pub fn start_with_kubeconfig(kubeconfig: &Path, dir: &Path, id: &str, extra: &[&str]) -> Self {
-        let metrics_port = free_port();
+        let metrics_port = free_port().unwrap();
         let log = dir.join(format!("kmm-hub-{id}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
             .args(["run", "--namespace", HUB_NAMESPACE, "--identity", id])
@@ -409,12 +401,13 @@ impl HubProcess {
 
     /// Waits until `/readyz` says ready (its stores synced).
     pub async fn wait_ready(&self) {
-        eventually(120, "hub ready", Some(self), || self.ready()).await;
+        self.eventually("hub ready", Duration::from_secs(120), || self.ready())
+            .await;
     }
 
     /// Waits until it has reconciled at least once (a sync point, not a count of writes).
     pub async fn wait_reconciled(&self) {
-        eventually(120, "the hub reconciled", Some(self), || async {
+        self.eventually("the hub reconciled", Duration::from_secs(120), || async {
             self.metric("kmm_hub_reconciles_total")
                 .await
                 .is_some_and(|n| n >= 1.0)
@@ -425,30 +418,25 @@ impl HubProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
 
-/// Waits (up to `secs`) until `f` holds; panics with `what` and the hub log otherwise.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, hub: Option<&HubProcess>, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if f().await {
-            return;
+    /// [`kmm_test_kit::wait_for`], panicking with the tail of this hub's log.
+    pub async fn eventually<F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: F,
+    ) -> <Fut::Output as Done>::Value
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future,
+        Fut::Output: Done,
+    {
+        match kmm_test_kit::wait_for(what, timeout, check).await {
+            Ok(value) => value,
+            Err(e) => panic!(
+                "{e}\n{}",
+                kmm_fleet_tests::process::tail_titled("kmm-hub", &self.log, 40)
+            ),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let log = hub.map(HubProcess::log_text).unwrap_or_default();
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    panic!("timed out waiting for: {what}\n--- kmm-hub log (tail) ---\n{tail}");
 }

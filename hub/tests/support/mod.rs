@@ -5,7 +5,7 @@
 pub mod fleet;
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -27,14 +27,6 @@ impl Drop for Registry {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -48,7 +40,7 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 pub fn start_registry(name: &str) -> Registry {
-    start_registry_at(name, free_port())
+    start_registry_at(name, kmm_test_kit::free_port().unwrap())
 }
 
 /// A registry on the given port (e.g. one a test kept free to simulate the registry being down).

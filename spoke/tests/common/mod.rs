@@ -7,28 +7,22 @@
 
 pub mod kmod;
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration};
 use kmm_api::nmc::NodeModulesConfig;
 use kmm_fleet_tests::{
     controlplane::{self, AuditEvent, ControlPlane, Options},
-    fleet, repo_root,
+    fleet,
 };
 use kmm_spoke::{cli::run_with, context::Settings, node_controller::desired::NodeSettings};
+pub use kmm_test_kit::{eventually, repo_root};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The user kmm-spoke's ServiceAccount token authenticates as.
 pub const SPOKE_USER: &str = "system:serviceaccount:kmm-operator-system:kmm-spoke";
@@ -95,7 +89,7 @@ pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
         "modules.kmm.sigs.x-k8s.io.yaml",
         "nodemodulesconfigs.kmm.sigs.x-k8s.io.yaml",
     ] {
-        cp.install_crds_from_path(root.join("manifests/crds").join(crd))
+        cp.install_crds_from_path(kmm_test_kit::crds_dir().join(crd))
             .await
             .unwrap();
     }
@@ -138,7 +132,7 @@ pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
 
 /// OCM's ClusterClaim CRD, as `scripts/controlplane-build` copies it from the OCM API module.
 pub async fn install_claim_crd(cp: &ControlPlane) {
-    let dir = controlplane::ocm_crds().unwrap().join("spoke");
+    let dir = kmm_test_kit::ocm_crds().unwrap().join("spoke");
     cp.install_crds_from_path(dir.join("0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml"))
         .await
         .unwrap();
@@ -160,12 +154,16 @@ impl SpokeCluster {
     /// untolerated NoSchedule taint, as upstream does).
     pub async fn wait_node_ready(&self, node: &str) {
         let api = Api::<Node>::all(self.client());
-        eventually_within(90, &format!("node {node} registered and Ready"), || async {
-            api.get_opt(node)
-                .await
-                .unwrap()
-                .is_some_and(|n| node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some())
-        })
+        eventually(
+            &format!("node {node} registered and Ready"),
+            Duration::from_secs(90),
+            || async {
+                api.get_opt(node)
+                    .await
+                    .unwrap()
+                    .is_some_and(|n| node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some())
+            },
+        )
         .await;
     }
 
@@ -256,33 +254,9 @@ pub async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(
     .unwrap();
 }
 
-/// Polls `check` every 200 ms for up to 120 s; a bound so a broken controller fails the test
-/// instead of hanging it, not a speed check.
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(120, what, check).await;
-}
-
-/// [`eventually`] with its own bound in seconds.
-pub async fn eventually_within<F, Fut>(secs: u64, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("not within {secs} s: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long a wait on a real control plane may take: a bound so a broken controller fails the
+/// test instead of hanging it, not a speed check.
+pub const WAIT: Duration = Duration::from_secs(120);
 
 pub fn settings() -> Settings {
     Settings {
