@@ -9,8 +9,6 @@
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
 mod support;
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
@@ -28,7 +26,7 @@ use kube::{
 };
 use support::{
     fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial},
-    push_image, run, start_registry,
+    kmod, push_image, run, start_registry,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";

@@ -4,8 +4,6 @@
 //! Debian's sign-file.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
 mod support;
 
 use std::{
@@ -13,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
+use support::kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
 use support::{Registry, run, start_registry};
 
 const KVER: &str = "6.1.0-56-cloud-amd64";

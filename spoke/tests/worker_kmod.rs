@@ -11,7 +11,8 @@ use std::{
 
 mod common;
 
-use common::kmod::built_modules;
+use common::kmod::{built_modules, kmod_tree};
+use kmm_test_kit::kmod;
 
 struct Node {
     _tmp: tempfile::TempDir,
@@ -30,31 +31,17 @@ fn mk_node() -> Node {
     let (kernel, built) = built_modules();
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");
-    let tree = shared.join("opt/lib/modules").join(kernel).join("extra");
-    fs::create_dir_all(&tree).unwrap();
-    for m in ["kmm_a", "kmm_b", "kmm_c"] {
-        fs::copy(built.join(format!("{m}.ko")), tree.join(format!("{m}.ko"))).unwrap();
-    }
-    let out = Command::new("depmod")
-        .arg("-b")
-        .arg(shared.join("opt"))
-        .arg(kernel)
-        .output()
-        .expect("depmod (install kmod)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kmod_tree(&shared);
     fs::create_dir_all(shared.join("firmware/vendor")).unwrap();
     fs::write(shared.join("firmware/vendor/fw.bin"), b"firmware").unwrap();
     let host = tmp.path().join("host");
-    let intree = host.join("lib/modules").join(kernel).join("kernel/drivers");
-    fs::create_dir_all(&intree).unwrap();
-    fs::copy(built.join("kmm_c.ko"), intree.join("kmm_intree.ko")).unwrap();
-    let out = Command::new("depmod")
-        .arg("-b")
-        .arg(&host)
-        .arg(kernel)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kmod::tree(
+        &host,
+        kernel,
+        "kernel/drivers",
+        &[(built.join("kmm_c.ko"), "kmm_intree.ko")],
+    )
+    .unwrap();
     let firmware = tmp.path().join("host-firmware");
     fs::create_dir_all(&firmware).unwrap();
     fs::write(firmware.join("unrelated.bin"), b"keep").unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fleet;
+pub mod kmod;
 
 use std::{
     net::TcpStream,
@@ -27,16 +28,9 @@ impl Drop for Registry {
     }
 }
 
+/// [`kmm_test_kit::run`]; a failure fails the test.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `just deps`)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kmm_test_kit::run(cmd).unwrap()
 }
 
 pub fn start_registry(name: &str) -> Registry {

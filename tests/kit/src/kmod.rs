@@ -66,7 +66,7 @@ pub fn build(dir: &Path, sources: &[(&str, &str)]) -> anyhow::Result<()> {
 
 /// Copies `modules` (built `.ko`, the name it gets) to `<root>/lib/modules/<kernel>/<subdir>/`
 /// and runs depmod on `root`.
-pub fn tree(root: &Path, kernel: &str, subdir: &str, modules: &[(&Path, &str)]) -> anyhow::Result<()> {
+pub fn tree(root: &Path, kernel: &str, subdir: &str, modules: &[(PathBuf, &str)]) -> anyhow::Result<()> {
     let dest = root.join("lib/modules").join(kernel).join(subdir);
     std::fs::create_dir_all(&dest)?;
     for (ko, name) in modules {
