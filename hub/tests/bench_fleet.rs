@@ -14,7 +14,7 @@ use kmm_sim::{FleetMember, Sim};
 use kube::{Api, api::PostParams};
 use support::{
     fleet::{HUB_NAMESPACE, HubProcess},
-    push_image, start_registry,
+    start_registry,
 };
 
 const KERNELS: [&str; 3] = [
@@ -57,7 +57,7 @@ async fn cold_start(clusters: usize) {
     let setup = hub.add_managed_clusters(&members).unwrap();
     let registry = start_registry(&format!("bench-{clusters}"));
     for k in KERNELS {
-        push_image(&registry, &format!("kmm/kmod:{k}"));
+        registry.push_labelled(&format!("kmm/kmod:{k}")).unwrap();
     }
     let registry_before = registry.manifest_requests("kmm/kmod");
 

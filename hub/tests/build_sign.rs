@@ -26,7 +26,7 @@ use kube::{
 };
 use support::{
     fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial},
-    kmod, push_image, run, start_registry,
+    kmod, run, scratch, start_registry,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -147,7 +147,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         },
     )
     .await;
-    push_image(&fleet.registry, &unsigned);
+    fleet.registry.push_labelled(&unsigned).unwrap();
     // The signing Secrets are missing, then one lacks its key: no sign Job, a clear problem.
     let problem = |needle: &'static str| {
         let client = fleet.hub.client();
@@ -223,7 +223,10 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         args.contains(&format!("--unsigned-image={}/{unsigned}", fleet.registry.host)),
         "{args:?}"
     );
-    let digest = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    let digest = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     hub.eventually(
         "both clusters get the signed image, pinned",
         Duration::from_secs(30),
@@ -361,14 +364,14 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     assert_eq!(args[1], BUILD_SCRIPT);
 
     // What the pod would have mounted: the Dockerfile ConfigMap at the workspace, plus the module.
-    let ws = kmod::scratch("buildah-ws");
+    let ws = scratch("buildah-ws");
     std::fs::write(
         ws.join("dockerfile"),
         "FROM scratch\nARG KERNEL_FULL_VERSION\nCOPY gpu_kmod.ko /opt/lib/modules/${KERNEL_FULL_VERSION}/\n",
     )
     .unwrap();
     std::fs::write(ws.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
-    let storage = kmod::scratch("buildah-storage");
+    let storage = scratch("buildah-storage");
     let mut cmd = Command::new(&container.command.unwrap()[0]);
     cmd.args(&args)
         .env("KMM_WORKSPACE", &ws)
@@ -393,7 +396,7 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     .unwrap();
     assert!(inspect["Digest"].as_str().unwrap().starts_with("sha256:"));
     // The layer holds the module at the path the kernel mapping promises.
-    let bundle = images::unpack(&dest, &kmod::scratch("buildah-readback")).unwrap();
+    let bundle = images::unpack(&dest, &scratch("buildah-readback")).unwrap();
     let shipped = std::fs::read(bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"))).unwrap();
     assert_eq!(shipped, kmod::unsigned_module());
     let _ = std::fs::remove_dir_all(&storage);
@@ -401,22 +404,9 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
 
 /// An image holding only `/gpu_kmod.ko`, the "sources" a multi-stage build copies from.
 fn push_module_image(registry: &support::Registry, repo_tag: &str) {
-    let dir = kmod::scratch("src-image");
-    let layout = dir.join("layout").display().to_string();
+    let dir = scratch("src-image");
     std::fs::write(dir.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
-    run(Command::new("umoci").args(["init", "--layout", &layout]));
-    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:v")]));
-    run(Command::new("umoci")
-        .args(["insert", "--rootless", "--image", &format!("{layout}:v")])
-        .arg(dir.join("gpu_kmod.ko"))
-        .arg("/gpu_kmod.ko"));
-    let dest = format!("docker://{}/{repo_tag}", registry.host);
-    run(Command::new("skopeo").args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{layout}:v"),
-        &dest,
-    ]));
+    registry.push_dir(repo_tag, &dir).unwrap();
 }
 
 /// The whole pipeline for real: the kubelet runs the build Job's buildah command and the sign
@@ -428,7 +418,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     two_clusters(&fleet).await;
     let host = fleet.registry.host.clone();
     push_module_image(&fleet.registry, "kmm/gpu-src:1");
-    let keys = kmod::scratch("pipeline-keys");
+    let keys = scratch("pipeline-keys");
     let key = kmod::make_rsa_key(&keys, "fleet", 2048, "kmm fleet test key");
     let b64 = |p: &std::path::Path| {
         use base64::Engine;
@@ -447,7 +437,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         ))
         .await
         .unwrap();
-    let storage = kmod::scratch("pipeline-buildah");
+    let storage = scratch("pipeline-buildah");
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kmm-hub"))
         .parent()
         .unwrap()
@@ -470,7 +460,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             script: KubeletScript {
                 rules: vec![everything],
             },
-            exec_root: Some(kmod::scratch("pipeline-pods")),
+            exec_root: Some(scratch("pipeline-pods")),
             exec_env,
             exec_timeout: std::time::Duration::from_secs(240),
             ..Default::default()
@@ -516,7 +506,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
 
     // The shipped image holds the module, signed with our key.
     let dest = format!("docker://{final_repo}:{K1}");
-    let bundle = images::unpack(&dest, &kmod::scratch("pipeline-readback")).unwrap();
+    let bundle = images::unpack(&dest, &scratch("pipeline-readback")).unwrap();
     let module = bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"));
     assert_eq!(kmod::modinfo(&module, "signer"), "kmm fleet test key");
     assert_eq!(kmod::modinfo(&module, "sig_hashalgo"), "sha256");

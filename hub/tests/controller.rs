@@ -26,7 +26,7 @@ use support::{
     fleet::{
         ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial, writes_by,
     },
-    push_image, start_registry_at,
+    start_registry_at,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -133,8 +133,14 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             kernels: Some(&[K1]),
         })
         .await;
-    let d1 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    let d2 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K2}"));
+    let d1 = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
+    let d2 = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K2}"))
+        .unwrap();
     // Pushing and inspecting with skopeo asked for manifests too; count from here on.
     let before = fleet.registry.manifest_requests("kmm/gpu-kmod");
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
@@ -432,7 +438,10 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
     .await;
 
     // The image is pushed: the next retry pins it and the work appears.
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     hub.eventually(
         "work written once the image exists",
         Duration::from_secs(120),
@@ -459,7 +468,10 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     fleet
         .add_spokes(&[ClusterSpec::prod("a", &[K1]), ClusterSpec::prod("b", &[K1])])
         .await;
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     let first = fleet.start_hub_as("replica-1", &[]);
     let second = fleet.start_hub_as("replica-2", &[]);
     create_mcm(&fleet, "gpu").await;
@@ -573,7 +585,7 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
     assert!(work(&fleet, "a", "gpu").await.is_none());
 
     let registry = start_registry_at("down-later", port);
-    let digest = push_image(&registry, &format!("kmm/gpu-kmod:{K1}"));
+    let digest = registry.push_labelled(&format!("kmm/gpu-kmod:{K1}")).unwrap();
     hub.eventually(
         "the work appears once the registry answers",
         Duration::from_secs(120),

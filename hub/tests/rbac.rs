@@ -25,10 +25,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use support::{
-    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial},
-    push_image,
-};
+use support::fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial};
 
 const K1: &str = "6.1.0-28-cloud-amd64";
 const K2: &str = "6.1.0-29-cloud-amd64";
@@ -105,7 +102,10 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
             kernels: Some(&[K2]),
         })
         .await;
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     // The pull secret names another registry, so the local one is used without credentials.
     fleet
         .hub
@@ -182,7 +182,10 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         ok_jobs().await == 1
     })
     .await;
-    push_image(&fleet.registry, &format!("kmm/ok-kmod:{K2}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/ok-kmod:{K2}"))
+        .unwrap();
     hub.eventually(
         "d's work and the build Job deleted",
         Duration::from_secs(120),

@@ -1,4 +1,5 @@
-//! A CNCF distribution registry (Debian `docker-registry`) on a free loopback port.
+//! A CNCF distribution registry (Debian `docker-registry`) on a free loopback port, and images
+//! pushed to it with umoci and skopeo.
 
 use std::{
     net::TcpStream,
@@ -14,6 +15,8 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// Its config, data, log, and the layouts of the images pushed.
+    pub dir: PathBuf,
     log: PathBuf,
 }
 
@@ -27,7 +30,11 @@ impl Drop for Registry {
 impl Registry {
     /// Starts a registry storing its data under `dir`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let port = crate::free_port()?;
+        Self::start_at(dir, crate::free_port()?)
+    }
+
+    /// [`Self::start`] on `port` (e.g. one a test kept free while the registry was "down").
+    pub fn start_at(dir: &Path, port: u16) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.yml");
         std::fs::write(
@@ -48,6 +55,7 @@ impl Registry {
         let mut registry = Self {
             child,
             host: format!("127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -93,5 +101,57 @@ impl Registry {
         .ok()?;
         let json: serde_json::Value = serde_json::from_str(&out).ok()?;
         json["Digest"].as_str().map(str::to_owned)
+    }
+
+    /// Pushes the folder `root` as a one-layer image `repo_tag`; its digest (per skopeo).
+    pub fn push_dir(&self, repo_tag: &str, root: &Path) -> anyhow::Result<String> {
+        let image = self.new_layout(repo_tag)?;
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?.path();
+            let name = entry.file_name().context("an entry has a name")?;
+            crate::run(
+                Command::new("umoci")
+                    .args(["insert", "--rootless", "--image", &image])
+                    .arg(&entry)
+                    .arg(Path::new("/").join(name)),
+            )?;
+        }
+        self.copy_in(&image, repo_tag)
+    }
+
+    /// Pushes an image without layers, labelled with `repo_tag` (so every tag has its own
+    /// digest); its digest.
+    pub fn push_labelled(&self, repo_tag: &str) -> anyhow::Result<String> {
+        let image = self.new_layout(repo_tag)?;
+        crate::run(Command::new("umoci").args([
+            "config",
+            "--image",
+            &image,
+            "--config.label",
+            &format!("tag={repo_tag}"),
+        ]))?;
+        self.copy_in(&image, repo_tag)
+    }
+
+    /// A fresh OCI layout with an empty image `<layout>:v` for `repo_tag`; that image's name.
+    fn new_layout(&self, repo_tag: &str) -> anyhow::Result<String> {
+        let layout =
+            crate::fresh_dir(&self.dir.join("layouts"), &repo_tag.replace(['/', ':'], "-"))?.join("oci");
+        let image = format!("{}:v", layout.display());
+        crate::run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
+        crate::run(Command::new("umoci").args(["new", "--image", &image]))?;
+        Ok(image)
+    }
+
+    /// Copies the layout image `image` to `repo_tag` here; its digest.
+    fn copy_in(&self, image: &str, repo_tag: &str) -> anyhow::Result<String> {
+        crate::run(
+            Command::new("skopeo")
+                .args(["copy", "--dest-tls-verify=false"])
+                .arg(format!("oci:{image}"))
+                .arg(format!("docker://{}/{repo_tag}", self.host)),
+        )?;
+        self.digest(repo_tag)
+            .with_context(|| format!("{repo_tag} was pushed but cannot be inspected"))
     }
 }

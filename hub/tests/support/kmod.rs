@@ -39,15 +39,6 @@ pub fn sign_file_tool() -> PathBuf {
     tool
 }
 
-/// A scratch directory under the target dir, emptied first (and left there afterwards).
-pub fn scratch(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kmm-sign-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A scratch directory under the target dir, removed when dropped.
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
