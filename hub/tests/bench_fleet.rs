@@ -13,7 +13,7 @@ use kmm_api::ManagedClusterModule;
 use kmm_sim::{FleetMember, Sim};
 use kube::{Api, api::PostParams};
 use support::{
-    fleet::{HUB_NAMESPACE, HubProcess},
+    fleet::{HUB_NAMESPACE, start_sim_hub},
     start_registry,
 };
 
@@ -61,7 +61,7 @@ async fn cold_start(clusters: usize) {
     }
     let registry_before = registry.manifest_requests("kmm/kmod");
 
-    let process = HubProcess::start(&hub, sim.dir(), "bench", &["--leader-election", "false"]);
+    let process = start_sim_hub(&hub, sim.dir(), "bench", &["--leader-election", "false"]);
     let deadline = Instant::now() + Duration::from_secs(600);
     while !process.ready().await {
         assert!(Instant::now() < deadline, "hub never became ready");

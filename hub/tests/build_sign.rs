@@ -25,7 +25,9 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use support::{
-    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial},
+    fleet::{
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial, wait_reconciled,
+    },
     kmod, run, scratch, start_registry,
 };
 
@@ -320,7 +322,7 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     drop(hub);
     let mark = fleet.audit().await.len();
     let again = fleet.start_hub("hub-1", &["--leader-election", "false"]);
-    again.wait_reconciled().await;
+    wait_reconciled(&again).await;
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let created = jobs_created(&fleet, mark).await;
     assert!(created.is_empty(), "no second Job after a restart: {created:#?}");

@@ -24,7 +24,8 @@ use kube::{
 };
 use support::{
     fleet::{
-        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial, writes_by,
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial,
+        wait_reconciled, writes_by,
     },
     start_registry_at,
 };
@@ -534,10 +535,14 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     ];
     // SIGTERM stops a replica cleanly and promptly (as the kubelet stops a pod).
     let (mut first, mut second) = (first, second);
-    assert_eq!(first.terminate(30), Some(0), "kmm-hub exits 0 on SIGTERM");
-    assert_eq!(second.terminate(30), Some(0));
+    assert_eq!(
+        first.terminate(Duration::from_secs(30)),
+        Some(0),
+        "kmm-hub exits 0 on SIGTERM"
+    );
+    assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
     let again = fleet.start_hub_as("replica-3", &["--leader-election", "false"]);
-    again.wait_reconciled().await;
+    wait_reconciled(&again).await;
     // Several retry periods (1 s) and feedback rounds (1 s) later.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let audit = fleet.audit().await;

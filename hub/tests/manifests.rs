@@ -12,6 +12,7 @@ use std::{
 };
 
 use kmm_fleet_tests::{
+    controlplane::Options,
     manifests::{self, without_labels},
     process::wait_ready_then_kill,
 };
@@ -148,23 +149,9 @@ async fn the_deployment_configuration_starts_a_ready_hub() {
         .collect();
 
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hub-deployment");
-    let hub = kmm_fleet_tests::controlplane::ControlPlane::start(
-        &dir,
-        "hub",
-        kmm_fleet_tests::controlplane::Options::hub(),
-    )
-    .await
-    .unwrap();
-    hub.install_crds_from_path(kmm_test_kit::crds_dir())
+    let (hub, kubeconfig) = kmm_fleet_tests::fleet::start_hub_cluster(&dir, Options::hub())
         .await
         .unwrap();
-    hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
-        .await
-        .unwrap();
-    let kubeconfig =
-        kmm_fleet_tests::fleet::install_service_account(&hub, &repo_root().join("manifests/hub"))
-            .await
-            .unwrap();
     let log = hub.dir().join("kmm-hub-deployment.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
         .args(&args)

@@ -2,12 +2,14 @@
 //! and its metrics/health port; killed on drop.
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
+use kmm_test_kit::Done;
 
 /// A running product binary.
 pub struct Process {
@@ -127,6 +129,36 @@ impl Process {
 
     pub async fn ready(&self) -> bool {
         self.http_get("/readyz").await.is_some()
+    }
+
+    /// Waits (up to 2 minutes) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let name = format!("{} ready", self.name);
+        self.eventually(&name, Duration::from_secs(120), || self.ready())
+            .await;
+    }
+
+    /// Process id, e.g. to read its peak memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// [`kmm_test_kit::wait_for`], panicking (a failed test) with the tail of this log.
+    pub async fn eventually<F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: F,
+    ) -> <Fut::Output as Done>::Value
+    where
+        F: FnMut() -> Fut,
+        Fut: Future,
+        Fut::Output: Done,
+    {
+        match kmm_test_kit::wait_for(what, timeout, check).await {
+            Ok(value) => value,
+            Err(e) => panic!("{e}\n{}", self.log_tail(40)),
+        }
     }
 }
 
