@@ -92,7 +92,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
             ..Default::default()
         },
     );
-    cluster.wait_node_ready("d").await;
+    cluster.cp.wait_node_ready("d").await.unwrap();
     let _joined_later = Kubelet::spawn(
         client.clone(),
         KubeletOptions {

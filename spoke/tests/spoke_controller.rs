@@ -483,7 +483,7 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
     );
 
     cluster.node_control.set_down("node-a", false);
-    cluster.wait_node_ready("node-a").await;
+    cluster.cp.wait_node_ready("node-a").await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let creates = cluster
         .spoke_requests()

@@ -352,7 +352,7 @@ impl Fleet {
             },
         );
         for node in nodes {
-            wait_node_registered(&cluster, &node.name).await?;
+            cluster.wait_node_ready(&node.name).await?;
         }
         let agent =
             OcmAgent::start(&self.hub, &cluster, name, labels, &dir, &AgentOptions::default()).await?;
@@ -450,23 +450,6 @@ impl Spoke {
         })?);
         Ok(())
     }
-}
-
-/// Waits (up to 60 s) until the kubelet registered `node` with its kernel.
-async fn wait_node_registered(cluster: &ControlPlane, node: &str) -> anyhow::Result<()> {
-    let api = Api::<Node>::all(cluster.client());
-    for _ in 0..300 {
-        if let Some(n) = api.get_opt(node).await?
-            && n.status
-                .as_ref()
-                .and_then(|s| s.node_info.as_ref())
-                .is_some_and(|i| !i.kernel_version.is_empty())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("node {node} not registered by the kubelet in 60 s")
 }
 
 /// A hub's control plane in `dir`, started with `options`, with KMM's and OCM's hub CRDs and

@@ -10,6 +10,7 @@
 //! - [`images`]: module images (busybox plus a depmod'ed module tree) pushed with umoci/skopeo.
 //! - [`kmod`]: the test kernel module, compiled against the installed headers.
 //! - [`manifests`]: the install manifests as kustomize renders them (the manifests tests).
+//! - [`nodes`]: a Node's readiness, taints and kernel; waiting for a node to be usable.
 //! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics; other daemons.
 //! - [`fleet`]: the clusters, agents and processes together.
 //! - [`demo`]: the fleet `just demo` starts, and its status table.
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod images;
 pub mod kmod;
 pub mod manifests;
+pub mod nodes;
 pub mod ocm;
 pub mod process;
 pub mod registry;

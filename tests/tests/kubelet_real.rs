@@ -66,30 +66,6 @@ fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
     ))
 }
 
-fn has_taint(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == key))
-}
-
-/// A node is Ready and the node-lifecycle controller has lifted its `not-ready` taint.
-async fn ready_and_untainted(cp: &ControlPlane, name: &str) -> anyhow::Result<Node> {
-    let nodes = Api::<Node>::all(cp.client());
-    cp.wait_for(
-        &format!("node {name} Ready without the not-ready taint"),
-        Duration::from_secs(60),
-        || async {
-            let n = nodes.get_opt(name).await.ok()??;
-            let ready = condition(&n, "Ready").is_some_and(|(s, _)| s == "True");
-            let tainted = has_taint(&n, "node.kubernetes.io/not-ready")
-                || has_taint(&n, "node.kubernetes.io/unreachable");
-            (ready && !tainted).then_some(n)
-        },
-    )
-    .await
-}
-
 /// No write of this test was refused as invalid (422) or malformed (400).
 async fn assert_nothing_refused(cp: &ControlPlane) -> anyhow::Result<()> {
     let refused: Vec<String> = cp
@@ -149,8 +125,8 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         KubeletScript::new(),
         None,
     );
-    let n1 = ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    let n1 = cp.wait_node_ready("n1").await?;
+    cp.wait_node_ready("n2").await?;
 
     let labels = n1.labels();
     assert_eq!(labels.get("role").map(String::as_str), Some("gpu"));
@@ -299,8 +275,8 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         script,
         None,
     );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    cp.wait_node_ready("n1").await?;
+    cp.wait_node_ready("n2").await?;
 
     let jobs = Api::<Job>::namespaced(cp.client(), "default");
     jobs.create(&PostParams::default(), &job("works")?).await?;
@@ -363,8 +339,8 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
         KubeletScript::new(),
         None,
     );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    cp.wait_node_ready("n1").await?;
+    cp.wait_node_ready("n2").await?;
 
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": "loader", "namespace": "default"},
@@ -451,8 +427,8 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         script,
         Some(control.clone()),
     );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    cp.wait_node_ready("n1").await?;
+    cp.wait_node_ready("n2").await?;
     let pods = Api::<Pod>::namespaced(cp.client(), "default");
     let nodes = Api::<Node>::all(cp.client());
     let running = |name: &'static str| {
@@ -559,7 +535,7 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) },
     )
     .await?;
-    ready_and_untainted(&cp, "n2").await?;
+    cp.wait_node_ready("n2").await?;
     cp.wait_for("pod late Running", Duration::from_secs(15), || running("late"))
         .await?;
     // Its other pod is Ready again: the kubelet's status wins over the controller's mark.

@@ -3,7 +3,9 @@
 //! registering the Nodes and running the pods bound to them. kmm-spoke always runs as its
 //! ServiceAccount with the RBAC of `manifests/spoke`, so the apiserver decides what it may do.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test helpers: a panic is a failed test
+// Test helpers: a panic is a failed test; each test binary uses a part of them (and of the
+// re-exports its `use common::*` brings).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
 pub mod kmod;
 
@@ -12,6 +14,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration};
 use kmm_api::nmc::NodeModulesConfig;
+pub use kmm_fleet_tests::nodes::{node_ready, node_tainted};
 use kmm_fleet_tests::{
     controlplane::{self, AuditEvent, ControlPlane, Options},
     fleet,
@@ -125,7 +128,7 @@ pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
         cp,
     };
     for node in &setup.nodes {
-        cluster.wait_node_ready(&node.name).await;
+        cluster.cp.wait_node_ready(&node.name).await.unwrap();
     }
     cluster
 }
@@ -147,24 +150,6 @@ impl SpokeCluster {
     /// Server-side applies YAML as the admin.
     pub async fn apply_yaml(&self, text: &str) {
         self.cp.apply_yaml(text).await.unwrap();
-    }
-
-    /// Waits until the kubelet registered `node` with a kernel and the node-lifecycle controller
-    /// finds it Ready with no not-ready or unreachable taint (kmm-spoke skips nodes with an
-    /// untolerated NoSchedule taint, as upstream does).
-    pub async fn wait_node_ready(&self, node: &str) {
-        let api = Api::<Node>::all(self.client());
-        eventually(
-            &format!("node {node} registered and Ready"),
-            Duration::from_secs(90),
-            || async {
-                api.get_opt(node)
-                    .await
-                    .unwrap()
-                    .is_some_and(|n| node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some())
-            },
-        )
-        .await;
     }
 
     /// Every request the apiserver recorded for kmm-spoke's ServiceAccount.
@@ -194,42 +179,6 @@ impl SpokeCluster {
             })
             .count()
     }
-}
-
-/// Whether the Node's Ready condition is True.
-pub fn node_ready(node: &Node) -> bool {
-    node_condition(node, "Ready").as_deref() == Some("True")
-}
-
-/// The status of one Node condition.
-pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
-
-/// Whether the node-lifecycle controller tainted the Node not-ready or unreachable.
-pub fn node_tainted(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| {
-            ts.iter()
-                .any(|t| t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable")
-        })
-}
-
-fn kernel_of(node: &Node) -> Option<&str> {
-    node.status
-        .as_ref()?
-        .node_info
-        .as_ref()
-        .map(|i| i.kernel_version.as_str())
-        .filter(|k| !k.is_empty())
 }
 
 /// A Node without a kubelet: created and given a kernel by the admin (enough for what reads
