@@ -56,14 +56,11 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "claims-follow-nodes",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("a", K_DEBIAN),
-                NodeRegistration::new("b", K_RHEL),
-                NodeRegistration::new("c", K_DEBIAN),
-            ],
-            ..Default::default()
-        },
+        Setup::with_nodes([
+            NodeRegistration::new("a", K_DEBIAN),
+            NodeRegistration::new("b", K_RHEL),
+            NodeRegistration::new("c", K_DEBIAN),
+        ]),
     )
     .await;
     let client = cluster.client();

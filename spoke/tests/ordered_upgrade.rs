@@ -15,7 +15,6 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
-use kmm_agents::NodeRegistration;
 use kmm_api::labels;
 use kube::{
     Api, Client, ResourceExt,
@@ -27,27 +26,6 @@ const IMAGE_V1: &str =
     "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const IMAGE_V2: &str =
     "registry.example/kmm-ci@sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-fn module(version: &str, image: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: kmm-ci, namespace: drivers}}
-spec:
-  selector: {{role: gpu}}
-  moduleLoader:
-    container:
-      version: {version}
-      modprobe: {{moduleName: kmm_ci_a}}
-      kernelMappings:
-        - regexp: '.*'
-          containerImage: {image}
-  devicePlugin:
-    container: {{image: registry.example/plugin:1}}
-"#
-    )
-}
 
 /// Worker pods as they are created: (node, action, image).
 type Journal = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -135,22 +113,13 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
     let requested = labels::version_module("drivers", "kmm-ci");
     let cluster = spoke_cluster(
         "ordered-upgrade",
-        Setup {
-            nodes: ["node-a", "node-b"]
-                .map(|n| {
-                    NodeRegistration::new(n, K_DEBIAN)
-                        .label("role", "gpu")
-                        .label(&requested, "v1")
-                })
-                .to_vec(),
-            ..Default::default()
-        },
+        Setup::with_nodes(["node-a", "node-b"].map(|n| gpu_node(n, K_DEBIAN).label(&requested, "v1"))),
     )
     .await;
     let client = cluster.client();
     let (journal, recorder) = record_worker_pods(&client);
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module("v1", IMAGE_V1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_V1, Some("v1"), true)).await;
 
     // v1 everywhere: W and S follow M, the module loads, the v1 device plugin runs.
     for node in ["node-a", "node-b"] {
@@ -169,7 +138,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
     .await;
 
     // The Module moves to v2 (image and version together): nothing moves on the nodes yet.
-    cluster.apply_yaml(&module("v2", IMAGE_V2)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_V2, Some("v2"), true)).await;
     let dsets = Api::<DaemonSet>::namespaced(client.clone(), "drivers");
     eventually("the v2 DaemonSet exists", WAIT, || async {
         dsets.get_opt("kmm-ci-device-plugin-v2").await.unwrap().is_some()

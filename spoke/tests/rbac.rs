@@ -11,7 +11,6 @@ use std::{collections::BTreeSet, process::Command};
 
 use common::*;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node};
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::{Module, labels};
 use kmm_fleet_tests::{
     controlplane::AuditEvent,
@@ -24,21 +23,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const MODULE: &str = r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {name: kmm-ci, namespace: drivers}
-spec:
-  selector: {role: gpu}
-  moduleLoader:
-    container:
-      modprobe: {moduleName: kmm_ci_a}
-      kernelMappings:
-        - regexp: '^.+$'
-          containerImage: registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111
-  devicePlugin:
-    container: {image: registry.example/plugin:1}
-"#;
+const IMAGE: &str =
+    "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 #[test]
 fn the_committed_rbac_is_what_the_code_renders() {
@@ -121,28 +107,9 @@ fn grants(docs: &[Value]) -> BTreeSet<(String, String)> {
 /// succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
-    let script = KubeletScript::new().rule(
-        PodMatcher::any().name_prefix("kmm-worker-node-b-"),
-        [
-            Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
-            Outcome::Succeeded,
-        ],
-    );
-    let cluster = spoke_cluster(
-        "rbac",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_RHEL).label("role", "gpu"),
-            ],
-            kubelet: KubeletOptions {
-                script,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let setup = Setup::with_nodes([gpu_node("node-a", K_DEBIAN), gpu_node("node-b", K_RHEL)])
+        .workers_on("node-b", first_fails());
+    let cluster = spoke_cluster("rbac", setup).await;
     let client = cluster.client();
     let mut spoke = Process::start(Launch {
         binary: "kmm-spoke",
@@ -160,7 +127,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         .to_vec(),
     })
     .unwrap();
-    cluster.apply_yaml(MODULE).await;
+    cluster.apply_yaml(&ci_module(IMAGE, None, true)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Pod},
     events::v1::Event,
 };
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
+use kmm_agents::{NodeRegistration, Outcome};
 use kmm_api::{Module, labels};
 use kmm_fleet_tests::controlplane::AuditEvent;
 use kube::{
@@ -48,29 +48,13 @@ spec:
 async fn loads_unloads_and_survives_a_restart() {
     let _serial = one_at_a_time().await;
     // The first worker on node-b fails; the retry succeeds.
-    let script = KubeletScript::new().rule(
-        PodMatcher::any().name_prefix("kmm-worker-node-b-"),
-        [
-            Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
-            Outcome::Succeeded,
-        ],
-    );
-    let cluster = spoke_cluster(
-        "loads-unloads",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_RHEL).label("role", "gpu"),
-                NodeRegistration::new("node-c", K_DEBIAN).label("role", "other"),
-            ],
-            kubelet: KubeletOptions {
-                script,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let setup = Setup::with_nodes([
+        gpu_node("node-a", K_DEBIAN),
+        gpu_node("node-b", K_RHEL),
+        NodeRegistration::new("node-c", K_DEBIAN).label("role", "other"),
+    ])
+    .workers_on("node-b", first_fails());
+    let cluster = spoke_cluster("loads-unloads", setup).await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
     cluster.apply_yaml(MODULE).await;
@@ -205,24 +189,6 @@ const IMAGE_1: &str =
 const IMAGE_2: &str =
     "registry.example/kmm-ci@sha256:6666666666666666666666666666666666666666666666666666666666666666";
 
-fn module_with(image: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: kmm-ci, namespace: drivers}}
-spec:
-  selector: {{role: gpu}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: kmm_ci_a}}
-      kernelMappings:
-        - regexp: '.*'
-          containerImage: {image}
-"#
-    )
-}
-
 /// `resource` or `resource/subresource` of an audit record.
 fn resource_path(e: &AuditEvent) -> String {
     match e.subresource() {
@@ -278,26 +244,14 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "stuck-terminating",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_DEBIAN).label("role", "gpu"),
-            ],
-            kubelet: KubeletOptions {
-                // node-a's first worker never starts (its image pull hangs); the next one loads.
-                script: KubeletScript::new().rule(
-                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                    [Outcome::Pending, Outcome::Succeeded],
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        // node-a's first worker never starts (its image pull hangs); the next one loads.
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN), gpu_node("node-b", K_DEBIAN)])
+            .workers_on("node-a", [Outcome::Pending, Outcome::Succeeded]),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     eventually("node-b loaded", WAIT, || async {
@@ -325,7 +279,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     })
     .await;
     let before = cluster.spoke_requests().await.len();
-    cluster.apply_yaml(&module_with(IMAGE_2)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_2, None, false)).await;
 
     // The healthy node moves on while node-a is stuck.
     eventually("node-b on the new image", WAIT, || async {
@@ -443,15 +397,12 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "silent-kubelet",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            ..Default::default()
-        },
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
     let ready = labels::module_ready("drivers", "kmm-ci");
     eventually("node-a loaded", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
@@ -515,22 +466,15 @@ async fn a_4_kib_worker_failure_is_reported_in_an_event_the_apiserver_accepts() 
     assert_eq!(message.len(), 4096);
     let cluster = spoke_cluster(
         "failure-4k",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            kubelet: KubeletOptions {
-                script: KubeletScript::new().rule(
-                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                    [Outcome::failed(1, message.clone()), Outcome::Succeeded],
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]).workers_on(
+            "node-a",
+            [Outcome::failed(1, message.clone()), Outcome::Succeeded],
+        ),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     eventually("node-a loaded after the retry", WAIT, || async {

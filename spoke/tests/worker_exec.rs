@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{kmod::kmod_tree, *};
 use k8s_openapi::api::events::v1::Event;
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodLogSink, PodMatcher};
+use kmm_agents::{KubeletOptions, KubeletScript, Outcome, PodLogSink, PodMatcher};
 use kmm_api::labels;
 use kmm_spoke::context::Settings;
 use kube::{Api, api::ListParams};
@@ -83,7 +83,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     let cluster = spoke_cluster(
         "worker-exec",
         Setup {
-            nodes: vec![NodeRegistration::new("node-a", &kernel).label("role", "gpu")],
+            nodes: vec![gpu_node("node-a", &kernel)],
             kubelet: KubeletOptions {
                 script: KubeletScript::new()
                     .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),

@@ -12,7 +12,7 @@ pub mod kmod;
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration};
+use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::nmc::NodeModulesConfig;
 pub use kmm_fleet_tests::nodes::{node_ready, node_tainted};
 use kmm_fleet_tests::{
@@ -51,6 +51,67 @@ impl Default for Setup {
             claim_crd: true,
         }
     }
+}
+
+impl Setup {
+    /// A cluster whose kubelet registers `nodes`.
+    pub fn with_nodes(nodes: impl IntoIterator<Item = NodeRegistration>) -> Self {
+        Self {
+            nodes: nodes.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The worker pods on `node` (`kmm-worker-<node>-...`) end with `outcomes`, one per pod in
+    /// order.
+    pub fn workers_on(mut self, node: &str, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        self.kubelet.script = std::mem::take(&mut self.kubelet.script).rule(
+            PodMatcher::any().name_prefix(&format!("kmm-worker-{node}-")),
+            outcomes,
+        );
+        self
+    }
+}
+
+/// A worker's outcomes: the first fails as modprobe does without the module, the retry succeeds.
+pub fn first_fails() -> [Outcome; 2] {
+    [
+        Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
+        Outcome::Succeeded,
+    ]
+}
+
+/// A node running `kernel`, labelled `role=gpu` (what the tests' Modules select).
+pub fn gpu_node(name: &str, kernel: &str) -> NodeRegistration {
+    NodeRegistration::new(name, kernel).label("role", "gpu")
+}
+
+/// The tests' Module `drivers/kmm-ci`: `kmm_ci_a` from `image` on every kernel of the `role=gpu`
+/// nodes, with `version` (ordered upgrades) and the device plugin `registry.example/plugin:1`
+/// when asked.
+pub fn ci_module(image: &str, version: Option<&str>, device_plugin: bool) -> String {
+    let version = version
+        .map(|v| format!("      version: {v}\n"))
+        .unwrap_or_default();
+    let plugin = if device_plugin {
+        "  devicePlugin:\n    container: {image: registry.example/plugin:1}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: kmm-ci, namespace: drivers}}
+spec:
+  selector: {{role: gpu}}
+  moduleLoader:
+    container:
+{version}      modprobe: {{moduleName: kmm_ci_a}}
+      kernelMappings:
+        - regexp: '.*'
+          containerImage: {image}
+{plugin}"#
+    )
 }
 
 /// One spoke cluster on a real control plane. Fields drop in order: the kubelet stops before
