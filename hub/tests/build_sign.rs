@@ -20,10 +20,7 @@ use kmm_agents::{
 use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kmm_fleet_tests::images;
 use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::ListParams};
 use support::{
     fleet::{
         ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial, wait_reconciled,
@@ -119,15 +116,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         &["--leader-election", "false", "--job-gc-delay-seconds", "3600"],
     );
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, true)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    fleet.create_mcm(&mcm).await;
 
-    hub.eventually("one build Job", Duration::from_secs(120), || async {
-        !jobs(&fleet).await.is_empty()
-    })
-    .await;
+    hub.wait("one build Job", Duration::from_secs(120))
+        .eventually(|| async { !jobs(&fleet).await.is_empty() })
+        .await;
     let build = jobs(&fleet).await.remove(0);
     assert_eq!(build.labels()[JOB_TYPE_LABEL], "build");
     let unsigned = format!("kmm/gpu-kmod:{K1}-{SPOKE_NAMESPACE}_gpu_kmm_unsigned");
@@ -136,19 +129,16 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         format!("{}/{unsigned}", fleet.registry.host),
         "build+sign builds the unsigned intermediate"
     );
-    hub.eventually(
-        "clusters wait for the build",
-        Duration::from_secs(120),
-        || async {
-            Api::<ManagedClusterModule>::all(fleet.hub.client())
-                .get("gpu")
+    hub.wait("clusters wait for the build", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet
+                .mcm("gpu")
                 .await
                 .unwrap()
                 .status
                 .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
-        },
-    )
-    .await;
+        })
+        .await;
     fleet.registry.push_labelled(&unsigned).unwrap();
     // The signing Secrets are missing, then one lacks its key: no sign Job, a clear problem.
     let problem = |needle: &'static str| {
@@ -167,12 +157,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
                 })
         }
     };
-    hub.eventually(
-        "the missing key Secret reported",
-        Duration::from_secs(120),
-        || problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist"),
-    )
-    .await;
+    hub.wait("the missing key Secret reported", Duration::from_secs(120))
+        .eventually(|| {
+            problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
+        })
+        .await;
     fleet
         .hub
         .apply_yaml(&format!(
@@ -181,12 +170,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    hub.eventually(
-        "the cert Secret's missing key reported",
-        Duration::from_secs(120),
-        || problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\""),
-    )
-    .await;
+    hub.wait("the cert Secret's missing key reported", Duration::from_secs(120))
+        .eventually(|| {
+            problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
+        })
+        .await;
     assert!(
         jobs(&fleet)
             .await
@@ -201,17 +189,14 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    hub.eventually(
-        "one sign Job after the build",
-        Duration::from_secs(120),
-        || async {
+    hub.wait("one sign Job after the build", Duration::from_secs(120))
+        .eventually(|| async {
             jobs(&fleet)
                 .await
                 .iter()
                 .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
-        },
-    )
-    .await;
+        })
+        .await;
     let sign = jobs(&fleet)
         .await
         .into_iter()
@@ -229,21 +214,21 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         .registry
         .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
         .unwrap();
-    hub.eventually(
+    hub.wait(
         "both clusters get the signed image, pinned",
         Duration::from_secs(30),
-        || async {
-            let mut ok = true;
-            for c in ["a", "b"] {
-                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                    .get_opt("gpu")
-                    .await
-                    .unwrap();
-                ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(&digest));
-            }
-            ok
-        },
     )
+    .eventually(|| async {
+        let mut ok = true;
+        for c in ["a", "b"] {
+            let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
+                .get_opt("gpu")
+                .await
+                .unwrap();
+            ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(&digest));
+        }
+        ok
+    })
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(
@@ -273,37 +258,27 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     let _kubelet = hub_setup(&fleet, KubeletScript { rules: vec![fail] }).await;
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, false)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
-    hub.eventually(
-        "the failure shows in status",
-        Duration::from_secs(120),
-        || async {
-            Api::<ManagedClusterModule>::all(fleet.hub.client())
-                .get("gpu")
-                .await
-                .unwrap()
-                .status
-                .is_some_and(|s| {
-                    s.problems.iter().any(|p| {
-                        p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
-                    })
+    fleet.create_mcm(&mcm).await;
+    hub.wait("the failure shows in status", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet.mcm("gpu").await.unwrap().status.is_some_and(|s| {
+                s.problems.iter().any(|p| {
+                    p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
                 })
-        },
-    )
-    .await;
-    // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
-    hub.eventually("the Job Failed", Duration::from_secs(120), || async {
-        jobs(&fleet).await.iter().any(|j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+            })
         })
-    })
-    .await;
+        .await;
+    // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
+    hub.wait("the Job Failed", Duration::from_secs(120))
+        .eventually(|| async {
+            jobs(&fleet).await.iter().any(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+            })
+        })
+        .await;
     // Several retry periods (1 s) later: still the one Job, nothing started again.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let created = jobs_created(&fleet, 0).await;
@@ -328,18 +303,15 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     assert!(created.is_empty(), "no second Job after a restart: {created:#?}");
     assert_eq!(jobs(&fleet).await.len(), 1);
     again
-        .eventually(
-            "the failure still shows in status",
-            Duration::from_secs(60),
-            || async {
-                Api::<ManagedClusterModule>::all(fleet.hub.client())
-                    .get("gpu")
-                    .await
-                    .unwrap()
-                    .status
-                    .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
-            },
-        )
+        .wait("the failure still shows in status", Duration::from_secs(60))
+        .eventually(|| async {
+            fleet
+                .mcm("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
+        })
         .await;
 }
 
@@ -473,31 +445,28 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         .replace("              dockerfileConfigMap: {name: gpu-dockerfile}\n", "              dockerfileConfigMap: {name: gpu-dockerfile}\n              baseImageRegistryTLS: {insecure: true}\n")
         .replace("              certSecret: {name: signing-cert}\n", "              certSecret: {name: signing-cert}\n              unsignedImageRegistryTLS: {insecure: true}\n");
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    fleet.create_mcm(&mcm).await;
 
     let final_repo = format!("{host}/kmm/gpu-kmod");
-    hub.eventually(
+    hub.wait(
         "both clusters get the built and signed image, pinned",
         Duration::from_secs(300),
-        || async {
-            let mut ok = true;
-            for c in ["a", "b"] {
-                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                    .get_opt("gpu")
-                    .await
-                    .unwrap();
-                ok &= w.is_some_and(|w| {
-                    w.spec.workload.manifests[0]
-                        .to_string()
-                        .contains(&format!("{final_repo}@sha256:"))
-                });
-            }
-            ok
-        },
     )
+    .eventually(|| async {
+        let mut ok = true;
+        for c in ["a", "b"] {
+            let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
+                .get_opt("gpu")
+                .await
+                .unwrap();
+            ok &= w.is_some_and(|w| {
+                w.spec.workload.manifests[0]
+                    .to_string()
+                    .contains(&format!("{final_repo}@sha256:"))
+            });
+        }
+        ok
+    })
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(

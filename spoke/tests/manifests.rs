@@ -7,16 +7,13 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use common::{K_DEBIAN, Setup, mk_node, spoke_cluster, test_dir};
 use kmm_fleet_tests::{
     controlplane::{self, ControlPlane, Options, documents},
     manifests::{self, without_labels},
-    process::wait_ready_then_kill,
+    process::Deployed,
 };
 use kmm_test_kit::repo_root;
 use serde_json::Value;
@@ -146,38 +143,23 @@ fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_configuration_starts_a_working_spoke() {
     let _serial = common::one_at_a_time().await;
-    let docs = kustomize("manifests/spoke");
-    let deployment = find(&docs, "Deployment", "kmm-spoke");
-    let mut env = container_env(&docs, deployment);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    env.insert("KMM_SPOKE_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["command"][0], "/usr/local/bin/kmm-spoke");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-
+    let deployed = Deployed::render(
+        &repo_root().join("manifests/spoke"),
+        "kmm-spoke",
+        "kmm-spoke-0",
+        "KMM_SPOKE_METRICS_ADDR",
+    )
+    .unwrap();
+    assert_eq!(deployed.command, "/usr/local/bin/kmm-spoke");
     let cluster = spoke_cluster("deployment", Setup::default()).await;
     mk_node(&cluster.client(), "node-a", K_DEBIAN, &[]).await;
-    let kubeconfig = cluster.spoke_kubeconfig.clone();
     let log = cluster.cp.dir().join("kmm-spoke-deployment.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
-        .args(&args)
-        .env_clear()
-        .envs(&env)
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let text = wait_ready_then_kill(&mut child, port, &log)
+    let text = deployed
+        .run_until_ready(
+            Path::new(env!("CARGO_BIN_EXE_kmm-spoke")),
+            &cluster.spoke_kubeconfig,
+            &log,
+        )
         .await
         .unwrap_or_else(|e| panic!("kmm-spoke with the Deployment's configuration: {e:#}"));
     assert!(

@@ -10,7 +10,7 @@ mod common;
 use std::{collections::BTreeSet, process::Command};
 
 use common::*;
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use kmm_api::{Module, labels};
 use kmm_fleet_tests::{
     controlplane::AuditEvent,
@@ -19,9 +19,9 @@ use kmm_fleet_tests::{
 };
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const IMAGE: &str =
     "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -145,14 +145,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
             .is_empty()
     })
     .await;
-    Api::<Node>::all(client.clone())
-        .patch(
-            "node-b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"role": "other"}}})),
-        )
-        .await
-        .unwrap();
+    label_node(&client, "node-b", &[("role", Some("other"))]).await;
     eventually("node-b unloaded", WAIT, || async {
         !node_labels(&client, "node-b").await.contains_key(&ready)
     })

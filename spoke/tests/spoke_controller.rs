@@ -19,9 +19,8 @@ use kmm_api::{Module, labels};
 use kmm_fleet_tests::controlplane::AuditEvent;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
-use serde_json::json;
 
 const MODULE: &str = r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
@@ -140,14 +139,7 @@ async fn loads_unloads_and_survives_a_restart() {
     .await;
 
     // node-b relabelled out: unloaded, ready label gone, plugin gone.
-    Api::<Node>::all(client.clone())
-        .patch(
-            "node-b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"role": "other"}}})),
-        )
-        .await
-        .unwrap();
+    label_node(&client, "node-b", &[("role", Some("other"))]).await;
     eventually("node-b unloaded", WAIT, || async {
         loaded(&nmc(&client, "node-b").await) == 0
             && !node_labels(&client, "node-b").await.contains_key(&ready)

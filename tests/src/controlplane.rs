@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -20,7 +19,7 @@ use k8s_openapi::{
     api::{authentication::v1::TokenRequest, core::v1::ServiceAccount},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
-use kmm_test_kit::Done;
+use kmm_test_kit::Wait;
 use kube::{
     Api, Client, Config,
     api::{DynamicObject, Patch, PatchParams, PostParams},
@@ -447,21 +446,9 @@ impl ControlPlane {
         .join("\n")
     }
 
-    /// [`kmm_test_kit::wait_for`], a failure carrying the control plane's log tails.
-    pub async fn wait_for<F, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        check: F,
-    ) -> anyhow::Result<<Fut::Output as Done>::Value>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future,
-        Fut::Output: Done,
-    {
-        kmm_test_kit::wait_for(what, timeout, check)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", self.log_tails(15)))
+    /// A wait whose failure carries the control plane's log tails.
+    pub fn wait(&self, what: &str, timeout: Duration) -> Wait<'_> {
+        Wait::new(what, timeout).context(|| self.log_tails(15))
     }
 }
 

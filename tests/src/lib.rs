@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 /// The helpers every test crate shares (waiting, ports, paths, commands, kernel modules).
 pub use kmm_test_kit as kit;
-pub use kmm_test_kit::{eventually, free_port, repo_root, run, wait_for, workspace_bin};
+pub use kmm_test_kit::{Wait, eventually, free_port, repo_root, run, workspace_bin};
 
 /// A fresh folder under `base`.
 pub fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {

@@ -51,14 +51,14 @@ impl ControlPlane {
     /// skips nodes with an untolerated NoSchedule taint, as upstream does); the Node.
     pub async fn wait_node_ready(&self, node: &str) -> anyhow::Result<Node> {
         let api = Api::<Node>::all(self.client());
-        self.wait_for(
+        self.wait(
             &format!("node {node} registered, Ready and untainted"),
             Duration::from_secs(90),
-            || async {
-                let n = api.get_opt(node).await.ok()??;
-                (node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some()).then_some(n)
-            },
         )
+        .until(|| async {
+            let n = api.get_opt(node).await.ok()??;
+            (node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some()).then_some(n)
+        })
         .await
     }
 }

@@ -18,6 +18,7 @@ use kmm_api::{
     ocm::{ManagedCluster, ManifestWork},
 };
 use kmm_fleet_tests::{
+    Wait,
     controlplane::Options,
     demo,
     fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
@@ -51,7 +52,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let Err(timed_out) = kmm_fleet_tests::wait_for(what, Duration::from_secs(secs), check).await else {
+    let Err(timed_out) = Wait::new(what, Duration::from_secs(secs)).until(check).await else {
         return;
     };
     let mcm = Api::<ManagedClusterModule>::all(fleet.hub.client())

@@ -79,24 +79,6 @@ async fn assert_nothing_refused(cp: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn terminated(pod: &Pod) -> Option<(i32, String, String)> {
-    let t = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()?
-        .state
-        .as_ref()?
-        .terminated
-        .clone()?;
-    Some((
-        t.exit_code,
-        t.reason.unwrap_or_default(),
-        t.message.unwrap_or_default(),
-    ))
-}
-
 fn job_condition(job: &Job, type_: &str) -> bool {
     job.status
         .as_ref()
@@ -170,11 +152,12 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         Some(("Node", n1.uid().unwrap_or_default().as_str()))
     );
     let first = spec.renew_time.map(|t| t.0).expect("a renew time");
-    cp.wait_for("the lease of n1 renewed", Duration::from_secs(10), || async {
-        let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
-        (t > first).then_some(())
-    })
-    .await?;
+    cp.wait("the lease of n1 renewed", Duration::from_secs(10))
+        .until(|| async {
+            let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
+            (t > first).then_some(())
+        })
+        .await?;
 
     // A kernel upgrade patched into nodeInfo survives the next heartbeats.
     let nodes = Api::<Node>::all(cp.client());
@@ -186,11 +169,12 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         )
         .await?;
     let beat = condition(&nodes.get("n1").await?, "Ready").map(|c| c.1);
-    cp.wait_for("a new heartbeat of n1", Duration::from_secs(25), || async {
-        let now = condition(&nodes.get("n1").await.ok()?, "Ready")?.1;
-        (Some(&now) != beat.as_ref()).then_some(())
-    })
-    .await?;
+    cp.wait("a new heartbeat of n1", Duration::from_secs(25))
+        .until(|| async {
+            let now = condition(&nodes.get("n1").await.ok()?, "Ready")?.1;
+            (Some(&now) != beat.as_ref()).then_some(())
+        })
+        .await?;
     let info = nodes
         .get("n1")
         .await?
@@ -218,14 +202,14 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         KubeletScript::new(),
         None,
     );
-    cp.wait_for(
+    cp.wait(
         "the lease of n1 renewed after the restart",
         Duration::from_secs(10),
-        || async {
-            let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
-            (Some(t) > renewed).then_some(())
-        },
     )
+    .until(|| async {
+        let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
+        (Some(t) > renewed).then_some(())
+    })
     .await?;
     let info = nodes
         .get("n1")
@@ -283,7 +267,8 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
     jobs.create(&PostParams::default(), &job("fails")?).await?;
 
     let done = cp
-        .wait_for("job works Complete", Duration::from_secs(60), || async {
+        .wait("job works Complete", Duration::from_secs(60))
+        .until(|| async {
             let j = jobs.get("works").await.ok()?;
             job_condition(&j, "Complete").then_some(j)
         })
@@ -307,19 +292,20 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         "{status:?}"
     );
     assert_eq!(
-        terminated(&pod).map(|t| (t.0, t.1)),
+        status::terminated(&pod).map(|t| (t.0, t.1)),
         Some((0, "Completed".to_owned()))
     );
 
     let failed = cp
-        .wait_for("job fails Failed", Duration::from_secs(60), || async {
+        .wait("job fails Failed", Duration::from_secs(60))
+        .until(|| async {
             let j = jobs.get("fails").await.ok()?;
             job_condition(&j, "Failed").then_some(j)
         })
         .await?;
     assert_eq!(failed.status.as_ref().and_then(|s| s.failed), Some(1));
     let pod = job_pod(&cp.client(), "fails").await?;
-    let (code, reason, stored) = terminated(&pod).expect("a terminated container");
+    let (code, reason, stored) = status::terminated(&pod).expect("a terminated container");
     assert_eq!((code, reason.as_str()), (3, "Error"));
     assert!(stored.len() <= 4096, "{} bytes", stored.len());
     assert_eq!(stored.len(), 4095, "cut at the character boundary");
@@ -359,14 +345,11 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
     let sets = Api::<DaemonSet>::namespaced(cp.client(), "default");
     sets.create(&PostParams::default(), &ds).await?;
     let status = cp
-        .wait_for(
-            "daemonset loader with one ready pod",
-            Duration::from_secs(60),
-            || async {
-                let s = sets.get("loader").await.ok()?.status?;
-                (s.number_ready == 1).then_some(s)
-            },
-        )
+        .wait("daemonset loader with one ready pod", Duration::from_secs(60))
+        .until(|| async {
+            let s = sets.get("loader").await.ok()?.status?;
+            (s.number_ready == 1).then_some(s)
+        })
         .await?;
     assert_eq!(status.desired_number_scheduled, 1);
     assert_eq!(status.number_available, Some(1));
@@ -446,16 +429,14 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         &pod_on("exec-slow", "n1", &["sh", "-c", &touch])?,
     )
     .await?;
-    cp.wait_for("pod exec-slow Running", Duration::from_secs(60), || {
-        running("exec-slow")
-    })
-    .await?;
+    cp.wait("pod exec-slow Running", Duration::from_secs(60))
+        .until(|| running("exec-slow"))
+        .await?;
     let deleted_at = Instant::now();
     pods.delete("exec-slow", &DeleteParams::default()).await?;
-    cp.wait_for("pod exec-slow gone", Duration::from_secs(10), || async {
-        pods.get_opt("exec-slow").await.ok()?.is_none().then_some(())
-    })
-    .await?;
+    cp.wait("pod exec-slow gone", Duration::from_secs(10))
+        .until(|| async { pods.get_opt("exec-slow").await.ok()?.is_none().then_some(()) })
+        .await?;
     assert!(
         deleted_at.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -471,23 +452,26 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
     )
     .await?;
     let web = cp
-        .wait_for("pod web Running", Duration::from_secs(60), || running("web"))
+        .wait("pod web Running", Duration::from_secs(60))
+        .until(|| running("web"))
         .await?;
     pods.create(
         &PostParams::default(),
         &pod_on("stays", "n2", &["sleep", "infinity"])?,
     )
     .await?;
-    cp.wait_for("pod stays Running", Duration::from_secs(60), || running("stays"))
+    cp.wait("pod stays Running", Duration::from_secs(60))
+        .until(|| running("stays"))
         .await?;
     control.set_down("n2", true);
     let went_down = Instant::now();
-    cp.wait_for("node n2 not Ready", Duration::from_secs(45), || async {
-        let n = nodes.get("n2").await.ok()?;
-        let (status, _) = condition(&n, "Ready")?;
-        (status != "True").then_some(status)
-    })
-    .await?;
+    cp.wait("node n2 not Ready", Duration::from_secs(45))
+        .until(|| async {
+            let n = nodes.get("n2").await.ok()?;
+            let (status, _) = condition(&n, "Ready")?;
+            (status != "True").then_some(status)
+        })
+        .await?;
     assert!(
         went_down.elapsed() > Duration::from_secs(10),
         "{:?}",
@@ -500,11 +484,12 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         "n1 stays up"
     );
     // The node-lifecycle controller marks the pods of the unreachable node not ready.
-    cp.wait_for("pod stays marked not ready", Duration::from_secs(20), || async {
-        let p = pods.get("stays").await.ok()?;
-        (!status::is_ready(&p)).then_some(())
-    })
-    .await?;
+    cp.wait("pod stays marked not ready", Duration::from_secs(20))
+        .until(|| async {
+            let p = pods.get("stays").await.ok()?;
+            (!status::is_ready(&p)).then_some(())
+        })
+        .await?;
 
     // Deleted with the default grace period, it stays Terminating while n2 is down; a pod
     // bound to n2 meanwhile is not started.
@@ -529,21 +514,20 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
 
     // Back up: Ready again, and the deletion is finished.
     control.set_down("n2", false);
-    cp.wait_for(
-        "pod web gone after n2 came back",
-        Duration::from_secs(15),
-        || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) },
-    )
-    .await?;
+    cp.wait("pod web gone after n2 came back", Duration::from_secs(15))
+        .until(|| async { pods.get_opt("web").await.ok()?.is_none().then_some(()) })
+        .await?;
     cp.wait_node_ready("n2").await?;
-    cp.wait_for("pod late Running", Duration::from_secs(15), || running("late"))
+    cp.wait("pod late Running", Duration::from_secs(15))
+        .until(|| running("late"))
         .await?;
     // Its other pod is Ready again: the kubelet's status wins over the controller's mark.
-    cp.wait_for("pod stays Ready again", Duration::from_secs(15), || async {
-        let p = pods.get("stays").await.ok()?;
-        status::is_ready(&p).then_some(())
-    })
-    .await?;
+    cp.wait("pod stays Ready again", Duration::from_secs(15))
+        .until(|| async {
+            let p = pods.get("stays").await.ok()?;
+            status::is_ready(&p).then_some(())
+        })
+        .await?;
     assert_nothing_refused(&cp).await
 }
 

@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kmm_fleet_tests::{
     controlplane::{AuditEvent, ControlPlane, Options},
     fleet::{MODULE_NAMESPACE, start_hub_cluster, start_managed_cluster},
@@ -29,7 +30,7 @@ use kmm_fleet_tests::{
 };
 use kmm_sim::SimCluster;
 use kmm_test_kit::repo_root;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::{Registry, start_registry};
@@ -231,6 +232,34 @@ impl Fleet {
         start_hub_process(&self.hub.kubeconfig_as(user).unwrap(), &self.dir, user, extra)
     }
 
+    /// The hub's ManagedClusterModules, as its admin.
+    pub fn mcms(&self) -> Api<ManagedClusterModule> {
+        Api::all(self.hub.client())
+    }
+
+    /// The MCM `name`, if it exists.
+    pub async fn mcm(&self, name: &str) -> Option<ManagedClusterModule> {
+        self.mcms().get_opt(name).await.unwrap()
+    }
+
+    /// Creates `mcm` as the hub's admin; what the apiserver stored.
+    pub async fn create_mcm(&self, mcm: &ManagedClusterModule) -> ManagedClusterModule {
+        self.mcms().create(&PostParams::default(), mcm).await.unwrap()
+    }
+
+    /// Deletes the MCM `name` (its finalizer may keep it a while).
+    pub async fn delete_mcm(&self, name: &str) {
+        self.mcms().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    /// The ManifestWork `name` in `cluster`'s namespace on the hub, if it exists.
+    pub async fn work(&self, cluster: &str, name: &str) -> Option<ManifestWork> {
+        Api::<ManifestWork>::namespaced(self.hub.client(), cluster)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
     /// The hub's audit log once its batches are written.
     pub async fn audit(&self) -> Vec<AuditEvent> {
         self.hub.audit_settled().await.unwrap()
@@ -332,10 +361,11 @@ pub fn start_sim_hub(hub: &SimCluster, dir: &Path, id: &str, extra: &[&str]) -> 
 
 /// Waits until the hub has reconciled at least once (a sync point, not a count of writes).
 pub async fn wait_reconciled(hub: &Process) {
-    hub.eventually("the hub reconciled", Duration::from_secs(120), || async {
-        hub.metric("kmm_hub_reconciles_total")
-            .await
-            .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    hub.wait("the hub reconciled", Duration::from_secs(120))
+        .eventually(|| async {
+            hub.metric("kmm_hub_reconciles_total")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
 }

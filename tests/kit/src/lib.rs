@@ -1,5 +1,5 @@
 //! The helpers every test crate of the workspace shares, defined once: waiting for a condition
-//! ([`eventually`], [`wait_for`]), loopback ports, the repository's and the target folder's
+//! ([`eventually`], [`Wait`]), loopback ports, the repository's and the target folder's
 //! paths, running a command, and the test kernel modules ([`kmod`]).
 //!
 //! It depends on nothing of the workspace, so the simulator's and the agents' own tests can use
@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-pub use wait::{Done, eventually, poll, wait_for};
+pub use wait::{Check, Done, Value, Wait, eventually};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
