@@ -17,7 +17,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kmm_agents::{
     AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher, ScriptRule,
 };
-use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_api::ManagedClusterModule;
 use kmm_fleet_tests::images;
 use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
 use kube::{Api, ResourceExt, api::ListParams};
@@ -44,6 +44,16 @@ fn mcm_yaml(registry: &str, with_sign: bool) -> String {
          \x20         - regexp: '^.+$'\n            containerImage: {registry}/kmm/gpu-kmod:${{KERNEL_FULL_VERSION}}\n\
          \x20           registryTLS: {{insecure: true}}\n            build:\n              dockerfileConfigMap: {{name: gpu-dockerfile}}\n{sign}"
     )
+}
+
+/// Whether the works of clusters a and b both carry a Module whose text holds `text`.
+async fn works_carry(fleet: &Fleet, text: &str) -> bool {
+    let mut ok = true;
+    for c in ["a", "b"] {
+        let w = fleet.work(c, "gpu").await;
+        ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(text));
+    }
+    ok
 }
 
 async fn jobs(fleet: &Fleet) -> Vec<Job> {
@@ -218,17 +228,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         "both clusters get the signed image, pinned",
         Duration::from_secs(30),
     )
-    .eventually(|| async {
-        let mut ok = true;
-        for c in ["a", "b"] {
-            let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                .get_opt("gpu")
-                .await
-                .unwrap();
-            ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(&digest));
-        }
-        ok
-    })
+    .eventually(|| works_carry(&fleet, &digest))
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(
@@ -448,25 +448,12 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     fleet.create_mcm(&mcm).await;
 
     let final_repo = format!("{host}/kmm/gpu-kmod");
+    let pinned = format!("{final_repo}@sha256:");
     hub.wait(
         "both clusters get the built and signed image, pinned",
         Duration::from_secs(300),
     )
-    .eventually(|| async {
-        let mut ok = true;
-        for c in ["a", "b"] {
-            let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                .get_opt("gpu")
-                .await
-                .unwrap();
-            ok &= w.is_some_and(|w| {
-                w.spec.workload.manifests[0]
-                    .to_string()
-                    .contains(&format!("{final_repo}@sha256:"))
-            });
-        }
-        ok
-    })
+    .eventually(|| works_carry(&fleet, &pinned))
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(

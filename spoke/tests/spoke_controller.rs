@@ -275,14 +275,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
 
     // The healthy node moves on while node-a is stuck.
     eventually("node-b on the new image", WAIT, || async {
-        nmc(&client, "node-b")
-            .await
-            .and_then(|n| n.status)
-            .is_some_and(|s| {
-                s.modules
-                    .iter()
-                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
-            })
+        loaded_with(&client, "node-b", IMAGE_2).await
             && node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
@@ -356,14 +349,7 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     // node-a is back: its kubelet finishes the deletion, the new image loads.
     cluster.node_control.set_down("node-a", false);
     eventually("node-a loaded with the new image", WAIT, || async {
-        nmc(&client, "node-a")
-            .await
-            .and_then(|n| n.status)
-            .is_some_and(|s| {
-                s.modules
-                    .iter()
-                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
-            })
+        loaded_with(&client, "node-a", IMAGE_2).await
             && node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;

@@ -27,7 +27,7 @@ struct Node {
 
 /// A node as a worker pod sees it: the init container's copy under `shared` (`/opt` tree,
 /// depmod'ed, and `/firmware`), a host module tree with an in-tree `kmm_intree.ko`.
-fn mk_node() -> Node {
+fn node_files() -> Node {
     let (kernel, built) = built_modules();
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");
@@ -117,7 +117,7 @@ fn insmods(output: &str) -> Vec<String> {
 
 #[test]
 fn load_removes_in_tree_modules_copies_firmware_and_loads_in_order() {
-    let node = mk_node();
+    let node = node_files();
     let (ok, out) = worker(&node, "load", &full_config(&node.kernel));
     assert!(ok, "{out}");
     let commands: Vec<&str> = out.lines().filter(|l| l.starts_with("running ")).collect();
@@ -158,7 +158,7 @@ fn load_removes_in_tree_modules_copies_firmware_and_loads_in_order() {
 
 #[test]
 fn unload_names_the_loading_order_and_removes_only_its_firmware() {
-    let node = mk_node();
+    let node = node_files();
     let config = full_config(&node.kernel);
     assert!(worker(&node, "load", &config).0);
     let (ok, out) = worker(&node, "unload", &config);
@@ -185,7 +185,7 @@ fn unload_names_the_loading_order_and_removes_only_its_firmware() {
 
 #[test]
 fn raw_args_are_passed_as_given() {
-    let node = mk_node();
+    let node = node_files();
     let root = node.shared.join("opt");
     let config = format!(
         "kernelVersion: {k}\ncontainerImage: img:1\nmodprobe:\n  rawArgs:\n    load: [-d, {r}, -S, {k}, -v, kmm_b]\n    unload: [-d, {r}, -S, {k}, -rv, kmm_b]\n",
@@ -204,7 +204,7 @@ fn raw_args_are_passed_as_given() {
 
 #[test]
 fn a_failing_modprobe_exits_non_zero_with_a_one_line_reason() {
-    let node = mk_node();
+    let node = node_files();
     let config = format!(
         "kernelVersion: {}\ncontainerImage: img:1\nmodprobe:\n  moduleName: kmm_missing\n",
         node.kernel
@@ -219,7 +219,7 @@ fn a_failing_modprobe_exits_non_zero_with_a_one_line_reason() {
 
 #[test]
 fn firmware_without_a_host_path_is_refused_before_loading() {
-    let node = mk_node();
+    let node = node_files();
     let config_path = node.shared.parent().unwrap().join("c.yaml");
     fs::write(&config_path, full_config(&node.kernel)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))

@@ -4,28 +4,21 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use kmm_test_kit::Wait;
+use kmm_test_kit::{KilledOnDrop, Wait};
 
 /// A running product binary.
 pub struct Process {
-    child: Child,
+    child: KilledOnDrop,
     /// Port of `/metrics`, `/healthz`, `/readyz`.
     pub port: u16,
     /// Its stderr (the log).
     pub log: PathBuf,
     name: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How to start one.
@@ -65,7 +58,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("starting {}", launch.binary))?;
         Ok(Self {
-            child,
+            child: KilledOnDrop::new(child),
             port,
             log,
             name: launch.name.to_owned(),
@@ -243,16 +236,9 @@ impl Deployed {
 /// Any other long-running child process (the control planes' OCM agents): its arguments, a
 /// log file with stdout and stderr, killed on drop.
 pub struct Daemon {
-    child: Child,
+    child: KilledOnDrop,
     pub log: PathBuf,
     name: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -271,7 +257,7 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("starting {} {}", binary.display(), args.join(" ")))?;
         Ok(Self {
-            child,
+            child: KilledOnDrop::new(child),
             log,
             name: name.to_owned(),
         })

@@ -4,27 +4,21 @@
 use std::{
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use kmm_test_kit::KilledOnDrop;
 
 /// A registry process, killed on drop.
 pub struct Registry {
-    child: Child,
+    child: KilledOnDrop,
     /// `127.0.0.1:<port>`.
     pub host: String,
     /// Its config, data, log, and the layouts of the images pushed.
     pub dir: PathBuf,
     log: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Registry {
@@ -35,12 +29,51 @@ impl Registry {
 
     /// [`Self::start`] on `port` (e.g. one a test kept free while the registry was "down").
     pub fn start_at(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::serve(dir, port, "", "")
+    }
+
+    /// [`Self::start`] with TLS (a self-signed certificate for 127.0.0.1) and htpasswd
+    /// authentication of `user` with `password`.
+    pub fn start_secure(dir: &Path, user: &str, password: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (cert, key, htpasswd) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("htpasswd"));
+        crate::run(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-new", "-nodes", "-batch", "-days", "2", "-newkey", "rsa:2048",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        )?;
+        // bcrypt, as the registry requires (apache2-utils).
+        let entry = crate::run(Command::new("htpasswd").args(["-nbB", "-C", "4", user, password]))?;
+        std::fs::write(&htpasswd, format!("{}\n", entry.trim()))?;
+        Self::serve(
+            dir,
+            crate::free_port()?,
+            &format!(
+                "auth:\n  htpasswd:\n    realm: kmm-test\n    path: {}\n",
+                htpasswd.display()
+            ),
+            &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    /// Serves `dir` on `port`, with `auth` (a top-level config section) and `tls` (under `http`).
+    fn serve(dir: &Path, port: u16, auth: &str, tls: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: 127.0.0.1:{port}\n{tls}",
                 dir.join("data").display()
             ),
         )?;
@@ -53,7 +86,7 @@ impl Registry {
             .spawn()
             .context("starting docker-registry (run `just deps`)")?;
         let mut registry = Self {
-            child,
+            child: KilledOnDrop::new(child),
             host: format!("127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
             log,

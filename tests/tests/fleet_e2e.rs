@@ -82,6 +82,26 @@ where
     );
 }
 
+/// A hub and spoke `a` (one worker node `a-1` on kernel A, its prebuilt image pushed), the hub
+/// running.
+async fn one_spoke(name: &str) -> Fleet {
+    let mut fleet = Fleet::start(&fleet_dir(name)).await.unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet
+        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
+        .await
+        .unwrap();
+    fleet.start_hub().unwrap();
+    fleet
+}
+
+async fn create_mcm(fleet: &Fleet, mcm: &ManagedClusterModule) {
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), mcm)
+        .await
+        .unwrap();
+}
+
 async fn work(fleet: &Fleet, cluster: &str) -> Option<ManifestWork> {
     Api::<ManifestWork>::namespaced(fleet.hub.client(), cluster)
         .get_opt(MCM)
@@ -210,10 +230,7 @@ async fn three_spokes(name: &str) -> Fleet {
 
 async fn apply_mcm(fleet: &Fleet) {
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(fleet, &mcm).await;
 }
 
 /// Every spoke loaded: ManifestWorks applied, nodes ready, MCM status complete.
@@ -502,20 +519,11 @@ async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason() {
-    let mut fleet = Fleet::start(&fleet_dir("load-failure")).await.unwrap();
-    fleet.push_prebuilt(K_A).unwrap();
-    fleet
-        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
-        .await
-        .unwrap();
-    fleet.start_hub().unwrap();
+    let fleet = one_spoke("load-failure").await;
     // The image holds kmm_fleet; the MCM asks for a module it does not have.
     let yaml = mcm_yaml(&fleet.registry.host).replace("moduleName: kmm_fleet", "moduleName: kmm_absent");
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(&fleet, &mcm).await;
 
     eventually(
         &fleet,
@@ -561,18 +569,9 @@ async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason
 /// feedback it last reported as current, and must say the cluster is unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_goes_silent_is_reported_unreachable_until_it_is_back() {
-    let mut fleet = Fleet::start(&fleet_dir("unreachable")).await.unwrap();
-    fleet.push_prebuilt(K_A).unwrap();
-    fleet
-        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
-        .await
-        .unwrap();
-    fleet.start_hub().unwrap();
+    let mut fleet = one_spoke("unreachable").await;
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(&fleet, &mcm).await;
     eventually(&fleet, 180, "cluster a loaded", || async {
         mcm_status(&fleet)
             .await

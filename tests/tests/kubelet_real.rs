@@ -49,6 +49,21 @@ fn kubelet(
     )
 }
 
+/// [`kubelet`], once every node of it is Ready and untainted.
+async fn ready_kubelet(
+    cp: &ControlPlane,
+    nodes: Vec<NodeRegistration>,
+    script: KubeletScript,
+    control: Option<NodeControl>,
+) -> anyhow::Result<AgentHandle> {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let handle = kubelet(cp, nodes, script, control);
+    for name in &names {
+        cp.wait_node_ready(name).await?;
+    }
+    Ok(handle)
+}
+
 fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
     let c = node
         .status
@@ -98,7 +113,7 @@ async fn job_pod(client: &Client, job: &str) -> anyhow::Result<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir("kubelet-nodes"), "nodes", Options::default()).await?;
-    let first_kubelet = kubelet(
+    let first_kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL).label("role", "gpu"),
@@ -106,9 +121,9 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         ],
         KubeletScript::new(),
         None,
-    );
+    )
+    .await?;
     let n1 = cp.wait_node_ready("n1").await?;
-    cp.wait_node_ready("n2").await?;
 
     let labels = n1.labels();
     assert_eq!(labels.get("role").map(String::as_str), Some("gpu"));
@@ -250,7 +265,7 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
             reason: "Error".into(),
         }],
     );
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL),
@@ -258,9 +273,8 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         ],
         script,
         None,
-    );
-    cp.wait_node_ready("n1").await?;
-    cp.wait_node_ready("n2").await?;
+    )
+    .await?;
 
     let jobs = Api::<Job>::namespaced(cp.client(), "default");
     jobs.create(&PostParams::default(), &job("works")?).await?;
@@ -316,7 +330,7 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir("kubelet-daemonset"), "ds", Options::default()).await?;
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL).label("kmm.example/loaded", "yes"),
@@ -324,9 +338,8 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
         ],
         KubeletScript::new(),
         None,
-    );
-    cp.wait_node_ready("n1").await?;
-    cp.wait_node_ready("n2").await?;
+    )
+    .await?;
 
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": "loader", "namespace": "default"},
@@ -401,7 +414,7 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
     let marker = marker_dir.join("finished");
     let control = NodeControl::new();
     let script = KubeletScript::new().rule(PodMatcher::any().name_prefix("exec-"), [Outcome::Exec]);
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL),
@@ -409,9 +422,8 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         ],
         script,
         Some(control.clone()),
-    );
-    cp.wait_node_ready("n1").await?;
-    cp.wait_node_ready("n2").await?;
+    )
+    .await?;
     let pods = Api::<Pod>::namespaced(cp.client(), "default");
     let nodes = Api::<Node>::all(cp.client());
     let running = |name: &'static str| {

@@ -331,6 +331,15 @@ pub async fn nmc(client: &Client, name: &str) -> Option<NodeModulesConfig> {
         .unwrap()
 }
 
+/// Whether `node`'s NodeModulesConfig reports a module loaded from `image`.
+pub async fn loaded_with(client: &Client, node: &str, image: &str) -> bool {
+    nmc(client, node).await.and_then(|n| n.status).is_some_and(|s| {
+        s.modules
+            .iter()
+            .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == image))
+    })
+}
+
 pub fn loaded(nmc: &Option<NodeModulesConfig>) -> usize {
     nmc.as_ref()
         .and_then(|n| n.status.as_ref())

@@ -1,10 +1,12 @@
 //! The helpers every test crate of the workspace shares, defined once: waiting for a condition
 //! ([`eventually`], [`Wait`]), loopback ports, the repository's and the target folder's
-//! paths, running a command, and the test kernel modules ([`kmod`]).
+//! paths, running a command, child processes killed on drop ([`KilledOnDrop`]), and the test
+//! kernel modules ([`kmod`]).
 //!
 //! It depends on nothing of the workspace, so the simulator's and the agents' own tests can use
 //! it as well as `kmm-fleet-tests` (which re-exports it) and the hub's and spoke's tests.
 
+mod child;
 pub mod kmod;
 mod wait;
 
@@ -15,6 +17,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
+pub use child::KilledOnDrop;
 pub use wait::{Check, Done, Value, Wait, eventually};
 
 /// The repository root.
