@@ -13,8 +13,8 @@ use kmm_api::ManagedClusterModule;
 use kmm_sim::{FleetMember, Sim};
 use kube::{Api, api::PostParams};
 use support::{
-    fleet::{HUB_NAMESPACE, HubProcess, repo_root},
-    push_image, start_registry,
+    fleet::{HUB_NAMESPACE, start_sim_hub},
+    start_registry,
 };
 
 const KERNELS: [&str; 3] = [
@@ -37,8 +37,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn cold_start(clusters: usize) {
     let sim = Sim::new().unwrap();
     let hub = sim.add_cluster("hub").await.unwrap();
-    hub.install_crds_from_path(repo_root().join("manifests/crds"))
-        .unwrap();
+    hub.install_crds_from_path(kmm_test_kit::crds_dir()).unwrap();
     hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("all"))
         .unwrap();
     hub.apply_yaml(&format!(
@@ -58,11 +57,11 @@ async fn cold_start(clusters: usize) {
     let setup = hub.add_managed_clusters(&members).unwrap();
     let registry = start_registry(&format!("bench-{clusters}"));
     for k in KERNELS {
-        push_image(&registry, &format!("kmm/kmod:{k}"));
+        registry.push_labelled(&format!("kmm/kmod:{k}")).unwrap();
     }
     let registry_before = registry.manifest_requests("kmm/kmod");
 
-    let process = HubProcess::start(&hub, sim.dir(), "bench", &["--leader-election", "false"]);
+    let process = start_sim_hub(&hub, sim.dir(), "bench", &["--leader-election", "false"]);
     let deadline = Instant::now() + Duration::from_secs(600);
     while !process.ready().await {
         assert!(Instant::now() < deadline, "hub never became ready");

@@ -9,26 +9,23 @@
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
 mod support;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use k8s_openapi::api::batch::v1::Job;
 use kmm_agents::{
     AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher, ScriptRule,
 };
-use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_api::ManagedClusterModule;
 use kmm_fleet_tests::images;
 use kmm_hub::mcm_controller::desired::job::{BUILD_SCRIPT, JOB_TYPE_LABEL};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::ListParams};
 use support::{
-    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, serial},
-    push_image, run, start_registry,
+    fleet::{
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, serial, wait_reconciled,
+    },
+    kmod, run, scratch, start_registry,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -47,6 +44,16 @@ fn mcm_yaml(registry: &str, with_sign: bool) -> String {
          \x20         - regexp: '^.+$'\n            containerImage: {registry}/kmm/gpu-kmod:${{KERNEL_FULL_VERSION}}\n\
          \x20           registryTLS: {{insecure: true}}\n            build:\n              dockerfileConfigMap: {{name: gpu-dockerfile}}\n{sign}"
     )
+}
+
+/// Whether the works of clusters a and b both carry a Module whose text holds `text`.
+async fn works_carry(fleet: &Fleet, text: &str) -> bool {
+    let mut ok = true;
+    for c in ["a", "b"] {
+        let w = fleet.work(c, "gpu").await;
+        ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(text));
+    }
+    ok
 }
 
 async fn jobs(fleet: &Fleet) -> Vec<Job> {
@@ -119,15 +126,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         &["--leader-election", "false", "--job-gc-delay-seconds", "3600"],
     );
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, true)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    fleet.create_mcm(&mcm).await;
 
-    eventually(120, "one build Job", Some(&hub), || async {
-        !jobs(&fleet).await.is_empty()
-    })
-    .await;
+    hub.wait("one build Job", Duration::from_secs(120))
+        .eventually(|| async { !jobs(&fleet).await.is_empty() })
+        .await;
     let build = jobs(&fleet).await.remove(0);
     assert_eq!(build.labels()[JOB_TYPE_LABEL], "build");
     let unsigned = format!("kmm/gpu-kmod:{K1}-{SPOKE_NAMESPACE}_gpu_kmm_unsigned");
@@ -136,16 +139,17 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         format!("{}/{unsigned}", fleet.registry.host),
         "build+sign builds the unsigned intermediate"
     );
-    eventually(120, "clusters wait for the build", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
-    })
-    .await;
-    push_image(&fleet.registry, &unsigned);
+    hub.wait("clusters wait for the build", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet
+                .mcm("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.number_blocked == 2 && s.problems.iter().all(|p| p.reason == "Building"))
+        })
+        .await;
+    fleet.registry.push_labelled(&unsigned).unwrap();
     // The signing Secrets are missing, then one lacks its key: no sign Job, a clear problem.
     let problem = |needle: &'static str| {
         let client = fleet.hub.client();
@@ -163,10 +167,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
                 })
         }
     };
-    eventually(120, "the missing key Secret reported", Some(&hub), || {
-        problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
-    })
-    .await;
+    hub.wait("the missing key Secret reported", Duration::from_secs(120))
+        .eventually(|| {
+            problem("Secret kmm-hub/signing-key (spec.moduleSpec...sign.keySecret) does not exist")
+        })
+        .await;
     fleet
         .hub
         .apply_yaml(&format!(
@@ -175,10 +180,11 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    eventually(120, "the cert Secret's missing key reported", Some(&hub), || {
-        problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
-    })
-    .await;
+    hub.wait("the cert Secret's missing key reported", Duration::from_secs(120))
+        .eventually(|| {
+            problem("Secret kmm-hub/signing-cert (spec.moduleSpec...sign.certSecret) has no key \"cert\"")
+        })
+        .await;
     assert!(
         jobs(&fleet)
             .await
@@ -193,13 +199,14 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         ))
         .await
         .unwrap();
-    eventually(120, "one sign Job after the build", Some(&hub), || async {
-        jobs(&fleet)
-            .await
-            .iter()
-            .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
-    })
-    .await;
+    hub.wait("one sign Job after the build", Duration::from_secs(120))
+        .eventually(|| async {
+            jobs(&fleet)
+                .await
+                .iter()
+                .any(|j| j.labels()[JOB_TYPE_LABEL] == "sign")
+        })
+        .await;
     let sign = jobs(&fleet)
         .await
         .into_iter()
@@ -213,23 +220,15 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
         args.contains(&format!("--unsigned-image={}/{unsigned}", fleet.registry.host)),
         "{args:?}"
     );
-    let digest = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(
-        30,
+    let digest = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
+    hub.wait(
         "both clusters get the signed image, pinned",
-        Some(&hub),
-        || async {
-            let mut ok = true;
-            for c in ["a", "b"] {
-                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                    .get_opt("gpu")
-                    .await
-                    .unwrap();
-                ok &= w.is_some_and(|w| w.spec.workload.manifests[0].to_string().contains(&digest));
-            }
-            ok
-        },
+        Duration::from_secs(30),
     )
+    .eventually(|| works_carry(&fleet, &digest))
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(
@@ -259,33 +258,27 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     let _kubelet = hub_setup(&fleet, KubeletScript { rules: vec![fail] }).await;
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, false)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
-    eventually(120, "the failure shows in status", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| {
+    fleet.create_mcm(&mcm).await;
+    hub.wait("the failure shows in status", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet.mcm("gpu").await.unwrap().status.is_some_and(|s| {
                 s.problems.iter().any(|p| {
                     p.reason == "BuildFailed" && p.message.contains("make: *** [Makefile:3: all] Error 2")
                 })
             })
-    })
-    .await;
-    // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
-    eventually(120, "the Job Failed", Some(&hub), || async {
-        jobs(&fleet).await.iter().any(|j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
         })
-    })
-    .await;
+        .await;
+    // The real Job controller marks the Job Failed (backoffLimit 0: one pod, no retry).
+    hub.wait("the Job Failed", Duration::from_secs(120))
+        .eventually(|| async {
+            jobs(&fleet).await.iter().any(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+            })
+        })
+        .await;
     // Several retry periods (1 s) later: still the one Job, nothing started again.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let created = jobs_created(&fleet, 0).await;
@@ -304,20 +297,22 @@ async fn a_failing_build_is_reported_kept_and_not_retried_even_across_a_restart(
     drop(hub);
     let mark = fleet.audit().await.len();
     let again = fleet.start_hub("hub-1", &["--leader-election", "false"]);
-    again.wait_reconciled().await;
+    wait_reconciled(&again).await;
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let created = jobs_created(&fleet, mark).await;
     assert!(created.is_empty(), "no second Job after a restart: {created:#?}");
     assert_eq!(jobs(&fleet).await.len(), 1);
-    eventually(60, "the failure still shows in status", Some(&again), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("gpu")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
-    })
-    .await;
+    again
+        .wait("the failure still shows in status", Duration::from_secs(60))
+        .eventually(|| async {
+            fleet
+                .mcm("gpu")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.problems.iter().any(|p| p.reason == "BuildFailed"))
+        })
+        .await;
 }
 
 /// The build Job's exact command, run here with buildah: FROM scratch, copying a compiled .ko,
@@ -343,14 +338,14 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     assert_eq!(args[1], BUILD_SCRIPT);
 
     // What the pod would have mounted: the Dockerfile ConfigMap at the workspace, plus the module.
-    let ws = kmod::scratch("buildah-ws");
+    let ws = scratch("buildah-ws");
     std::fs::write(
         ws.join("dockerfile"),
         "FROM scratch\nARG KERNEL_FULL_VERSION\nCOPY gpu_kmod.ko /opt/lib/modules/${KERNEL_FULL_VERSION}/\n",
     )
     .unwrap();
     std::fs::write(ws.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
-    let storage = kmod::scratch("buildah-storage");
+    let storage = scratch("buildah-storage");
     let mut cmd = Command::new(&container.command.unwrap()[0]);
     cmd.args(&args)
         .env("KMM_WORKSPACE", &ws)
@@ -375,7 +370,7 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     .unwrap();
     assert!(inspect["Digest"].as_str().unwrap().starts_with("sha256:"));
     // The layer holds the module at the path the kernel mapping promises.
-    let bundle = images::unpack(&dest, &kmod::scratch("buildah-readback")).unwrap();
+    let bundle = images::unpack(&dest, &scratch("buildah-readback")).unwrap();
     let shipped = std::fs::read(bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"))).unwrap();
     assert_eq!(shipped, kmod::unsigned_module());
     let _ = std::fs::remove_dir_all(&storage);
@@ -383,22 +378,9 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
 
 /// An image holding only `/gpu_kmod.ko`, the "sources" a multi-stage build copies from.
 fn push_module_image(registry: &support::Registry, repo_tag: &str) {
-    let dir = kmod::scratch("src-image");
-    let layout = dir.join("layout").display().to_string();
+    let dir = scratch("src-image");
     std::fs::write(dir.join("gpu_kmod.ko"), kmod::unsigned_module()).unwrap();
-    run(Command::new("umoci").args(["init", "--layout", &layout]));
-    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:v")]));
-    run(Command::new("umoci")
-        .args(["insert", "--rootless", "--image", &format!("{layout}:v")])
-        .arg(dir.join("gpu_kmod.ko"))
-        .arg("/gpu_kmod.ko"));
-    let dest = format!("docker://{}/{repo_tag}", registry.host);
-    run(Command::new("skopeo").args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{layout}:v"),
-        &dest,
-    ]));
+    registry.push_dir(repo_tag, &dir).unwrap();
 }
 
 /// The whole pipeline for real: the kubelet runs the build Job's buildah command and the sign
@@ -410,7 +392,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     two_clusters(&fleet).await;
     let host = fleet.registry.host.clone();
     push_module_image(&fleet.registry, "kmm/gpu-src:1");
-    let keys = kmod::scratch("pipeline-keys");
+    let keys = scratch("pipeline-keys");
     let key = kmod::make_rsa_key(&keys, "fleet", 2048, "kmm fleet test key");
     let b64 = |p: &std::path::Path| {
         use base64::Engine;
@@ -429,7 +411,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         ))
         .await
         .unwrap();
-    let storage = kmod::scratch("pipeline-buildah");
+    let storage = scratch("pipeline-buildah");
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kmm-hub"))
         .parent()
         .unwrap()
@@ -452,7 +434,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             script: KubeletScript {
                 rules: vec![everything],
             },
-            exec_root: Some(kmod::scratch("pipeline-pods")),
+            exec_root: Some(scratch("pipeline-pods")),
             exec_env,
             exec_timeout: std::time::Duration::from_secs(240),
             ..Default::default()
@@ -463,32 +445,15 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         .replace("              dockerfileConfigMap: {name: gpu-dockerfile}\n", "              dockerfileConfigMap: {name: gpu-dockerfile}\n              baseImageRegistryTLS: {insecure: true}\n")
         .replace("              certSecret: {name: signing-cert}\n", "              certSecret: {name: signing-cert}\n              unsignedImageRegistryTLS: {insecure: true}\n");
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    fleet.create_mcm(&mcm).await;
 
     let final_repo = format!("{host}/kmm/gpu-kmod");
-    eventually(
-        300,
+    let pinned = format!("{final_repo}@sha256:");
+    hub.wait(
         "both clusters get the built and signed image, pinned",
-        Some(&hub),
-        || async {
-            let mut ok = true;
-            for c in ["a", "b"] {
-                let w: Option<ManifestWork> = Api::namespaced(fleet.hub.client(), c)
-                    .get_opt("gpu")
-                    .await
-                    .unwrap();
-                ok &= w.is_some_and(|w| {
-                    w.spec.workload.manifests[0]
-                        .to_string()
-                        .contains(&format!("{final_repo}@sha256:"))
-                });
-            }
-            ok
-        },
+        Duration::from_secs(300),
     )
+    .eventually(|| works_carry(&fleet, &pinned))
     .await;
     let created = jobs_created(&fleet, 0).await;
     assert_eq!(
@@ -499,7 +464,7 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
 
     // The shipped image holds the module, signed with our key.
     let dest = format!("docker://{final_repo}:{K1}");
-    let bundle = images::unpack(&dest, &kmod::scratch("pipeline-readback")).unwrap();
+    let bundle = images::unpack(&dest, &scratch("pipeline-readback")).unwrap();
     let module = bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"));
     assert_eq!(kmod::modinfo(&module, "signer"), "kmm fleet test key");
     assert_eq!(kmod::modinfo(&module, "sig_hashalgo"), "sha256");

@@ -20,14 +20,14 @@ use kmm_api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use support::{
     fleet::{
-        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, is_on, serial,
-        writes_by,
+        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial,
+        wait_reconciled, writes_by,
     },
-    free_port, push_image, start_registry_at,
+    start_registry_at,
 };
 
 const K1: &str = "6.1.0-28-cloud-amd64";
@@ -61,17 +61,7 @@ spec:
 
 async fn create_mcm(fleet: &Fleet, name: &str) -> ManagedClusterModule {
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host, name)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap()
-}
-
-async fn work(fleet: &Fleet, cluster: &str, name: &str) -> Option<ManifestWork> {
-    Api::<ManifestWork>::namespaced(fleet.hub.client(), cluster)
-        .get_opt(name)
-        .await
-        .unwrap()
+    fleet.create_mcm(&mcm).await
 }
 
 fn literals(work: &ManifestWork) -> Vec<(String, String)> {
@@ -89,11 +79,7 @@ fn literals(work: &ManifestWork) -> Vec<(String, String)> {
 }
 
 async fn mcm_status(fleet: &Fleet, name: &str) -> Option<kmm_api::ManagedClusterModuleStatus> {
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .get_opt(name)
-        .await
-        .unwrap()
-        .and_then(|m| m.status)
+    fleet.mcm(name).await.and_then(|m| m.status)
 }
 
 async fn spoke_module(fleet: &Fleet, spoke: &str, name: &str) -> Option<Module> {
@@ -134,24 +120,31 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             kernels: Some(&[K1]),
         })
         .await;
-    let d1 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    let d2 = push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K2}"));
+    let d1 = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
+    let d2 = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K2}"))
+        .unwrap();
     // Pushing and inspecting with skopeo asked for manifests too; count from here on.
     let before = fleet.registry.manifest_requests("kmm/gpu-kmod");
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     hub.wait_ready().await;
     create_mcm(&fleet, "gpu").await;
 
-    eventually(120, "works for the two prod clusters", Some(&hub), || async {
-        work(&fleet, "a", "gpu").await.is_some() && work(&fleet, "b", "gpu").await.is_some()
-    })
-    .await;
+    hub.wait("works for the two prod clusters", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet.work("a", "gpu").await.is_some() && fleet.work("b", "gpu").await.is_some()
+        })
+        .await;
     assert!(
-        work(&fleet, "c", "gpu").await.is_none(),
+        fleet.work("c", "gpu").await.is_none(),
         "the dev cluster is not selected"
     );
     let repo = format!("{}/kmm/gpu-kmod", fleet.registry.host);
-    let wa = work(&fleet, "a", "gpu").await.unwrap();
+    let wa = fleet.work("a", "gpu").await.unwrap();
     assert_eq!(
         literals(&wa),
         [
@@ -161,7 +154,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         "one literal mapping per kernel, pinned to the digest skopeo reports"
     );
     assert_eq!(
-        literals(&work(&fleet, "b", "gpu").await.unwrap()),
+        literals(&fleet.work("b", "gpu").await.unwrap()),
         [(K1.to_string(), format!("{repo}@{d1}"))]
     );
     let module_text = wa.spec.workload.manifests[0].to_string();
@@ -171,16 +164,19 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         "gpu"
     );
 
-    eventually(180, "Modules on both prod spokes", Some(&hub), || async {
-        spoke_module(&fleet, "a", "gpu").await.is_some() && spoke_module(&fleet, "b", "gpu").await.is_some()
-    })
-    .await;
-    eventually(180, "status shows both clusters applied", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_desired == 2 && s.number_applied == 2)
-    })
-    .await;
+    hub.wait("Modules on both prod spokes", Duration::from_secs(180))
+        .eventually(|| async {
+            spoke_module(&fleet, "a", "gpu").await.is_some()
+                && spoke_module(&fleet, "b", "gpu").await.is_some()
+        })
+        .await;
+    hub.wait("status shows both clusters applied", Duration::from_secs(180))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_desired == 2 && s.number_applied == 2)
+        })
+        .await;
     let status = mcm_status(&fleet, "gpu").await.unwrap();
     let kernels: Vec<(String, String, i32)> = status
         .kernels
@@ -227,7 +223,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(rendered.len(), 2);
     for r in &rendered {
-        let written = work(&fleet, &r.namespace().unwrap(), "gpu").await.unwrap();
+        let written = fleet.work(&r.namespace().unwrap(), "gpu").await.unwrap();
         assert_eq!(
             r.spec,
             written.spec,
@@ -238,7 +234,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     }
 
     // The MCM is edited: every work follows, the generation of each work moves once.
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
+    fleet.mcms()
         .patch(
             "gpu",
             &PatchParams::default(),
@@ -246,42 +242,46 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(120, "works carry the edited module name", Some(&hub), || async {
-        let name = |w: Option<ManifestWork>| {
-            w.map(|w| {
+    hub.wait("works carry the edited module name", Duration::from_secs(120))
+        .eventually(|| async {
+            let name = |w: Option<ManifestWork>| {
+                w.map(|w| {
                 w.spec.workload.manifests[0]["spec"]["moduleLoader"]["container"]["modprobe"]["moduleName"]
                     .clone()
             })
-        };
-        name(work(&fleet, "a", "gpu").await) == Some("gpu_kmod_v2".into())
-            && name(work(&fleet, "b", "gpu").await) == Some("gpu_kmod_v2".into())
-    })
-    .await;
-    eventually(180, "the spoke Module follows", Some(&hub), || async {
-        spoke_module(&fleet, "a", "gpu")
-            .await
-            .and_then(|m| m.spec.module_loader)
-            .and_then(|l| l.container.modprobe.module_name)
-            == Some("gpu_kmod_v2".into())
-    })
-    .await;
-    eventually(180, "the edit applied on both spokes", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_applied == 2)
-    })
-    .await;
+            };
+            name(fleet.work("a", "gpu").await) == Some("gpu_kmod_v2".into())
+                && name(fleet.work("b", "gpu").await) == Some("gpu_kmod_v2".into())
+        })
+        .await;
+    hub.wait("the spoke Module follows", Duration::from_secs(180))
+        .eventually(|| async {
+            spoke_module(&fleet, "a", "gpu")
+                .await
+                .and_then(|m| m.spec.module_loader)
+                .and_then(|l| l.container.modprobe.module_name)
+                == Some("gpu_kmod_v2".into())
+        })
+        .await;
+    hub.wait("the edit applied on both spokes", Duration::from_secs(180))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_applied == 2)
+        })
+        .await;
 
     // b upgrades to K2: only b's work changes, to a K2 mapping.
-    let a_version = work(&fleet, "a", "gpu").await.unwrap().metadata.generation;
+    let a_version = fleet.work("a", "gpu").await.unwrap().metadata.generation;
     let mark = audit_mark(&fleet).await;
     fleet.set_kernels("b", &[K2]).await;
-    eventually(180, "b's work follows its new kernel", Some(&hub), || async {
-        literals(&work(&fleet, "b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
-    })
-    .await;
+    hub.wait("b's work follows its new kernel", Duration::from_secs(180))
+        .eventually(|| async {
+            literals(&fleet.work("b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
+        })
+        .await;
     assert_eq!(
-        work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
+        fleet.work("a", "gpu").await.unwrap().metadata.generation,
         a_version,
         "a untouched"
     );
@@ -305,35 +305,29 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
         )
         .await
         .unwrap();
-    eventually(180, "a's work and Module removed", Some(&hub), || async {
-        work(&fleet, "a", "gpu").await.is_none() && spoke_module(&fleet, "a", "gpu").await.is_none()
-    })
-    .await;
+    hub.wait("a's work and Module removed", Duration::from_secs(180))
+        .eventually(|| async {
+            fleet.work("a", "gpu").await.is_none() && spoke_module(&fleet, "a", "gpu").await.is_none()
+        })
+        .await;
     assert!(spoke_module(&fleet, "b", "gpu").await.is_some());
 
     // A new prod cluster joins and gets the Module.
     fleet.add_spokes(&[ClusterSpec::prod("d", &[K1])]).await;
-    eventually(180, "the new cluster gets its Module", Some(&hub), || async {
-        spoke_module(&fleet, "d", "gpu").await.is_some()
-    })
-    .await;
+    hub.wait("the new cluster gets its Module", Duration::from_secs(180))
+        .eventually(|| async { spoke_module(&fleet, "d", "gpu").await.is_some() })
+        .await;
 
     // The MCM is deleted: every work and Module goes, then the MCM itself.
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .delete("gpu", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(180, "everything removed", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get_opt("gpu")
-            .await
-            .unwrap()
-            .is_none()
-            && work(&fleet, "b", "gpu").await.is_none()
-            && spoke_module(&fleet, "b", "gpu").await.is_none()
-            && spoke_module(&fleet, "d", "gpu").await.is_none()
-    })
-    .await;
+    fleet.delete_mcm("gpu").await;
+    hub.wait("everything removed", Duration::from_secs(180))
+        .eventually(|| async {
+            fleet.mcm("gpu").await.is_none()
+                && fleet.work("b", "gpu").await.is_none()
+                && spoke_module(&fleet, "b", "gpu").await.is_none()
+                && spoke_module(&fleet, "d", "gpu").await.is_none()
+        })
+        .await;
     assert_nothing_refused(&fleet, HUB_USER).await;
 }
 
@@ -351,12 +345,13 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
     fleet.add_cluster(&ClusterSpec::prod("nomap", &[K1])).await;
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     create_mcm(&fleet, "gpu").await;
-    eventually(120, "both clusters blocked in status", Some(&hub), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_blocked == 2)
-    })
-    .await;
+    hub.wait("both clusters blocked in status", Duration::from_secs(120))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_blocked == 2)
+        })
+        .await;
     let s = mcm_status(&fleet, "gpu").await.unwrap();
     let problems: BTreeMap<String, String> = s
         .problems
@@ -373,7 +368,7 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
     let ready = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
     assert_eq!(ready.status, "True");
     assert!(
-        work(&fleet, "nomap", "gpu").await.is_none(),
+        fleet.work("nomap", "gpu").await.is_none(),
         "no work with a tag the registry does not have"
     );
 
@@ -389,28 +384,30 @@ async fn blocked_clusters_are_reported_and_recover_when_the_image_appears() {
             .filter_map(|e| e.reason.clone())
             .collect::<Vec<String>>()
     };
-    eventually(60, "an Event per blocking reason", Some(&hub), || async {
-        let reasons = reasons().await;
-        reasons.iter().any(|r| r == "NoKernelClaim") && reasons.iter().any(|r| r == "ImageNotFound")
-    })
-    .await;
+    hub.wait("an Event per blocking reason", Duration::from_secs(60))
+        .eventually(|| async {
+            let reasons = reasons().await;
+            reasons.iter().any(|r| r == "NoKernelClaim") && reasons.iter().any(|r| r == "ImageNotFound")
+        })
+        .await;
 
     // The image is pushed: the next retry pins it and the work appears.
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(120, "work written once the image exists", Some(&hub), || async {
-        work(&fleet, "nomap", "gpu").await.is_some()
-    })
-    .await;
-    eventually(
-        120,
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
+    hub.wait("work written once the image exists", Duration::from_secs(120))
+        .eventually(|| async { fleet.work("nomap", "gpu").await.is_some() })
+        .await;
+    hub.wait(
         "only the cluster without a claim stays blocked",
-        Some(&hub),
-        || async {
-            mcm_status(&fleet, "gpu")
-                .await
-                .is_some_and(|s| s.number_blocked == 1 && s.problems.len() == 1)
-        },
+        Duration::from_secs(120),
     )
+    .eventually(|| async {
+        mcm_status(&fleet, "gpu")
+            .await
+            .is_some_and(|s| s.number_blocked == 1 && s.problems.len() == 1)
+    })
     .await;
     assert_nothing_refused(&fleet, HUB_USER).await;
 }
@@ -422,16 +419,21 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     fleet
         .add_spokes(&[ClusterSpec::prod("a", &[K1]), ClusterSpec::prod("b", &[K1])])
         .await;
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     let first = fleet.start_hub_as("replica-1", &[]);
     let second = fleet.start_hub_as("replica-2", &[]);
     create_mcm(&fleet, "gpu").await;
-    eventually(180, "both clusters applied", Some(&first), || async {
-        mcm_status(&fleet, "gpu")
-            .await
-            .is_some_and(|s| s.number_applied == 2)
-    })
-    .await;
+    first
+        .wait("both clusters applied", Duration::from_secs(180))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.number_applied == 2)
+        })
+        .await;
     let audit = fleet.audit().await;
     let work_writes = |user: &str| -> Vec<String> {
         writes_by(&audit, user)
@@ -479,15 +481,19 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
 
     // Both replicas restart: the works are up to date, so nothing is written again.
     let generations: Vec<Option<i64>> = vec![
-        work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
-        work(&fleet, "b", "gpu").await.unwrap().metadata.generation,
+        fleet.work("a", "gpu").await.unwrap().metadata.generation,
+        fleet.work("b", "gpu").await.unwrap().metadata.generation,
     ];
     // SIGTERM stops a replica cleanly and promptly (as the kubelet stops a pod).
     let (mut first, mut second) = (first, second);
-    assert_eq!(first.terminate(30), Some(0), "kmm-hub exits 0 on SIGTERM");
-    assert_eq!(second.terminate(30), Some(0));
+    assert_eq!(
+        first.terminate(Duration::from_secs(30)),
+        Some(0),
+        "kmm-hub exits 0 on SIGTERM"
+    );
+    assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
     let again = fleet.start_hub_as("replica-3", &["--leader-election", "false"]);
-    again.wait_reconciled().await;
+    wait_reconciled(&again).await;
     // Several retry periods (1 s) and feedback rounds (1 s) later.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let audit = fleet.audit().await;
@@ -498,8 +504,8 @@ async fn restarts_write_nothing_twice_and_only_the_leader_writes() {
     );
     assert_eq!(
         vec![
-            work(&fleet, "a", "gpu").await.unwrap().metadata.generation,
-            work(&fleet, "b", "gpu").await.unwrap().metadata.generation
+            fleet.work("a", "gpu").await.unwrap().metadata.generation,
+            fleet.work("b", "gpu").await.unwrap().metadata.generation
         ],
         generations
     );
@@ -514,45 +520,42 @@ async fn a_registry_that_is_down_blocks_and_the_rollout_resumes_when_it_is_back(
     let mut fleet = Fleet::start("down").await;
     fleet.add_spokes(&[ClusterSpec::prod("a", &[K1])]).await;
     // The MCM points at a registry port where nothing listens yet.
-    let port = free_port();
+    let port = kmm_test_kit::free_port().unwrap();
     let host = format!("127.0.0.1:{port}");
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&host, "gpu")).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
-    eventually(
-        120,
+    fleet.create_mcm(&mcm).await;
+    hub.wait(
         "the cluster is blocked by the registry error",
-        Some(&hub),
-        || async {
-            mcm_status(&fleet, "gpu")
-                .await
-                .is_some_and(|s| s.problems.iter().any(|p| p.reason == "RegistryError"))
-        },
+        Duration::from_secs(120),
     )
-    .await;
-    assert!(work(&fleet, "a", "gpu").await.is_none());
-
-    let registry = start_registry_at("down-later", port);
-    let digest = push_image(&registry, &format!("kmm/gpu-kmod:{K1}"));
-    eventually(
-        120,
-        "the work appears once the registry answers",
-        Some(&hub),
-        || async {
-            work(&fleet, "a", "gpu")
-                .await
-                .is_some_and(|w| literals(&w)[0].1 == format!("{host}/kmm/gpu-kmod@{digest}"))
-        },
-    )
-    .await;
-    eventually(180, "no problem left", Some(&hub), || async {
+    .eventually(|| async {
         mcm_status(&fleet, "gpu")
             .await
-            .is_some_and(|s| s.problems.is_empty() && s.number_applied == 1)
+            .is_some_and(|s| s.problems.iter().any(|p| p.reason == "RegistryError"))
     })
     .await;
+    assert!(fleet.work("a", "gpu").await.is_none());
+
+    let registry = start_registry_at("down-later", port);
+    let digest = registry.push_labelled(&format!("kmm/gpu-kmod:{K1}")).unwrap();
+    hub.wait(
+        "the work appears once the registry answers",
+        Duration::from_secs(120),
+    )
+    .eventually(|| async {
+        fleet
+            .work("a", "gpu")
+            .await
+            .is_some_and(|w| literals(&w)[0].1 == format!("{host}/kmm/gpu-kmod@{digest}"))
+    })
+    .await;
+    hub.wait("no problem left", Duration::from_secs(180))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu")
+                .await
+                .is_some_and(|s| s.problems.is_empty() && s.number_applied == 1)
+        })
+        .await;
     assert_nothing_refused(&fleet, HUB_USER).await;
 }

@@ -6,17 +6,15 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Command};
 
 use kmm_fleet_tests::{
+    controlplane::Options,
     manifests::{self, without_labels},
-    process::wait_ready_then_kill,
+    process::Deployed,
 };
+use kmm_test_kit::repo_root;
 use serde_json::Value;
-use support::fleet::repo_root;
 
 fn kustomize(dir: &str) -> Vec<Value> {
     manifests::kustomize(&repo_root().join(dir)).unwrap()
@@ -24,10 +22,6 @@ fn kustomize(dir: &str) -> Vec<Value> {
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     manifests::find(docs, kind, name).unwrap()
-}
-
-fn container_env(docs: &[Value], deployment: &Value, pod_name: &str) -> BTreeMap<String, String> {
-    manifests::container_env(docs, deployment, pod_name).unwrap()
 }
 
 #[test]
@@ -133,49 +127,21 @@ fn the_config_map_lists_every_setting_with_its_default() {
 /// `/readyz` says ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_configuration_starts_a_ready_hub() {
-    let docs = kustomize("manifests/hub");
-    let deployment = find(&docs, "Deployment", "kmm-hub");
-    let mut env = container_env(&docs, deployment, "kmm-hub-0");
-    let port = support::free_port();
-    env.insert("KMM_HUB_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["command"][0], "/usr/local/bin/kmm-hub");
-    let args: Vec<String> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hub-deployment");
-    let hub = kmm_fleet_tests::controlplane::ControlPlane::start(
-        &dir,
-        "hub",
-        kmm_fleet_tests::controlplane::Options::hub(),
+    let deployed = Deployed::render(
+        &repo_root().join("manifests/hub"),
+        "kmm-hub",
+        "kmm-hub-0",
+        "KMM_HUB_METRICS_ADDR",
     )
-    .await
     .unwrap();
-    hub.install_crds_from_path(repo_root().join("manifests/crds"))
+    assert_eq!(deployed.command, "/usr/local/bin/kmm-hub");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hub-deployment");
+    let (hub, kubeconfig) = kmm_fleet_tests::fleet::start_hub_cluster(&dir, Options::hub())
         .await
         .unwrap();
-    hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
-        .await
-        .unwrap();
-    let kubeconfig =
-        kmm_fleet_tests::fleet::install_service_account(&hub, &repo_root().join("manifests/hub"))
-            .await
-            .unwrap();
     let log = hub.dir().join("kmm-hub-deployment.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
-        .args(&args)
-        .env_clear()
-        .envs(&env)
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let text = wait_ready_then_kill(&mut child, port, &log)
+    let text = deployed
+        .run_until_ready(Path::new(env!("CARGO_BIN_EXE_kmm-hub")), &kubeconfig, &log)
         .await
         .unwrap_or_else(|e| panic!("kmm-hub with the Deployment's configuration: {e:#}"));
     assert!(

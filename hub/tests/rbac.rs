@@ -11,26 +11,21 @@
 
 mod support;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Pod, Secret},
 };
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher, ScriptRule};
-use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL, ocm::ManifestWork};
+use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL};
 use kmm_hub::mcm_controller::desired::job::JOB_TYPE_LABEL;
+use kmm_test_kit::repo_root;
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
-use support::{
-    fleet::{
-        ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, eventually, is_on, repo_root,
-        serial,
-    },
-    push_image,
-};
+use support::fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, HUB_USER, SPOKE_NAMESPACE, describe, is_on, serial};
 
 const K1: &str = "6.1.0-28-cloud-amd64";
 const K2: &str = "6.1.0-29-cloud-amd64";
@@ -69,18 +64,7 @@ fn mcm_yaml(registry: &str, name: &str, selector: &str, build: bool) -> String {
 
 async fn create(fleet: &Fleet, yaml: &str) {
     let mcm: ManagedClusterModule = serde_saphyr::from_str(yaml).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
-}
-
-async fn work_exists(fleet: &Fleet, cluster: &str, name: &str) -> bool {
-    Api::<ManifestWork>::namespaced(fleet.hub.client(), cluster)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .is_some()
+    fleet.create_mcm(&mcm).await;
 }
 
 /// Leader election, two MCMs (one pinned to pushed images with an imageRepoSecret, one whose
@@ -107,7 +91,10 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
             kernels: Some(&[K2]),
         })
         .await;
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     // The pull secret names another registry, so the local one is used without credentials.
     fleet
         .hub
@@ -145,19 +132,21 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
     hub.wait_ready().await;
     create(&fleet, &mcm_yaml(&fleet.registry.host, "gpu", "env: prod", false)).await;
     create(&fleet, &mcm_yaml(&fleet.registry.host, "lab", "env: lab", true)).await;
-    eventually(120, "works for the prod clusters", Some(&hub), || async {
-        work_exists(&fleet, "a", "gpu").await && work_exists(&fleet, "b", "gpu").await
-    })
-    .await;
-    eventually(120, "the lab build failed", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get("lab")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| s.problems.iter().any(|p| p.message.contains("make: Error 2")))
-    })
-    .await;
+    hub.wait("works for the prod clusters", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet.work("a", "gpu").await.is_some() && fleet.work("b", "gpu").await.is_some()
+        })
+        .await;
+    hub.wait("the lab build failed", Duration::from_secs(120))
+        .eventually(|| async {
+            fleet
+                .mcm("lab")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.problems.iter().any(|p| p.message.contains("make: Error 2")))
+        })
+        .await;
 
     // A build that succeeds: once the image is there, the succeeded Job is deleted, and the
     // garbage collector deletes its pod.
@@ -178,21 +167,21 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
             .items
             .len()
     };
-    eventually(120, "the ok build Job", Some(&hub), || async {
-        ok_jobs().await == 1
-    })
-    .await;
-    push_image(&fleet.registry, &format!("kmm/ok-kmod:{K2}"));
-    eventually(120, "d's work and the build Job deleted", Some(&hub), || async {
-        work_exists(&fleet, "d", "ok").await && ok_jobs().await == 0
-    })
-    .await;
-    eventually(
-        120,
+    hub.wait("the ok build Job", Duration::from_secs(120))
+        .eventually(|| async { ok_jobs().await == 1 })
+        .await;
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/ok-kmod:{K2}"))
+        .unwrap();
+    hub.wait("d's work and the build Job deleted", Duration::from_secs(120))
+        .eventually(|| async { fleet.work("d", "ok").await.is_some() && ok_jobs().await == 0 })
+        .await;
+    hub.wait(
         "the collected Job's pod garbage-collected",
-        Some(&hub),
-        || async { ok_pods().await == 0 },
+        Duration::from_secs(120),
     )
+    .eventually(|| async { ok_pods().await == 0 })
     .await;
 
     Api::<kmm_api::ocm::ManagedCluster>::all(fleet.hub.client())
@@ -203,32 +192,24 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
         )
         .await
         .unwrap();
-    eventually(120, "b's work removed", Some(&hub), || async {
-        !work_exists(&fleet, "b", "gpu").await
-    })
-    .await;
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .delete("gpu", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(120, "the MCM is gone", Some(&hub), || async {
-        Api::<ManagedClusterModule>::all(fleet.hub.client())
-            .get_opt("gpu")
-            .await
-            .unwrap()
-            .is_none()
-    })
-    .await;
+    hub.wait("b's work removed", Duration::from_secs(120))
+        .eventually(|| async { fleet.work("b", "gpu").await.is_none() })
+        .await;
+    fleet.delete_mcm("gpu").await;
+    hub.wait("the MCM is gone", Duration::from_secs(120))
+        .eventually(|| async { fleet.mcm("gpu").await.is_none() })
+        .await;
     // The leader renews its Lease every 5 s.
-    eventually(60, "the Lease renewed", Some(&hub), || async {
-        fleet
-            .hub
-            .audit()
-            .unwrap()
-            .iter()
-            .any(|r| r.user.username == HUB_USER && r.verb == "update" && r.resource() == "leases")
-    })
-    .await;
+    hub.wait("the Lease renewed", Duration::from_secs(60))
+        .eventually(|| async {
+            fleet
+                .hub
+                .audit()
+                .unwrap()
+                .iter()
+                .any(|r| r.user.username == HUB_USER && r.verb == "update" && r.resource() == "leases")
+        })
+        .await;
     drop(hub);
     let records: Vec<_> = fleet
         .audit()

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use kmm_api::module::TlsOptions;
 use kmm_hub::registry::{DigestResolver, RegistryError};
 use oci_client::secrets::RegistryAuth;
-use support::{free_port, push_image, start_registry};
+use support::start_registry;
 
 const INSECURE: TlsOptions = TlsOptions {
     insecure: true,
@@ -18,7 +18,7 @@ const INSECURE: TlsOptions = TlsOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pins_tags_to_the_digest_skopeo_reports_and_caches_them() {
     let registry = start_registry("pin");
-    let digest = push_image(&registry, "kmm/kmod:5.14.0");
+    let digest = registry.push_labelled("kmm/kmod:5.14.0").unwrap();
     let resolver = DigestResolver::new(Duration::from_secs(600));
     let image = format!("{}/kmm/kmod:5.14.0", registry.host);
 
@@ -49,7 +49,7 @@ async fn pins_tags_to_the_digest_skopeo_reports_and_caches_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_callers_share_one_lookup() {
     let registry = start_registry("concurrent");
-    let digest = push_image(&registry, "kmm/kmod:6.1.0");
+    let digest = registry.push_labelled("kmm/kmod:6.1.0").unwrap();
     let resolver = Arc::new(DigestResolver::new(Duration::from_secs(600)));
     let image = format!("{}/kmm/kmod:6.1.0", registry.host);
     let tasks: Vec<_> = (0..200)
@@ -71,7 +71,7 @@ async fn many_concurrent_callers_share_one_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_entries_are_looked_up_again() {
     let registry = start_registry("ttl");
-    push_image(&registry, "kmm/kmod:v1");
+    registry.push_labelled("kmm/kmod:v1").unwrap();
     let resolver = DigestResolver::new(Duration::ZERO);
     let image = format!("{}/kmm/kmod:v1", registry.host);
     resolver
@@ -88,7 +88,7 @@ async fn expired_entries_are_looked_up_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_images_and_unreachable_registries_are_told_apart() {
     let registry = start_registry("errors");
-    push_image(&registry, "kmm/kmod:v1");
+    registry.push_labelled("kmm/kmod:v1").unwrap();
     let resolver = DigestResolver::new(Duration::from_secs(600));
 
     let missing = format!("{}/kmm/kmod:not-built-yet", registry.host);
@@ -104,7 +104,7 @@ async fn missing_images_and_unreachable_registries_are_told_apart() {
     );
     assert!(!err.is_transient());
 
-    let closed = format!("127.0.0.1:{}/kmm/kmod:v1", free_port());
+    let closed = format!("127.0.0.1:{}/kmm/kmod:v1", kmm_test_kit::free_port().unwrap());
     let err = resolver
         .pin(&closed, &INSECURE, &RegistryAuth::Anonymous)
         .await
@@ -122,7 +122,7 @@ async fn missing_images_and_unreachable_registries_are_told_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_named_insecure_is_reached_over_plain_http_without_tls_fields() {
     let registry = start_registry("insecure-host");
-    let digest = push_image(&registry, "kmm/plugin:1");
+    let digest = registry.push_labelled("kmm/plugin:1").unwrap();
     let image = format!("{}/kmm/plugin:1", registry.host);
     let default_tls = TlsOptions::default();
 

@@ -7,13 +7,15 @@
 //! ```
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
+mod support;
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use kmm_hub::sign::{HashAlgorithm, Signer, module::sign_file};
-use kmod::{make_rsa_key, run, sign_file_tool, temp_dir, unsigned_module};
+use support::{
+    kmod::{make_rsa_key, sign_file_tool, temp_dir, unsigned_module},
+    run,
+};
 
 const MODULES: usize = 200;
 

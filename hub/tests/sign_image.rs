@@ -4,8 +4,6 @@
 //! Debian's sign-file.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
 mod support;
 
 use std::{
@@ -13,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
+use support::kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
 use support::{Registry, run, start_registry};
 
 const KVER: &str = "6.1.0-56-cloud-amd64";
@@ -324,68 +322,6 @@ fn sign_image_refuses_signed_modules_and_images_with_nothing_to_sign() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the certificate"));
 }
 
-/// A registry with TLS (a self-signed certificate) and htpasswd authentication, killed on drop.
-struct SecureRegistry {
-    child: std::process::Child,
-    host: String,
-}
-
-impl Drop for SecureRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_secure_registry(dir: &Path, user: &str, password: &str) -> SecureRegistry {
-    let (cert, key, htpasswd) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("htpasswd"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-new", "-nodes", "-batch", "-days", "2", "-newkey", "rsa:2048",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    // bcrypt, as the registry requires (apache2-utils).
-    let entry = run(Command::new("htpasswd").args(["-nbB", "-C", "4", user, password]));
-    std::fs::write(&htpasswd, format!("{}\n", entry.trim())).unwrap();
-    let port = support::free_port();
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {data}\nauth:\n  htpasswd:\n    realm: kmm-test\n    path: {htpasswd}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n",
-            data = dir.join("data").display(),
-            htpasswd = htpasswd.display(),
-            cert = cert.display(),
-            key = key.display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("docker-registry starts (run scripts/test-deps)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the TLS registry did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    SecureRegistry {
-        child,
-        host: format!("127.0.0.1:{port}"),
-    }
-}
-
 #[test]
 fn sign_image_pushes_over_tls_with_the_credentials_of_a_docker_config() {
     use base64::Engine;
@@ -393,7 +329,7 @@ fn sign_image_pushes_over_tls_with_the_credentials_of_a_docker_config() {
     let tmp = temp_dir("image-tls");
     let dir = tmp.path();
     push_module_image(&plain, dir, "kmod:unsigned");
-    let secure = start_secure_registry(dir, "robot", "s3cret");
+    let secure = Registry::start_secure(&dir.join("secure-registry"), "robot", "s3cret").unwrap();
     let key = make_rsa_key(dir, "key", 2048, "kmm-fleet tls signer");
     let auth = base64::engine::general_purpose::STANDARD.encode("robot:s3cret");
     let docker_config = dir.join("config.json");

@@ -3,8 +3,7 @@
 //! for the bytes, `modinfo` (kmod) for what the kernel tools read back.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/kmod.rs"]
-mod kmod;
+mod support;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,7 +11,7 @@ use std::{
 };
 
 use kmm_hub::sign::{HashAlgorithm, SignError, Signer, module::sign_file};
-use kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
+use support::kmod::{TestKey, make_rsa_key, modinfo, output, sign_with_sign_file, temp_dir, unsigned_module};
 
 fn write_module(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -222,7 +221,7 @@ fn corrupted_wrong_and_unsupported_keys_give_clear_errors() {
     // An EC key with its certificate: a real key, just not one we sign with.
     let ec_key = dir.join("ec.pem");
     let ec_cert = dir.join("ec.der");
-    kmod::run(
+    support::run(
         Command::new("openssl")
             .args([
                 "req", "-x509", "-new", "-nodes", "-batch", "-subj", "/CN=ec", "-newkey", "ec",

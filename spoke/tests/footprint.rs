@@ -58,7 +58,7 @@ async fn idle_rss_with_100_nodes() {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    eventually("claim written and every node reconciled", || async {
+    eventually("claim written and every node reconciled", WAIT, || async {
         http_get(&addr, "/metrics").is_some_and(|m| {
             let reconciles = m
                 .lines()

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
+use kmm_agents::Outcome;
 use kmm_api::labels;
 use kmm_spoke::cli::run_with;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,20 +56,13 @@ async fn readyz_turns_ready_and_metrics_count_worker_pods() {
     // The first load fails, the retry succeeds: two load pods, one failure.
     let cluster = spoke_cluster(
         "health",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            kubelet: KubeletOptions {
-                script: KubeletScript::new().rule(
-                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                    [
-                        Outcome::failed(1, "modprobe: FATAL: Module kmm_health not found"),
-                        Outcome::Succeeded,
-                    ],
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]).workers_on(
+            "node-a",
+            [
+                Outcome::failed(1, "modprobe: FATAL: Module kmm_health not found"),
+                Outcome::Succeeded,
+            ],
+        ),
     )
     .await;
     let client = cluster.client();
@@ -86,16 +79,19 @@ async fn readyz_turns_ready_and_metrics_count_worker_pods() {
         },
     ));
 
-    eventually("/healthz answers", || async {
+    eventually("/healthz answers", WAIT, || async {
         get(addr, "/healthz").await.0 == 200
     })
     .await;
-    eventually("/readyz ready", || async { get(addr, "/readyz").await.0 == 200 }).await;
+    eventually("/readyz ready", WAIT, || async {
+        get(addr, "/readyz").await.0 == 200
+    })
+    .await;
     assert!(get(addr, "/metrics").await.1.contains("kmm_spoke_ready 1"));
 
     cluster.apply_yaml(MODULE).await;
     let ready = labels::module_ready("drivers", "kmm-health");
-    eventually("node-a ready", || async {
+    eventually("node-a ready", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;

@@ -56,14 +56,11 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "claims-follow-nodes",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("a", K_DEBIAN),
-                NodeRegistration::new("b", K_RHEL),
-                NodeRegistration::new("c", K_DEBIAN),
-            ],
-            ..Default::default()
-        },
+        Setup::with_nodes([
+            NodeRegistration::new("a", K_DEBIAN),
+            NodeRegistration::new("b", K_RHEL),
+            NodeRegistration::new("c", K_DEBIAN),
+        ]),
     )
     .await;
     let client = cluster.client();
@@ -71,7 +68,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     let writes = || cluster.spoke_writes("clusterclaims");
 
     let both = format!("{K_RHEL}\n{K_DEBIAN}");
-    eventually("claim for 3 nodes on 2 kernels", || async {
+    eventually("claim for 3 nodes on 2 kernels", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(both.as_str())
     })
     .await;
@@ -92,7 +89,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
             ..Default::default()
         },
     );
-    cluster.wait_node_ready("d").await;
+    cluster.cp.wait_node_ready("d").await.unwrap();
     let _joined_later = Kubelet::spawn(
         client.clone(),
         KubeletOptions {
@@ -103,7 +100,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
         },
     );
     let three = format!("{K_RHEL}\n{K_DEBIAN}\n{K_NEW}");
-    eventually("new kernel claimed", || async {
+    eventually("new kernel claimed", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(three.as_str())
     })
     .await;
@@ -112,7 +109,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     // b upgrades from RHEL to the new kernel: RHEL leaves the list.
     set_kernel(&client, "b", K_NEW).await;
     let two = format!("{K_DEBIAN}\n{K_NEW}");
-    eventually("upgrade claimed", || async {
+    eventually("upgrade claimed", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(two.as_str())
     })
     .await;
@@ -123,7 +120,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
     delete_node(&client, "a").await;
     delete_node(&client, "b").await;
     delete_node(&client, "e").await;
-    eventually("departures claimed", || async {
+    eventually("departures claimed", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(K_DEBIAN)
     })
     .await;
@@ -140,7 +137,7 @@ async fn claims_follow_nodes_joining_leaving_and_upgrading_and_are_written_only_
              metadata: {{name: {KERNEL_VERSIONS_CLAIM}}}\nspec: {{value: bogus}}\n"
         ))
         .await;
-    eventually("drift repaired", || async {
+    eventually("drift repaired", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(K_DEBIAN)
     })
     .await;
@@ -168,7 +165,7 @@ async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back()
         let all = claims(&client).await;
         decode_kernel_claims(|name| all.get(name).map(String::as_str)).ok()
     };
-    eventually("60 kernels claimed", || async {
+    eventually("60 kernels claimed", WAIT, || async {
         joined().await.as_ref() == Some(&want)
     })
     .await;
@@ -191,7 +188,7 @@ async fn sixty_kernels_are_split_across_continuation_claims_the_hub_joins_back()
     }
     let mut ten = kernels[..10].to_vec();
     ten.sort();
-    eventually("continuations removed", || async {
+    eventually("continuations removed", WAIT, || async {
         claims(&client).await.len() == 1 && joined().await.as_ref() == Some(&ten)
     })
     .await;
@@ -222,14 +219,17 @@ async fn without_the_claim_crd_the_writer_reports_the_failure_and_recovers_once_
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    eventually("the failing claim watch is counted", || async { failures() > 0 }).await;
+    eventually("the failing claim watch is counted", WAIT, || async {
+        failures() > 0
+    })
+    .await;
     assert!(
         !report.synced.load(Ordering::Relaxed),
         "not synced while the watch fails"
     );
 
     install_claim_crd(&cluster.cp).await;
-    eventually("claim written once the CRD exists", || async {
+    eventually("claim written once the CRD exists", WAIT, || async {
         first_claim(&client).await.as_deref() == Some(K_DEBIAN)
     })
     .await;

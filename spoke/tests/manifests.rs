@@ -7,21 +7,19 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
-use common::{K_DEBIAN, ROOT, Setup, mk_node, spoke_cluster, test_dir};
+use common::{K_DEBIAN, Setup, mk_node, spoke_cluster, test_dir};
 use kmm_fleet_tests::{
     controlplane::{self, ControlPlane, Options, documents},
     manifests::{self, without_labels},
-    process::wait_ready_then_kill,
+    process::Deployed,
 };
+use kmm_test_kit::repo_root;
 use serde_json::Value;
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    manifests::kustomize(std::path::Path::new(&format!("{ROOT}/{dir}"))).unwrap()
+    manifests::kustomize(&repo_root().join(dir)).unwrap()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -145,38 +143,23 @@ fn container_env(docs: &[Value], deployment: &Value) -> BTreeMap<String, String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_configuration_starts_a_working_spoke() {
     let _serial = common::one_at_a_time().await;
-    let docs = kustomize("manifests/spoke");
-    let deployment = find(&docs, "Deployment", "kmm-spoke");
-    let mut env = container_env(&docs, deployment);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    env.insert("KMM_SPOKE_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["command"][0], "/usr/local/bin/kmm-spoke");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-
+    let deployed = Deployed::render(
+        &repo_root().join("manifests/spoke"),
+        "kmm-spoke",
+        "kmm-spoke-0",
+        "KMM_SPOKE_METRICS_ADDR",
+    )
+    .unwrap();
+    assert_eq!(deployed.command, "/usr/local/bin/kmm-spoke");
     let cluster = spoke_cluster("deployment", Setup::default()).await;
     mk_node(&cluster.client(), "node-a", K_DEBIAN, &[]).await;
-    let kubeconfig = cluster.spoke_kubeconfig.clone();
     let log = cluster.cp.dir().join("kmm-spoke-deployment.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))
-        .args(&args)
-        .env_clear()
-        .envs(&env)
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let text = wait_ready_then_kill(&mut child, port, &log)
+    let text = deployed
+        .run_until_ready(
+            Path::new(env!("CARGO_BIN_EXE_kmm-spoke")),
+            &cluster.spoke_kubeconfig,
+            &log,
+        )
         .await
         .unwrap_or_else(|e| panic!("kmm-spoke with the Deployment's configuration: {e:#}"));
     assert!(
@@ -195,10 +178,11 @@ async fn the_deployment_configuration_starts_a_working_spoke() {
 
 #[test]
 fn the_committed_policies_are_what_the_code_generates() {
-    let files = kmm_spoke::policy::render(std::path::Path::new(&format!("{ROOT}/manifests"))).unwrap();
+    let files = kmm_spoke::policy::render(&repo_root().join("manifests")).unwrap();
     assert!(files.len() >= 5);
     for f in &files {
-        let committed = std::fs::read_to_string(format!("{ROOT}/policies/{}", f.name)).unwrap_or_default();
+        let committed =
+            std::fs::read_to_string(repo_root().join("policies").join(&f.name)).unwrap_or_default();
         assert!(
             committed == f.text,
             "policies/{} is missing or stale: run `just gen` and commit the result",
@@ -327,10 +311,10 @@ async fn the_placement_fits_the_ocm_schemas() {
     hub.install_crds_from_path(controlplane::ocm_crds().unwrap().join("hub"))
         .await
         .unwrap();
-    hub.apply_yaml(&std::fs::read_to_string(format!("{ROOT}/policies/namespace.yaml")).unwrap())
+    hub.apply_yaml(&std::fs::read_to_string(repo_root().join("policies/namespace.yaml")).unwrap())
         .await
         .unwrap();
-    let text = std::fs::read_to_string(format!("{ROOT}/policies/placement.yaml")).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("policies/placement.yaml")).unwrap();
     let docs = documents(&text).unwrap();
     let checked: Vec<Value> = docs
         .into_iter()

@@ -15,7 +15,6 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
-use kmm_agents::NodeRegistration;
 use kmm_api::labels;
 use kube::{
     Api, Client, ResourceExt,
@@ -27,27 +26,6 @@ const IMAGE_V1: &str =
     "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const IMAGE_V2: &str =
     "registry.example/kmm-ci@sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-fn module(version: &str, image: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: kmm-ci, namespace: drivers}}
-spec:
-  selector: {{role: gpu}}
-  moduleLoader:
-    container:
-      version: {version}
-      modprobe: {{moduleName: kmm_ci_a}}
-      kernelMappings:
-        - regexp: '.*'
-          containerImage: {image}
-  devicePlugin:
-    container: {{image: registry.example/plugin:1}}
-"#
-    )
-}
 
 /// Worker pods as they are created: (node, action, image).
 type Journal = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -135,26 +113,17 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
     let requested = labels::version_module("drivers", "kmm-ci");
     let cluster = spoke_cluster(
         "ordered-upgrade",
-        Setup {
-            nodes: ["node-a", "node-b"]
-                .map(|n| {
-                    NodeRegistration::new(n, K_DEBIAN)
-                        .label("role", "gpu")
-                        .label(&requested, "v1")
-                })
-                .to_vec(),
-            ..Default::default()
-        },
+        Setup::with_nodes(["node-a", "node-b"].map(|n| gpu_node(n, K_DEBIAN).label(&requested, "v1"))),
     )
     .await;
     let client = cluster.client();
     let (journal, recorder) = record_worker_pods(&client);
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module("v1", IMAGE_V1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_V1, Some("v1"), true)).await;
 
     // v1 everywhere: W and S follow M, the module loads, the v1 device plugin runs.
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} on v1"), || async {
+        eventually(&format!("{node} on v1"), WAIT, || async {
             version_state(&client, node).await == on("v1")
         })
         .await;
@@ -163,12 +132,15 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
         ("node-a".to_owned(), "kmm-ci-device-plugin-v1".to_owned()),
         ("node-b".to_owned(), "kmm-ci-device-plugin-v1".to_owned()),
     ]);
-    eventually("v1 plugins", || async { plugin_pods(&client).await == both_v1 }).await;
+    eventually("v1 plugins", WAIT, || async {
+        plugin_pods(&client).await == both_v1
+    })
+    .await;
 
     // The Module moves to v2 (image and version together): nothing moves on the nodes yet.
-    cluster.apply_yaml(&module("v2", IMAGE_V2)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_V2, Some("v2"), true)).await;
     let dsets = Api::<DaemonSet>::namespaced(client.clone(), "drivers");
-    eventually("the v2 DaemonSet exists", || async {
+    eventually("the v2 DaemonSet exists", WAIT, || async {
         dsets.get_opt("kmm-ci-device-plugin-v2").await.unwrap().is_some()
     })
     .await;
@@ -181,7 +153,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-a: the admin removes M. S goes (plugin stops), then W (module unloaded).
     label_node(&client, "node-a", &[(requested.as_str(), None)]).await;
-    eventually("node-a drained", || async {
+    eventually("node-a drained", WAIT, || async {
         version_state(&client, "node-a").await == (None, None, false, None)
             && loaded(&nmc(&client, "node-a").await) == 0
     })
@@ -198,11 +170,11 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-a: M = v2. W = v2, the v2 image loads, then S = v2 and the v2 plugin runs there.
     label_node(&client, "node-a", &[(requested.as_str(), Some("v2"))]).await;
-    eventually("node-a on v2", || async {
+    eventually("node-a on v2", WAIT, || async {
         version_state(&client, "node-a").await == on("v2")
     })
     .await;
-    eventually("v2 plugin on node-a", || async {
+    eventually("v2 plugin on node-a", WAIT, || async {
         plugin_pods(&client).await.get("node-a").map(String::as_str) == Some("kmm-ci-device-plugin-v2")
     })
     .await;
@@ -230,7 +202,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
 
     // node-b: the shortcut, M changed straight to v2; same order of steps.
     label_node(&client, "node-b", &[(requested.as_str(), Some("v2"))]).await;
-    eventually("node-b on v2", || async {
+    eventually("node-b on v2", WAIT, || async {
         version_state(&client, "node-b").await == on("v2")
     })
     .await;
@@ -238,7 +210,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
         ("node-a".to_owned(), "kmm-ci-device-plugin-v2".to_owned()),
         ("node-b".to_owned(), "kmm-ci-device-plugin-v2".to_owned()),
     ]);
-    eventually("v2 plugins everywhere", || async {
+    eventually("v2 plugins everywhere", WAIT, || async {
         plugin_pods(&client).await == both_v2
     })
     .await;
@@ -250,7 +222,7 @@ async fn ordered_upgrade_moves_one_node_at_a_time_through_the_version_labels() {
             ("Load".to_owned(), IMAGE_V2.to_owned()),
         ]
     );
-    eventually("the idle v1 DaemonSet is removed", || async {
+    eventually("the idle v1 DaemonSet is removed", WAIT, || async {
         dsets.get_opt("kmm-ci-device-plugin-v1").await.unwrap().is_none()
     })
     .await;

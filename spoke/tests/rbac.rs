@@ -10,8 +10,7 @@ mod common;
 use std::{collections::BTreeSet, process::Command};
 
 use common::*;
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node};
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use kmm_api::{Module, labels};
 use kmm_fleet_tests::{
     controlplane::AuditEvent,
@@ -20,25 +19,12 @@ use kmm_fleet_tests::{
 };
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const MODULE: &str = r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {name: kmm-ci, namespace: drivers}
-spec:
-  selector: {role: gpu}
-  moduleLoader:
-    container:
-      modprobe: {moduleName: kmm_ci_a}
-      kernelMappings:
-        - regexp: '^.+$'
-          containerImage: registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111
-  devicePlugin:
-    container: {image: registry.example/plugin:1}
-"#;
+const IMAGE: &str =
+    "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 #[test]
 fn the_committed_rbac_is_what_the_code_renders() {
@@ -48,7 +34,8 @@ fn the_committed_rbac_is_what_the_code_renders() {
         .expect("kmm-spoke runs");
     assert!(out.status.success());
     let rendered = String::from_utf8(out.stdout).unwrap();
-    let committed = std::fs::read_to_string(format!("{ROOT}/manifests/spoke/rbac.yaml")).unwrap_or_default();
+    let committed =
+        std::fs::read_to_string(repo_root().join("manifests/spoke/rbac.yaml")).unwrap_or_default();
     assert!(
         rendered == committed,
         "manifests/spoke/rbac.yaml is missing or stale: run `just gen` and commit the result"
@@ -120,28 +107,9 @@ fn grants(docs: &[Value]) -> BTreeSet<(String, String)> {
 /// succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
-    let script = KubeletScript::new().rule(
-        PodMatcher::any().name_prefix("kmm-worker-node-b-"),
-        [
-            Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
-            Outcome::Succeeded,
-        ],
-    );
-    let cluster = spoke_cluster(
-        "rbac",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_RHEL).label("role", "gpu"),
-            ],
-            kubelet: KubeletOptions {
-                script,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let setup = Setup::with_nodes([gpu_node("node-a", K_DEBIAN), gpu_node("node-b", K_RHEL)])
+        .workers_on("node-b", first_fails());
+    let cluster = spoke_cluster("rbac", setup).await;
     let client = cluster.client();
     let mut spoke = Process::start(Launch {
         binary: "kmm-spoke",
@@ -159,16 +127,16 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         .to_vec(),
     })
     .unwrap();
-    cluster.apply_yaml(MODULE).await;
+    cluster.apply_yaml(&ci_module(IMAGE, None, true)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} labelled ready"), || async {
+        eventually(&format!("{node} labelled ready"), WAIT, || async {
             node_labels(&client, node).await.contains_key(&ready)
         })
         .await;
     }
-    eventually("the device plugin DaemonSet", || async {
+    eventually("the device plugin DaemonSet", WAIT, || async {
         !Api::<DaemonSet>::namespaced(client.clone(), "drivers")
             .list(&ListParams::default())
             .await
@@ -177,15 +145,8 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
             .is_empty()
     })
     .await;
-    Api::<Node>::all(client.clone())
-        .patch(
-            "node-b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"role": "other"}}})),
-        )
-        .await
-        .unwrap();
-    eventually("node-b unloaded", || async {
+    label_node(&client, "node-b", &[("role", Some("other"))]).await;
+    eventually("node-b unloaded", WAIT, || async {
         !node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
@@ -193,7 +154,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         .delete("kmm-ci", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the Module is gone", || async {
+    eventually("the Module is gone", WAIT, || async {
         Api::<Module>::namespaced(client.clone(), "drivers")
             .get_opt("kmm-ci")
             .await
@@ -201,7 +162,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
             .is_none()
     })
     .await;
-    eventually("the kernel claim was written", || async {
+    eventually("the kernel claim was written", WAIT, || async {
         did(&cluster.spoke_requests().await, "create", "clusterclaims")
     })
     .await;
@@ -246,7 +207,7 @@ async fn every_request_of_the_spoke_is_granted_by_its_rbac() {
         );
     }
 
-    let docs = manifests::kustomize(&kmm_fleet_tests::repo_root().join("manifests/spoke")).unwrap();
+    let docs = manifests::kustomize(&repo_root().join("manifests/spoke")).unwrap();
     let granted = grants(&docs);
     assert!(
         !granted.is_empty(),

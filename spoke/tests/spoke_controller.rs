@@ -14,14 +14,13 @@ use k8s_openapi::api::{
     core::v1::{Node, Pod},
     events::v1::Event,
 };
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
+use kmm_agents::{NodeRegistration, Outcome};
 use kmm_api::{Module, labels};
 use kmm_fleet_tests::controlplane::AuditEvent;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
-use serde_json::json;
 
 const MODULE: &str = r#"
 apiVersion: kmm.sigs.x-k8s.io/v1beta1
@@ -48,36 +47,20 @@ spec:
 async fn loads_unloads_and_survives_a_restart() {
     let _serial = one_at_a_time().await;
     // The first worker on node-b fails; the retry succeeds.
-    let script = KubeletScript::new().rule(
-        PodMatcher::any().name_prefix("kmm-worker-node-b-"),
-        [
-            Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
-            Outcome::Succeeded,
-        ],
-    );
-    let cluster = spoke_cluster(
-        "loads-unloads",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_RHEL).label("role", "gpu"),
-                NodeRegistration::new("node-c", K_DEBIAN).label("role", "other"),
-            ],
-            kubelet: KubeletOptions {
-                script,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let setup = Setup::with_nodes([
+        gpu_node("node-a", K_DEBIAN),
+        gpu_node("node-b", K_RHEL),
+        NodeRegistration::new("node-c", K_DEBIAN).label("role", "other"),
+    ])
+    .workers_on("node-b", first_fails());
+    let cluster = spoke_cluster("loads-unloads", setup).await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
     cluster.apply_yaml(MODULE).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} labelled ready"), || async {
+        eventually(&format!("{node} labelled ready"), WAIT, || async {
             node_labels(&client, node).await.contains_key(&ready)
         })
         .await;
@@ -115,7 +98,7 @@ async fn loads_unloads_and_survives_a_restart() {
         "a WorkerFailed event names the failure"
     );
     // Finished worker pods are gone once read back.
-    eventually("worker pods cleaned up", || async {
+    eventually("worker pods cleaned up", WAIT, || async {
         Api::<Pod>::namespaced(client.clone(), "drivers")
             .list(&ListParams::default().labels("kmm.node.kubernetes.io/worker-action"))
             .await
@@ -127,7 +110,7 @@ async fn loads_unloads_and_survives_a_restart() {
 
     // Status, the managed-mode condition, and the device plugin only where the module is loaded.
     let modules = Api::<Module>::namespaced(client.clone(), "drivers");
-    eventually("module status counts", || async {
+    eventually("module status counts", WAIT, || async {
         let m = modules.get("kmm-ci").await.unwrap();
         let s = m.status.unwrap_or_default();
         s.module_loader.is_some_and(|l| {
@@ -150,26 +133,19 @@ async fn loads_unloads_and_survives_a_restart() {
         nodes.sort();
         nodes
     };
-    eventually("device plugin on loaded nodes", || async {
+    eventually("device plugin on loaded nodes", WAIT, || async {
         plugin_nodes().await == ["node-a", "node-b"]
     })
     .await;
 
     // node-b relabelled out: unloaded, ready label gone, plugin gone.
-    Api::<Node>::all(client.clone())
-        .patch(
-            "node-b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"role": "other"}}})),
-        )
-        .await
-        .unwrap();
-    eventually("node-b unloaded", || async {
+    label_node(&client, "node-b", &[("role", Some("other"))]).await;
+    eventually("node-b unloaded", WAIT, || async {
         loaded(&nmc(&client, "node-b").await) == 0
             && !node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
-    eventually("device plugin left node-b", || async {
+    eventually("device plugin left node-b", WAIT, || async {
         plugin_nodes().await == ["node-a"]
     })
     .await;
@@ -182,12 +158,12 @@ async fn loads_unloads_and_survives_a_restart() {
         "the finalizer holds the Module"
     );
     let spoke = start_spoke(&cluster);
-    eventually("node-a unloaded after the restart", || async {
+    eventually("node-a unloaded after the restart", WAIT, || async {
         loaded(&nmc(&client, "node-a").await) == 0
             && !node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
-    eventually("Module released", || async {
+    eventually("Module released", WAIT, || async {
         modules.get_opt("kmm-ci").await.unwrap().is_none()
     })
     .await;
@@ -204,24 +180,6 @@ const IMAGE_1: &str =
     "registry.example/kmm-ci@sha256:5555555555555555555555555555555555555555555555555555555555555555";
 const IMAGE_2: &str =
     "registry.example/kmm-ci@sha256:6666666666666666666666666666666666666666666666666666666666666666";
-
-fn module_with(image: &str) -> String {
-    format!(
-        r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {{name: kmm-ci, namespace: drivers}}
-spec:
-  selector: {{role: gpu}}
-  moduleLoader:
-    container:
-      modprobe: {{moduleName: kmm_ci_a}}
-      kernelMappings:
-        - regexp: '.*'
-          containerImage: {image}
-"#
-    )
-}
 
 /// `resource` or `resource/subresource` of an audit record.
 fn resource_path(e: &AuditEvent) -> String {
@@ -278,35 +236,23 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "stuck-terminating",
-        Setup {
-            nodes: vec![
-                NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu"),
-                NodeRegistration::new("node-b", K_DEBIAN).label("role", "gpu"),
-            ],
-            kubelet: KubeletOptions {
-                // node-a's first worker never starts (its image pull hangs); the next one loads.
-                script: KubeletScript::new().rule(
-                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                    [Outcome::Pending, Outcome::Succeeded],
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        // node-a's first worker never starts (its image pull hangs); the next one loads.
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN), gpu_node("node-b", K_DEBIAN)])
+            .workers_on("node-a", [Outcome::Pending, Outcome::Succeeded]),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-b loaded", || async {
+    eventually("node-b loaded", WAIT, || async {
         node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), "drivers");
     let name = "kmm-worker-node-a-kmm-ci";
-    eventually("node-a's worker waits to start", || async {
+    eventually("node-a's worker waits to start", WAIT, || async {
         pods.get_opt(name).await.unwrap().is_some_and(|p| {
             p.status.and_then(|s| s.container_statuses).is_some_and(|cs| {
                 cs.iter()
@@ -320,27 +266,20 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
     // The kubelet of node-a dies: the node-lifecycle controller marks it NotReady.
     cluster.node_control.set_down("node-a", true);
     let nodes = Api::<Node>::all(client.clone());
-    eventually_within(90, "node-a NotReady", || async {
+    eventually("node-a NotReady", Duration::from_secs(90), || async {
         !node_ready(&nodes.get("node-a").await.unwrap())
     })
     .await;
     let before = cluster.spoke_requests().await.len();
-    cluster.apply_yaml(&module_with(IMAGE_2)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_2, None, false)).await;
 
     // The healthy node moves on while node-a is stuck.
-    eventually("node-b on the new image", || async {
-        nmc(&client, "node-b")
-            .await
-            .and_then(|n| n.status)
-            .is_some_and(|s| {
-                s.modules
-                    .iter()
-                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
-            })
+    eventually("node-b on the new image", WAIT, || async {
+        loaded_with(&client, "node-b", IMAGE_2).await
             && node_labels(&client, "node-b").await.contains_key(&ready)
     })
     .await;
-    eventually("the stale worker on node-a is being deleted", || async {
+    eventually("the stale worker on node-a is being deleted", WAIT, || async {
         workers_on(&client, "node-a").await == [(first_uid.clone(), IMAGE_1.to_owned(), true)]
     })
     .await;
@@ -409,19 +348,12 @@ async fn a_worker_stuck_terminating_on_a_dead_node_is_reported_and_replaced_once
 
     // node-a is back: its kubelet finishes the deletion, the new image loads.
     cluster.node_control.set_down("node-a", false);
-    eventually("node-a loaded with the new image", || async {
-        nmc(&client, "node-a")
-            .await
-            .and_then(|n| n.status)
-            .is_some_and(|s| {
-                s.modules
-                    .iter()
-                    .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == IMAGE_2))
-            })
+    eventually("node-a loaded with the new image", WAIT, || async {
+        loaded_with(&client, "node-a", IMAGE_2).await
             && node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
-    eventually("node-a's workers cleaned up", || async {
+    eventually("node-a's workers cleaned up", WAIT, || async {
         workers_on(&client, "node-a").await.is_empty()
     })
     .await;
@@ -443,17 +375,14 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
     let _serial = one_at_a_time().await;
     let cluster = spoke_cluster(
         "silent-kubelet",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            ..Default::default()
-        },
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-a loaded", || async {
+    eventually("node-a loaded", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
             && workers_on(&client, "node-a").await.is_empty()
     })
@@ -461,10 +390,14 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
 
     cluster.node_control.set_down("node-a", true);
     let nodes = Api::<Node>::all(client.clone());
-    eventually_within(90, "node-a NotReady and tainted unreachable", || async {
-        let node = nodes.get("node-a").await.unwrap();
-        !node_ready(&node) && node_tainted(&node)
-    })
+    eventually(
+        "node-a NotReady and tainted unreachable",
+        Duration::from_secs(90),
+        || async {
+            let node = nodes.get("node-a").await.unwrap();
+            !node_ready(&node) && node_tainted(&node)
+        },
+    )
     .await;
     // kmm-spoke has seen the taints (they are a Node update); give it time to act on them.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -479,7 +412,7 @@ async fn a_node_whose_kubelet_goes_silent_keeps_its_module() {
     );
 
     cluster.node_control.set_down("node-a", false);
-    cluster.wait_node_ready("node-a").await;
+    cluster.cp.wait_node_ready("node-a").await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let creates = cluster
         .spoke_requests()
@@ -511,25 +444,18 @@ async fn a_4_kib_worker_failure_is_reported_in_an_event_the_apiserver_accepts() 
     assert_eq!(message.len(), 4096);
     let cluster = spoke_cluster(
         "failure-4k",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            kubelet: KubeletOptions {
-                script: KubeletScript::new().rule(
-                    PodMatcher::any().name_prefix("kmm-worker-node-a-"),
-                    [Outcome::failed(1, message.clone()), Outcome::Succeeded],
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]).workers_on(
+            "node-a",
+            [Outcome::failed(1, message.clone()), Outcome::Succeeded],
+        ),
     )
     .await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(&module_with(IMAGE_1)).await;
+    cluster.apply_yaml(&ci_module(IMAGE_1, None, false)).await;
 
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-a loaded after the retry", || async {
+    eventually("node-a loaded after the retry", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;

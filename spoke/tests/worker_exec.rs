@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{kmod::kmod_tree, *};
 use k8s_openapi::api::events::v1::Event;
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodLogSink, PodMatcher};
+use kmm_agents::{KubeletOptions, KubeletScript, Outcome, PodLogSink, PodMatcher};
 use kmm_api::labels;
 use kmm_spoke::context::Settings;
 use kube::{Api, api::ListParams};
@@ -83,7 +83,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     let cluster = spoke_cluster(
         "worker-exec",
         Setup {
-            nodes: vec![NodeRegistration::new("node-a", &kernel).label("role", "gpu")],
+            nodes: vec![gpu_node("node-a", &kernel)],
             kubelet: KubeletOptions {
                 script: KubeletScript::new()
                     .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
@@ -116,7 +116,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     // A module that is not in the tree: the worker fails with modprobe's reason.
     cluster.apply_yaml(&module("p=3", &kernel, "kmm_missing")).await;
     let events = Api::<Event>::all(client.clone());
-    eventually("WorkerFailed with modprobe's reason", || async {
+    eventually("WorkerFailed with modprobe's reason", WAIT, || async {
         events
             .list(&ListParams::default())
             .await
@@ -135,7 +135,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
 
     // Fixed: kmm_a loads after its dependency kmm_b, with its parameter; the node is ready.
     cluster.apply_yaml(&module("p=3", &kernel, "kmm_a")).await;
-    eventually("node-a ready", || async {
+    eventually("node-a ready", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
@@ -151,7 +151,7 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     // New parameters: unloaded first (a loaded module keeps its old ones), then loaded again.
     let before = runs.modprobe_lines().len();
     cluster.apply_yaml(&module("p=4", &kernel, "kmm_a")).await;
-    eventually("reloaded with p=4", || async {
+    eventually("reloaded with p=4", WAIT, || async {
         let record = nmc(&client, "node-a").await.unwrap();
         record
             .status

@@ -11,7 +11,8 @@ use std::{
 
 mod common;
 
-use common::kmod::built_modules;
+use common::kmod::{built_modules, kmod_tree};
+use kmm_test_kit::kmod;
 
 struct Node {
     _tmp: tempfile::TempDir,
@@ -26,35 +27,21 @@ struct Node {
 
 /// A node as a worker pod sees it: the init container's copy under `shared` (`/opt` tree,
 /// depmod'ed, and `/firmware`), a host module tree with an in-tree `kmm_intree.ko`.
-fn mk_node() -> Node {
+fn node_files() -> Node {
     let (kernel, built) = built_modules();
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");
-    let tree = shared.join("opt/lib/modules").join(kernel).join("extra");
-    fs::create_dir_all(&tree).unwrap();
-    for m in ["kmm_a", "kmm_b", "kmm_c"] {
-        fs::copy(built.join(format!("{m}.ko")), tree.join(format!("{m}.ko"))).unwrap();
-    }
-    let out = Command::new("depmod")
-        .arg("-b")
-        .arg(shared.join("opt"))
-        .arg(kernel)
-        .output()
-        .expect("depmod (install kmod)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kmod_tree(&shared);
     fs::create_dir_all(shared.join("firmware/vendor")).unwrap();
     fs::write(shared.join("firmware/vendor/fw.bin"), b"firmware").unwrap();
     let host = tmp.path().join("host");
-    let intree = host.join("lib/modules").join(kernel).join("kernel/drivers");
-    fs::create_dir_all(&intree).unwrap();
-    fs::copy(built.join("kmm_c.ko"), intree.join("kmm_intree.ko")).unwrap();
-    let out = Command::new("depmod")
-        .arg("-b")
-        .arg(&host)
-        .arg(kernel)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kmod::tree(
+        &host,
+        kernel,
+        "kernel/drivers",
+        &[(built.join("kmm_c.ko"), "kmm_intree.ko")],
+    )
+    .unwrap();
     let firmware = tmp.path().join("host-firmware");
     fs::create_dir_all(&firmware).unwrap();
     fs::write(firmware.join("unrelated.bin"), b"keep").unwrap();
@@ -130,7 +117,7 @@ fn insmods(output: &str) -> Vec<String> {
 
 #[test]
 fn load_removes_in_tree_modules_copies_firmware_and_loads_in_order() {
-    let node = mk_node();
+    let node = node_files();
     let (ok, out) = worker(&node, "load", &full_config(&node.kernel));
     assert!(ok, "{out}");
     let commands: Vec<&str> = out.lines().filter(|l| l.starts_with("running ")).collect();
@@ -171,7 +158,7 @@ fn load_removes_in_tree_modules_copies_firmware_and_loads_in_order() {
 
 #[test]
 fn unload_names_the_loading_order_and_removes_only_its_firmware() {
-    let node = mk_node();
+    let node = node_files();
     let config = full_config(&node.kernel);
     assert!(worker(&node, "load", &config).0);
     let (ok, out) = worker(&node, "unload", &config);
@@ -198,7 +185,7 @@ fn unload_names_the_loading_order_and_removes_only_its_firmware() {
 
 #[test]
 fn raw_args_are_passed_as_given() {
-    let node = mk_node();
+    let node = node_files();
     let root = node.shared.join("opt");
     let config = format!(
         "kernelVersion: {k}\ncontainerImage: img:1\nmodprobe:\n  rawArgs:\n    load: [-d, {r}, -S, {k}, -v, kmm_b]\n    unload: [-d, {r}, -S, {k}, -rv, kmm_b]\n",
@@ -217,7 +204,7 @@ fn raw_args_are_passed_as_given() {
 
 #[test]
 fn a_failing_modprobe_exits_non_zero_with_a_one_line_reason() {
-    let node = mk_node();
+    let node = node_files();
     let config = format!(
         "kernelVersion: {}\ncontainerImage: img:1\nmodprobe:\n  moduleName: kmm_missing\n",
         node.kernel
@@ -232,7 +219,7 @@ fn a_failing_modprobe_exits_non_zero_with_a_one_line_reason() {
 
 #[test]
 fn firmware_without_a_host_path_is_refused_before_loading() {
-    let node = mk_node();
+    let node = node_files();
     let config_path = node.shared.parent().unwrap().join("c.yaml");
     fs::write(&config_path, full_config(&node.kernel)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kmm-spoke"))

@@ -19,6 +19,7 @@ use k8s_openapi::{
     api::{authentication::v1::TokenRequest, core::v1::ServiceAccount},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
+use kmm_test_kit::Wait;
 use kube::{
     Api, Client, Config,
     api::{DynamicObject, Patch, PatchParams, PostParams},
@@ -38,7 +39,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if let Ok(bin) = std::env::var("KMM_CONTROLPLANE_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    let bin = target_dir()?.join("controlplane/kmm-controlplane");
+    let bin = kmm_test_kit::controlplane_dir()?.join("kmm-controlplane");
     anyhow::ensure!(
         bin.exists(),
         "{} is missing: build it with scripts/controlplane-build (`just test` and `just demo` do)",
@@ -52,42 +53,7 @@ pub fn kubectl() -> anyhow::Result<PathBuf> {
     Ok(binary()?.with_file_name("kubectl"))
 }
 
-/// OCM's CRDs as `scripts/controlplane-build` copies them from the `open-cluster-management.io/api`
-/// module: `hub/` and `spoke/`.
-pub fn ocm_crds() -> anyhow::Result<PathBuf> {
-    let dir = binary()?
-        .parent()
-        .context("kmm-controlplane has a folder")?
-        .join("crds/ocm");
-    anyhow::ensure!(
-        dir.is_dir(),
-        "{} is missing: run scripts/controlplane-build",
-        dir.display()
-    );
-    Ok(dir)
-}
-
-/// The cargo target folder of the running executable (`target/<profile>/deps/x` or
-/// `target/<profile>/x`).
-fn target_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        let dir = PathBuf::from(dir);
-        return Ok(if dir.is_absolute() {
-            dir
-        } else {
-            crate::repo_root().join(dir)
-        });
-    }
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().context("the executable has a folder")?;
-    if dir.ends_with("deps") {
-        dir = dir.parent().context("deps has a parent")?;
-    }
-    Ok(dir
-        .parent()
-        .context("the profile folder has a parent")?
-        .to_path_buf())
-}
+pub use kmm_test_kit::ocm_crds;
 
 /// How a cluster is started.
 #[derive(Clone, Debug, Default)]
@@ -478,6 +444,11 @@ impl ControlPlane {
         .map(|c| tail(&self.dir.join(format!("{c}.log")), lines))
         .collect::<Vec<_>>()
         .join("\n")
+    }
+
+    /// A wait whose failure carries the control plane's log tails.
+    pub fn wait(&self, what: &str, timeout: Duration) -> Wait<'_> {
+        Wait::new(what, timeout).context(|| self.log_tails(15))
     }
 }
 

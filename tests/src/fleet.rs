@@ -166,11 +166,9 @@ impl Fleet {
             dir.parent().context("fleet dir has a parent")?,
             &dir.file_name().context("fleet dir has a name")?.to_string_lossy(),
         )?;
-        let hub = ControlPlane::start(&dir.join("hub"), "hub", ocm::hub_options(hub_options)).await?;
-        let root = crate::repo_root();
-        hub.install_crds_from_path(root.join("manifests/crds")).await?;
+        let (hub, hub_kubeconfig) =
+            start_hub_cluster(&dir.join("hub"), ocm::hub_options(hub_options)).await?;
         let ocm = OcmHub::start(&hub, &dir).await?;
-        let hub_kubeconfig = install_service_account(&hub, &root.join("manifests/hub")).await?;
 
         let registry = Registry::start(&dir.join("registry"))?;
         let images = ImageBuilder::new(&dir.join("images"))?;
@@ -320,18 +318,9 @@ impl Fleet {
         nodes: &[NodeSpec],
     ) -> anyhow::Result<()> {
         let dir = fresh_dir(&self.dir, name)?;
-        let cluster =
-            ControlPlane::start(&dir.join("cluster"), name, ocm::spoke_options(Options::default())).await?;
-        let root = crate::repo_root();
-        cluster
-            .install_crds_from_path(root.join("manifests/crds"))
-            .await?;
-        let kubeconfig = install_service_account(&cluster, &root.join("manifests/spoke")).await?;
-        cluster
-            .apply_yaml(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
-            ))
-            .await?;
+        let cluster = start_managed_cluster(&dir.join("cluster"), name).await?;
+        let kubeconfig =
+            install_service_account(&cluster, &crate::repo_root().join("manifests/spoke")).await?;
         let node_control = NodeControl::default();
         let kubelet = Kubelet::spawn(
             cluster.client(),
@@ -363,7 +352,7 @@ impl Fleet {
             },
         );
         for node in nodes {
-            wait_node_registered(&cluster, &node.name).await?;
+            cluster.wait_node_ready(&node.name).await?;
         }
         let agent =
             OcmAgent::start(&self.hub, &cluster, name, labels, &dir, &AgentOptions::default()).await?;
@@ -463,21 +452,29 @@ impl Spoke {
     }
 }
 
-/// Waits (up to 60 s) until the kubelet registered `node` with its kernel.
-async fn wait_node_registered(cluster: &ControlPlane, node: &str) -> anyhow::Result<()> {
-    let api = Api::<Node>::all(cluster.client());
-    for _ in 0..300 {
-        if let Some(n) = api.get_opt(node).await?
-            && n.status
-                .as_ref()
-                .and_then(|s| s.node_info.as_ref())
-                .is_some_and(|i| !i.kernel_version.is_empty())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("node {node} not registered by the kubelet in 60 s")
+/// A hub's control plane in `dir`, started with `options`, with KMM's and OCM's hub CRDs and
+/// the Namespace, ServiceAccount and RBAC of `manifests/hub`; with kmm-hub's ServiceAccount
+/// kubeconfig.
+pub async fn start_hub_cluster(dir: &Path, options: Options) -> anyhow::Result<(ControlPlane, PathBuf)> {
+    let hub = ControlPlane::start(dir, "hub", options).await?;
+    hub.install_crds_from_path(kmm_test_kit::crds_dir()).await?;
+    hub.install_crds_from_path(kmm_test_kit::ocm_crds()?.join("hub"))
+        .await?;
+    let kubeconfig = install_service_account(&hub, &crate::repo_root().join("manifests/hub")).await?;
+    Ok((hub, kubeconfig))
+}
+
+/// A managed cluster's control plane `name` in `dir`, ready for OCM's agent, with KMM's CRDs
+/// and the MCMs' `spokeNamespace`.
+pub async fn start_managed_cluster(dir: &Path, name: &str) -> anyhow::Result<ControlPlane> {
+    let cluster = ControlPlane::start(dir, name, ocm::spoke_options(Options::default())).await?;
+    cluster.install_crds_from_path(kmm_test_kit::crds_dir()).await?;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
+        ))
+        .await?;
+    Ok(cluster)
 }
 
 /// Applies the Namespace, ServiceAccounts and RBAC of the kustomization in `dir` (what an

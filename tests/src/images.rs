@@ -44,39 +44,11 @@ impl ImageBuilder {
         Ok(root)
     }
 
-    /// Pushes a folder as a one-layer image; returns its digest (per skopeo).
-    fn push(&self, registry: &Registry, repo_tag: &str, root: &Path) -> anyhow::Result<String> {
-        let layout = fresh_dir(
-            &self.dir,
-            &format!("layout-{}", repo_tag.replace(['/', ':'], "-")),
-        )?
-        .join("oci");
-        let image = format!("{}:v", layout.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
-        run(Command::new("umoci").args(["new", "--image", &image]))?;
-        for entry in std::fs::read_dir(root)? {
-            let entry = entry?.path();
-            let name = entry.file_name().context("an entry has a name")?;
-            run(Command::new("umoci")
-                .args(["insert", "--rootless", "--image", &image])
-                .arg(&entry)
-                .arg(Path::new("/").join(name)))?;
-        }
-        let dest = format!("docker://{}/{repo_tag}", registry.host);
-        run(Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{image}"))
-            .arg(&dest))?;
-        registry
-            .digest(repo_tag)
-            .with_context(|| format!("{repo_tag} was pushed but cannot be inspected"))
-    }
-
     /// A prebuilt module image for one kernel: busybox and `/opt/lib/modules/<kernel>`.
     pub fn module_image(&self, registry: &Registry, repo_tag: &str, kernel: &str) -> anyhow::Result<String> {
         let root = self.rootfs(&repo_tag.replace(['/', ':'], "-"))?;
         kmod::tree(&root.join("opt"), kernel, &self.ko)?;
-        self.push(registry, repo_tag, &root)
+        registry.push_dir(repo_tag, &root)
     }
 
     /// The "sources" a build copies from: `/trees/<kernel>/lib/modules/<kernel>` per kernel.
@@ -90,13 +62,13 @@ impl ImageBuilder {
         for kernel in kernels {
             kmod::tree(&root.join("trees").join(kernel), kernel, &self.ko)?;
         }
-        self.push(registry, repo_tag, &root)
+        registry.push_dir(repo_tag, &root)
     }
 
     /// A base image with busybox only (what a build starts from).
     pub fn base_image(&self, registry: &Registry, repo_tag: &str) -> anyhow::Result<String> {
         let root = self.rootfs("base")?;
-        self.push(registry, repo_tag, &root)
+        registry.push_dir(repo_tag, &root)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`images`]: module images (busybox plus a depmod'ed module tree) pushed with umoci/skopeo.
 //! - [`kmod`]: the test kernel module, compiled against the installed headers.
 //! - [`manifests`]: the install manifests as kustomize renders them (the manifests tests).
+//! - [`nodes`]: a Node's readiness, taints and kernel; waiting for a node to be usable.
 //! - [`process`]: `kmm-hub` / `kmm-spoke` child processes, their logs and metrics; other daemons.
 //! - [`fleet`]: the clusters, agents and processes together.
 //! - [`demo`]: the fleet `just demo` starts, and its status table.
@@ -20,48 +21,17 @@ pub mod fleet;
 pub mod images;
 pub mod kmod;
 pub mod manifests;
+pub mod nodes;
 pub mod ocm;
 pub mod process;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
-/// A binary of this workspace, from the same target folder as the running executable (tests
-/// run from `target/<profile>/deps`, `kmm-demo` from `target/<profile>`).
-pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().context("the executable has a folder")?;
-    if dir.ends_with("deps") {
-        dir = dir.parent().context("deps has a parent")?;
-    }
-    let bin = dir.join(name);
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it first (`cargo build --bins`)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// Runs a command to success; its stdout, or an error with its stderr.
-pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("{cmd:?} (run `just deps` to install the test tools)"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use anyhow::Context;
+/// The helpers every test crate shares (waiting, ports, paths, commands, kernel modules).
+pub use kmm_test_kit as kit;
+pub use kmm_test_kit::{Wait, eventually, free_port, repo_root, run, workspace_bin};
 
 /// A fresh folder under `base`.
 pub fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -94,9 +64,4 @@ pub fn outside_tmp(path: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(path, &link).with_context(|| format!("linking {}", link.display()))?;
     Ok(link)
-}
-
-/// A free TCP port on loopback.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

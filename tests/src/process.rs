@@ -2,28 +2,23 @@
 //! and its metrics/health port; killed on drop.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
+use kmm_test_kit::{KilledOnDrop, Wait};
 
 /// A running product binary.
 pub struct Process {
-    child: Child,
+    child: KilledOnDrop,
     /// Port of `/metrics`, `/healthz`, `/readyz`.
     pub port: u16,
     /// Its stderr (the log).
     pub log: PathBuf,
     name: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How to start one.
@@ -63,7 +58,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("starting {}", launch.binary))?;
         Ok(Self {
-            child,
+            child: KilledOnDrop::new(child),
             port,
             log,
             name: launch.name.to_owned(),
@@ -128,6 +123,24 @@ impl Process {
     pub async fn ready(&self) -> bool {
         self.http_get("/readyz").await.is_some()
     }
+
+    /// Waits (up to 2 minutes) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let name = format!("{} ready", self.name);
+        self.wait(&name, Duration::from_secs(120))
+            .eventually(|| self.ready())
+            .await;
+    }
+
+    /// Process id, e.g. to read its peak memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A wait whose failure carries the tail of this log.
+    pub fn wait(&self, what: &str, timeout: Duration) -> Wait<'_> {
+        Wait::new(what, timeout).context(|| self.log_tail(40))
+    }
 }
 
 /// `GET http://127.0.0.1:<port><path>`: the body when the answer is 200.
@@ -146,41 +159,86 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
-/// Waits (up to 20 s) until a just-started binary answers 200 on `/healthz` and `/readyz` at
-/// `port`, then kills it; its log (`log`) on success, or why not (it exited, or never got ready,
-/// with the log).
-pub async fn wait_ready_then_kill(child: &mut Child, port: u16, log: &Path) -> anyhow::Result<String> {
-    let text = || std::fs::read_to_string(log).unwrap_or_default();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(Some(status)) = child.try_wait() {
-            anyhow::bail!("exited ({status}):\n{}", text());
-        }
-        if http_get(port, "/healthz").await.is_some() && http_get(port, "/readyz").await.is_some() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// How a rendered Deployment runs its binary: the first container's command, args and
+/// environment (as the kubelet sets it for one pod), its metrics address on a free loopback port.
+pub struct Deployed {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Port of `/metrics`, `/healthz`, `/readyz`.
+    pub port: u16,
+}
+
+impl Deployed {
+    /// The Deployment `name` of the kustomization in `dir`, for pod `pod`, its metrics address
+    /// (the variable `metrics_env`) moved to a free port.
+    pub fn render(dir: &Path, name: &str, pod: &str, metrics_env: &str) -> anyhow::Result<Self> {
+        let docs = crate::manifests::kustomize(dir)?;
+        let deployment = crate::manifests::find(&docs, "Deployment", name)?;
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let strings = |v: &serde_json::Value| -> anyhow::Result<Vec<String>> {
+            v.as_array()
+                .context("a list")?
+                .iter()
+                .map(|a| a.as_str().map(str::to_owned).context("strings"))
+                .collect()
+        };
+        let mut env = crate::manifests::container_env(&docs, deployment, pod)?;
+        let port = crate::free_port()?;
+        env.insert(metrics_env.to_owned(), format!("127.0.0.1:{port}"));
+        Ok(Self {
+            command: strings(&container["command"])?.join(" "),
+            args: strings(&container["args"])?,
+            env,
+            port,
+        })
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    anyhow::ensure!(ready, "never healthy and ready:\n{}", text());
-    Ok(text())
+
+    /// Starts `binary` as deployed (only its environment, and `KUBECONFIG`), its output in
+    /// `log`, and waits (up to 20 s) until it answers 200 on `/healthz` and `/readyz`, then kills
+    /// it; its log, or why not (it exited, or never got ready, with the log).
+    pub async fn run_until_ready(
+        &self,
+        binary: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+    ) -> anyhow::Result<String> {
+        let mut child = Command::new(binary)
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let text = || std::fs::read_to_string(log).unwrap_or_default();
+        let mut ready = false;
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                anyhow::bail!("exited ({status}):\n{}", text());
+            }
+            if http_get(self.port, "/healthz").await.is_some()
+                && http_get(self.port, "/readyz").await.is_some()
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::ensure!(ready, "never healthy and ready:\n{}", text());
+        Ok(text())
+    }
 }
 
 /// Any other long-running child process (the control planes' OCM agents): its arguments, a
 /// log file with stdout and stderr, killed on drop.
 pub struct Daemon {
-    child: Child,
+    child: KilledOnDrop,
     pub log: PathBuf,
     name: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -199,7 +257,7 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("starting {} {}", binary.display(), args.join(" ")))?;
         Ok(Self {
-            child,
+            child: KilledOnDrop::new(child),
             log,
             name: name.to_owned(),
         })

@@ -18,6 +18,7 @@ use kmm_api::{
     ocm::{ManagedCluster, ManifestWork},
 };
 use kmm_fleet_tests::{
+    Wait,
     controlplane::Options,
     demo,
     fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, SIGNER, set_kernel},
@@ -46,18 +47,14 @@ fn mcm_yaml(host: &str) -> String {
 }
 
 /// Waits up to `secs` for `check`; on timeout fails with what was awaited and the logs.
-async fn eventually<F, Fut>(fleet: &Fleet, secs: u64, what: &str, mut check: F)
+async fn eventually<F, Fut>(fleet: &Fleet, secs: u64, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let Err(timed_out) = Wait::new(what, Duration::from_secs(secs)).until(check).await else {
+        return;
+    };
     let mcm = Api::<ManagedClusterModule>::all(fleet.hub.client())
         .get_opt(MCM)
         .await
@@ -79,10 +76,30 @@ where
         .map(|l| format!("{}/{}/{}: {}", l.cluster, l.namespace, l.pod, l.output))
         .collect();
     panic!(
-        "timed out waiting for: {what}\nlast pod runs: {last_runs:#?}\nMCM status: {}\nhub Jobs: {jobs:#?}\n{}",
+        "{timed_out}\nlast pod runs: {last_runs:#?}\nMCM status: {}\nhub Jobs: {jobs:#?}\n{}",
         status.unwrap_or_else(|| "none".into()),
         fleet.log_tails(40)
     );
+}
+
+/// A hub and spoke `a` (one worker node `a-1` on kernel A, its prebuilt image pushed), the hub
+/// running.
+async fn one_spoke(name: &str) -> Fleet {
+    let mut fleet = Fleet::start(&fleet_dir(name)).await.unwrap();
+    fleet.push_prebuilt(K_A).unwrap();
+    fleet
+        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
+        .await
+        .unwrap();
+    fleet.start_hub().unwrap();
+    fleet
+}
+
+async fn create_mcm(fleet: &Fleet, mcm: &ManagedClusterModule) {
+    Api::<ManagedClusterModule>::all(fleet.hub.client())
+        .create(&PostParams::default(), mcm)
+        .await
+        .unwrap();
 }
 
 async fn work(fleet: &Fleet, cluster: &str) -> Option<ManifestWork> {
@@ -213,10 +230,7 @@ async fn three_spokes(name: &str) -> Fleet {
 
 async fn apply_mcm(fleet: &Fleet) {
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(fleet, &mcm).await;
 }
 
 /// Every spoke loaded: ManifestWorks applied, nodes ready, MCM status complete.
@@ -505,20 +519,11 @@ async fn a_hub_restart_and_an_unreachable_spoke_mid_rollout_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason() {
-    let mut fleet = Fleet::start(&fleet_dir("load-failure")).await.unwrap();
-    fleet.push_prebuilt(K_A).unwrap();
-    fleet
-        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
-        .await
-        .unwrap();
-    fleet.start_hub().unwrap();
+    let fleet = one_spoke("load-failure").await;
     // The image holds kmm_fleet; the MCM asks for a module it does not have.
     let yaml = mcm_yaml(&fleet.registry.host).replace("moduleName: kmm_fleet", "moduleName: kmm_absent");
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&yaml).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(&fleet, &mcm).await;
 
     eventually(
         &fleet,
@@ -564,18 +569,9 @@ async fn a_module_the_workers_cannot_load_shows_on_the_hub_with_modprobes_reason
 /// feedback it last reported as current, and must say the cluster is unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_goes_silent_is_reported_unreachable_until_it_is_back() {
-    let mut fleet = Fleet::start(&fleet_dir("unreachable")).await.unwrap();
-    fleet.push_prebuilt(K_A).unwrap();
-    fleet
-        .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
-        .await
-        .unwrap();
-    fleet.start_hub().unwrap();
+    let mut fleet = one_spoke("unreachable").await;
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
-    Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm)
-        .await
-        .unwrap();
+    create_mcm(&fleet, &mcm).await;
     eventually(&fleet, 180, "cluster a loaded", || async {
         mcm_status(&fleet)
             .await

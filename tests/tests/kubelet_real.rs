@@ -5,7 +5,6 @@
 //! Every write of the kubelet must pass the real apiserver's validation (no 4xx refusals in the
 //! audit log).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -29,25 +28,6 @@ fn dir(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
-/// Polls `check` every 250 ms until it gives a value; fails after `secs` with `what` and the
-/// control plane's log tails.
-async fn eventually<T, F, Fut>(cp: &ControlPlane, secs: u64, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("not within {secs} s: {what}\n{}", cp.log_tails(15));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// The kubelet for `nodes` on a real control plane: the kube-controller-manager runs Jobs and
 /// DaemonSets.
 fn kubelet(
@@ -69,6 +49,21 @@ fn kubelet(
     )
 }
 
+/// [`kubelet`], once every node of it is Ready and untainted.
+async fn ready_kubelet(
+    cp: &ControlPlane,
+    nodes: Vec<NodeRegistration>,
+    script: KubeletScript,
+    control: Option<NodeControl>,
+) -> anyhow::Result<AgentHandle> {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let handle = kubelet(cp, nodes, script, control);
+    for name in &names {
+        cp.wait_node_ready(name).await?;
+    }
+    Ok(handle)
+}
+
 fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
     let c = node
         .status
@@ -86,31 +81,6 @@ fn condition(node: &Node, type_: &str) -> Option<(String, String)> {
     ))
 }
 
-fn has_taint(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == key))
-}
-
-/// A node is Ready and the node-lifecycle controller has lifted its `not-ready` taint.
-async fn ready_and_untainted(cp: &ControlPlane, name: &str) -> anyhow::Result<Node> {
-    let nodes = Api::<Node>::all(cp.client());
-    eventually(
-        cp,
-        60,
-        &format!("node {name} Ready without the not-ready taint"),
-        || async {
-            let n = nodes.get_opt(name).await.ok()??;
-            let ready = condition(&n, "Ready").is_some_and(|(s, _)| s == "True");
-            let tainted = has_taint(&n, "node.kubernetes.io/not-ready")
-                || has_taint(&n, "node.kubernetes.io/unreachable");
-            (ready && !tainted).then_some(n)
-        },
-    )
-    .await
-}
-
 /// No write of this test was refused as invalid (422) or malformed (400).
 async fn assert_nothing_refused(cp: &ControlPlane) -> anyhow::Result<()> {
     let refused: Vec<String> = cp
@@ -122,24 +92,6 @@ async fn assert_nothing_refused(cp: &ControlPlane) -> anyhow::Result<()> {
         .collect();
     assert!(refused.is_empty(), "the apiserver refused: {refused:#?}");
     Ok(())
-}
-
-fn terminated(pod: &Pod) -> Option<(i32, String, String)> {
-    let t = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()?
-        .state
-        .as_ref()?
-        .terminated
-        .clone()?;
-    Some((
-        t.exit_code,
-        t.reason.unwrap_or_default(),
-        t.message.unwrap_or_default(),
-    ))
 }
 
 fn job_condition(job: &Job, type_: &str) -> bool {
@@ -161,7 +113,7 @@ async fn job_pod(client: &Client, job: &str) -> anyhow::Result<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir("kubelet-nodes"), "nodes", Options::default()).await?;
-    let first_kubelet = kubelet(
+    let first_kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL).label("role", "gpu"),
@@ -169,9 +121,9 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         ],
         KubeletScript::new(),
         None,
-    );
-    let n1 = ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    )
+    .await?;
+    let n1 = cp.wait_node_ready("n1").await?;
 
     let labels = n1.labels();
     assert_eq!(labels.get("role").map(String::as_str), Some("gpu"));
@@ -215,11 +167,12 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         Some(("Node", n1.uid().unwrap_or_default().as_str()))
     );
     let first = spec.renew_time.map(|t| t.0).expect("a renew time");
-    eventually(&cp, 10, "the lease of n1 renewed", || async {
-        let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
-        (t > first).then_some(())
-    })
-    .await?;
+    cp.wait("the lease of n1 renewed", Duration::from_secs(10))
+        .until(|| async {
+            let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
+            (t > first).then_some(())
+        })
+        .await?;
 
     // A kernel upgrade patched into nodeInfo survives the next heartbeats.
     let nodes = Api::<Node>::all(cp.client());
@@ -231,11 +184,12 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         )
         .await?;
     let beat = condition(&nodes.get("n1").await?, "Ready").map(|c| c.1);
-    eventually(&cp, 25, "a new heartbeat of n1", || async {
-        let now = condition(&nodes.get("n1").await.ok()?, "Ready")?.1;
-        (Some(&now) != beat.as_ref()).then_some(())
-    })
-    .await?;
+    cp.wait("a new heartbeat of n1", Duration::from_secs(25))
+        .until(|| async {
+            let now = condition(&nodes.get("n1").await.ok()?, "Ready")?.1;
+            (Some(&now) != beat.as_ref()).then_some(())
+        })
+        .await?;
     let info = nodes
         .get("n1")
         .await?
@@ -263,7 +217,11 @@ async fn nodes_register_turn_ready_renew_their_leases_and_keep_a_patched_kernel(
         KubeletScript::new(),
         None,
     );
-    eventually(&cp, 10, "the lease of n1 renewed after the restart", || async {
+    cp.wait(
+        "the lease of n1 renewed after the restart",
+        Duration::from_secs(10),
+    )
+    .until(|| async {
         let t = leases.get("n1").await.ok()?.spec?.renew_time?.0;
         (Some(t) > renewed).then_some(())
     })
@@ -307,7 +265,7 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
             reason: "Error".into(),
         }],
     );
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL),
@@ -315,19 +273,20 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         ],
         script,
         None,
-    );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    )
+    .await?;
 
     let jobs = Api::<Job>::namespaced(cp.client(), "default");
     jobs.create(&PostParams::default(), &job("works")?).await?;
     jobs.create(&PostParams::default(), &job("fails")?).await?;
 
-    let done = eventually(&cp, 60, "job works Complete", || async {
-        let j = jobs.get("works").await.ok()?;
-        job_condition(&j, "Complete").then_some(j)
-    })
-    .await?;
+    let done = cp
+        .wait("job works Complete", Duration::from_secs(60))
+        .until(|| async {
+            let j = jobs.get("works").await.ok()?;
+            job_condition(&j, "Complete").then_some(j)
+        })
+        .await?;
     assert_eq!(done.status.as_ref().and_then(|s| s.succeeded), Some(1));
     let pod = job_pod(&cp.client(), "works").await?;
     let node = pod
@@ -347,18 +306,20 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
         "{status:?}"
     );
     assert_eq!(
-        terminated(&pod).map(|t| (t.0, t.1)),
+        status::terminated(&pod).map(|t| (t.0, t.1)),
         Some((0, "Completed".to_owned()))
     );
 
-    let failed = eventually(&cp, 60, "job fails Failed", || async {
-        let j = jobs.get("fails").await.ok()?;
-        job_condition(&j, "Failed").then_some(j)
-    })
-    .await?;
+    let failed = cp
+        .wait("job fails Failed", Duration::from_secs(60))
+        .until(|| async {
+            let j = jobs.get("fails").await.ok()?;
+            job_condition(&j, "Failed").then_some(j)
+        })
+        .await?;
     assert_eq!(failed.status.as_ref().and_then(|s| s.failed), Some(1));
     let pod = job_pod(&cp.client(), "fails").await?;
-    let (code, reason, stored) = terminated(&pod).expect("a terminated container");
+    let (code, reason, stored) = status::terminated(&pod).expect("a terminated container");
     assert_eq!((code, reason.as_str()), (3, "Error"));
     assert!(stored.len() <= 4096, "{} bytes", stored.len());
     assert_eq!(stored.len(), 4095, "cut at the character boundary");
@@ -369,7 +330,7 @@ async fn real_jobs_complete_or_fail_with_the_last_4096_bytes_of_the_message() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir("kubelet-daemonset"), "ds", Options::default()).await?;
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL).label("kmm.example/loaded", "yes"),
@@ -377,9 +338,8 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
         ],
         KubeletScript::new(),
         None,
-    );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    )
+    .await?;
 
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": "loader", "namespace": "default"},
@@ -397,11 +357,13 @@ async fn a_real_daemonset_gets_one_ready_pod_on_the_matching_node() -> anyhow::R
     }))?;
     let sets = Api::<DaemonSet>::namespaced(cp.client(), "default");
     sets.create(&PostParams::default(), &ds).await?;
-    let status = eventually(&cp, 60, "daemonset loader with one ready pod", || async {
-        let s = sets.get("loader").await.ok()?.status?;
-        (s.number_ready == 1).then_some(s)
-    })
-    .await?;
+    let status = cp
+        .wait("daemonset loader with one ready pod", Duration::from_secs(60))
+        .until(|| async {
+            let s = sets.get("loader").await.ok()?.status?;
+            (s.number_ready == 1).then_some(s)
+        })
+        .await?;
     assert_eq!(status.desired_number_scheduled, 1);
     assert_eq!(status.number_available, Some(1));
 
@@ -452,7 +414,7 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
     let marker = marker_dir.join("finished");
     let control = NodeControl::new();
     let script = KubeletScript::new().rule(PodMatcher::any().name_prefix("exec-"), [Outcome::Exec]);
-    let _kubelet = kubelet(
+    let _kubelet = ready_kubelet(
         &cp,
         vec![
             NodeRegistration::new("n1", KERNEL),
@@ -460,9 +422,8 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         ],
         script,
         Some(control.clone()),
-    );
-    ready_and_untainted(&cp, "n1").await?;
-    ready_and_untainted(&cp, "n2").await?;
+    )
+    .await?;
     let pods = Api::<Pod>::namespaced(cp.client(), "default");
     let nodes = Api::<Node>::all(cp.client());
     let running = |name: &'static str| {
@@ -480,13 +441,14 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         &pod_on("exec-slow", "n1", &["sh", "-c", &touch])?,
     )
     .await?;
-    eventually(&cp, 60, "pod exec-slow Running", || running("exec-slow")).await?;
+    cp.wait("pod exec-slow Running", Duration::from_secs(60))
+        .until(|| running("exec-slow"))
+        .await?;
     let deleted_at = Instant::now();
     pods.delete("exec-slow", &DeleteParams::default()).await?;
-    eventually(&cp, 10, "pod exec-slow gone", || async {
-        pods.get_opt("exec-slow").await.ok()?.is_none().then_some(())
-    })
-    .await?;
+    cp.wait("pod exec-slow gone", Duration::from_secs(10))
+        .until(|| async { pods.get_opt("exec-slow").await.ok()?.is_none().then_some(()) })
+        .await?;
     assert!(
         deleted_at.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -501,21 +463,27 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         &pod_on("web", "n2", &["sleep", "infinity"])?,
     )
     .await?;
-    let web = eventually(&cp, 60, "pod web Running", || running("web")).await?;
+    let web = cp
+        .wait("pod web Running", Duration::from_secs(60))
+        .until(|| running("web"))
+        .await?;
     pods.create(
         &PostParams::default(),
         &pod_on("stays", "n2", &["sleep", "infinity"])?,
     )
     .await?;
-    eventually(&cp, 60, "pod stays Running", || running("stays")).await?;
+    cp.wait("pod stays Running", Duration::from_secs(60))
+        .until(|| running("stays"))
+        .await?;
     control.set_down("n2", true);
     let went_down = Instant::now();
-    eventually(&cp, 45, "node n2 not Ready", || async {
-        let n = nodes.get("n2").await.ok()?;
-        let (status, _) = condition(&n, "Ready")?;
-        (status != "True").then_some(status)
-    })
-    .await?;
+    cp.wait("node n2 not Ready", Duration::from_secs(45))
+        .until(|| async {
+            let n = nodes.get("n2").await.ok()?;
+            let (status, _) = condition(&n, "Ready")?;
+            (status != "True").then_some(status)
+        })
+        .await?;
     assert!(
         went_down.elapsed() > Duration::from_secs(10),
         "{:?}",
@@ -528,11 +496,12 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
         "n1 stays up"
     );
     // The node-lifecycle controller marks the pods of the unreachable node not ready.
-    eventually(&cp, 20, "pod stays marked not ready", || async {
-        let p = pods.get("stays").await.ok()?;
-        (!status::is_ready(&p)).then_some(())
-    })
-    .await?;
+    cp.wait("pod stays marked not ready", Duration::from_secs(20))
+        .until(|| async {
+            let p = pods.get("stays").await.ok()?;
+            (!status::is_ready(&p)).then_some(())
+        })
+        .await?;
 
     // Deleted with the default grace period, it stays Terminating while n2 is down; a pod
     // bound to n2 meanwhile is not started.
@@ -557,18 +526,20 @@ async fn a_down_node_turns_unknown_and_keeps_its_deleted_pod_terminating_until_i
 
     // Back up: Ready again, and the deletion is finished.
     control.set_down("n2", false);
-    eventually(&cp, 15, "pod web gone after n2 came back", || async {
-        pods.get_opt("web").await.ok()?.is_none().then_some(())
-    })
-    .await?;
-    ready_and_untainted(&cp, "n2").await?;
-    eventually(&cp, 15, "pod late Running", || running("late")).await?;
+    cp.wait("pod web gone after n2 came back", Duration::from_secs(15))
+        .until(|| async { pods.get_opt("web").await.ok()?.is_none().then_some(()) })
+        .await?;
+    cp.wait_node_ready("n2").await?;
+    cp.wait("pod late Running", Duration::from_secs(15))
+        .until(|| running("late"))
+        .await?;
     // Its other pod is Ready again: the kubelet's status wins over the controller's mark.
-    eventually(&cp, 15, "pod stays Ready again", || async {
-        let p = pods.get("stays").await.ok()?;
-        status::is_ready(&p).then_some(())
-    })
-    .await?;
+    cp.wait("pod stays Ready again", Duration::from_secs(15))
+        .until(|| async {
+            let p = pods.get("stays").await.ok()?;
+            status::is_ready(&p).then_some(())
+        })
+        .await?;
     assert_nothing_refused(&cp).await
 }
 

@@ -17,33 +17,31 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 
+use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kmm_fleet_tests::{
     controlplane::{AuditEvent, ControlPlane, Options},
-    fleet::install_service_account,
+    fleet::{MODULE_NAMESPACE, start_hub_cluster, start_managed_cluster},
     fresh_dir, manifests,
     ocm::{self, AgentOptions, OcmAgent, OcmHub},
-    process::http_get,
+    process::{Launch, Process},
 };
 use kmm_sim::SimCluster;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kmm_test_kit::repo_root;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use super::{Registry, free_port, start_registry};
+use super::{Registry, start_registry};
 
-pub const HUB_NAMESPACE: &str = "kmm-hub";
-pub const SPOKE_NAMESPACE: &str = "drivers";
+pub const HUB_NAMESPACE: &str = kmm_fleet_tests::fleet::HUB_NAMESPACE;
+/// The MCMs' `spokeNamespace`.
+pub const SPOKE_NAMESPACE: &str = MODULE_NAMESPACE;
 /// Who `kmm-hub run` is when started by [`Fleet::start_hub`]: the Deployment's ServiceAccount.
 pub const HUB_USER: &str = "system:serviceaccount:kmm-hub:kmm-hub";
 /// Group of the client-certificate identities of [`Fleet::start_with`], bound to the hub's roles.
 pub const HUB_GROUP: &str = "kmm-hub-replicas";
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Tests of one binary that start control planes run one at a time: each needs most of a
 /// 2-core machine, and timeouts are no assertion here.
@@ -105,18 +103,7 @@ impl Fleet {
         for id in identities {
             options = options.user(id, &[HUB_GROUP]);
         }
-        let hub = ControlPlane::start(&dir.join("hub"), "hub", options)
-            .await
-            .unwrap();
-        hub.install_crds_from_path(repo_root().join("manifests/crds"))
-            .await
-            .unwrap();
-        hub.install_crds_from_path(kmm_fleet_tests::controlplane::ocm_crds().unwrap().join("hub"))
-            .await
-            .unwrap();
-        let hub_kubeconfig = install_service_account(&hub, &repo_root().join("manifests/hub"))
-            .await
-            .unwrap();
+        let (hub, hub_kubeconfig) = start_hub_cluster(&dir.join("hub"), options).await.unwrap();
         if !identities.is_empty() {
             bind_hub_roles_to_group(&hub, HUB_GROUP).await;
         }
@@ -235,14 +222,42 @@ impl Fleet {
     }
 
     /// `kmm-hub run` as the hub's ServiceAccount.
-    pub fn start_hub(&self, id: &str, extra: &[&str]) -> HubProcess {
-        HubProcess::start_with_kubeconfig(&self.hub_kubeconfig, &self.dir, id, extra)
+    pub fn start_hub(&self, id: &str, extra: &[&str]) -> Process {
+        start_hub_process(&self.hub_kubeconfig, &self.dir, id, extra)
     }
 
     /// `kmm-hub run` as client-certificate identity `user` (given to [`Fleet::start_with`]),
     /// with `--identity user`.
-    pub fn start_hub_as(&self, user: &str, extra: &[&str]) -> HubProcess {
-        HubProcess::start_with_kubeconfig(&self.hub.kubeconfig_as(user).unwrap(), &self.dir, user, extra)
+    pub fn start_hub_as(&self, user: &str, extra: &[&str]) -> Process {
+        start_hub_process(&self.hub.kubeconfig_as(user).unwrap(), &self.dir, user, extra)
+    }
+
+    /// The hub's ManagedClusterModules, as its admin.
+    pub fn mcms(&self) -> Api<ManagedClusterModule> {
+        Api::all(self.hub.client())
+    }
+
+    /// The MCM `name`, if it exists.
+    pub async fn mcm(&self, name: &str) -> Option<ManagedClusterModule> {
+        self.mcms().get_opt(name).await.unwrap()
+    }
+
+    /// Creates `mcm` as the hub's admin; what the apiserver stored.
+    pub async fn create_mcm(&self, mcm: &ManagedClusterModule) -> ManagedClusterModule {
+        self.mcms().create(&PostParams::default(), mcm).await.unwrap()
+    }
+
+    /// Deletes the MCM `name` (its finalizer may keep it a while).
+    pub async fn delete_mcm(&self, name: &str) {
+        self.mcms().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    /// The ManifestWork `name` in `cluster`'s namespace on the hub, if it exists.
+    pub async fn work(&self, cluster: &str, name: &str) -> Option<ManifestWork> {
+        Api::<ManifestWork>::namespaced(self.hub.client(), cluster)
+            .get_opt(name)
+            .await
+            .unwrap()
     }
 
     /// The hub's audit log once its batches are written.
@@ -290,19 +305,7 @@ fn clusters(hub: &ControlPlane) -> Api<DynamicObject> {
 
 async fn start_spoke(hub: &ControlPlane, dir: &Path, name: &str, labels: &[(&str, &str)]) -> Spoke {
     let dir = fresh_dir(dir, name).unwrap();
-    let cluster = ControlPlane::start(&dir.join("cluster"), name, ocm::spoke_options(Options::default()))
-        .await
-        .unwrap();
-    cluster
-        .install_crds_from_path(repo_root().join("manifests/crds"))
-        .await
-        .unwrap();
-    cluster
-        .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {SPOKE_NAMESPACE}}}\n"
-        ))
-        .await
-        .unwrap();
+    let cluster = start_managed_cluster(&dir.join("cluster"), name).await.unwrap();
     let agent = OcmAgent::start(hub, &cluster, name, labels, &dir, &AgentOptions::default())
         .await
         .unwrap();
@@ -325,130 +328,44 @@ async fn bind_hub_roles_to_group(hub: &ControlPlane, group: &str) {
     }
 }
 
-/// A running `kmm-hub run`, killed on drop.
-pub struct HubProcess {
-    child: Child,
-    pub metrics_port: u16,
-    pub log: PathBuf,
+/// `kmm-hub run --namespace kmm-hub --identity <id> --retry-seconds 1 <extra>` with
+/// `kubeconfig`, its log `kmm-hub-<id>.log` in `dir`.
+pub fn start_hub_process(kubeconfig: &Path, dir: &Path, id: &str, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = [
+        "run",
+        "--namespace",
+        HUB_NAMESPACE,
+        "--identity",
+        id,
+        "--retry-seconds",
+        "1",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Process::start(Launch {
+        binary: "kmm-hub",
+        args,
+        kubeconfig,
+        dir,
+        name: &format!("kmm-hub-{id}"),
+        env: Vec::new(),
+    })
+    .unwrap()
 }
 
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `kmm-hub run` against a simulated hub (the benchmark).
+pub fn start_sim_hub(hub: &SimCluster, dir: &Path, id: &str, extra: &[&str]) -> Process {
+    start_hub_process(hub.kubeconfig_path(), dir, id, extra)
 }
 
-impl HubProcess {
-    /// `kmm-hub run` against a simulated hub (the benchmark).
-    pub fn start(hub: &SimCluster, dir: &Path, id: &str, extra: &[&str]) -> Self {
-        Self::start_with_kubeconfig(hub.kubeconfig_path(), dir, id, extra)
-    }
-
-    /// `kmm-hub run --identity id` with `kubeconfig`, its log in `dir`.
-    pub fn start_with_kubeconfig(kubeconfig: &Path, dir: &Path, id: &str, extra: &[&str]) -> Self {
-        let metrics_port = free_port();
-        let log = dir.join(format!("kmm-hub-{id}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
-            .args(["run", "--namespace", HUB_NAMESPACE, "--identity", id])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--retry-seconds", "1"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("KMM_LOG_FORMAT", "text")
-            .env(
-                "RUST_LOG",
-                std::env::var("KMM_TEST_HUB_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            metrics_port,
-            log,
-        }
-    }
-
-    /// The value of a metric line (exact name and labels), if exported.
-    pub async fn metric(&self, line_start: &str) -> Option<f64> {
-        let text = http_get(self.metrics_port, "/metrics").await?;
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    /// Sends SIGTERM and waits up to `secs` for the process to exit; its exit code, if it did.
-    pub fn terminate(&mut self, secs: u64) -> Option<i32> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// Process id, e.g. to read its peak memory from /proc.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub async fn ready(&self) -> bool {
-        http_get(self.metrics_port, "/readyz")
-            .await
-            .is_some_and(|b| b == "ready")
-    }
-
-    /// Waits until `/readyz` says ready (its stores synced).
-    pub async fn wait_ready(&self) {
-        eventually(120, "hub ready", Some(self), || self.ready()).await;
-    }
-
-    /// Waits until it has reconciled at least once (a sync point, not a count of writes).
-    pub async fn wait_reconciled(&self) {
-        eventually(120, "the hub reconciled", Some(self), || async {
-            self.metric("kmm_hub_reconciles_total")
+/// Waits until the hub has reconciled at least once (a sync point, not a count of writes).
+pub async fn wait_reconciled(hub: &Process) {
+    hub.wait("the hub reconciled", Duration::from_secs(120))
+        .eventually(|| async {
+            hub.metric("kmm_hub_reconciles_total")
                 .await
                 .is_some_and(|n| n >= 1.0)
         })
         .await;
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Waits (up to `secs`) until `f` holds; panics with `what` and the hub log otherwise.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, hub: Option<&HubProcess>, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let log = hub.map(HubProcess::log_text).unwrap_or_default();
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    panic!("timed out waiting for: {what}\n--- kmm-hub log (tail) ---\n{tail}");
 }

@@ -1,6 +1,6 @@
 //! Test support for the signing tests: a real `.ko` compiled from tests/fixtures/kmod-sign
 //! against the installed Debian cloud kernel headers, keys and certificates made by openssl,
-//! Debian's `scripts/sign-file` and `modinfo`. Included with `#[path]` by hub/tests/sign*.rs.
+//! Debian's `scripts/sign-file` and `modinfo`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -8,6 +8,8 @@ use std::{
     process::{Command, Output},
     sync::OnceLock,
 };
+
+use super::run;
 
 /// The only entry of a glob-like listing: `dir/<prefix>*<suffix>`, sorted, the last one.
 fn find_one(dir: &str, prefix: &str, suffix: &str) -> Option<PathBuf> {
@@ -24,12 +26,6 @@ fn find_one(dir: &str, prefix: &str, suffix: &str) -> Option<PathBuf> {
     found.pop()
 }
 
-/// `/usr/src/linux-headers-*-cloud-amd64`.
-pub fn headers_dir() -> PathBuf {
-    find_one("/usr/src", "linux-headers-", "-cloud-amd64")
-        .expect("no /usr/src/linux-headers-*-cloud-amd64 (run scripts/test-deps)")
-}
-
 /// Debian's `scripts/sign-file` (package linux-kbuild-*).
 pub fn sign_file_tool() -> PathBuf {
     let kbuild = find_one("/usr/lib", "linux-kbuild-", "")
@@ -41,15 +37,6 @@ pub fn sign_file_tool() -> PathBuf {
         tool.display()
     );
     tool
-}
-
-/// A scratch directory under the target dir, emptied first (and left there afterwards).
-pub fn scratch(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kmm-sign-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A scratch directory under the target dir, removed when dropped.
@@ -65,33 +52,17 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run scripts/test-deps)"))
 }
 
-pub fn run(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The unsigned test module, compiled once per test binary (about 2 s).
 pub fn unsigned_module() -> &'static [u8] {
     static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
     MODULE.get_or_init(|| {
         let tmp = temp_dir("build");
         let dir = tmp.path();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kmod-sign");
+        let fixtures = kmm_test_kit::repo_root().join("tests/fixtures/kmod-sign");
         for file in ["Kbuild", "kmm_sign_test.c"] {
             std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
         }
-        run(Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(headers_dir())
-            .arg(format!("M={}", dir.display()))
-            .arg("modules"));
+        kmm_test_kit::kmod::make(dir).unwrap();
         let module = std::fs::read(dir.join("kmm_sign_test.ko")).unwrap();
         assert!(module.starts_with(b"\x7fELF"));
         assert!(

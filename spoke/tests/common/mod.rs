@@ -3,32 +3,29 @@
 //! registering the Nodes and running the pods bound to them. kmm-spoke always runs as its
 //! ServiceAccount with the RBAC of `manifests/spoke`, so the apiserver decides what it may do.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test helpers: a panic is a failed test
+// Test helpers: a panic is a failed test; each test binary uses a part of them (and of the
+// re-exports its `use common::*` brings).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
 pub mod kmod;
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration};
+use kmm_agents::{AgentHandle, Kubelet, KubeletOptions, NodeControl, NodeRegistration, Outcome, PodMatcher};
 use kmm_api::nmc::NodeModulesConfig;
+pub use kmm_fleet_tests::nodes::{node_ready, node_tainted};
 use kmm_fleet_tests::{
     controlplane::{self, AuditEvent, ControlPlane, Options},
-    fleet, repo_root,
+    fleet,
 };
 use kmm_spoke::{cli::run_with, context::Settings, node_controller::desired::NodeSettings};
+pub use kmm_test_kit::{eventually, repo_root};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The user kmm-spoke's ServiceAccount token authenticates as.
 pub const SPOKE_USER: &str = "system:serviceaccount:kmm-operator-system:kmm-spoke";
@@ -54,6 +51,67 @@ impl Default for Setup {
             claim_crd: true,
         }
     }
+}
+
+impl Setup {
+    /// A cluster whose kubelet registers `nodes`.
+    pub fn with_nodes(nodes: impl IntoIterator<Item = NodeRegistration>) -> Self {
+        Self {
+            nodes: nodes.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The worker pods on `node` (`kmm-worker-<node>-...`) end with `outcomes`, one per pod in
+    /// order.
+    pub fn workers_on(mut self, node: &str, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        self.kubelet.script = std::mem::take(&mut self.kubelet.script).rule(
+            PodMatcher::any().name_prefix(&format!("kmm-worker-{node}-")),
+            outcomes,
+        );
+        self
+    }
+}
+
+/// A worker's outcomes: the first fails as modprobe does without the module, the retry succeeds.
+pub fn first_fails() -> [Outcome; 2] {
+    [
+        Outcome::failed(1, "modprobe: FATAL: Module kmm_ci_a not found"),
+        Outcome::Succeeded,
+    ]
+}
+
+/// A node running `kernel`, labelled `role=gpu` (what the tests' Modules select).
+pub fn gpu_node(name: &str, kernel: &str) -> NodeRegistration {
+    NodeRegistration::new(name, kernel).label("role", "gpu")
+}
+
+/// The tests' Module `drivers/kmm-ci`: `kmm_ci_a` from `image` on every kernel of the `role=gpu`
+/// nodes, with `version` (ordered upgrades) and the device plugin `registry.example/plugin:1`
+/// when asked.
+pub fn ci_module(image: &str, version: Option<&str>, device_plugin: bool) -> String {
+    let version = version
+        .map(|v| format!("      version: {v}\n"))
+        .unwrap_or_default();
+    let plugin = if device_plugin {
+        "  devicePlugin:\n    container: {image: registry.example/plugin:1}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: kmm.sigs.x-k8s.io/v1beta1
+kind: Module
+metadata: {{name: kmm-ci, namespace: drivers}}
+spec:
+  selector: {{role: gpu}}
+  moduleLoader:
+    container:
+{version}      modprobe: {{moduleName: kmm_ci_a}}
+      kernelMappings:
+        - regexp: '.*'
+          containerImage: {image}
+{plugin}"#
+    )
 }
 
 /// One spoke cluster on a real control plane. Fields drop in order: the kubelet stops before
@@ -95,7 +153,7 @@ pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
         "modules.kmm.sigs.x-k8s.io.yaml",
         "nodemodulesconfigs.kmm.sigs.x-k8s.io.yaml",
     ] {
-        cp.install_crds_from_path(root.join("manifests/crds").join(crd))
+        cp.install_crds_from_path(kmm_test_kit::crds_dir().join(crd))
             .await
             .unwrap();
     }
@@ -131,14 +189,14 @@ pub async fn spoke_cluster(name: &str, setup: Setup) -> SpokeCluster {
         cp,
     };
     for node in &setup.nodes {
-        cluster.wait_node_ready(&node.name).await;
+        cluster.cp.wait_node_ready(&node.name).await.unwrap();
     }
     cluster
 }
 
 /// OCM's ClusterClaim CRD, as `scripts/controlplane-build` copies it from the OCM API module.
 pub async fn install_claim_crd(cp: &ControlPlane) {
-    let dir = controlplane::ocm_crds().unwrap().join("spoke");
+    let dir = kmm_test_kit::ocm_crds().unwrap().join("spoke");
     cp.install_crds_from_path(dir.join("0000_02_clusters.open-cluster-management.io_clusterclaims.crd.yaml"))
         .await
         .unwrap();
@@ -153,20 +211,6 @@ impl SpokeCluster {
     /// Server-side applies YAML as the admin.
     pub async fn apply_yaml(&self, text: &str) {
         self.cp.apply_yaml(text).await.unwrap();
-    }
-
-    /// Waits until the kubelet registered `node` with a kernel and the node-lifecycle controller
-    /// finds it Ready with no not-ready or unreachable taint (kmm-spoke skips nodes with an
-    /// untolerated NoSchedule taint, as upstream does).
-    pub async fn wait_node_ready(&self, node: &str) {
-        let api = Api::<Node>::all(self.client());
-        eventually_within(90, &format!("node {node} registered and Ready"), || async {
-            api.get_opt(node)
-                .await
-                .unwrap()
-                .is_some_and(|n| node_ready(&n) && !node_tainted(&n) && kernel_of(&n).is_some())
-        })
-        .await;
     }
 
     /// Every request the apiserver recorded for kmm-spoke's ServiceAccount.
@@ -198,42 +242,6 @@ impl SpokeCluster {
     }
 }
 
-/// Whether the Node's Ready condition is True.
-pub fn node_ready(node: &Node) -> bool {
-    node_condition(node, "Ready").as_deref() == Some("True")
-}
-
-/// The status of one Node condition.
-pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
-
-/// Whether the node-lifecycle controller tainted the Node not-ready or unreachable.
-pub fn node_tainted(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| {
-            ts.iter()
-                .any(|t| t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable")
-        })
-}
-
-fn kernel_of(node: &Node) -> Option<&str> {
-    node.status
-        .as_ref()?
-        .node_info
-        .as_ref()
-        .map(|i| i.kernel_version.as_str())
-        .filter(|k| !k.is_empty())
-}
-
 /// A Node without a kubelet: created and given a kernel by the admin (enough for what reads
 /// only `nodeInfo`, like the kernel claim writer).
 pub async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(&str, &str)]) {
@@ -256,33 +264,9 @@ pub async fn mk_node(client: &Client, name: &str, kernel: &str, node_labels: &[(
     .unwrap();
 }
 
-/// Polls `check` every 200 ms for up to 120 s; a bound so a broken controller fails the test
-/// instead of hanging it, not a speed check.
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(120, what, check).await;
-}
-
-/// [`eventually`] with its own bound in seconds.
-pub async fn eventually_within<F, Fut>(secs: u64, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("not within {secs} s: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long a wait on a real control plane may take: a bound so a broken controller fails the
+/// test instead of hanging it, not a speed check.
+pub const WAIT: Duration = Duration::from_secs(120);
 
 pub fn settings() -> Settings {
     Settings {
@@ -345,6 +329,15 @@ pub async fn nmc(client: &Client, name: &str) -> Option<NodeModulesConfig> {
         .get_opt(name)
         .await
         .unwrap()
+}
+
+/// Whether `node`'s NodeModulesConfig reports a module loaded from `image`.
+pub async fn loaded_with(client: &Client, node: &str, image: &str) -> bool {
+    nmc(client, node).await.and_then(|n| n.status).is_some_and(|s| {
+        s.modules
+            .iter()
+            .any(|m| m.config.as_ref().is_some_and(|c| c.container_image == image))
+    })
 }
 
 pub fn loaded(nmc: &Option<NodeModulesConfig>) -> usize {

@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_agents::kubelet::daemonset::REVISION_LABEL;
+use kmm_agents::kubelet::status;
 use kmm_agents::{Kubelet, KubeletOptions, KubeletScript, MemoryLogSink, Outcome, PodLogSink, PodMatcher};
 use kmm_sim::{Sim, SimCluster};
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
@@ -48,24 +49,6 @@ fn pod(name: &str, node: Option<&str>, labels: Value, restart: &str, command: Va
 
 fn phase(p: &Pod) -> Option<String> {
     p.status.as_ref()?.phase.clone()
-}
-
-fn terminated(p: &Pod) -> Option<(i32, String, String)> {
-    let t = p
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()?
-        .state
-        .as_ref()?
-        .terminated
-        .clone()?;
-    Some((
-        t.exit_code,
-        t.reason.unwrap_or_default(),
-        t.message.unwrap_or_default(),
-    ))
 }
 
 async fn wait_phase(pods: &Api<Pod>, name: &str, want: &str) -> Pod {
@@ -109,7 +92,7 @@ async fn pods_move_through_the_phases_the_script_gives() {
     .await;
     let p = wait_phase(&pods, "worker-1", "Failed").await;
     assert_eq!(
-        terminated(&p),
+        status::terminated(&p),
         Some((3, "Error".to_string(), "modprobe: FATAL".to_string()))
     );
     // The same kind of pod on another node is not affected by the rule.
@@ -124,7 +107,7 @@ async fn pods_move_through_the_phases_the_script_gives() {
     wait_phase(&pods, "worker-other", "Succeeded").await;
     create(pod("worker-2", Some("node-3"), worker, "Never", json!(["true"]))).await;
     let p = wait_phase(&pods, "worker-2", "Succeeded").await;
-    assert_eq!(terminated(&p).map(|t| t.0), Some(0));
+    assert_eq!(status::terminated(&p).map(|t| t.0), Some(0));
 
     create(pod(
         "server",
@@ -201,7 +184,7 @@ async fn exec_pods_really_run_and_their_exit_code_decides() {
     pods.create(&PostParams::default(), &bad).await.unwrap();
 
     let p = wait_phase(&pods, "exec-ok", "Succeeded").await;
-    assert_eq!(terminated(&p).map(|t| t.0), Some(0));
+    assert_eq!(status::terminated(&p).map(|t| t.0), Some(0));
     assert_eq!(
         memory.get("kmm", "exec-ok").as_deref(),
         Some("hello from the pod\nto-stderr\n")
@@ -210,7 +193,7 @@ async fn exec_pods_really_run_and_their_exit_code_decides() {
     assert_eq!(logs, "hello from the pod\nto-stderr\n");
 
     let p = wait_phase(&pods, "exec-bad", "Failed").await;
-    let (code, reason, message) = terminated(&p).unwrap();
+    let (code, reason, message) = status::terminated(&p).unwrap();
     assert_eq!((code, reason.as_str()), (7, "Error"));
     assert!(message.contains("insmod: ERROR could not insert"), "{message}");
 }

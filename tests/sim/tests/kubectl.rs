@@ -156,7 +156,7 @@ async fn kubectl_watch_prints_new_objects() {
 async fn kubectl_server_side_applies_our_large_crds() {
     let sim = kmm_sim::Sim::new().unwrap();
     let c = sim.add_cluster("bare").await.unwrap();
-    let dir = common::repo_root().join("manifests/crds");
+    let dir = kmm_test_kit::crds_dir();
     let out = ok(&c, &["apply", "--server-side", "-f", dir.to_str().unwrap()]);
     assert!(
         out.contains(

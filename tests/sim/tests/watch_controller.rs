@@ -12,11 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{cluster_with_crds, eventually};
+use common::{WAIT, cluster_with_crds};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kmm_api::ocm::ManagedCluster;
 use kmm_sim::{Faults, FleetMember, Sim};
+use kmm_test_kit::eventually;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
@@ -245,7 +246,7 @@ async fn controller_reconciles_on_watch_events_owns_children_by_ssa_and_cascades
     let mut parent = cm("parent", &[("gen", "true")]);
     parent.data = Some([("k".to_string(), "v1".to_string())].into());
     api.create(&PostParams::default(), &parent).await.unwrap();
-    eventually("child created", || async {
+    eventually("child created", WAIT, || async {
         api.get_opt("parent-child").await.unwrap().is_some()
     })
     .await;
@@ -265,7 +266,7 @@ async fn controller_reconciles_on_watch_events_owns_children_by_ssa_and_cascades
     )
     .await
     .unwrap();
-    eventually("child follows the parent", || async {
+    eventually("child follows the parent", WAIT, || async {
         api.get("parent-child")
             .await
             .unwrap()
@@ -285,13 +286,13 @@ async fn controller_reconciles_on_watch_events_owns_children_by_ssa_and_cascades
     api.delete("parent-child", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("child recreated", || async {
+    eventually("child recreated", WAIT, || async {
         api.get_opt("parent-child").await.unwrap().is_some()
     })
     .await;
 
     api.delete("parent", &DeleteParams::default()).await.unwrap();
-    eventually("child collected with its owner", || async {
+    eventually("child collected with its owner", WAIT, || async {
         api.get_opt("parent-child").await.unwrap().is_none()
     })
     .await;

@@ -361,6 +361,25 @@ pub fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The first container's terminated state on the server: exit code, reason and message.
+pub fn terminated(pod: &Pod) -> Option<(i32, String, String)> {
+    let t = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()?;
+    Some((
+        t.exit_code,
+        t.reason.unwrap_or_default(),
+        t.message.unwrap_or_default(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

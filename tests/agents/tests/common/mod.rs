@@ -1,9 +1,8 @@
 //! Shared set-up for the agent tests: simulator clusters, CRDs and a polling helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kmm_sim::{Sim, SimCluster};
@@ -11,10 +10,11 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-/// OCM's CRDs from the `open-cluster-management.io/api` module, as scripts/controlplane-build
-/// copies them into `<target>/controlplane/crds/ocm/all`.
+pub use kmm_test_kit::eventually;
+
+/// OCM's CRDs from the `open-cluster-management.io/api` module, all of them.
 pub fn ocm_crds() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../controlplane/crds/ocm/all")
+    kmm_test_kit::ocm_crds().unwrap().join("all")
 }
 
 /// A namespaced test CRD `widgets.test.kmm.io/v1` with a status subresource and free-form fields.
@@ -83,22 +83,5 @@ pub async fn fleet(cluster: &str) -> Fleet {
     }
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
+/// How long a wait on the simulator may take.
 pub const WAIT: Duration = Duration::from_secs(10);
