@@ -12,26 +12,15 @@ use k8s_openapi::{
     api::{core::v1::Pod, events::v1::Event},
     jiff::Timestamp,
 };
-use kmm_agents::{KubeletOptions, KubeletScript, NodeRegistration, Outcome, PodMatcher};
+use kmm_agents::{KubeletScript, Outcome, PodMatcher};
 use kmm_api::{Module, labels};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams},
 };
 
-const MODULE: &str = r#"
-apiVersion: kmm.sigs.x-k8s.io/v1beta1
-kind: Module
-metadata: {name: kmm-ci, namespace: drivers}
-spec:
-  selector: {role: gpu}
-  moduleLoader:
-    container:
-      modprobe: {moduleName: kmm_ci_a}
-      kernelMappings:
-        - literal: 6.1.0-18-cloud-amd64
-          containerImage: registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111
-"#;
+const IMAGE: &str =
+    "registry.example/kmm-ci@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 const UNLOAD_LABEL: (&str, &str) = ("kmm.node.kubernetes.io/worker-action", "Unload");
 
@@ -73,34 +62,25 @@ async fn a_module_still_loaded_is_held_with_still_loaded_retried_every_five_seco
         PodMatcher::any().label(UNLOAD_LABEL.0, UNLOAD_LABEL.1),
         [Outcome::Pending, Outcome::Succeeded],
     );
-    let cluster = spoke_cluster(
-        "module-finalizer",
-        Setup {
-            nodes: vec![NodeRegistration::new("node-a", K_DEBIAN).label("role", "gpu")],
-            kubelet: KubeletOptions {
-                script,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut setup = Setup::with_nodes([gpu_node("node-a", K_DEBIAN)]);
+    setup.kubelet.script = script;
+    let cluster = spoke_cluster("module-finalizer", setup).await;
     let client = cluster.client();
     let spoke = start_spoke(&cluster);
-    cluster.apply_yaml(MODULE).await;
+    cluster.apply_yaml(&ci_module(IMAGE, None, false)).await;
     let ready = labels::module_ready("drivers", "kmm-ci");
-    eventually("node-a labelled ready", || async {
+    eventually("node-a labelled ready", WAIT, || async {
         node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
 
     let modules = Api::<Module>::namespaced(client.clone(), "drivers");
     modules.delete("kmm-ci", &DeleteParams::default()).await.unwrap();
-    eventually("an unload worker waits on node-a", || async {
+    eventually("an unload worker waits on node-a", WAIT, || async {
         !unload_pods(&client).await.is_empty()
     })
     .await;
-    eventually("a StillLoaded Event", || async {
+    eventually("a StillLoaded Event", WAIT, || async {
         still_loaded_event(&client).await.is_some()
     })
     .await;
@@ -118,7 +98,7 @@ async fn a_module_still_loaded_is_held_with_still_loaded_retried_every_five_seco
     // that settles only the retry brings the controller back.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let (count_a, seen_a) = series_of(&still_loaded_event(&client).await.unwrap());
-    eventually("three more looks", || async {
+    eventually("three more looks", WAIT, || async {
         series_of(&still_loaded_event(&client).await.unwrap()).0 >= count_a + 3
     })
     .await;
@@ -142,12 +122,12 @@ async fn a_module_still_loaded_is_held_with_still_loaded_retried_every_five_seco
             .await
             .unwrap();
     }
-    eventually("node-a unloaded", || async {
+    eventually("node-a unloaded", WAIT, || async {
         loaded(&nmc(&client, "node-a").await) == 0
             && !node_labels(&client, "node-a").await.contains_key(&ready)
     })
     .await;
-    eventually("Module released", || async {
+    eventually("Module released", WAIT, || async {
         modules.get_opt("kmm-ci").await.unwrap().is_none()
     })
     .await;
