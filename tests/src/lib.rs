@@ -16,6 +16,7 @@
 
 pub mod controlplane;
 pub mod demo;
+pub mod faults;
 pub mod fleet;
 pub mod images;
 pub mod kmod;
