@@ -52,14 +52,14 @@ pub struct Faults {
     pub error_codes: Vec<u16>,
     /// The Retry-After of an injected 429 or 503 (whole seconds; 1 s when zero).
     pub retry_after: Duration,
-    /// Each forwarded request waits a uniform time in `[0, latency]` first.
+    /// Each forwarded request waits a uniform time in `[latency / 2, latency]` first.
     pub latency: Duration,
     /// Watch responses (`watch=true`) are broken off after a uniform time in this range.
     pub watch_cut: Option<(Duration, Duration)>,
 }
 
 impl Faults {
-    /// The chaos scenario's weather: `error_rate` errors of every kind, up to 200 ms latency,
+    /// The chaos scenario's weather: `error_rate` errors of every kind, 100 to 200 ms latency,
     /// watches cut within 2 to 10 s.
     pub fn weather(error_rate: f64) -> Self {
         Self {
@@ -100,7 +100,8 @@ pub fn decide(faults: &Faults, rng: &mut XorShift, is_watch: bool) -> Decision {
             ..Decision::default()
         };
     }
-    let delay = Duration::from_millis(rng.between(0, faults.latency.as_millis() as u64));
+    let max = faults.latency.as_millis() as u64;
+    let delay = Duration::from_millis(rng.between(max / 2, max));
     let cut = match faults.watch_cut {
         Some((lo, hi)) if is_watch => Some(Duration::from_millis(
             rng.between(lo.as_millis() as u64, hi.as_millis() as u64),
