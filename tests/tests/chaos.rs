@@ -62,7 +62,7 @@ struct Chaos {
 impl Chaos {
     fn replay(&self) -> String {
         format!(
-            "replay: KMM_CHAOS_SEEDS={} KMM_CHAOS_ROUNDS={} (faults {:?}; proxy {}; hub killed {} times, exited by itself {} times)",
+            "replay: KMM_CHAOS_SEEDS={} KMM_CHAOS_ROUNDS={} (faults {:?}, one refusal spell per phase; proxy {}; hub killed {} times, exited by itself {} times)",
             self.proxy.seed(),
             self.rounds,
             self.proxy.faults(),
@@ -103,8 +103,8 @@ impl Chaos {
     }
 
     /// Polls `goal` for up to `secs`, killing the hub `rounds` times at random moments of the
-    /// first 30 s (and restarting it after 0.5 to 3 s), and restarting it when it exits by
-    /// itself, as a Deployment would.
+    /// first 30 s (and restarting it after 0.5 to 3 s), refusing its connections once, and
+    /// restarting it when it exits by itself, as a Deployment would.
     async fn drive(&mut self, goal: Goal, secs: u64) {
         let start = Instant::now();
         let mut kills: Vec<Duration> = (0..self.rounds)
@@ -112,9 +112,16 @@ impl Chaos {
             .collect();
         kills.sort();
         kills.reverse();
+        // One spell of refused connections per phase, 1 to 3 s long.
+        let mut refusal = Some(Duration::from_millis(self.rng.between(1_000, 30_000)));
         while start.elapsed() < Duration::from_secs(secs) {
             if kills.is_empty() && reached(&self.fleet, goal).await {
                 return;
+            }
+            if refusal.is_some_and(|at| start.elapsed() >= at) {
+                refusal = None;
+                self.proxy
+                    .refuse_for(Duration::from_millis(self.rng.between(1_000, 3_000)));
             }
             if kills.last().is_some_and(|at| start.elapsed() >= *at) {
                 kills.pop();
@@ -352,7 +359,10 @@ async fn scenario(seed: u64, rounds: u32, error_rate: f64) {
     chaos.drive(Goal::Gone, 240).await;
     let left = nothing_left(&chaos.fleet).await;
     assert!(left.is_empty(), "left behind: {left:?}\n{}", chaos.replay());
-    eprintln!("chaos seed {seed} converged: {}", chaos.replay());
+    eprintln!(
+        "chaos seed {seed} converged: {}; hub's ManifestWork writes {writes:?}, Jobs {jobs:?}",
+        chaos.replay()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
