@@ -7,17 +7,18 @@
 //! http, and the proxy forwards the Authorization header); the proxy speaks TLS to the real
 //! apiserver and trusts its CA. [`rewrite_kubeconfig`] points a kubeconfig at the proxy.
 
+mod counts;
 mod cut;
 mod kubeconfig;
 mod rng;
+mod weather;
 
 use std::{
-    fmt,
     net::SocketAddr,
     path::Path,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -35,142 +36,16 @@ use hyper_util::{
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::{net::TcpListener, task::JoinHandle};
 
+use counts::Counters;
+pub use counts::Counts;
 pub use cut::CutBody;
 pub use kubeconfig::{point_at, rewrite_kubeconfig};
 pub use rng::XorShift;
+pub use weather::{Decision, Faults, decide, is_watch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 type Upstream = Client<HttpsConnector<HttpConnector>, Incoming>;
-
-/// What the proxy does to traffic; [`Faults::default`] is a transparent proxy.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Faults {
-    /// Share of requests answered by the proxy with an error instead of being forwarded.
-    pub error_rate: f64,
-    /// The status codes injected errors use, picked uniformly (429, 500, 503 when empty).
-    pub error_codes: Vec<u16>,
-    /// The Retry-After of an injected 429 or 503 (whole seconds; 1 s when zero).
-    pub retry_after: Duration,
-    /// Each forwarded request waits a uniform time in `[latency / 2, latency]` first.
-    pub latency: Duration,
-    /// Watch responses (`watch=true`) are broken off after a uniform time in this range.
-    pub watch_cut: Option<(Duration, Duration)>,
-}
-
-impl Faults {
-    /// The chaos scenario's weather: `error_rate` errors of every kind, 100 to 200 ms latency,
-    /// watches cut within 2 to 10 s.
-    pub fn weather(error_rate: f64) -> Self {
-        Self {
-            error_rate,
-            error_codes: Vec::new(),
-            retry_after: Duration::from_secs(1),
-            latency: Duration::from_millis(200),
-            watch_cut: Some((Duration::from_secs(2), Duration::from_secs(10))),
-        }
-    }
-
-    fn codes(&self) -> &[u16] {
-        if self.error_codes.is_empty() {
-            &[429, 500, 503]
-        } else {
-            &self.error_codes
-        }
-    }
-}
-
-/// What happens to one request, drawn before it is forwarded.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Decision {
-    /// Answer with this status instead of forwarding.
-    pub error: Option<u16>,
-    pub delay: Duration,
-    /// Break the response body off after this long (watches only).
-    pub cut: Option<Duration>,
-}
-
-/// Draws the fate of one request from `faults` (pure apart from the generator).
-pub fn decide(faults: &Faults, rng: &mut XorShift, is_watch: bool) -> Decision {
-    if rng.chance(faults.error_rate) {
-        let codes = faults.codes();
-        let pick = rng.between(0, codes.len() as u64 - 1) as usize;
-        return Decision {
-            error: Some(codes[pick]),
-            ..Decision::default()
-        };
-    }
-    let max = faults.latency.as_millis() as u64;
-    let delay = Duration::from_millis(rng.between(max / 2, max));
-    let cut = match faults.watch_cut {
-        Some((lo, hi)) if is_watch => Some(Duration::from_millis(
-            rng.between(lo.as_millis() as u64, hi.as_millis() as u64),
-        )),
-        _ => None,
-    };
-    Decision {
-        error: None,
-        delay,
-        cut,
-    }
-}
-
-/// Whether a request is a watch (`watch=true` or `watch=1` in its query).
-pub fn is_watch(uri: &Uri) -> bool {
-    uri.query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
-}
-
-/// What the proxy did so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub forwarded: u64,
-    pub errors_429: u64,
-    pub errors_500: u64,
-    pub errors_503: u64,
-    /// Injected errors with another code.
-    pub errors_other: u64,
-    /// Requests that waited for injected latency.
-    pub delayed: u64,
-    pub watches_cut: u64,
-    /// Connections closed at accept and requests dropped while refusing.
-    pub refused: u64,
-}
-
-impl Counts {
-    pub fn errors(&self) -> u64 {
-        self.errors_429 + self.errors_500 + self.errors_503 + self.errors_other
-    }
-}
-
-impl fmt::Display for Counts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "forwarded {}, errors 429/500/503/other {}/{}/{}/{}, delayed {}, watches cut {}, refused {}",
-            self.forwarded,
-            self.errors_429,
-            self.errors_500,
-            self.errors_503,
-            self.errors_other,
-            self.delayed,
-            self.watches_cut,
-            self.refused
-        )
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    forwarded: AtomicU64,
-    errors_429: AtomicU64,
-    errors_500: AtomicU64,
-    errors_503: AtomicU64,
-    errors_other: AtomicU64,
-    delayed: AtomicU64,
-    watches_cut: AtomicU64,
-    refused: AtomicU64,
-}
 
 struct Shared {
     faults: Mutex<Faults>,
@@ -178,6 +53,8 @@ struct Shared {
     refuse_until: Mutex<Option<Instant>>,
     counts: Counters,
     seed: u64,
+    /// Set when the proxy is dropped: open connections stop forwarding too.
+    stopped: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,18 +63,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn refusing(&self) -> bool {
-        lock(&self.refuse_until).is_some_and(|until| Instant::now() < until)
-    }
-
-    fn count_error(&self, code: u16) {
-        let c = &self.counts;
-        match code {
-            429 => &c.errors_429,
-            500 => &c.errors_500,
-            503 => &c.errors_503,
-            _ => &c.errors_other,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        self.stopped.load(Ordering::Relaxed)
+            || lock(&self.refuse_until).is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -231,18 +98,7 @@ impl FaultHandle {
     }
 
     pub fn counts(&self) -> Counts {
-        let c = &self.0.counts;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counts {
-            forwarded: get(&c.forwarded),
-            errors_429: get(&c.errors_429),
-            errors_500: get(&c.errors_500),
-            errors_503: get(&c.errors_503),
-            errors_other: get(&c.errors_other),
-            delayed: get(&c.delayed),
-            watches_cut: get(&c.watches_cut),
-            refused: get(&c.refused),
-        }
+        self.0.counts.snapshot()
     }
 }
 
@@ -263,6 +119,7 @@ impl std::ops::Deref for FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
+        self.handle.0.stopped.store(true, Ordering::Relaxed);
         self.task.abort();
     }
 }
@@ -281,6 +138,7 @@ impl FaultProxy {
             refuse_until: Mutex::new(None),
             counts: Counters::default(),
             seed,
+            stopped: AtomicBool::new(false),
         });
         let task = tokio::spawn(serve(listener, shared.clone(), client, base));
         Ok(Self {
@@ -359,7 +217,7 @@ async fn forward(
         decide(&faults, &mut lock(&shared.rng), is_watch(req.uri()))
     };
     if let Some(code) = decision.error {
-        shared.count_error(code);
+        shared.counts.error(code);
         let retry = lock(&shared.faults).retry_after.as_secs().max(1);
         return Ok(error_response(code, retry));
     }
@@ -426,41 +284,6 @@ fn status(code: u16, reason: &str, message: &str, retry: Option<u64>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decisions_follow_the_rates_and_replay_from_the_seed() {
-        let faults = Faults::weather(0.2);
-        let draw = |seed| {
-            let mut rng = XorShift::new(seed);
-            (0..1000)
-                .map(|i| decide(&faults, &mut rng, i % 2 == 0))
-                .collect::<Vec<_>>()
-        };
-        let run = draw(42);
-        assert_eq!(run, draw(42));
-        let errors = run.iter().filter(|d| d.error.is_some()).count();
-        assert!((120..280).contains(&errors), "{errors} errors of 1000 at 20 %");
-        assert!(
-            run.iter()
-                .all(|d| d.error.is_some() || d.delay <= Duration::from_millis(200))
-        );
-        assert!(
-            run.iter()
-                .enumerate()
-                .all(|(i, d)| d.error.is_some() || (d.cut.is_some() == (i % 2 == 0)))
-        );
-        let off = decide(&Faults::default(), &mut XorShift::new(1), true);
-        assert_eq!(off, Decision::default());
-    }
-
-    #[test]
-    fn watches_are_recognised_by_their_query() {
-        let uri = |s: &str| s.parse::<Uri>().unwrap_or_default();
-        assert!(is_watch(&uri("/api/v1/pods?watch=true&resourceVersion=1")));
-        assert!(is_watch(&uri("/api/v1/pods?allowWatchBookmarks=true&watch=1")));
-        assert!(!is_watch(&uri("/api/v1/pods?allowWatchBookmarks=true")));
-        assert!(!is_watch(&uri("/api/v1/pods")));
-    }
 
     #[test]
     fn injected_errors_look_like_the_apiserver_s() {
