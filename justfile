@@ -31,6 +31,13 @@ bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
 
+# The hub behind a fault proxy and killed at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7`
+# replays one): the chaos scenario, long (docs/fleet-tests.md).
+chaos: deps
+    cargo build --bins
+    KMM_CHAOS_SEEDS="${KMM_CHAOS_SEEDS:-1,2,3,4,5}" KMM_CHAOS_ROUNDS="${KMM_CHAOS_ROUNDS:-3}" \
+        cargo test -p kmm-fleet-tests --test chaos -- --nocapture
+
 # Regenerate from the code: the CRDs in manifests/crds (Rust types), the hub's and the spoke's RBAC
 # (the API calls in hub/src/rbac.rs, spoke/src/rbac.rs), and the spoke-install Policy in policies/
 # (from manifests/spoke and the CRDs).

@@ -17,6 +17,7 @@
 
 pub mod controlplane;
 pub mod demo;
+pub mod faults;
 pub mod fleet;
 pub mod images;
 pub mod kmod;
