@@ -23,6 +23,8 @@ pub mod nmc;
 pub mod ocm;
 pub mod pod_failure;
 mod schema;
+#[cfg(feature = "runtime")]
+pub mod startup;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod text;

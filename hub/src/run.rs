@@ -111,7 +111,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the hub's API server (KUBECONFIG or in-cluster)")?;
     // Guarded: one MCM that does not parse gets an InvalidObject Event instead of stalling the watch.
     let mcms: Api<DeserializeGuard<ManagedClusterModule>> = Api::all(client.clone());
-    mcms.list(&ListParams::default().limit(1)).await.context(
+    let one = ListParams::default().limit(1);
+    kmm_api::startup::until_answered("listing ManagedClusterModules", || mcms.list(&one))
+        .await
+        .context(
         "listing ManagedClusterModules failed: are the CRDs installed (kubectl apply --server-side -f manifests/crds) \
          and may this account list them?",
     )?;

@@ -191,8 +191,9 @@ pub async fn run_with(
             }
         });
     }
-    Api::<Module>::all(client.clone())
-        .list(&ListParams::default().limit(1))
+    let modules = Api::<Module>::all(client.clone());
+    let one = ListParams::default().limit(1);
+    kmm_api::startup::until_answered("listing Modules", || modules.list(&one))
         .await
         .map_err(RunError::NoCrd)?;
     // The node records, for the Module controller: a cache of their own (its reconciles read

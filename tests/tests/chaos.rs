@@ -359,6 +359,8 @@ async fn scenario(seed: u64, rounds: u32, error_rate: f64) {
     chaos.drive(Goal::Gone, 240).await;
     let left = nothing_left(&chaos.fleet).await;
     assert!(left.is_empty(), "left behind: {left:?}\n{}", chaos.replay());
+    // Faults at start-up are waited out, not a reason to exit (a Deployment would crash-loop).
+    assert_eq!(chaos.crashes, 0, "the hub exited by itself\n{}", chaos.replay());
     eprintln!(
         "chaos seed {seed} converged: {}; hub's ManifestWork writes {writes:?}, Jobs {jobs:?}",
         chaos.replay()
