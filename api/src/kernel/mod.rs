@@ -11,6 +11,7 @@
 //!    mapping ([`merge`]); the image and sign fields are then expanded with the variables of
 //!    [`KernelVars`] (see [`template`]).
 
+pub mod grammar;
 pub mod merge;
 pub mod template;
 
@@ -67,7 +68,10 @@ pub fn trim_kernel(kernel: &str) -> &str {
     kernel.strip_suffix('+').unwrap_or(kernel)
 }
 
-/// Replaces every character outside `[A-Za-z0-9._-]` with `_`.
+/// Replaces every character outside `[A-Za-z0-9._-]` with `_`: the one spelling of a kernel
+/// the hub uses for image tags, build arguments and Job names alike. Within the
+/// [`grammar`] only `+` changes, so `a+b` and `a_b` share a spelling (the hub refuses the second
+/// cluster that reports such a pair, see `claims`).
 pub fn normalize_kernel(kernel: &str) -> String {
     kernel
         .chars()

@@ -31,6 +31,8 @@ pub struct ClusterView {
     pub name: String,
     /// Kernels it reports (empty when unknown).
     pub kernels: Vec<String>,
+    /// Kernels it reports that the hub refused, and why (its other kernels still count).
+    pub refused: Vec<String>,
     pub state: ClusterState,
     /// Set when the hub cannot hear from the cluster (see `observe::unreachable`): its work's
     /// feedback is then not counted as current.
@@ -45,15 +47,31 @@ impl ClusterView {
         }
         match &self.state {
             ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
-            ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
-                let reason = if reason.is_empty() {
-                    Reason::ApplyFailed.to_string()
-                } else {
-                    reason.clone()
-                };
-                ("Degraded", reason, message.clone())
-            }),
+            ClusterState::Work(w) => w
+                .failure
+                .as_ref()
+                .map(|(reason, message)| {
+                    let reason = if reason.is_empty() {
+                        Reason::ApplyFailed.to_string()
+                    } else {
+                        reason.clone()
+                    };
+                    ("Degraded", reason, message.clone())
+                })
+                .or_else(|| self.refused_problem()),
         }
+    }
+
+    /// The refused kernels as a problem: the cluster runs, but some of what it reports was
+    /// dropped.
+    fn refused_problem(&self) -> Option<(&'static str, String, String)> {
+        (!self.refused.is_empty()).then(|| {
+            (
+                "Degraded",
+                Reason::MalformedKernelClaim.to_string(),
+                self.refused.join("; "),
+            )
+        })
     }
 }
 
@@ -93,7 +111,7 @@ pub fn fleet_status(
                 } else {
                     pending += 1;
                 }
-                if w.failure.is_some() {
+                if w.failure.is_some() || !c.refused.is_empty() {
                     s.number_degraded += 1;
                 }
                 s.nodes_desired += w.nodes_desired;

@@ -34,6 +34,8 @@ const LOOKUP_CONCURRENCY: usize = 8;
 pub struct SelectedCluster {
     pub name: String,
     pub kernels: Result<Vec<String>, Blocker>,
+    /// Kernels it reports that the hub refused, and why (the others still count).
+    pub refused: Vec<String>,
     /// Why the hub cannot hear from it now (its `ManagedClusterConditionAvailable` is Unknown
     /// or False): what its ManifestWork reports is then old news.
     pub unreachable: Option<String>,
@@ -90,13 +92,18 @@ pub fn selected_clusters(
     let mut out: Vec<SelectedCluster> = clusters
         .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none() && plan::selects(mcm, c))
-        .map(|c| SelectedCluster {
-            name: c.name_any(),
-            kernels: plan::cluster_kernels(c),
-            unreachable: unreachable(c),
+        .map(|c| {
+            let (kernels, refused) = plan::checked_cluster_kernels(c);
+            SelectedCluster {
+                name: c.name_any(),
+                kernels,
+                refused,
+                unreachable: unreachable(c),
+            }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    plan::refuse_tag_collisions(&mut out);
     out
 }
 
@@ -113,18 +120,20 @@ pub fn own_works(
         .collect()
 }
 
-/// The distinct kernel sets of the selected clusters and the images each needs.
+/// The images the kernels of the selected clusters need.
 pub fn images_needed(
     mcm: &ManagedClusterModule,
     clusters: &[SelectedCluster],
 ) -> Result<BTreeSet<ImageRef>, Blocker> {
-    let kernel_sets: BTreeSet<&Vec<String>> =
-        clusters.iter().filter_map(|c| c.kernels.as_ref().ok()).collect();
-    let mut images = BTreeSet::new();
-    for kernels in kernel_sets {
-        images.extend(plan::images_for(mcm, kernels)?);
-    }
-    Ok(images)
+    // Each kernel maps on its own, so the union of all kernels needs the same images as every
+    // set does, and the mappings are compiled once.
+    let kernels: BTreeSet<&String> = clusters
+        .iter()
+        .filter_map(|c| c.kernels.as_ref().ok())
+        .flatten()
+        .collect();
+    let kernels: Vec<String> = kernels.into_iter().cloned().collect();
+    Ok(plan::images_for(mcm, &kernels)?.into_iter().collect())
 }
 
 /// Gathers the state one reconcile of `mcm` needs.

@@ -19,6 +19,7 @@ fn view(name: &str, kernels: &[&str], state: ClusterState) -> ClusterView {
     ClusterView {
         name: name.into(),
         kernels: kernels.iter().map(|k| k.to_string()).collect(),
+        refused: Vec::new(),
         state,
         unreachable: None,
     }
@@ -149,6 +150,7 @@ fn ten_thousand_blocked_clusters_keep_the_object_small() {
                 unreachable: None,
                 name: format!("cluster-{i:05}"),
                 kernels,
+                refused: Vec::new(),
                 state,
             }
         })
