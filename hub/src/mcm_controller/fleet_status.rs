@@ -100,7 +100,8 @@ pub fn fleet_status(
     for c in clusters {
         s.number_desired += 1;
         for k in &c.kernels {
-            *per_kernel.entry(k.as_str()).or_default() += 1;
+            let n = per_kernel.entry(k.as_str()).or_default();
+            *n = n.saturating_add(1);
         }
         match &c.state {
             ClusterState::Blocked(_) => s.number_blocked += 1,
@@ -114,8 +115,9 @@ pub fn fleet_status(
                 if w.failure.is_some() || !c.refused.is_empty() {
                     s.number_degraded += 1;
                 }
-                s.nodes_desired += w.nodes_desired;
-                s.nodes_loaded += w.nodes_loaded;
+                // Bounded per cluster (see work_outcome), saturating over the fleet.
+                s.nodes_desired = s.nodes_desired.saturating_add(w.nodes_desired);
+                s.nodes_loaded = s.nodes_loaded.saturating_add(w.nodes_loaded);
             }
         }
         if let Some(p) = c.problem() {
@@ -126,6 +128,15 @@ pub fn fleet_status(
     s.problems_omitted = problems.len().saturating_sub(MAX_PROBLEMS) as i32;
     problems.truncate(MAX_PROBLEMS);
     s.problems = problems;
+    // The kernels most clusters run first: kernels invented by a few spokes sort last and are
+    // the ones omitted.
+    let mut per_kernel: Vec<(&str, i32)> = per_kernel.into_iter().collect();
+    per_kernel.sort_by(|(ka, na), (kb, nb)| nb.cmp(na).then(ka.cmp(kb)));
+    s.kernels_omitted = per_kernel
+        .len()
+        .saturating_sub(MAX_KERNELS)
+        .try_into()
+        .unwrap_or(i32::MAX);
     s.kernels = per_kernel
         .into_iter()
         .take(MAX_KERNELS)
