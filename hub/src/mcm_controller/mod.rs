@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod fleet_status;
 pub mod observe;
+pub mod trust;
 pub mod work_outcome;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -57,6 +58,10 @@ pub struct Config {
     pub jobs: desired::job::JobSettings,
     /// Succeeded Jobs are deleted this long after they finished.
     pub job_gc_delay: Duration,
+    /// Namespace patterns (`name` or `prefix*`) no `spokeNamespace` may match.
+    pub forbidden_namespaces: Vec<String>,
+    /// Service account patterns (`name`, `prefix*`, `namespace:name`) workers may not run as.
+    pub forbidden_service_accounts: Vec<String>,
 }
 
 /// Shared by every reconcile.

@@ -21,6 +21,7 @@ use thiserror::Error;
 use super::{
     Context,
     desired::plan::{self, Blocker, ImageRef, Pin},
+    trust,
 };
 use crate::{
     pull_secret::{Credentials, PullSecretError},
@@ -141,9 +142,12 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
     let t = std::time::Instant::now();
     let clusters = selected_clusters(mcm, &ctx.clusters.state());
     let works = own_works(mcm, &ctx.works.state());
-    let (images, spec_error) = match images_needed(mcm, &clusters) {
-        Ok(images) => (images, None),
-        Err(b) => (BTreeSet::new(), Some(b)),
+    let (images, spec_error) = match trust_blocker(mcm, ctx).await {
+        Some(b) => (BTreeSet::new(), Some(b)),
+        None => match images_needed(mcm, &clusters) {
+            Ok(images) => (images, None),
+            Err(b) => (BTreeSet::new(), Some(b)),
+        },
     };
     let selected_in = t.elapsed();
     let auth = pull_auth(mcm, ctx).await;
@@ -155,6 +159,45 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
         pins,
         spec_error,
     }
+}
+
+/// Why the MCM may not have what it names (see [`trust`]): a forbidden namespace or service
+/// account, or a hub-namespace Secret that does not grant it. Reads Secret metadata only.
+async fn trust_blocker(mcm: &ManagedClusterModule, ctx: &Context) -> Option<Blocker> {
+    let config = &ctx.config;
+    if let Err(b) = trust::check_worker_identity(
+        mcm,
+        &config.forbidden_namespaces,
+        &config.forbidden_service_accounts,
+    ) {
+        return Some(b);
+    }
+    let named = trust::named_secrets(&mcm.spec.module_spec);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &config.namespace);
+    let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for name in named.keys() {
+        match api.get_metadata_opt(name).await {
+            Ok(Some(s)) => {
+                found.insert(
+                    name.clone(),
+                    s.annotations().get(trust::ALLOWED_MODULES_ANNOTATION).cloned(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Some(Blocker::new(
+                    crate::reason::Reason::RegistryError,
+                    format!(
+                        "cannot read Secret {}/{name} to check that it grants this MCM: {e}",
+                        config.namespace
+                    ),
+                ));
+            }
+        }
+    }
+    trust::ungranted(&mcm.name_any(), &config.namespace, &named, |s| {
+        found.get(s).map(Option::as_deref)
+    })
 }
 
 /// Why `imageRepoSecret` gives no credentials (every lookup of the MCM then reports it).
