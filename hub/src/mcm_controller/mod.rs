@@ -153,7 +153,10 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     apply::write_status(ctx, mcm, &new_status).await?;
 
-    let waiting = observed.pins.values().any(|p| !matches!(p, Pin::Pinned(_)));
+    // A spec error may be cured outside the MCM (a Secret granting it, say), which no watch
+    // sees: look again soon rather than at the next resync.
+    let waiting =
+        observed.spec_error.is_some() || observed.pins.values().any(|p| !matches!(p, Pin::Pinned(_)));
     Ok(Action::requeue(if waiting {
         ctx.config.retry
     } else {
