@@ -151,4 +151,14 @@ mod tests {
             )])
         );
     }
+
+    #[test]
+    fn a_step_over_the_per_reconcile_cap_waits_its_turn() {
+        let p = planned(StepKind::Build);
+        let Pin::Blocked(b) = pin("kmm-hub", &p, &StepState::Deferred { started: 4 }) else {
+            panic!("blocked")
+        };
+        assert_eq!(b.reason, Reason::Building);
+        assert!(b.message.contains("waits its turn"), "{}", b.message);
+    }
 }
