@@ -11,13 +11,27 @@
 use thiserror::Error;
 
 use crate::{
-    kernel::{KernelVars, trim_kernel},
+    kernel::{KernelVars, grammar::check_kernel, trim_kernel},
     ocm::{KERNEL_VERSIONS_CLAIM, MAX_CLAIM_VALUE_LEN},
 };
 
 /// Most claims one kernel list may span. OCM keeps only 20 custom claims per cluster (cut
 /// alphabetically), so the list must not crowd out everyone else's.
 pub const MAX_KERNEL_CLAIMS: usize = 8;
+
+/// Most kernel versions the hub takes from one cluster. A cluster runs a handful (one per node
+/// image, two during an upgrade); each kernel can cost the hub a registry lookup and a build,
+/// so a cluster reporting more gets the first ones (sorted) and a problem naming the rest.
+pub const MAX_KERNELS_PER_CLUSTER: usize = 64;
+
+/// The kernels read from a cluster's claims: the usable ones, and why the others were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DecodedKernels {
+    /// Sorted, de-duplicated, trimmed, at most [`MAX_KERNELS_PER_CLUSTER`].
+    pub kernels: Vec<String>,
+    /// One entry per refused line, plus [`ClaimError::TooManyKernels`] when the list was cut.
+    pub refused: Vec<ClaimError>,
+}
 
 /// Why a kernel list cannot be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -40,7 +54,7 @@ pub enum ClaimError {
     NoKernels,
     /// The list needs more claims than [`MAX_KERNEL_CLAIMS`].
     #[error(
-        "{count} distinct kernel versions need more than {MAX_KERNEL_CLAIMS} claims of {MAX_CLAIM_VALUE_LEN} characters"
+        "{count} distinct kernel versions: more than {MAX_KERNEL_CLAIMS} claims of {MAX_CLAIM_VALUE_LEN} characters hold, or more than the hub takes from one cluster ({MAX_KERNELS_PER_CLUSTER})"
     )]
     TooManyKernels { count: usize },
 }
@@ -117,8 +131,22 @@ pub fn encode_kernel_claims<'a>(
 }
 
 /// The kernel versions a cluster reports, from its claims (`claim(name)` looks one up), sorted
-/// and de-duplicated, each with one trailing `+` trimmed as kernel mapping expects.
+/// and de-duplicated, each with one trailing `+` trimmed as kernel mapping expects. Any line
+/// that is not a kernel version fails the whole list (the spoke's own check of what it wrote);
+/// the hub reads with [`decode_kernels`], which keeps the good lines.
 pub fn decode_kernel_claims<'a>(claim: impl Fn(&str) -> Option<&'a str>) -> Result<Vec<String>, ClaimError> {
+    let decoded = decode_kernels(claim)?;
+    match decoded.refused.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(decoded.kernels),
+    }
+}
+
+/// Like [`decode_kernel_claims`], but a line that breaks the [kernel grammar](crate::kernel::grammar)
+/// only refuses that line, and at most [`MAX_KERNELS_PER_CLUSTER`] kernels are kept: one bad
+/// kernel must not take the cluster's good ones down with it. Fails when the claims themselves
+/// are unreadable or no kernel at all is usable.
+pub fn decode_kernels<'a>(claim: impl Fn(&str) -> Option<&'a str>) -> Result<DecodedKernels, ClaimError> {
     let first = claim(KERNEL_VERSIONS_CLAIM).ok_or(ClaimError::Missing)?;
     let mut lines: Vec<(&str, String)> = lines_of(first)
         .map(|l| (l, KERNEL_VERSIONS_CLAIM.to_owned()))
@@ -147,29 +175,37 @@ pub fn decode_kernel_claims<'a>(claim: impl Fn(&str) -> Option<&'a str>) -> Resu
         let value = claim(&name).ok_or_else(|| ClaimError::MissingContinuation { name: name.clone() })?;
         lines.extend(lines_of(value).map(|l| (l, name.clone())));
     }
-    let mut kernels = Vec::with_capacity(lines.len());
+    let mut out = DecodedKernels::default();
     for (line, claim) in lines {
-        let kernel = trim_kernel(line);
-        if let Some(bad) = kernel.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ClaimError::Malformed {
+        match check_line(line) {
+            Ok(kernel) => out.kernels.push(kernel.to_owned()),
+            Err(reason) => out.refused.push(ClaimError::Malformed {
                 claim,
                 line: line.to_owned(),
-                reason: format!("contains {bad:?}"),
-            });
+                reason,
+            }),
         }
-        KernelVars::new(kernel).map_err(|e| ClaimError::Malformed {
-            claim: claim.clone(),
-            line: line.to_owned(),
-            reason: e.to_string(),
-        })?;
-        kernels.push(kernel.to_owned());
     }
-    if kernels.is_empty() {
-        return Err(ClaimError::NoKernels);
+    out.kernels.sort_unstable();
+    out.kernels.dedup();
+    if out.kernels.len() > MAX_KERNELS_PER_CLUSTER {
+        out.refused.push(ClaimError::TooManyKernels {
+            count: out.kernels.len(),
+        });
+        out.kernels.truncate(MAX_KERNELS_PER_CLUSTER);
     }
-    kernels.sort_unstable();
-    kernels.dedup();
-    Ok(kernels)
+    if out.kernels.is_empty() {
+        return Err(out.refused.into_iter().next().unwrap_or(ClaimError::NoKernels));
+    }
+    Ok(out)
+}
+
+/// The trimmed kernel of one claim line, or why it is not one.
+fn check_line(line: &str) -> Result<&str, String> {
+    check_kernel(line).map_err(|e| e.to_string())?;
+    let kernel = trim_kernel(line);
+    KernelVars::new(kernel).map_err(|e| e.to_string())?;
+    Ok(kernel)
 }
 
 fn lines_of(value: &str) -> impl Iterator<Item = &str> {
@@ -213,9 +249,9 @@ mod tests {
 
     #[test]
     fn a_long_list_continues_and_reads_back() {
-        let all = kernels(120);
+        let all = kernels(60);
         let claims = encode_kernel_claims(all.iter().map(String::as_str)).unwrap();
-        assert!(claims.len() > 1, "120 kernels need several claims");
+        assert!(claims.len() > 1, "60 kernels need several claims");
         assert!(claims.iter().all(|(_, v)| v.len() <= MAX_CLAIM_VALUE_LEN));
         assert_eq!(claims[1].0, "kernel-versions-2.kmm.node.kubernetes.io");
         assert!(claims[0].1.ends_with(&format!("\n+{}", claims.len() - 1)));
@@ -279,6 +315,38 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_line_is_refused_alone_and_the_rest_still_count() {
+        let map = [(
+            KERNEL_VERSIONS_CLAIM.to_owned(),
+            "5.14.0-70.el9.x86_64\n5.14.0-70.el9.x86/64\n5.14.0-$(id)\n6.1.0-18-cloud-amd64".to_owned(),
+        )];
+        let map: BTreeMap<&str, &str> = map.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let got = decode_kernels(|name| map.get(name).copied()).unwrap();
+        assert_eq!(got.kernels, ["5.14.0-70.el9.x86_64", "6.1.0-18-cloud-amd64"]);
+        assert_eq!(got.refused.len(), 2, "{got:?}");
+        assert!(got.refused[0].to_string().contains("'/'"), "{}", got.refused[0]);
+        assert!(
+            decode_kernel_claims(|name| map.get(name).copied()).is_err(),
+            "the strict read fails"
+        );
+    }
+
+    #[test]
+    fn a_cluster_gets_at_most_the_kernel_cap() {
+        let all = kernels(MAX_KERNELS_PER_CLUSTER + 10);
+        let claims = encode_kernel_claims(all.iter().map(String::as_str)).unwrap();
+        let map: BTreeMap<&str, &str> = claims.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let got = decode_kernels(|name| map.get(name).copied()).unwrap();
+        assert_eq!(got.kernels.len(), MAX_KERNELS_PER_CLUSTER);
+        assert_eq!(
+            got.refused,
+            [ClaimError::TooManyKernels {
+                count: MAX_KERNELS_PER_CLUSTER + 10
+            }]
+        );
+    }
+
+    #[test]
     fn too_many_kernels_is_an_error() {
         let err = encode_kernel_claims(kernels(400).iter().map(String::as_str)).unwrap_err();
         assert_eq!(err, ClaimError::TooManyKernels { count: 400 });
@@ -286,7 +354,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encode_then_decode_round_trips(list in proptest::collection::vec("[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,3}-[a-z0-9._]{0,40}", 1..150)) {
+        fn encode_then_decode_round_trips(list in proptest::collection::vec("[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,3}-[a-z0-9._]{0,40}", 1..60)) {
             if let Ok(claims) = encode_kernel_claims(list.iter().map(String::as_str)) {
                 prop_assert!(claims.iter().all(|(_, v)| v.len() <= MAX_CLAIM_VALUE_LEN && !v.is_empty()));
                 let mut want: Vec<String> = list.iter().map(|k| trim_kernel(k).to_owned()).collect();

@@ -92,7 +92,8 @@ pub struct ManagedClusterModuleStatus {
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,
 
-    /// One entry per kernel version seen in the selected clusters.
+    /// One entry per kernel version seen in the selected clusters, the kernels run by the most
+    /// clusters first (then by name); at most 256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["kernel".into()]))]
     #[schemars(length(max = 256))]
@@ -107,6 +108,11 @@ pub struct ManagedClusterModuleStatus {
     /// Blocked or degraded clusters not listed in `problems`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub problems_omitted: i32,
+
+    /// Kernel versions not listed in `kernels` (each run by as few clusters as the last listed
+    /// one, or fewer).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kernels_omitted: i32,
 }
 
 fn is_zero(n: &i32) -> bool {

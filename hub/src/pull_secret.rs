@@ -1,6 +1,10 @@
 //! Registry credentials from a Kubernetes pull secret (`imageRepoSecret`): a
 //! `kubernetes.io/dockerconfigjson` secret (key `.dockerconfigjson`) or the older
 //! `kubernetes.io/dockercfg` one (key `.dockercfg`).
+//!
+//! Errors land in MCM status and Events, which more people read than the Secret, so they never
+//! quote the Secret: no decoder message (those echo the offending input), no character, no
+//! offset; only which part is wrong. `Credentials` prints the registries it holds, never what for.
 
 use std::collections::BTreeMap;
 
@@ -39,9 +43,29 @@ struct AuthEntry {
 }
 
 /// Credentials for every registry a pull secret names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     by_registry: BTreeMap<String, RegistryAuth>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("registries", &self.by_registry.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is wrong with a Docker config, without quoting it.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => "it is not valid JSON".to_owned(),
+        Category::Data => {
+            "an entry has the wrong shape (auths maps registries to objects of strings)".to_owned()
+        }
+        Category::Io => "it cannot be read".to_owned(),
+    }
 }
 
 impl Credentials {
@@ -52,7 +76,7 @@ impl Credentials {
             (None, Some(raw)) => (raw, true),
             (None, None) => return Err(PullSecretError::NoDockerConfig),
         };
-        let invalid = |e: &dyn std::fmt::Display| PullSecretError::Invalid(e.to_string());
+        let invalid = |e: &serde_json::Error| PullSecretError::Invalid(json_problem(e));
         let auths = if legacy {
             serde_json::from_slice::<BTreeMap<String, AuthEntry>>(raw).map_err(|e| invalid(&e))?
         } else {
@@ -62,10 +86,10 @@ impl Credentials {
         };
         let mut by_registry = BTreeMap::new();
         for (server, entry) in auths {
-            by_registry.insert(
-                normalize_registry(&server),
-                entry_auth(&entry).map_err(|e| invalid(&e))?,
-            );
+            let registry = normalize_registry(&server);
+            let auth = entry_auth(&entry)
+                .map_err(|why| PullSecretError::Invalid(format!("the entry for {registry}: {why}")))?;
+            by_registry.insert(registry, auth);
         }
         Ok(Self { by_registry })
     }
@@ -91,7 +115,7 @@ fn entry_auth(entry: &AuthEntry) -> Result<RegistryAuth, String> {
         Some(encoded) => {
             let decoded = STANDARD
                 .decode(encoded.trim())
-                .map_err(|e| format!("auth is not base64: {e}"))?;
+                .map_err(|_| "auth is not base64".to_owned())?;
             let decoded = String::from_utf8(decoded).map_err(|_| "auth is not UTF-8".to_owned())?;
             let (user, password) = decoded.split_once(':').ok_or("auth is not user:password")?;
             Ok(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
@@ -193,5 +217,32 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("not user:password"), "{err}");
+    }
+
+    #[test]
+    fn errors_and_debug_never_quote_the_credential() {
+        let leaky = [
+            r#"{"auths":{"reg.example":{"auth":"c2VjcmV0$OnBhc3M="}}}"#,
+            r#"{"auths":"hunter2-secret"}"#,
+            r#"{"auths":{"reg.example":{"auth":"hunter2-secret"#,
+        ];
+        for json in leaky {
+            let err = Credentials::from_secret_data(&secret(".dockerconfigjson", json)).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                !text.contains('$') && !text.contains("hunter2") && !text.contains("offset"),
+                "{text}"
+            );
+        }
+        let ok = Credentials::from_secret_data(&secret(
+            ".dockerconfigjson",
+            r#"{"auths":{"reg.example":{"username":"u","password":"hunter2-secret"}}}"#,
+        ))
+        .unwrap();
+        let debug = format!("{ok:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("reg.example"),
+            "{debug}"
+        );
     }
 }

@@ -115,7 +115,13 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
             }
             Err(b) => {
                 ok = false;
-                writeln!(err, "cluster {}: {}: {}", cluster.name, b.reason, b.message)?;
+                writeln!(
+                    err,
+                    "cluster {}: {}: {}",
+                    printable(&cluster.name),
+                    b.reason,
+                    printable(&b.message)
+                )?;
             }
         }
     }
@@ -155,6 +161,22 @@ pub async fn status(only: Option<&str>, out: &mut dyn Write) -> anyhow::Result<(
         writeln!(out, "{}", status_table(mcm, &clusters, &works))?;
     }
     Ok(())
+}
+
+/// `text` safe to print on a terminal: what spokes write (claims, feedback, condition messages)
+/// reaches the table, so control characters (ANSI escapes start with ESC), line breaks and the
+/// bidirectional overrides that reorder what is shown (U+202E and friends) become `\u{..}`.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The per-cluster table of one MCM (pure, so it is tested without a cluster).
@@ -207,12 +229,12 @@ pub fn status_table(
         if let (true, Some((r, m))) = (reason.is_empty(), problems.get(c.name.as_str())) {
             reason = format!("{r}: {m}");
         }
-        rows.push([c.name.clone(), state.to_string(), kernels, nodes, reason]);
+        rows.push([c.name.clone(), state.to_string(), kernels, nodes, reason].map(|cell| printable(&cell)));
     }
     let widths: Vec<usize> = (0..4)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut text = format!("ManagedClusterModule {}\n", mcm.name_any());
+    let mut text = format!("ManagedClusterModule {}\n", printable(&mcm.name_any()));
     for r in rows {
         let line = format!(
             "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
@@ -298,6 +320,20 @@ mod tests {
         assert!(
             !table.contains("\nz "),
             "unselected clusters are not listed: {table}"
+        );
+    }
+
+    #[test]
+    fn spoke_text_cannot_steer_the_terminal() {
+        let shown = printable("ok\u{1b}[31mred\u{202e}txt.exe\nsecond line\u{7}");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}[31mred\\u{202e}txt.exe"), "{shown}");
+        assert_eq!(
+            printable("5.14.0-70.el9.x86_64 ünïcode"),
+            "5.14.0-70.el9.x86_64 ünïcode"
         );
     }
 }

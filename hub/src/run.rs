@@ -37,7 +37,7 @@ use crate::{
     mcm_controller::{
         self, Context,
         desired::{
-            job::{JOB_TYPE_LABEL, JobSettings},
+            job::{JOB_TYPE_LABEL, JobSettings, Resources, defaults},
             plan,
         },
     },
@@ -96,6 +96,34 @@ pub struct RunArgs {
     /// Seconds after which a succeeded build or sign Job is deleted (failed ones are kept).
     #[arg(long, env = "KMM_HUB_JOB_GC_DELAY_SECONDS", default_value_t = 0)]
     pub job_gc_delay_seconds: u64,
+    /// Namespaces no MCM's `spokeNamespace` may be: names, or prefixes ending in `*`
+    /// (comma-separated; an empty value allows every namespace).
+    #[arg(
+        long,
+        env = "KMM_HUB_FORBIDDEN_SPOKE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = mcm_controller::trust::DEFAULT_FORBIDDEN_NAMESPACES
+    )]
+    pub forbidden_spoke_namespaces: Vec<String>,
+    /// Service accounts no MCM's workers may run as: `name`, `prefix*` or `namespace:name`
+    /// patterns (comma-separated).
+    #[arg(long, env = "KMM_HUB_FORBIDDEN_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub forbidden_service_accounts: Vec<String>,
+    /// CPU each build and sign Job requests (empty: none).
+    #[arg(long, env = "KMM_HUB_JOB_CPU_REQUEST", default_value = defaults::CPU_REQUEST)]
+    pub job_cpu_request: String,
+    /// Memory each build and sign Job requests (empty: none).
+    #[arg(long, env = "KMM_HUB_JOB_MEMORY_REQUEST", default_value = defaults::MEMORY_REQUEST)]
+    pub job_memory_request: String,
+    /// CPU each build and sign Job may use (empty: no limit).
+    #[arg(long, env = "KMM_HUB_JOB_CPU_LIMIT", default_value = defaults::CPU_LIMIT)]
+    pub job_cpu_limit: String,
+    /// Memory each build and sign Job may use (empty: no limit).
+    #[arg(long, env = "KMM_HUB_JOB_MEMORY_LIMIT", default_value = defaults::MEMORY_LIMIT)]
+    pub job_memory_limit: String,
+    /// Seconds a build or sign Job may run (`activeDeadlineSeconds`; 0: unbounded).
+    #[arg(long, env = "KMM_HUB_JOB_DEADLINE_SECONDS", default_value_t = defaults::DEADLINE_SECONDS)]
+    pub job_deadline_seconds: i64,
 }
 
 #[derive(Clone)]
@@ -225,11 +253,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(args.resync_seconds),
             retry: Duration::from_secs(args.retry_seconds),
             jobs: JobSettings {
-                namespace: args.namespace.clone(),
-                buildah_image: args.buildah_image.clone(),
-                hub_image: args.hub_image.clone(),
+                requests: Resources {
+                    cpu: args.job_cpu_request.clone(),
+                    memory: args.job_memory_request.clone(),
+                },
+                limits: Resources {
+                    cpu: args.job_cpu_limit.clone(),
+                    memory: args.job_memory_limit.clone(),
+                },
+                deadline_seconds: args.job_deadline_seconds,
+                ..JobSettings::new(&args.namespace, &args.buildah_image, &args.hub_image)
             },
             job_gc_delay: Duration::from_secs(args.job_gc_delay_seconds),
+            forbidden_namespaces: args.forbidden_spoke_namespaces.clone(),
+            forbidden_service_accounts: args.forbidden_service_accounts.clone(),
         },
     });
     tokio::spawn(mcm_controller::build::gc::run(ctx.clone()));

@@ -175,8 +175,8 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
     fleet
         .hub
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: aw==}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{tls.crt: Yw==}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{key: aw==}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{tls.crt: Yw==}}\n"
         ))
         .await
         .unwrap();
@@ -195,7 +195,7 @@ async fn two_clusters_on_one_kernel_cause_one_build_and_one_sign() {
     fleet
         .hub
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: Yw==}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{cert: Yw==}}\n"
         ))
         .await
         .unwrap();
@@ -327,11 +327,8 @@ async fn the_build_jobs_command_builds_and_pushes_with_buildah() {
     )]);
     let resolved = kmm_hub::mcm_controller::desired::job::resolve(&mcm, K1).unwrap();
     let step = kmm_hub::mcm_controller::desired::job::step_for(&mcm, &resolved, &pins).unwrap();
-    let settings = kmm_hub::mcm_controller::desired::job::JobSettings {
-        namespace: HUB_NAMESPACE.into(),
-        buildah_image: "buildah".into(),
-        hub_image: "kmm-hub".into(),
-    };
+    let settings =
+        kmm_hub::mcm_controller::desired::job::JobSettings::new(HUB_NAMESPACE, "buildah", "kmm-hub");
     let job = kmm_hub::mcm_controller::desired::job::job(&mcm, &step, None, &settings);
     let container = job.spec.unwrap().template.spec.unwrap().containers.remove(0);
     let args = container.args.unwrap();
@@ -404,8 +401,8 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: \"FROM {host}/kmm/gpu-src:1 AS src\\nFROM scratch\\nARG KERNEL_FULL_VERSION\\n\
              COPY --from=src /gpu_kmod.ko /opt/lib/modules/${{KERNEL_FULL_VERSION}}/gpu_kmod.ko\\n\"}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-key, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{key: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: signing-cert, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{cert: {}}}\n",
             b64(&key.pkcs8_pem),
             b64(&key.cert_pem)
         ))

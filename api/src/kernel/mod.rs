@@ -11,6 +11,7 @@
 //!    mapping ([`merge`]); the image and sign fields are then expanded with the variables of
 //!    [`KernelVars`] (see [`template`]).
 
+pub mod grammar;
 pub mod merge;
 pub mod template;
 
@@ -33,6 +34,11 @@ pub enum MappingError {
         regexp: String,
         reason: String,
     },
+    /// The regexps together exceed what one Module may make the hub compile.
+    #[error(
+        "kernelMappings hold {count} regexps of {bytes} bytes in all; at most {MAX_REGEXPS} regexps of {MAX_REGEXP_BYTES} bytes in all are compiled per Module"
+    )]
+    RegexpBudget { count: usize, bytes: usize },
     /// The kernel version does not split into at least three components.
     #[error("kernel version {kernel:?} must have at least three components separated by '.', ',' or '-'")]
     KernelFormat { kernel: String },
@@ -62,12 +68,36 @@ impl MappingError {
     }
 }
 
+/// Most regexps the kernel mappings of one Module may hold. Every regexp is compiled on every
+/// render of every MCM, so one author must not be able to make the hub spend seconds and
+/// gigabytes on theirs (500 large regexps took 37 s and 1.97 GB before these limits).
+pub const MAX_REGEXPS: usize = 100;
+/// Most bytes all regexps of one Module may hold together.
+pub const MAX_REGEXP_BYTES: usize = 16 * 1024;
+/// Compiled size allowed per regexp (the `regex` crate's default is 10 MiB).
+pub const REGEXP_SIZE_LIMIT: usize = 1 << 20;
+
+/// Checks the regexps of `mappings` against [`MAX_REGEXPS`] and [`MAX_REGEXP_BYTES`].
+pub fn check_regexp_budget(mappings: &[KernelMapping]) -> Result<(), MappingError> {
+    let regexps = mappings
+        .iter()
+        .filter_map(|m| m.regexp.as_deref().filter(|r| !r.is_empty()));
+    let (count, bytes) = regexps.fold((0, 0), |(n, b), r| (n + 1, b + r.len()));
+    if count > MAX_REGEXPS || bytes > MAX_REGEXP_BYTES {
+        return Err(MappingError::RegexpBudget { count, bytes });
+    }
+    Ok(())
+}
+
 /// Strips one trailing `+` (GKE COS kernels end in one; upstream trims it everywhere).
 pub fn trim_kernel(kernel: &str) -> &str {
     kernel.strip_suffix('+').unwrap_or(kernel)
 }
 
-/// Replaces every character outside `[A-Za-z0-9._-]` with `_`.
+/// Replaces every character outside `[A-Za-z0-9._-]` with `_`: the one spelling of a kernel
+/// the hub uses for image tags, build arguments and Job names alike. Within the
+/// [`grammar`] only `+` changes, so `a+b` and `a_b` share a spelling (the hub refuses the second
+/// cluster that reports such a pair, see `claims`).
 pub fn normalize_kernel(kernel: &str) -> String {
     kernel
         .chars()
@@ -209,6 +239,7 @@ impl<'a> KernelMapper<'a> {
             .as_ref()
             .ok_or(MappingError::NoModuleLoader)?
             .container;
+        check_regexp_budget(&container.kernel_mappings)?;
         let regexps = container
             .kernel_mappings
             .iter()
@@ -306,7 +337,10 @@ impl<'a> KernelMapper<'a> {
 fn compile_mapping_regexp(index: usize, mapping: &KernelMapping) -> Result<Option<Regex>, MappingError> {
     match mapping.regexp.as_deref().filter(|r| !r.is_empty()) {
         None => Ok(None),
-        Some(re) => Regex::new(&expand_quoted(re))
+        Some(re) => regex::RegexBuilder::new(&expand_quoted(re))
+            .size_limit(REGEXP_SIZE_LIMIT)
+            .dfa_size_limit(REGEXP_SIZE_LIMIT)
+            .build()
             .map(Some)
             .map_err(|e| MappingError::InvalidRegexp {
                 index,

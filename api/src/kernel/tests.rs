@@ -526,3 +526,40 @@ fn re2_quoting_is_accepted_like_upstream(#[case] regexp: &str, #[case] kernel: &
     let mapper = KernelMapper::new(&spec, "m", "ns").expect("a \\Q...\\E regexp compiles");
     assert_eq!(mapper.find(kernel).is_some(), matches, "{regexp} on {kernel}");
 }
+
+#[test]
+fn one_module_cannot_make_the_hub_compile_unbounded_regexps() {
+    use crate::module::{KernelMapping, ModuleLoaderSpec};
+    let mut spec = ModuleSpec::default();
+    let big = format!(
+        "^({})$",
+        (0..200)
+            .map(|i| format!("5\\.{i}\\.[0-9]+-.*"))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    let mut loader = ModuleLoaderSpec::default();
+    loader.container.container_image = Some("img".into());
+    loader.container.kernel_mappings = (0..500)
+        .map(|_| KernelMapping {
+            regexp: Some(big.clone()),
+            ..Default::default()
+        })
+        .collect();
+    spec.module_loader = Some(loader);
+    let started = std::time::Instant::now();
+    let err = KernelMapper::new(&spec, "m", "ns").unwrap_err();
+    assert!(
+        matches!(err, MappingError::RegexpBudget { count: 500, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // One regexp whose program alone is too large is refused by its own limit.
+    let huge = r"\w{2000}".to_string();
+    if let Some(l) = spec.module_loader.as_mut() {
+        l.container.kernel_mappings.truncate(1);
+        l.container.kernel_mappings[0].regexp = Some(huge);
+    }
+    let err = KernelMapper::new(&spec, "m", "ns").unwrap_err();
+    assert!(matches!(err, MappingError::InvalidRegexp { .. }), "{err}");
+}

@@ -91,13 +91,16 @@ fn spec(spec: &ModuleSpec, name: &str, namespace: &str, at: &str) -> Vec<Problem
             &format!("{at}.moduleLoader.container"),
             &mut problems,
         );
-        if let Err(MappingError::InvalidRegexp { index, reason, .. }) =
-            KernelMapper::new(spec, name, namespace)
-        {
-            problems.push(Problem::new(
+        match KernelMapper::new(spec, name, namespace) {
+            Err(MappingError::InvalidRegexp { index, reason, .. }) => problems.push(Problem::new(
                 &format!("{at}.moduleLoader.container.kernelMappings[{index}].regexp"),
                 format!("not a valid regular expression: {reason}"),
-            ));
+            )),
+            Err(e @ MappingError::RegexpBudget { .. }) => problems.push(Problem::new(
+                &format!("{at}.moduleLoader.container.kernelMappings"),
+                e.to_string(),
+            )),
+            _ => {}
         }
     }
     problems

@@ -51,6 +51,7 @@ pub async fn apply(
             Ok(ClusterView {
                 name: c.cluster,
                 kernels: c.kernels,
+                refused: c.refused,
                 state,
                 unreachable: c.unreachable,
             })

@@ -39,6 +39,20 @@ impl Announcement {
     }
 }
 
+/// What an Event says about a problem. Events of cluster-scoped MCMs land in `default`, which
+/// more people read than the MCM: a failed Job's output (its log tail) stays in status only.
+fn event_message(p: &kmm_api::ClusterProblem) -> String {
+    let job_failed = [Reason::BuildFailed, Reason::SignFailed]
+        .iter()
+        .any(|r| r.as_str() == p.reason);
+    if job_failed {
+        let head = p.message.split(" failed:").next().unwrap_or_default();
+        format!("{head} failed; its output is in the MCM's status.problems")
+    } else {
+        p.message.clone()
+    }
+}
+
 /// Warning Events for clusters that newly need attention: listed in `new` and not (with the same
 /// reason) in `old`. Only listed problems count, so there are at most `MAX_PROBLEMS`.
 pub fn new_problems(
@@ -55,7 +69,7 @@ pub fn new_problems(
         .map(|p| Announcement {
             type_: EventType::Warning,
             reason: p.reason.clone(),
-            note: format!("cluster {}: {}", p.cluster, p.message),
+            note: format!("cluster {}: {}", p.cluster, event_message(p)),
         })
         .collect()
 }
@@ -122,5 +136,24 @@ mod tests {
         );
         assert_eq!(new_problems(None, &status(&[("a", "X")])).len(), 1);
         assert!(new_problems(Some(&new), &new).is_empty());
+    }
+
+    #[test]
+    fn a_failed_jobs_output_stays_out_of_events() {
+        let new = ManagedClusterModuleStatus {
+            problems: vec![ClusterProblem {
+                cluster: "c".into(),
+                state: "Blocked".into(),
+                reason: Reason::BuildFailed.to_string(),
+                message:
+                    "Job kmm-hub/kmm-build-1 for reg/x:1 failed: STEP 3: secret-token=abc (fix the cause...)"
+                        .into(),
+            }],
+            ..Default::default()
+        };
+        let events = new_problems(None, &new);
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].note.contains("secret-token"), "{}", events[0].note);
+        assert!(events[0].note.contains("kmm-build-1"), "{}", events[0].note);
     }
 }

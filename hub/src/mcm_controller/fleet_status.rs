@@ -31,6 +31,8 @@ pub struct ClusterView {
     pub name: String,
     /// Kernels it reports (empty when unknown).
     pub kernels: Vec<String>,
+    /// Kernels it reports that the hub refused, and why (its other kernels still count).
+    pub refused: Vec<String>,
     pub state: ClusterState,
     /// Set when the hub cannot hear from the cluster (see `observe::unreachable`): its work's
     /// feedback is then not counted as current.
@@ -45,15 +47,31 @@ impl ClusterView {
         }
         match &self.state {
             ClusterState::Blocked(b) => Some(("Blocked", b.reason.to_string(), b.message.clone())),
-            ClusterState::Work(w) => w.failure.as_ref().map(|(reason, message)| {
-                let reason = if reason.is_empty() {
-                    Reason::ApplyFailed.to_string()
-                } else {
-                    reason.clone()
-                };
-                ("Degraded", reason, message.clone())
-            }),
+            ClusterState::Work(w) => w
+                .failure
+                .as_ref()
+                .map(|(reason, message)| {
+                    let reason = if reason.is_empty() {
+                        Reason::ApplyFailed.to_string()
+                    } else {
+                        reason.clone()
+                    };
+                    ("Degraded", reason, message.clone())
+                })
+                .or_else(|| self.refused_problem()),
         }
+    }
+
+    /// The refused kernels as a problem: the cluster runs, but some of what it reports was
+    /// dropped.
+    fn refused_problem(&self) -> Option<(&'static str, String, String)> {
+        (!self.refused.is_empty()).then(|| {
+            (
+                "Degraded",
+                Reason::MalformedKernelClaim.to_string(),
+                self.refused.join("; "),
+            )
+        })
     }
 }
 
@@ -82,7 +100,8 @@ pub fn fleet_status(
     for c in clusters {
         s.number_desired += 1;
         for k in &c.kernels {
-            *per_kernel.entry(k.as_str()).or_default() += 1;
+            let n = per_kernel.entry(k.as_str()).or_default();
+            *n = n.saturating_add(1);
         }
         match &c.state {
             ClusterState::Blocked(_) => s.number_blocked += 1,
@@ -93,11 +112,12 @@ pub fn fleet_status(
                 } else {
                     pending += 1;
                 }
-                if w.failure.is_some() {
+                if w.failure.is_some() || !c.refused.is_empty() {
                     s.number_degraded += 1;
                 }
-                s.nodes_desired += w.nodes_desired;
-                s.nodes_loaded += w.nodes_loaded;
+                // Bounded per cluster (see work_outcome), saturating over the fleet.
+                s.nodes_desired = s.nodes_desired.saturating_add(w.nodes_desired);
+                s.nodes_loaded = s.nodes_loaded.saturating_add(w.nodes_loaded);
             }
         }
         if let Some(p) = c.problem() {
@@ -108,6 +128,15 @@ pub fn fleet_status(
     s.problems_omitted = problems.len().saturating_sub(MAX_PROBLEMS) as i32;
     problems.truncate(MAX_PROBLEMS);
     s.problems = problems;
+    // The kernels most clusters run first: kernels invented by a few spokes sort last and are
+    // the ones omitted.
+    let mut per_kernel: Vec<(&str, i32)> = per_kernel.into_iter().collect();
+    per_kernel.sort_by(|(ka, na), (kb, nb)| nb.cmp(na).then(ka.cmp(kb)));
+    s.kernels_omitted = per_kernel
+        .len()
+        .saturating_sub(MAX_KERNELS)
+        .try_into()
+        .unwrap_or(i32::MAX);
     s.kernels = per_kernel
         .into_iter()
         .take(MAX_KERNELS)

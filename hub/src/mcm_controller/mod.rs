@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod fleet_status;
 pub mod observe;
+pub mod trust;
 pub mod work_outcome;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -57,6 +58,10 @@ pub struct Config {
     pub jobs: desired::job::JobSettings,
     /// Succeeded Jobs are deleted this long after they finished.
     pub job_gc_delay: Duration,
+    /// Namespace patterns (`name` or `prefix*`) no `spokeNamespace` may match.
+    pub forbidden_namespaces: Vec<String>,
+    /// Service account patterns (`name`, `prefix*`, `namespace:name`) workers may not run as.
+    pub forbidden_service_accounts: Vec<String>,
 }
 
 /// Shared by every reconcile.
@@ -148,7 +153,10 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     apply::write_status(ctx, mcm, &new_status).await?;
 
-    let waiting = observed.pins.values().any(|p| !matches!(p, Pin::Pinned(_)));
+    // A spec error may be cured outside the MCM (a Secret granting it, say), which no watch
+    // sees: look again soon rather than at the next resync.
+    let waiting =
+        observed.spec_error.is_some() || observed.pins.values().any(|p| !matches!(p, Pin::Pinned(_)));
     Ok(Action::requeue(if waiting {
         ctx.config.retry
     } else {

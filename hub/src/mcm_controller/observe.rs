@@ -21,6 +21,7 @@ use thiserror::Error;
 use super::{
     Context,
     desired::plan::{self, Blocker, ImageRef, Pin},
+    trust,
 };
 use crate::{
     pull_secret::{Credentials, PullSecretError},
@@ -34,6 +35,8 @@ const LOOKUP_CONCURRENCY: usize = 8;
 pub struct SelectedCluster {
     pub name: String,
     pub kernels: Result<Vec<String>, Blocker>,
+    /// Kernels it reports that the hub refused, and why (the others still count).
+    pub refused: Vec<String>,
     /// Why the hub cannot hear from it now (its `ManagedClusterConditionAvailable` is Unknown
     /// or False): what its ManifestWork reports is then old news.
     pub unreachable: Option<String>,
@@ -90,13 +93,18 @@ pub fn selected_clusters(
     let mut out: Vec<SelectedCluster> = clusters
         .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none() && plan::selects(mcm, c))
-        .map(|c| SelectedCluster {
-            name: c.name_any(),
-            kernels: plan::cluster_kernels(c),
-            unreachable: unreachable(c),
+        .map(|c| {
+            let (kernels, refused) = plan::checked_cluster_kernels(c);
+            SelectedCluster {
+                name: c.name_any(),
+                kernels,
+                refused,
+                unreachable: unreachable(c),
+            }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    plan::refuse_tag_collisions(&mut out);
     out
 }
 
@@ -113,18 +121,20 @@ pub fn own_works(
         .collect()
 }
 
-/// The distinct kernel sets of the selected clusters and the images each needs.
+/// The images the kernels of the selected clusters need.
 pub fn images_needed(
     mcm: &ManagedClusterModule,
     clusters: &[SelectedCluster],
 ) -> Result<BTreeSet<ImageRef>, Blocker> {
-    let kernel_sets: BTreeSet<&Vec<String>> =
-        clusters.iter().filter_map(|c| c.kernels.as_ref().ok()).collect();
-    let mut images = BTreeSet::new();
-    for kernels in kernel_sets {
-        images.extend(plan::images_for(mcm, kernels)?);
-    }
-    Ok(images)
+    // Each kernel maps on its own, so the union of all kernels needs the same images as every
+    // set does, and the mappings are compiled once.
+    let kernels: BTreeSet<&String> = clusters
+        .iter()
+        .filter_map(|c| c.kernels.as_ref().ok())
+        .flatten()
+        .collect();
+    let kernels: Vec<String> = kernels.into_iter().cloned().collect();
+    Ok(plan::images_for(mcm, &kernels)?.into_iter().collect())
 }
 
 /// Gathers the state one reconcile of `mcm` needs.
@@ -132,9 +142,12 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
     let t = std::time::Instant::now();
     let clusters = selected_clusters(mcm, &ctx.clusters.state());
     let works = own_works(mcm, &ctx.works.state());
-    let (images, spec_error) = match images_needed(mcm, &clusters) {
-        Ok(images) => (images, None),
-        Err(b) => (BTreeSet::new(), Some(b)),
+    let (images, spec_error) = match trust_blocker(mcm, ctx).await {
+        Some(b) => (BTreeSet::new(), Some(b)),
+        None => match images_needed(mcm, &clusters) {
+            Ok(images) => (images, None),
+            Err(b) => (BTreeSet::new(), Some(b)),
+        },
     };
     let selected_in = t.elapsed();
     let auth = pull_auth(mcm, ctx).await;
@@ -146,6 +159,45 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
         pins,
         spec_error,
     }
+}
+
+/// Why the MCM may not have what it names (see [`trust`]): a forbidden namespace or service
+/// account, or a hub-namespace Secret that does not grant it. Reads Secret metadata only.
+async fn trust_blocker(mcm: &ManagedClusterModule, ctx: &Context) -> Option<Blocker> {
+    let config = &ctx.config;
+    if let Err(b) = trust::check_worker_identity(
+        mcm,
+        &config.forbidden_namespaces,
+        &config.forbidden_service_accounts,
+    ) {
+        return Some(b);
+    }
+    let named = trust::named_secrets(&mcm.spec.module_spec);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &config.namespace);
+    let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for name in named.keys() {
+        match api.get_metadata_opt(name).await {
+            Ok(Some(s)) => {
+                found.insert(
+                    name.clone(),
+                    s.annotations().get(trust::ALLOWED_MODULES_ANNOTATION).cloned(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Some(Blocker::new(
+                    crate::reason::Reason::RegistryError,
+                    format!(
+                        "cannot read Secret {}/{name} to check that it grants this MCM: {e}",
+                        config.namespace
+                    ),
+                ));
+            }
+        }
+    }
+    trust::ungranted(&mcm.name_any(), &config.namespace, &named, |s| {
+        found.get(s).map(Option::as_deref)
+    })
 }
 
 /// Why `imageRepoSecret` gives no credentials (every lookup of the MCM then reports it).

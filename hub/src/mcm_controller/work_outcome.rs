@@ -4,11 +4,27 @@
 //! Rules from OCM's behaviour: `Applied` counts only at the work's current generation; a missing
 //! feedback value means 0 (the Module's counts are omitted when zero); `Available` only says the
 //! Module object exists, so it is not "loaded".
+//!
+//! Spokes are less trusted than the hub, so every count is checked before it counts: an integer
+//! (or a string holding one) from 0 to [`MAX_NODES`]; anything else counts 0 and makes the
+//! cluster degraded with [`INVALID_FEEDBACK`]. A cluster's loaded count is capped at its desired
+//! count, so one cluster cannot cover another's missing nodes in the fleet totals.
 
 use kmm_api::ocm::{FieldValue, ManifestWork};
 
 use super::desired::manifestwork::WORKERS_FAILING_FEEDBACK;
 use crate::reason::Reason;
+
+/// Most nodes one cluster may report (Kubernetes supports 5,000 per cluster; room to spare).
+pub const MAX_NODES: i64 = 100_000;
+/// The reason of a failure made of feedback values the hub refused.
+pub const INVALID_FEEDBACK: &str = "InvalidFeedback";
+/// The counts read from the Module's status feedback.
+const COUNTS: [&str; 3] = [
+    "moduleLoader.desiredNumber",
+    "moduleLoader.availableNumber",
+    "moduleLoader.nodesMatchingSelectorNumber",
+];
 
 /// What one cluster's ManifestWork says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,29 +69,57 @@ pub fn work_outcome(work: &ManifestWork) -> WorkOutcome {
         .iter()
         .chain(manifest.map(|m| m.conditions.as_slice()).unwrap_or_default())
         .find(|c| matches!(c.type_.as_str(), "Applied" | "StatusFeedbackSynced") && c.status == "False")
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .or(workers_failing);
-    let count = |name: &str| {
-        values
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    let mut refused = Vec::new();
+    let [desired, loaded, matching] = COUNTS.map(|name| {
+        match values
             .iter()
             .find(|v| v.name == name)
-            .and_then(|v| integer(&v.field_value))
-            .unwrap_or(0)
-    };
+            .map(|v| count(&v.field_value))
+        {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(why)) => {
+                refused.push(format!("{name} {why}"));
+                0
+            }
+        }
+    });
+    let invalid = (!refused.is_empty()).then(|| {
+        (
+            INVALID_FEEDBACK.to_string(),
+            format!("the spoke's Module status was refused: {}", refused.join("; ")),
+        )
+    });
     WorkOutcome {
         applied,
-        failure,
-        nodes_desired: count("moduleLoader.desiredNumber"),
-        nodes_loaded: count("moduleLoader.availableNumber"),
-        nodes_matching: count("moduleLoader.nodesMatchingSelectorNumber"),
+        failure: failure.or(invalid).or(workers_failing),
+        nodes_desired: desired,
+        nodes_loaded: loaded.min(desired),
+        nodes_matching: matching,
     }
 }
 
-fn integer(value: &FieldValue) -> Option<i64> {
-    match value.type_.as_str() {
-        "Integer" => value.integer,
-        "String" => value.string.as_deref().and_then(|s| s.parse().ok()),
-        _ => None,
+/// One count from the feedback, or why it does not count.
+pub fn count(value: &FieldValue) -> Result<i64, String> {
+    let n = match value.type_.as_str() {
+        "Integer" => value.integer.ok_or("is an Integer without a value")?,
+        "String" => {
+            let s = value.string.as_deref().unwrap_or_default();
+            s.parse()
+                .map_err(|_| format!("is {:?}, not a number", kmm_api::text::head(s, 32)))?
+        }
+        other => {
+            return Err(format!(
+                "has type {:?}, not Integer",
+                kmm_api::text::head(other, 32)
+            ));
+        }
+    };
+    if (0..=MAX_NODES).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("is {n}, outside 0..={MAX_NODES}"))
     }
 }
 
@@ -100,6 +144,56 @@ mod tests {
     fn cond(type_: &str, status: &str, generation: i64) -> serde_json::Value {
         json!({"type": type_, "status": status, "reason": "R", "message": format!("{type_} is {status}"),
                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation})
+    }
+
+    fn fb(name: &str, value: serde_json::Value) -> serde_json::Value {
+        json!({"name": name, "fieldValue": value})
+    }
+
+    #[rstest::rstest]
+    #[case::negative_desired(json!({"type": "Integer", "integer": -5}), json!({"type": "Integer", "integer": 0}))]
+    #[case::huge(json!({"type": "Integer", "integer": i64::MAX}), json!({"type": "Integer", "integer": i64::MAX}))]
+    #[case::not_a_number(json!({"type": "String", "string": "lots"}), json!({"type": "Integer", "integer": 1}))]
+    #[case::wrong_type(json!({"type": "Boolean", "boolean": true}), json!({"type": "Integer", "integer": 1}))]
+    fn forged_counts_do_not_count_and_degrade_the_cluster(
+        #[case] desired: serde_json::Value,
+        #[case] loaded: serde_json::Value,
+    ) {
+        let w = work_outcome(&mk_work(
+            1,
+            json!([cond("Applied", "True", 1)]),
+            json!([
+                fb("moduleLoader.desiredNumber", desired),
+                fb("moduleLoader.availableNumber", loaded)
+            ]),
+        ));
+        assert!(w.nodes_desired >= 0 && w.nodes_desired <= MAX_NODES, "{w:?}");
+        assert!(w.nodes_loaded <= w.nodes_desired, "{w:?}");
+        assert_eq!(
+            w.failure.as_ref().map(|f| f.0.as_str()),
+            Some(INVALID_FEEDBACK),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_cannot_report_more_loaded_than_desired() {
+        let w = work_outcome(&mk_work(
+            1,
+            json!([cond("Applied", "True", 1)]),
+            json!([
+                fb(
+                    "moduleLoader.desiredNumber",
+                    json!({"type": "Integer", "integer": 1})
+                ),
+                fb(
+                    "moduleLoader.availableNumber",
+                    json!({"type": "Integer", "integer": 50})
+                )
+            ]),
+        ));
+        assert_eq!((w.nodes_desired, w.nodes_loaded), (1, 1));
+        assert_eq!(w.failure, None);
     }
 
     #[test]

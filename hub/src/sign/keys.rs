@@ -109,11 +109,15 @@ struct PemBlock {
 }
 
 impl PemBlock {
+    /// The block's bytes, decoded into one buffer sized up front (no reallocation leaves an
+    /// unzeroed copy behind). The error names no byte or offset of the key.
     fn decode(&self) -> Result<Zeroizing<Vec<u8>>, String> {
-        STANDARD
-            .decode(self.body.as_bytes())
-            .map(Zeroizing::new)
-            .map_err(|e| format!("the {} PEM block is not valid base64: {e}", self.label))
+        let mut out = Zeroizing::new(vec![0u8; self.body.len().div_ceil(4) * 3]);
+        let len = STANDARD
+            .decode_slice(self.body.as_bytes(), out.as_mut_slice())
+            .map_err(|_| format!("the {} PEM block is not valid base64", self.label))?;
+        out.truncate(len);
+        Ok(out)
     }
 }
 
@@ -133,7 +137,9 @@ fn pem_blocks(bytes: &[u8]) -> Option<Vec<PemBlock>> {
             current = Some(PemBlock {
                 label: label.to_owned(),
                 encrypted: false,
-                body: Zeroizing::new(String::new()),
+                // Room for the whole text: the body never grows past its capacity, so no
+                // reallocation leaves an unzeroed copy of key material behind.
+                body: Zeroizing::new(String::with_capacity(text.len())),
             });
         } else if line.starts_with("-----END ") {
             blocks.extend(current.take());
@@ -180,7 +186,21 @@ fn parse_key(bytes: &[u8]) -> Result<RsaPrivateKey, SignError> {
     };
     key.validate()
         .map_err(|e| SignError::InvalidKey(format!("inconsistent RSA key: {e}")))?;
+    check_key_size(&key)?;
     Ok(key)
+}
+
+/// Smallest RSA modulus accepted: below 2048 bits a signature is forgeable with public means.
+pub const MIN_RSA_BITS: usize = 2048;
+
+fn check_key_size(key: &RsaPrivateKey) -> Result<(), SignError> {
+    let bits = key.n().bits();
+    if bits < MIN_RSA_BITS {
+        return Err(SignError::UnsupportedKeyType(format!(
+            "an RSA key of {bits} bits (at least {MIN_RSA_BITS} are required)"
+        )));
+    }
+    Ok(())
 }
 
 fn key_from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey, SignError> {
@@ -239,6 +259,28 @@ mod tests {
         assert!(!blocks[1].encrypted);
         assert_eq!(blocks[1].decode().unwrap().as_slice(), b"ABCDEF");
         assert!(pem_blocks(b"\x30\x82binary").is_none());
+    }
+
+    #[test]
+    fn keys_under_2048_bits_are_refused() {
+        let small = RsaPrivateKey::new(&mut OsRng, 512).unwrap();
+        let err = check_key_size(&small).unwrap_err();
+        assert!(err.to_string().contains("512 bits"), "{err}");
+        let der = pkcs1::EncodeRsaPrivateKey::to_pkcs1_der(&small).unwrap();
+        assert!(matches!(
+            parse_key(der.as_bytes()),
+            Err(SignError::UnsupportedKeyType(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_pem_body_error_quotes_nothing_of_it() {
+        let err = parse_key(b"-----BEGIN PRIVATE KEY-----\nQU$D\n-----END PRIVATE KEY-----\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            !text.contains('$') && !text.contains("offset") && !text.contains("36"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Garbage collection of the hub's build and sign Jobs, as its own periodic task (not part of any
 //! MCM's reconcile: Jobs are shared by every MCM needing their image). Succeeded Jobs go once
-//! `--job-gc-delay-seconds` passed since they finished; failed ones stay for inspection.
+//! `--job-gc-delay-seconds` passed since they finished; failed ones stay for inspection, the
+//! newest [`MAX_FAILED_JOBS_KEPT`] of them (a spoke inventing kernels must not pile up failed
+//! Jobs forever; an image whose failed Job went gets another try, within the per-reconcile cap).
 //! Harmless even before the image is used: what runs next is decided from the registry, never
 //! from old Jobs.
 
@@ -21,8 +23,34 @@ use crate::mcm_controller::{
 /// How often the Job store is looked at.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// The Jobs to delete now (pure): succeeded, finished at least `delay` ago, not being deleted.
+/// Failed Jobs kept for inspection; older ones are collected.
+pub const MAX_FAILED_JOBS_KEPT: usize = 50;
+
+/// The Jobs to delete now (pure): succeeded, finished at least `delay` ago, not being deleted;
+/// and the failed ones past the newest [`MAX_FAILED_JOBS_KEPT`].
 pub fn collectable(jobs: &[Arc<Job>], now: Timestamp, delay: Duration) -> Vec<String> {
+    let mut out = succeeded(jobs, now, delay);
+    out.extend(excess_failed(jobs, MAX_FAILED_JOBS_KEPT));
+    out
+}
+
+/// Failed Jobs beyond the newest `keep` (by creation time, then name).
+pub fn excess_failed(jobs: &[Arc<Job>], keep: usize) -> Vec<String> {
+    let mut failed: Vec<&Arc<Job>> = jobs
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(|j| matches!(job::job_state(j, None), JobState::Failed(_)))
+        .collect();
+    failed.sort_by_key(|j| {
+        (
+            std::cmp::Reverse(j.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second())),
+            j.name_any(),
+        )
+    });
+    failed.into_iter().skip(keep).map(|j| j.name_any()).collect()
+}
+
+fn succeeded(jobs: &[Arc<Job>], now: Timestamp, delay: Duration) -> Vec<String> {
     jobs.iter()
         .filter(|j| j.metadata.deletion_timestamp.is_none())
         .filter(|j| job::job_state(j, None) == JobState::Succeeded)
@@ -113,5 +141,22 @@ mod tests {
         let jobs = [mk_job(condition, completed, deleting)];
         let got = collectable(&jobs, now, Duration::from_secs(delay_seconds));
         assert_eq!(!got.is_empty(), collected, "{got:?}");
+    }
+
+    #[test]
+    fn only_the_newest_failed_jobs_are_kept() {
+        let jobs: Vec<Arc<Job>> = (0..MAX_FAILED_JOBS_KEPT + 3)
+            .map(|i| {
+                let mut j = (*mk_job("Failed", None, false)).clone();
+                j.metadata.name = Some(format!("j{i:03}"));
+                j.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(1_700_000_000 + i as i64).unwrap(),
+                ));
+                Arc::new(j)
+            })
+            .collect();
+        let now: Timestamp = NOW.parse().unwrap();
+        let got = collectable(&jobs, now, Duration::from_secs(60));
+        assert_eq!(got, ["j002", "j001", "j000"]);
     }
 }

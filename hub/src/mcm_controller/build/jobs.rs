@@ -22,6 +22,10 @@ use crate::mcm_controller::{
     desired::job::{self, JobState},
 };
 
+/// Most Jobs one reconcile of one MCM starts; the rest wait for the next round, so a spoke
+/// reporting many kernels cannot start a build storm at once.
+pub const MAX_JOBS_STARTED_PER_RECONCILE: usize = 4;
+
 /// Each planned step with its state, starting Jobs whose inputs are all there.
 pub async fn ensure(
     mcm: &ManagedClusterModule,
@@ -29,13 +33,18 @@ pub async fn ensure(
     steps: Vec<PlannedStep>,
 ) -> Result<Vec<(PlannedStep, StepState)>, Error> {
     let mut out = Vec::with_capacity(steps.len());
+    let mut started = 0;
     for planned in steps {
         let existing = ctx.jobs.state().into_iter().find(|j| j.name_any() == planned.job);
         let state = match existing {
             Some(job) => StepState::Job(state_of(ctx, &job).await),
+            None if started >= MAX_JOBS_STARTED_PER_RECONCILE => StepState::Deferred { started },
             None => match first_missing(ctx, &planned).await? {
                 Some(missing) => StepState::InputMissing(missing),
-                None => StepState::Job(state_of(ctx, &create(mcm, ctx, &planned).await?).await),
+                None => {
+                    started += 1;
+                    StepState::Job(state_of(ctx, &create(mcm, ctx, &planned).await?).await)
+                }
             },
         };
         out.push((planned, state));

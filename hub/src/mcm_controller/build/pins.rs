@@ -19,6 +19,8 @@ pub enum StepState {
     InputMissing(MissingInput),
     /// The Job exists; this is how it went so far.
     Job(JobState),
+    /// Not started this round: this reconcile already started its share of Jobs.
+    Deferred { started: usize },
 }
 
 /// The pin of the image waiting for `planned`; Jobs live in `namespace`.
@@ -32,6 +34,12 @@ pub fn pin(namespace: &str, planned: &PlannedStep, state: &StepState) -> Pin {
         StepState::InputMissing(missing) => {
             Blocker::new(Reason::BuildInputMissing, missing.message(namespace))
         }
+        StepState::Deferred { started } => Blocker::new(
+            making,
+            format!(
+                "Job {namespace}/{job} for {target} waits its turn: {started} Jobs were started this round, the most one reconcile starts"
+            ),
+        ),
         StepState::Job(JobState::Running) => {
             Blocker::new(making, format!("Job {namespace}/{job} is making {target}"))
         }
@@ -142,5 +150,15 @@ mod tests {
                 ))
             )])
         );
+    }
+
+    #[test]
+    fn a_step_over_the_per_reconcile_cap_waits_its_turn() {
+        let p = planned(StepKind::Build);
+        let Pin::Blocked(b) = pin("kmm-hub", &p, &StepState::Deferred { started: 4 }) else {
+            panic!("blocked")
+        };
+        assert_eq!(b.reason, Reason::Building);
+        assert!(b.message.contains("waits its turn"), "{}", b.message);
     }
 }

@@ -4,7 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kmm_api::{ManagedClusterModule, kernel::ResolvedMapping};
+use kmm_api::{
+    ManagedClusterModule,
+    kernel::{KernelMapper, ResolvedMapping},
+};
+use kube::ResourceExt;
 
 use crate::mcm_controller::desired::{
     job::{self, Step},
@@ -29,9 +33,14 @@ pub fn missing<'a>(
     pins: &BTreeMap<String, Pin>,
 ) -> Vec<ResolvedMapping> {
     let kernels: BTreeSet<&String> = kernels.into_iter().collect();
+    // Regexps compiled once for all kernels, not once per kernel.
+    let name = mcm.name_any();
+    let Ok(mapper) = KernelMapper::new(&mcm.spec.module_spec, &name, &mcm.spec.spoke_namespace) else {
+        return Vec::new();
+    };
     kernels
         .into_iter()
-        .filter_map(|k| job::resolve(mcm, k))
+        .filter_map(|k| mapper.resolve_trimmed(k).ok())
         .filter(|r| matches!(pins.get(&r.container_image), Some(Pin::Missing)))
         .filter(|r| r.build.is_some() || r.sign.is_some())
         .collect()

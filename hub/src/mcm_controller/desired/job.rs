@@ -6,11 +6,11 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
-            SecretVolumeSource, Volume, VolumeMount,
+            Capabilities, ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
+            ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 use kmm_api::{ManagedClusterModule, labels::MCM_NAME_LABEL, module::TlsOptions};
 use kube::ResourceExt;
@@ -34,7 +34,63 @@ pub struct JobSettings {
     pub buildah_image: String,
     /// Image of kmm-hub itself, for `kmm-hub sign-image`.
     pub hub_image: String,
+    /// CPU and memory each Job container requests.
+    pub requests: Resources,
+    /// CPU and memory each Job container may use at most.
+    pub limits: Resources,
+    /// Seconds a Job may run before Kubernetes stops it.
+    pub deadline_seconds: i64,
 }
+
+/// A CPU and a memory quantity (`250m`, `512Mi`); empty means unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu: String,
+    pub memory: String,
+}
+
+/// Defaults of the hub's `--job-*` flags.
+pub mod defaults {
+    pub const CPU_REQUEST: &str = "250m";
+    pub const MEMORY_REQUEST: &str = "512Mi";
+    pub const CPU_LIMIT: &str = "2";
+    pub const MEMORY_LIMIT: &str = "4Gi";
+    pub const DEADLINE_SECONDS: i64 = 3600;
+}
+
+impl JobSettings {
+    /// Settings with the default resources and deadline.
+    pub fn new(namespace: &str, buildah_image: &str, hub_image: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            buildah_image: buildah_image.into(),
+            hub_image: hub_image.into(),
+            requests: Resources {
+                cpu: defaults::CPU_REQUEST.into(),
+                memory: defaults::MEMORY_REQUEST.into(),
+            },
+            limits: Resources {
+                cpu: defaults::CPU_LIMIT.into(),
+                memory: defaults::MEMORY_LIMIT.into(),
+            },
+            deadline_seconds: defaults::DEADLINE_SECONDS,
+        }
+    }
+}
+
+impl Resources {
+    fn quantities(&self) -> Option<BTreeMap<String, Quantity>> {
+        let map: BTreeMap<String, Quantity> = [("cpu", &self.cpu), ("memory", &self.memory)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), Quantity(v.clone())))
+            .collect();
+        (!map.is_empty()).then_some(map)
+    }
+}
+
+/// Key material is readable by the Job's user only.
+const KEY_MODE: i32 = 0o400;
 
 /// Key of the Dockerfile in the `dockerfileConfigMap` (as upstream).
 pub const DOCKERFILE_KEY: &str = "dockerfile";
@@ -67,12 +123,14 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// A Secret volume, files at mode 0400; `items` limits it to the keys the Job reads.
 fn secret_volume(volume: &str, secret: &str, items: Option<Vec<KeyToPath>>) -> Volume {
     Volume {
         name: volume.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
             items,
+            default_mode: Some(KEY_MODE),
             ..Default::default()
         }),
         ..Default::default()
@@ -101,7 +159,7 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
         let items = vec![KeyToPath {
             key: ".dockerconfigjson".into(),
             path: "config.json".into(),
-            mode: None,
+            mode: Some(KEY_MODE),
         }];
         volumes.push(secret_volume("registry-auth", secret, Some(items)));
         mounts.push(mount("registry-auth", "/run/kmm/auth"));
@@ -172,8 +230,19 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
             push_tls,
             ..
         } => {
-            volumes.push(secret_volume("signing-key", &sign.key_secret.name, None));
-            volumes.push(secret_volume("signing-cert", &sign.cert_secret.name, None));
+            let only = |key: &str| {
+                Some(vec![KeyToPath {
+                    key: key.into(),
+                    path: key.into(),
+                    mode: Some(KEY_MODE),
+                }])
+            };
+            volumes.push(secret_volume("signing-key", &sign.key_secret.name, only("key")));
+            volumes.push(secret_volume(
+                "signing-cert",
+                &sign.cert_secret.name,
+                only("cert"),
+            ));
             mounts.push(mount("signing-key", "/run/kmm/signing-key"));
             mounts.push(mount("signing-cert", "/run/kmm/signing-cert"));
             let mut args = vec![
@@ -217,6 +286,12 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
         env: Some(envs),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(security_context(step.kind())),
+        resources: Some(ResourceRequirements {
+            requests: settings.requests.quantities(),
+            limits: settings.limits.quantities(),
+            ..Default::default()
+        }),
         ..container
     };
     let labels = BTreeMap::from([
@@ -238,6 +313,7 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
         spec: Some(JobSpec {
             // A failed build is kept for inspection and reported; it is not retried in a loop.
             backoff_limit: Some(0),
+            active_deadline_seconds: Some(settings.deadline_seconds).filter(|s| *s > 0),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -245,6 +321,8 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // Neither buildah nor sign-image talks to the API server.
+                    automount_service_account_token: Some(false),
                     containers: vec![container],
                     volumes: Some(volumes),
                     node_selector,
@@ -254,6 +332,30 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The container's restrictions. The signer needs nothing: no capability, no privilege
+/// escalation, the runtime's seccomp profile. buildah (`bud --isolation=chroot` as root) needs
+/// root's capabilities to chroot and set file owners, so it only loses privilege escalation.
+fn security_context(kind: StepKind) -> SecurityContext {
+    match kind {
+        StepKind::Sign => SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        StepKind::Build => SecurityContext {
+            allow_privilege_escalation: Some(false),
+            ..Default::default()
+        },
     }
 }
 

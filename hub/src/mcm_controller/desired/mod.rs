@@ -39,6 +39,8 @@ pub struct ClusterPlan {
     pub cluster: String,
     /// Kernels it reports (empty when unknown).
     pub kernels: Vec<String>,
+    /// Kernels it reports that the hub refused, and why.
+    pub refused: Vec<String>,
     /// Why the hub cannot hear from it, if so.
     pub unreachable: Option<String>,
     pub work: WorkPlan,
@@ -83,6 +85,7 @@ pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
         .map(|c| ClusterPlan {
             cluster: c.name.clone(),
             kernels: c.kernels.clone().unwrap_or_default(),
+            refused: c.refused.clone(),
             unreachable: c.unreachable.clone(),
             work: match render(mcm, c, observed, &mut specs) {
                 Err(blocker) => WorkPlan::Blocked(blocker),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kmm_api::{
     ManagedClusterModule, ModuleSpec,
     claims::{self, ClaimError},
-    kernel::KernelMapper,
+    kernel::{KernelMapper, normalize_kernel},
     module::TlsOptions,
     ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork},
     trim::{self, TrimError},
@@ -18,7 +18,7 @@ use kmm_api::{
 use kube::ResourceExt;
 
 use super::manifestwork::manifest_work;
-use crate::mcm_controller::observe::LookupError;
+use crate::mcm_controller::observe::{LookupError, SelectedCluster};
 use crate::reason::Reason;
 
 /// Why a selected cluster gets no (new) ManifestWork: a reason for status, Events and metric
@@ -46,28 +46,91 @@ pub fn selects(mcm: &ManagedClusterModule, cluster: &ManagedCluster) -> bool {
 
 /// The kernel versions a cluster reports, trailing `+` trimmed, sorted and without repeats.
 pub fn cluster_kernels(cluster: &ManagedCluster) -> Result<Vec<String>, Blocker> {
-    let kernels = claims::decode_kernel_claims(|name| cluster.claim(name)).map_err(|e| match e {
-        ClaimError::Missing => Blocker {
-            reason: Reason::NoKernelClaim,
-            message: format!(
-                "cluster reports no ClusterClaim {KERNEL_VERSIONS_CLAIM}; is kmm-spoke running there \
-                 (rolled out by the kmm-spoke Policy) and is the ClusterClaim feature of the klusterlet on?"
-            ),
-        },
-        other => Blocker {
-            reason: Reason::MalformedKernelClaim,
-            message: other.to_string(),
-        },
-    })?;
-    // Decoded claims are already trimmed once, as the spoke trims a node's kernel once.
-    let set: BTreeSet<String> = kernels.into_iter().filter(|k| !k.is_empty()).collect();
-    if set.is_empty() {
-        return Err(Blocker {
-            reason: Reason::MalformedKernelClaim,
-            message: format!("ClusterClaim {KERNEL_VERSIONS_CLAIM} lists no kernel version"),
-        });
+    checked_cluster_kernels(cluster).0
+}
+
+/// The usable kernels a cluster reports (or why none is), and what was refused of the rest: a
+/// kernel outside the grammar, or past the per-cluster cap, is dropped and named, and the
+/// cluster's other kernels still get their modules.
+pub fn checked_cluster_kernels(cluster: &ManagedCluster) -> (Result<Vec<String>, Blocker>, Vec<String>) {
+    let decoded = match claims::decode_kernels(|name| cluster.claim(name)) {
+        Ok(d) => d,
+        Err(ClaimError::Missing) => {
+            return (
+                Err(Blocker {
+                    reason: Reason::NoKernelClaim,
+                    message: format!(
+                        "cluster reports no ClusterClaim {KERNEL_VERSIONS_CLAIM}; is kmm-spoke running there \
+                         (rolled out by the kmm-spoke Policy) and is the ClusterClaim feature of the klusterlet on?"
+                    ),
+                }),
+                Vec::new(),
+            );
+        }
+        Err(other) => {
+            return (
+                Err(Blocker {
+                    reason: Reason::MalformedKernelClaim,
+                    message: other.to_string(),
+                }),
+                Vec::new(),
+            );
+        }
+    };
+    let refused = decoded.refused.iter().map(ToString::to_string).collect();
+    (Ok(decoded.kernels), refused)
+}
+
+/// Refuses kernels that share an image-tag spelling ([`normalize_kernel`]) with a different
+/// kernel reported by another (or the same) selected cluster: they would build onto one tag with
+/// different inputs. The spelling's owner is the kernel already written that way (`a_b` owns
+/// `a_b`, so an invented `a+b` cannot take a real `a_b`'s tag), else the smallest; every other
+/// spelling is dropped from the clusters reporting it, with a message naming the owner's cluster.
+pub fn refuse_tag_collisions(clusters: &mut [SelectedCluster]) {
+    let mut by_tag: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for c in clusters.iter() {
+        let name = &c.name;
+        for k in c.kernels.iter().flatten() {
+            by_tag
+                .entry(normalize_kernel(k))
+                .or_default()
+                .entry(k.clone())
+                .or_insert_with(|| name.clone());
+        }
     }
-    Ok(set.into_iter().collect())
+    let mut losers: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (tag, raws) in by_tag.into_iter().filter(|(_, r)| r.len() > 1) {
+        let owner = raws
+            .keys()
+            .find(|r| **r == tag)
+            .or_else(|| raws.keys().next())
+            .cloned();
+        let Some(owner) = owner else { continue };
+        let owner_cluster = raws.get(&owner).cloned().unwrap_or_default();
+        for raw in raws.into_keys().filter(|r| *r != owner) {
+            losers.insert(raw, (owner.clone(), owner_cluster.clone()));
+        }
+    }
+    if losers.is_empty() {
+        return;
+    }
+    for c in clusters.iter_mut() {
+        let (kernels, refused) = (&mut c.kernels, &mut c.refused);
+        let Ok(list) = kernels else { continue };
+        list.retain(|k| match losers.get(k) {
+            Some((owner, cluster)) => {
+                refused.push(format!(
+                    "kernel {k} is refused: its image tag spelling {} is already the kernel {owner} of cluster {cluster}",
+                    normalize_kernel(k)
+                ));
+                false
+            }
+            None => true,
+        });
+        if list.is_empty() {
+            *kernels = Err(Blocker::new(Reason::MalformedKernelClaim, refused.join("; ")));
+        }
+    }
 }
 
 /// An image the spoke will pull, with how to reach its registry.

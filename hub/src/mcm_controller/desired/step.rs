@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kmm_api::{
     ManagedClusterModule,
-    kernel::{KernelMapper, ResolvedMapping},
+    kernel::{KernelMapper, ResolvedMapping, normalize_kernel},
     module::{Build, Sign, TlsOptions},
 };
 use kube::ResourceExt;
@@ -125,7 +125,9 @@ pub fn step_for(
         .image_repo_secret
         .as_ref()
         .map(|s| s.name.clone());
-    let kernel = resolved.kernel.clone();
+    // One spelling of the kernel for the tag, the build arguments and the Job name: a raw
+    // kernel the tag cannot hold must not reach the build as something else.
+    let kernel = normalize_kernel(&resolved.kernel);
     match (&resolved.build, &resolved.sign) {
         (Some(build), None) => Some(Step::Build {
             kernel,
@@ -248,5 +250,21 @@ mod tests {
         );
         assert!(sa.job_name(None).starts_with("kmm-build-") && sa.job_name(None).len() <= 63);
         assert_eq!(sa.job_name(None), sa.job_name(None));
+    }
+
+    #[test]
+    fn kernels_spelled_alike_in_the_tag_build_the_same_job_with_the_same_args() {
+        let mcm = mk_build_mcm("m", BUILD);
+        let plus = format!("{K}+debug");
+        let underscore = format!("{K}_debug");
+        let (Some(a), Some(b)) = (resolve(&mcm, &plus), resolve(&mcm, &underscore)) else {
+            panic!("both resolve");
+        };
+        assert_eq!(a.container_image, b.container_image, "one tag");
+        let p = pins(&[(a.container_image.as_str(), Pin::Missing)]);
+        let (sa, sb) = (step_for(&mcm, &a, &p).unwrap(), step_for(&mcm, &b, &p).unwrap());
+        assert_eq!(sa.kernel(), underscore, "the build gets the tag's spelling");
+        assert_eq!(sa, sb);
+        assert_eq!(sa.job_name(None), sb.job_name(None));
     }
 }

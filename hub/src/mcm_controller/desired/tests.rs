@@ -18,6 +18,7 @@ fn cluster(name: &str) -> SelectedCluster {
     SelectedCluster {
         name: name.into(),
         kernels: Ok(vec![K.into()]),
+        refused: Vec::new(),
         unreachable: None,
     }
 }

@@ -19,6 +19,7 @@ fn view(name: &str, kernels: &[&str], state: ClusterState) -> ClusterView {
     ClusterView {
         name: name.into(),
         kernels: kernels.iter().map(|k| k.to_string()).collect(),
+        refused: Vec::new(),
         state,
         unreachable: None,
     }
@@ -149,6 +150,7 @@ fn ten_thousand_blocked_clusters_keep_the_object_small() {
                 unreachable: None,
                 name: format!("cluster-{i:05}"),
                 kernels,
+                refused: Vec::new(),
                 state,
             }
         })
@@ -177,4 +179,20 @@ fn ten_thousand_blocked_clusters_keep_the_object_small() {
         ),
         (10_000, 5000, 50_000, 45_000)
     );
+}
+
+#[test]
+fn kernels_most_clusters_run_come_first_and_the_rest_are_counted() {
+    // One spoke invents 300 kernels; the 5 clusters' real kernel must stay listed.
+    let invented: Vec<String> = (0..300).map(|i| format!("1.0.{i}")).collect();
+    let invented: Vec<&str> = invented.iter().map(String::as_str).collect();
+    let mut clusters: Vec<ClusterView> = (0..5)
+        .map(|i| view(&format!("c{i}"), &["9.9.9-real"], applied(1, 1)))
+        .collect();
+    clusters.push(view("liar", &invented, applied(1, 1)));
+    let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+    assert_eq!(s.kernels[0].kernel, "9.9.9-real");
+    assert_eq!(s.kernels[0].clusters, 5);
+    assert_eq!(s.kernels.len(), MAX_KERNELS);
+    assert_eq!(s.kernels_omitted, 301 - MAX_KERNELS as i32);
 }

@@ -16,11 +16,7 @@ fn strings(v: &Value) -> Vec<&str> {
 }
 
 fn settings() -> JobSettings {
-    JobSettings {
-        namespace: "kmm-hub".into(),
-        buildah_image: "buildah:v1".into(),
-        hub_image: "kmm-hub:v1".into(),
-    }
+    JobSettings::new("kmm-hub", "buildah:v1", "kmm-hub:v1")
 }
 
 #[test]
@@ -103,6 +99,47 @@ fn the_sign_job_runs_sign_image_with_the_key_and_cert_mounted() {
         .map(|v| v["secret"]["secretName"].as_str().unwrap_or_default())
         .collect();
     assert!(vols.contains(&"key") && vols.contains(&"cert") && vols.contains(&"push-creds"));
+}
+
+#[test]
+fn jobs_are_hardened_keys_0400_no_token_bounded_in_time_and_resources() {
+    let mcm = mk_build_mcm("m", &format!("{BUILD}{SIGN}"));
+    let sign = step_for(
+        &mcm,
+        &resolve(&mcm, K).unwrap(),
+        &pins(&[
+            (FINAL, Pin::Missing),
+            (UNSIGNED, Pin::Pinned("u@sha256:2".into())),
+        ]),
+    )
+    .unwrap();
+    let build = step_for(
+        &mcm,
+        &resolve(&mcm, K).unwrap(),
+        &pins(&[(FINAL, Pin::Missing), (UNSIGNED, Pin::Missing)]),
+    )
+    .unwrap();
+    for step in [sign, build] {
+        let v: Value = serde_json::to_value(job(&mcm, &step, None, &settings())).unwrap();
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "{step:?}");
+        assert_eq!(v["spec"]["activeDeadlineSeconds"], 3600);
+        let c = &pod["containers"][0];
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["resources"]["limits"]["memory"], "4Gi");
+        assert_eq!(c["resources"]["requests"]["cpu"], "250m");
+        for vol in pod["volumes"].as_array().unwrap() {
+            if vol["secret"].is_object() {
+                assert_eq!(vol["secret"]["defaultMode"], 0o400, "{vol}");
+                let name = vol["secret"]["secretName"].as_str().unwrap_or_default();
+                if matches!(name, "key" | "cert") {
+                    let items = vol["secret"]["items"].as_array().unwrap();
+                    assert_eq!(items.len(), 1, "only the key the signer reads: {vol}");
+                    assert_eq!(items[0]["mode"], 0o400);
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -239,3 +239,42 @@ fn every_seed_fixture_renders_without_build_sign_or_tags() {
     }
     assert_eq!(rendered, 8, "all eight seed fixtures render");
 }
+
+fn selected(name: &str, kernels: &[&str]) -> SelectedCluster {
+    SelectedCluster {
+        name: name.into(),
+        kernels: Ok(kernels.iter().map(|k| k.to_string()).collect()),
+        refused: Vec::new(),
+        unreachable: None,
+    }
+}
+
+#[test]
+fn a_bad_kernel_is_refused_on_its_cluster_and_the_others_still_count() {
+    let claim = format!("{K1}\n5.14.0-70.el9.x86/64\n5.14.0-$(id)");
+    let (kernels, refused) = checked_cluster_kernels(&mk_cluster("a", &[], Some(&claim)));
+    assert_eq!(kernels.unwrap(), [K1]);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+}
+
+#[test]
+fn a_kernel_spelled_like_another_clusters_tag_is_refused_on_the_offender() {
+    let mut clusters = vec![
+        selected("attacker", &["5.14.0-70.el9.x86+64", "6.1.0-1"]),
+        selected("victim", &["5.14.0-70.el9.x86_64"]),
+        selected("only-forged", &["5.14.0-70.el9.x86+64"]),
+    ];
+    refuse_tag_collisions(&mut clusters);
+    assert_eq!(clusters[0].kernels.as_ref().unwrap(), &["6.1.0-1"]);
+    assert!(
+        clusters[0].refused[0].contains("cluster victim"),
+        "{:?}",
+        clusters[0].refused
+    );
+    assert_eq!(clusters[1].kernels.as_ref().unwrap(), &["5.14.0-70.el9.x86_64"]);
+    assert!(clusters[1].refused.is_empty());
+    assert_eq!(
+        clusters[2].kernels.as_ref().unwrap_err().reason,
+        Reason::MalformedKernelClaim
+    );
+}
