@@ -8,12 +8,11 @@
 
 mod support;
 
+use std::time::Duration;
+
 use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kube::{Api, api::PostParams};
-use support::{
-    fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, SPOKE_NAMESPACE, eventually, serial},
-    push_image,
-};
+use support::fleet::{ClusterSpec, Fleet, HUB_NAMESPACE, SPOKE_NAMESPACE, serial};
 
 const K1: &str = "6.1.0-28-cloud-amd64";
 const BAD: &str = "6.1.0-28-cloud-amd64/../../x";
@@ -49,7 +48,10 @@ async fn secrets_need_a_grant_and_a_bad_kernel_is_refused_alone() {
     let _serial = serial().await;
     let fleet = Fleet::start("trust-secrets").await;
     fleet.add_cluster(&ClusterSpec::prod("a", &[K1, BAD])).await;
-    push_image(&fleet.registry, &format!("kmm/gpu-kmod:{K1}"));
+    fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K1}"))
+        .unwrap();
     fleet.hub.apply_yaml(&secret_yaml("")).await.unwrap();
     let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
     let mcm: ManagedClusterModule = serde_saphyr::from_str(&mcm_yaml(&fleet.registry.host)).unwrap();
@@ -58,16 +60,17 @@ async fn secrets_need_a_grant_and_a_bad_kernel_is_refused_alone() {
         .await
         .unwrap();
 
-    eventually(120, "the ungranted Secret blocks the MCM", Some(&hub), || async {
-        status(&fleet).await.is_some_and(|s| {
-            s.problems.iter().any(|p| {
-                p.state == "Blocked"
-                    && p.message.contains("kmm-hub/team-b-pull")
-                    && p.message.contains("hub.kmm.sigs.x-k8s.io/allowed-modules")
+    hub.wait("the ungranted Secret blocks the MCM", Duration::from_secs(120))
+        .eventually(|| async {
+            status(&fleet).await.is_some_and(|s| {
+                s.problems.iter().any(|p| {
+                    p.state == "Blocked"
+                        && p.message.contains("kmm-hub/team-b-pull")
+                        && p.message.contains("hub.kmm.sigs.x-k8s.io/allowed-modules")
+                })
             })
         })
-    })
-    .await;
+        .await;
     let works = Api::<ManifestWork>::namespaced(fleet.hub.client(), "a");
     assert!(
         works.get_opt("gpu").await.unwrap().is_none(),
@@ -81,19 +84,18 @@ async fn secrets_need_a_grant_and_a_bad_kernel_is_refused_alone() {
         ))
         .await
         .unwrap();
-    eventually(
-        120,
+    hub.wait(
         "granted: the good kernel ships, the bad one is named",
-        Some(&hub),
-        || async {
-            let shipped = works.get_opt("gpu").await.unwrap().is_some();
-            shipped
-                && status(&fleet).await.is_some_and(|s| {
-                    s.problems.iter().any(|p| {
-                        p.cluster == "a" && p.reason == "MalformedKernelClaim" && p.message.contains('/')
-                    }) && s.kernels.iter().all(|k| k.kernel == K1)
-                })
-        },
+        Duration::from_secs(120),
     )
+    .eventually(|| async {
+        let shipped = works.get_opt("gpu").await.unwrap().is_some();
+        shipped
+            && status(&fleet).await.is_some_and(|s| {
+                s.problems.iter().any(|p| {
+                    p.cluster == "a" && p.reason == "MalformedKernelClaim" && p.message.contains('/')
+                }) && s.kernels.iter().all(|k| k.kernel == K1)
+            })
+    })
     .await;
 }

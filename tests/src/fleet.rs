@@ -192,10 +192,10 @@ impl Fleet {
         hub.apply_yaml(&format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {DOCKERFILE_CONFIGMAP}, namespace: {HUB_NAMESPACE}}}\n\
              data: {{dockerfile: {}}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: {BUILD_SECRET}, namespace: {HUB_NAMESPACE}}}\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {BUILD_SECRET}, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\n\
              stringData: {{token: not-a-secret}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: {KEY_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{key: {}}}\n---\n\
-             apiVersion: v1\nkind: Secret\nmetadata: {{name: {CERT_SECRET}, namespace: {HUB_NAMESPACE}}}\ndata: {{cert: {}}}\n",
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {KEY_SECRET}, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{key: {}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {CERT_SECRET}, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"*\"}}}}\ndata: {{cert: {}}}\n",
             serde_json::to_string(&dockerfile(&host))?,
             b64("key.pem")?,
             b64("cert.pem")?,
