@@ -273,6 +273,17 @@ impl Fleet {
 
     /// Starts (or restarts) `kmm-hub run`.
     pub fn start_hub(&mut self) -> anyhow::Result<()> {
+        let kubeconfig = self.hub_kubeconfig.clone();
+        self.start_hub_with(&kubeconfig)
+    }
+
+    /// kmm-hub's ServiceAccount kubeconfig (to route it elsewhere, e.g. through a fault proxy).
+    pub fn hub_kubeconfig(&self) -> &Path {
+        &self.hub_kubeconfig
+    }
+
+    /// Starts (or restarts) `kmm-hub run` with another kubeconfig than its own.
+    pub fn start_hub_with(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
         self.hub_starts += 1;
         let process = Process::start(Launch {
             binary: "kmm-hub",
@@ -293,7 +304,7 @@ impl Fleet {
             ]
             .map(str::to_owned)
             .to_vec(),
-            kubeconfig: &self.hub_kubeconfig,
+            kubeconfig,
             dir: &self.dir,
             name: "kmm-hub",
             env: Vec::new(),

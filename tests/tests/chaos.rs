@@ -18,8 +18,7 @@ use kmm_fleet_tests::{
     controlplane::AuditEvent,
     demo,
     faults::{FaultHandle, FaultProxy, Faults, XorShift, rewrite_kubeconfig},
-    fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, install_service_account, set_kernel},
-    process::{Launch, Process},
+    fleet::{Fleet, HUB_NAMESPACE, MODULE_NAMESPACE, NodeSpec, set_kernel},
 };
 use kube::{
     Api, ResourceExt,
@@ -74,32 +73,7 @@ impl Chaos {
 
     /// `kmm-hub run` as `Fleet::start_hub` starts it, but with a kubeconfig through the proxy.
     fn start_hub(&mut self) {
-        let process = Process::start(Launch {
-            binary: "kmm-hub",
-            args: [
-                "run",
-                "--namespace",
-                HUB_NAMESPACE,
-                "--identity",
-                "kmm-hub-e2e",
-                "--leader-election",
-                "false",
-                "--retry-seconds",
-                "1",
-                "--cache-ttl-seconds",
-                "2",
-                "--insecure-registry",
-                &self.fleet.registry.host,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            kubeconfig: &self.kubeconfig,
-            dir: &self.fleet.dir,
-            name: "kmm-hub",
-            env: Vec::new(),
-        })
-        .unwrap();
-        self.fleet.hub_process = Some(process);
+        self.fleet.start_hub_with(&self.kubeconfig).unwrap();
     }
 
     /// Polls `goal` for up to `secs`, killing the hub `rounds` times at random moments of the
@@ -260,16 +234,12 @@ async fn scenario(seed: u64, rounds: u32, error_rate: f64) {
             .await
             .unwrap();
     }
-    // The hub's own ServiceAccount token (the install's RBAC is applied again, unchanged), sent
-    // through the proxy.
-    let direct = install_service_account(&fleet.hub, &kmm_fleet_tests::repo_root().join("manifests/hub"))
-        .await
-        .unwrap();
+    // The hub's own ServiceAccount token, sent through the proxy.
     let proxy = FaultProxy::start(fleet.hub.server(), Some(fleet.hub.ca_path()), seed)
         .await
         .unwrap();
     let kubeconfig = rewrite_kubeconfig(
-        &direct,
+        fleet.hub_kubeconfig(),
         &proxy.url(),
         &fleet.dir.join("hub-through-proxy.kubeconfig"),
     )
