@@ -20,6 +20,7 @@ use thiserror::Error;
 use super::{
     FileError, HashAlgorithm, SignError, Signer,
     layers::{self, ImageFile, LayerError},
+    limits::{self, BoundedBlob},
     module::sign_module,
     new_layer, parallel_map,
 };
@@ -152,7 +153,7 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
             digest: layer.digest.clone(),
             reason,
         };
-        let size = layers::check_declared(layer, spec.allow_foreign_layers).map_err(refused)?;
+        let size = limits::check_declared(layer, spec.allow_foreign_layers).map_err(refused)?;
         // The registry's bytes are checked against the descriptor as they arrive: never more
         // than its size (an endless layer stops there), and its digest at the end (oci-client).
         let mut blob = BoundedBlob::new(size);
@@ -251,65 +252,6 @@ pub async fn sign_image(spec: &SignImageSpec) -> Result<SignedImage, ImageError>
     })
 }
 
-/// A layer's bytes, refusing more than the descriptor declared.
-struct BoundedBlob {
-    data: Vec<u8>,
-    declared: usize,
-}
-
-impl BoundedBlob {
-    fn new(declared: usize) -> Self {
-        Self {
-            data: Vec::with_capacity(declared.min(64 << 20)),
-            declared,
-        }
-    }
-
-    /// The bytes, when there are exactly as many as declared.
-    fn finish(self) -> Result<Vec<u8>, String> {
-        if self.data.len() == self.declared {
-            Ok(self.data)
-        } else {
-            Err(format!(
-                "the registry sent {} bytes where the manifest declares {}",
-                self.data.len(),
-                self.declared
-            ))
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for BoundedBlob {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.data.len() + buf.len() > self.declared {
-            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
-                "more bytes than the {} the manifest declares",
-                self.declared
-            ))));
-        }
-        self.data.extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 fn registry_error(
     operation: &'static str,
     image: &str,
@@ -364,25 +306,6 @@ fn read_docker_config(path: &std::path::Path) -> Result<Credentials, ImageError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_blob_is_exactly_the_size_its_descriptor_declares() {
-        use tokio::io::AsyncWriteExt;
-        let mut exact = BoundedBlob::new(4);
-        exact.write_all(b"abcd").await.unwrap();
-        assert_eq!(exact.finish().unwrap(), b"abcd");
-        let mut endless = BoundedBlob::new(4);
-        let error = endless.write_all(b"abcde").await.unwrap_err();
-        assert!(error.to_string().contains("more bytes than the 4"), "{error}");
-        let mut short = BoundedBlob::new(4);
-        short.write_all(b"ab").await.unwrap();
-        assert!(
-            short
-                .finish()
-                .unwrap_err()
-                .contains("sent 2 bytes where the manifest declares 4")
-        );
-    }
 
     #[test]
     fn docker_configs_are_read_in_both_formats() {

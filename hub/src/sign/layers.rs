@@ -13,6 +13,8 @@ use std::{
 };
 
 use flate2::read::GzDecoder;
+
+use super::limits::{Bounded, MAX_EXPANDED_BYTES, MAX_FILE_BYTES, MAX_SELECTED_BYTES};
 use glob::{MatchOptions, Pattern};
 use oci_client::manifest::OciDescriptor;
 use thiserror::Error;
@@ -30,52 +32,6 @@ pub struct LayerError {
 
 /// Symlinks followed for one path before giving up, as the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINKS: usize = 40;
-
-/// Largest layer blob downloaded. Module images are a few hundred MiB at most; the bound keeps
-/// a hostile manifest from making the sign Job hold an arbitrary amount of memory.
-pub const MAX_LAYER_BYTES: u64 = 4 << 30;
-/// Most bytes one layer may expand to (a gzip bomb stops here).
-pub const MAX_EXPANDED_BYTES: u64 = 32 << 30;
-/// Largest selected file read to be signed (a kernel module is a few MiB).
-pub const MAX_FILE_BYTES: u64 = 512 << 20;
-/// Most bytes of selected files held at once.
-pub const MAX_SELECTED_BYTES: u64 = 4 << 30;
-
-/// The size to download for `layer`, or why it is not downloaded: a size out of bounds, or
-/// foreign URLs (unless `allow_foreign`).
-pub fn check_declared(layer: &OciDescriptor, allow_foreign: bool) -> Result<usize, String> {
-    if layer.urls.as_ref().is_some_and(|u| !u.is_empty()) && !allow_foreign {
-        return Err(
-            "a foreign layer (its descriptor lists URLs outside the registry); pass --allow-foreign-layers to fetch it"
-                .to_owned(),
-        );
-    }
-    let size = u64::try_from(layer.size).map_err(|_| format!("declared size {} is negative", layer.size))?;
-    if size > MAX_LAYER_BYTES {
-        return Err(format!(
-            "declared size {size} is over the {MAX_LAYER_BYTES}-byte limit"
-        ));
-    }
-    usize::try_from(size).map_err(|_| format!("declared size {size} does not fit in memory"))
-}
-
-/// A reader that fails once more than `left` bytes have come through.
-struct Bounded<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "the layer expands to more than {MAX_EXPANDED_BYTES} bytes"
-            ))
-        })?;
-        Ok(n)
-    }
-}
 
 /// The `filesToSign` globs, checked: absolute paths, valid shell globs, at least one.
 pub fn compile_patterns(globs: &[String]) -> Result<Vec<Pattern>, String> {

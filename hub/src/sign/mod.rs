@@ -4,6 +4,7 @@
 //! - [`module`]: the appended signature format (CMS SignedData, `module_signature` info block,
 //!   `~Module signature appended~\n` marker): sign, detect, strip.
 //! - [`keys`]: the signing key and certificate (RSA, PEM or DER), checked against each other.
+//! - [`limits`]: what sign-image accepts from a registry: declared sizes, foreign layers, expansion.
 //! - [`layers`]: the files of an image's layers that match `filesToSign`, and the new layer.
 //! - [`image`]: `kmm-hub sign-image`, which signs the modules of a container image and pushes
 //!   the result with the signed files as one new layer.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod image;
 pub mod keys;
 pub mod layers;
+pub mod limits;
 pub mod module;
 pub mod new_layer;
 
