@@ -163,6 +163,12 @@ impl DigestResolver {
         self
     }
 
+    /// Forgets the misses remembered for `image` (under any TLS mode or credential): the hub
+    /// has reason to think it now exists (a Job of its own may just have pushed it).
+    pub async fn forget_misses(&self, image: &str) {
+        self.misses.lock().await.retain(|key, _| key.image != image);
+    }
+
     /// Registry requests made so far (cache misses), for metrics and benchmarks.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)

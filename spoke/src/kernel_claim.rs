@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn what_the_spoke_publishes_the_hub_reads_back() {
-        let nodes: Vec<Node> = (0..80)
+        let nodes: Vec<Node> = (0..kmm_api::claims::MAX_KERNELS_PER_CLUSTER)
             .map(|i| mk_bare_node(Some(&format!("5.14.0-{i}.el9_{i}.x86_64"))))
             .collect();
         let claims = desired_claims(&nodes).unwrap();
@@ -335,7 +335,7 @@ mod tests {
                 .map(|c| c.spec.value.as_str())
         })
         .unwrap();
-        assert_eq!(read.len(), 80);
+        assert_eq!(read.len(), kmm_api::claims::MAX_KERNELS_PER_CLUSTER);
     }
 
     #[test]

@@ -231,7 +231,10 @@ pub enum LookupError {
 }
 
 /// Credentials from `imageRepoSecret`, read from the hub's namespace.
-async fn pull_auth(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Option<Credentials>, PullAuthError> {
+pub async fn pull_auth(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+) -> Result<Option<Credentials>, PullAuthError> {
     let Some(secret) = mcm
         .spec
         .module_spec

@@ -1,6 +1,8 @@
 //! The I/O of the build step: for each planned step, check its inputs, create its Job when it
 //! does not exist yet, and read how the Job went (with the failed pod's message). Decides nothing.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{ConfigMap, Pod, Secret},
@@ -19,7 +21,11 @@ use super::{
 };
 use crate::mcm_controller::{
     Context, Error,
-    desired::job::{self, JobState},
+    desired::{
+        job::{self, JobState},
+        plan::{ImageRef, Pin},
+    },
+    observe,
 };
 
 /// Most Jobs one reconcile of one MCM starts; the rest wait for the next round, so a spoke
@@ -37,8 +43,18 @@ pub async fn ensure(
     for planned in steps {
         let existing = ctx.jobs.state().into_iter().find(|j| j.name_any() == planned.job);
         let state = match existing {
-            Some(job) => StepState::Job(state_of(ctx, &job).await),
+            Some(job) => {
+                let state = state_of(ctx, &job).await;
+                if state == JobState::Succeeded {
+                    // Its image is there now: the next lookup should not wait out a remembered miss.
+                    ctx.resolver.forget_misses(planned.step.target()).await;
+                }
+                StepState::Job(state)
+            }
             None if started >= MAX_JOBS_STARTED_PER_RECONCILE => StepState::Deferred { started },
+            // Its Job may have finished and been collected since the lookup that found the
+            // image missing (a miss is remembered for a while): never build an image twice.
+            None if already_pushed(mcm, ctx, &planned).await => StepState::Job(JobState::Succeeded),
             None => match first_missing(ctx, &planned).await? {
                 Some(missing) => StepState::InputMissing(missing),
                 None => {
@@ -50,6 +66,21 @@ pub async fn ensure(
         out.push((planned, state));
     }
     Ok(out)
+}
+
+/// Whether the step's image is in its registry now, asked afresh (remembered misses dropped).
+async fn already_pushed(mcm: &ManagedClusterModule, ctx: &Context, planned: &PlannedStep) -> bool {
+    let target = planned.step.target();
+    ctx.resolver.forget_misses(target).await;
+    let tls = planned.step.push_tls();
+    let image = ImageRef {
+        image: target.to_owned(),
+        insecure: tls.insecure,
+        insecure_skip_tls_verify: tls.insecure_skip_tls_verify,
+    };
+    let auth = observe::pull_auth(mcm, ctx).await;
+    let answer = observe::resolve(&ctx.resolver, BTreeSet::from([image]), &auth).await;
+    matches!(answer.get(target), Some(Pin::Pinned(_)))
 }
 
 /// The first input of the step that is absent or lacks its key.

@@ -56,6 +56,13 @@ pub enum Step {
 }
 
 impl Step {
+    /// TLS of the registry the step pushes to.
+    pub fn push_tls(&self) -> &TlsOptions {
+        match self {
+            Step::Build { push_tls, .. } | Step::Sign { push_tls, .. } => push_tls,
+        }
+    }
+
     pub fn target(&self) -> &str {
         match self {
             Step::Build { target, .. } | Step::Sign { target, .. } => target,
