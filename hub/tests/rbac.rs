@@ -99,7 +99,7 @@ async fn every_request_of_the_hub_is_granted_by_its_rbac() {
     fleet
         .hub
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: pull, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: gpu}}}}\n\
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: pull, namespace: {HUB_NAMESPACE}, annotations: {{hub.kmm.sigs.x-k8s.io/allowed-modules: \"gpu,lab,ok\"}}}}\n\
              type: kubernetes.io/dockerconfigjson\n\
              data: {{.dockerconfigjson: eyJhdXRocyI6IHsib3RoZXIuZXhhbXBsZSI6IHsiYXV0aCI6ICJkVHB3In19fQ==}}\n---\n\
              apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-dockerfile, namespace: {HUB_NAMESPACE}}}\n\

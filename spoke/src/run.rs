@@ -198,16 +198,30 @@ pub async fn run_with(
         .map_err(RunError::NoCrd)?;
     // The node records, for the Module controller: a cache of their own (its reconciles read
     // them, the controller's own NodeModulesConfig watch only triggers).
+    // Each record change triggers the Modules it names only after the cache holds it (two
+    // separate watches let a reconcile read a record older than its trigger and stay there).
     let (records, records_writer) = reflector::store::<NodeModulesConfig>();
+    let (record_tx, record_rx) = mpsc::unbounded_channel();
     let records_task = tokio::spawn(
         watcher(Api::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .reflect(records_writer)
-            .for_each(|_| std::future::ready(())),
+            .touched_objects()
+            .for_each(move |record| {
+                if let Ok(record) = record {
+                    for module in module_controller::modules_of(&record) {
+                        let _ = record_tx.send(module);
+                    }
+                }
+                std::future::ready(())
+            }),
     );
     let (nodes_tx, nodes_rx) = mpsc::channel(1);
     let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
-    let module_ctrl = module_controller::controller(client.clone());
+    let module_ctrl = module_controller::controller(
+        client.clone(),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(record_rx),
+    );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(

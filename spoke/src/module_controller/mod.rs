@@ -49,8 +49,12 @@ pub const FINALIZER: &str = "kmm.node.kubernetes.io/module-finalizer";
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "module";
 
-/// Builds the Module controller.
-pub fn controller(client: kube::Client) -> Controller<DeserializeGuard<Module>> {
+/// Builds the Module controller; `records` names the Modules whose node records changed, sent
+/// once the record cache holds the change.
+pub fn controller(
+    client: kube::Client,
+    records: impl futures::Stream<Item = ObjectRef<DeserializeGuard<Module>>> + Send + 'static,
+) -> Controller<DeserializeGuard<Module>> {
     Controller::new(
         Api::<DeserializeGuard<Module>>::all(client.clone()),
         watcher::Config::default(),
@@ -58,24 +62,23 @@ pub fn controller(client: kube::Client) -> Controller<DeserializeGuard<Module>> 
     .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
     // Worker pods: a failed one shows in the Module's status (the hub reads it back).
     .watches(
-        Api::<Pod>::all(client.clone()),
+        Api::<Pod>::all(client),
         watcher::Config::default().labels(MODULE_NAME_LABEL),
         |pod| {
             let name = pod.labels().get(MODULE_NAME_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         },
     )
-    .watches(
-        Api::<NodeModulesConfig>::all(client),
-        watcher::Config::default(),
-        |nmc| {
-            let spec = nmc.spec.modules.iter().map(|e| &e.item);
-            let status = nmc.status.iter().flat_map(|s| s.modules.iter().map(|e| &e.item));
-            spec.chain(status)
-                .map(|i| ObjectRef::new(&i.name).within(&i.namespace))
-                .collect::<Vec<_>>()
-        },
-    )
+    .reconcile_on(records)
+}
+
+/// The Modules a node record names, in its spec or its status.
+pub fn modules_of(nmc: &NodeModulesConfig) -> Vec<ObjectRef<DeserializeGuard<Module>>> {
+    let spec = nmc.spec.modules.iter().map(|e| &e.item);
+    let status = nmc.status.iter().flat_map(|s| s.modules.iter().map(|e| &e.item));
+    spec.chain(status)
+        .map(|i| ObjectRef::new(&i.name).within(&i.namespace))
+        .collect()
 }
 
 /// Runs the Module controller until `shutdown` resolves.
