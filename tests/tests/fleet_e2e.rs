@@ -615,11 +615,14 @@ async fn a_cluster_that_goes_silent_is_reported_unreachable_until_it_is_back() {
     .await;
 }
 
-/// The hub's watches resume after losing their place: the hub is frozen while a cluster is
-/// relabelled out and etcd compacts (every 2 s here), then the hub's apiserver restarts, so each
-/// watch comes back with a resourceVersion that no longer exists (410 Gone) and must list again.
-/// The hub must still notice the relabel. The apiserver's audit log is the witness of the
-/// relist.
+/// The hub's watches resume after losing their place. The hub is frozen and the apiserver
+/// restarts: on shutdown it sends each watch a bookmark, which waits in the frozen hub's socket.
+/// Then a cluster is relabelled out, more writes follow, etcd compacts (every 2 s here) and the
+/// apiserver restarts again, so its watch cache begins after the bookmark. When the hub thaws,
+/// each watch resumes from a resourceVersion that no longer exists (410 Gone) and must list
+/// again, and the hub must still notice the relabel. The apiserver's audit log is the witness of
+/// the relist. (With one restart the resumed watch can start exactly where the new cache begins
+/// and be served without a list.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() {
     let mut hub_options = Options::hub();
@@ -651,6 +654,7 @@ async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() 
     .await;
 
     fleet.hub_process.as_ref().unwrap().pause().unwrap();
+    fleet.hub.restart_apiserver().await.unwrap();
     Api::<ManagedCluster>::all(fleet.hub.client())
         .patch(
             "b",
@@ -689,8 +693,15 @@ async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() 
             && e.resource() == "managedclusters"
             && (e.verb == "list" || e.request_uri.contains("sendInitialEvents=true"))
     });
+    let seen: Vec<String> = audit[before..]
+        .iter()
+        .filter(|e| e.resource() == "managedclusters")
+        .map(|e| format!("{} {} {}", e.user.username, e.verb, e.request_uri))
+        .collect();
     assert!(
         relisted,
-        "the hub listed ManagedClusters again after its watch lost its place"
+        "the hub listed ManagedClusters again after its watch lost its place; \
+         ManagedCluster requests after the restarts:\n{}",
+        seen.join("\n")
     );
 }
