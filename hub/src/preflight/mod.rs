@@ -3,4 +3,5 @@
 //! sign first. [`verdict`] decides (pure, with the rollout's mapping and build planning);
 //! `kmm-hub preflight` asks the registries and prints the answer.
 
+pub mod command;
 pub mod verdict;

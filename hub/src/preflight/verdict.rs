@@ -15,6 +15,7 @@ use crate::mcm_controller::desired::{
     job::{Step, step_for},
     plan::{ImageRef, Pin},
 };
+use crate::mcm_controller::observe::LookupError;
 
 /// What a kernel upgrade would meet for one MCM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,9 +204,19 @@ fn decide(
             },
             format!("image {image} exists"),
         ),
-        Some(Pin::Failed(why)) => (Verdict::RegistryError, format!("cannot look up {image}: {why}")),
+        Some(Pin::Failed(why)) => (Verdict::RegistryError, lookup_failed(image, why)),
         None => (Verdict::RegistryError, format!("image {image} was not looked up")),
         Some(Pin::Missing | Pin::Blocked(_)) => missing(mcm, r, pins),
+    }
+}
+
+/// Why `image` could not be looked up, naming it once (registry errors already do).
+fn lookup_failed(image: &str, why: &LookupError) -> String {
+    let why = why.to_string();
+    if why.contains(image) {
+        why
+    } else {
+        format!("cannot look up {image}: {why}")
     }
 }
 
@@ -235,9 +246,7 @@ fn missing(
                     "image {image} does not exist, nor does sign.unsignedImage {source} it would be signed from; push {source} or add build"
                 ),
             ),
-            (false, Some(Pin::Failed(why))) => {
-                (Verdict::RegistryError, format!("cannot look up {source}: {why}"))
-            }
+            (false, Some(Pin::Failed(why))) => (Verdict::RegistryError, lookup_failed(&source, why)),
             _ => (
                 Verdict::NeedsSign,
                 format!("image {image} does not exist; the hub would sign it from {source}"),

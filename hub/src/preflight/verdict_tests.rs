@@ -202,3 +202,23 @@ fn several_kernels_keep_their_order_and_each_its_verdict() {
         ]
     );
 }
+
+#[test]
+fn a_lookup_error_names_the_image_once() {
+    let naming = Pin::Failed(
+        crate::registry::RegistryError::Lookup {
+            image: FINAL.into(),
+            reason: "refused".into(),
+        }
+        .into(),
+    );
+    let reason = &check_all(&mcm(Mcm::Build), &[K.to_string()], &pins(&[(FINAL, naming)]))[0].reason;
+    assert_eq!(reason.matches(FINAL).count(), 1, "{reason}");
+    let other = &check_all(
+        &mcm(Mcm::Build),
+        &[K.to_string()],
+        &pins(&[(FINAL, lookup_failed("down"))]),
+    )[0]
+    .reason;
+    assert!(other.starts_with(&format!("cannot look up {FINAL}: ")), "{other}");
+}
