@@ -11,11 +11,13 @@ use kmm_api::{
     kernel::{KernelMapper, MappingError, ResolvedMapping},
 };
 
-use crate::mcm_controller::desired::{
-    job::{Step, step_for},
-    plan::{ImageRef, Pin},
+use crate::mcm_controller::{
+    desired::{
+        job::{Step, step_for},
+        plan::{ImageRef, Pin},
+    },
+    observe::LookupError,
 };
-use crate::mcm_controller::observe::LookupError;
 
 /// What a kernel upgrade would meet for one MCM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,11 +194,6 @@ fn decide(
     pins: &BTreeMap<String, Pin>,
 ) -> (Verdict, String) {
     let image = &r.container_image;
-    let (name, ns) = (name(mcm), mcm.spec.spoke_namespace.as_str());
-    // An intermediate name the image cannot carry stops build+sign before any lookup matters.
-    if let Err(e) = r.sign_source(name, ns) {
-        return (Verdict::InvalidSpec, format!("spec.moduleSpec: {e}"));
-    }
     match pins.get(image) {
         Some(Pin::Pinned(digest)) => (
             Verdict::Ready {
@@ -227,6 +224,10 @@ fn missing(
     pins: &BTreeMap<String, Pin>,
 ) -> (Verdict, String) {
     let image = &r.container_image;
+    // An intermediate name the image cannot carry stops build+sign (a present image is shipped).
+    if let Err(e) = r.sign_source(name(mcm), &mcm.spec.spoke_namespace) {
+        return (Verdict::InvalidSpec, format!("spec.moduleSpec: {e}"));
+    }
     // step_for plans from a plain miss; a Job's state (Blocked) does not change what is needed.
     let mut as_missing = pins.clone();
     as_missing.insert(image.clone(), Pin::Missing);

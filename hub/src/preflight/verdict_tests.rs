@@ -14,6 +14,9 @@ const SIGN_FROM: &str = "            sign:\n              keySecret: {name: key}
                          \x20             unsignedImage: reg.example/kmod-unsigned:${KERNEL_FULL_VERSION}\n\
                          \x20             filesToSign: ['/opt/lib/modules/${KERNEL_FULL_VERSION}/my_kmod.ko']\n";
 
+/// An image pinned by digest: build+sign cannot name an unsigned intermediate for it.
+const DIGEST_REF: &str = "reg.example/kmod@sha256:0123";
+
 /// Which MCM a row is about: the build fixtures, and MCMs for the cases they do not cover.
 #[derive(Clone, Copy, Debug)]
 enum Mcm {
@@ -26,6 +29,7 @@ enum Mcm {
     BadImageVar,
     BadSignVar,
     BadRegexp,
+    DigestBuildSign,
 }
 
 fn literal_mcm(image: &str, regexp: &str, extra: &str) -> ManagedClusterModule {
@@ -55,6 +59,12 @@ fn mcm(which: Mcm) -> ManagedClusterModule {
         }
         Mcm::BadSignVar => mk_build_mcm("m", &SIGN.replace("${KERNEL_FULL_VERSION}", "${MOD_NAME}")),
         Mcm::BadRegexp => literal_mcm("reg.example/lit:1", "([", ""),
+        Mcm::DigestBuildSign => {
+            let mut m = mk_build_mcm("m", &format!("{BUILD}{SIGN}"));
+            let loader = m.spec.module_spec.module_loader.as_mut().unwrap();
+            loader.container.kernel_mappings[0].container_image = Some(DIGEST_REF.into());
+            m
+        }
     }
 }
 
@@ -89,6 +99,8 @@ fn pinned(image: &str) -> Pin {
 // Bad `${VAR}` and other spec errors, whatever the registry says.
 #[case::bad_image_variable(Mcm::BadImageVar, K, &[(FINAL, pinned(FINAL))], Verdict::BadVariable, "unknown variable ${KERNEL_FULLVERSION}")]
 #[case::bad_sign_variable(Mcm::BadSignVar, K, &[(FINAL, Pin::Missing)], Verdict::BadVariable, "sign.filesToSign: unknown variable ${MOD_NAME}")]
+#[case::digest_image_present_ships(Mcm::DigestBuildSign, K, &[(DIGEST_REF, pinned("d"))], Verdict::Ready { digest: pinned("d").digest() }, "exists")]
+#[case::digest_image_missing_cannot_build_sign(Mcm::DigestBuildSign, K, &[(DIGEST_REF, Pin::Missing)], Verdict::InvalidSpec, "pinned by digest")]
 #[case::bad_regexp(Mcm::BadRegexp, OTHER, &[], Verdict::InvalidSpec, "not a valid regular expression")]
 fn verdicts(
     #[case] which: Mcm,
