@@ -13,6 +13,11 @@ const COMING: &str = "6.1.0-29-cloud-amd64";
 
 /// An MCM selecting `env: prod` whose one mapping builds `<host>/kmm/kmod:<kernel>` when absent.
 fn mcm_yaml(host: &str, name: &str, tls: &str) -> String {
+    build_mcm_yaml(host, name, tls, "")
+}
+
+/// [`mcm_yaml`] with `extra` lines in the mapping (indented to its fields).
+fn build_mcm_yaml(host: &str, name: &str, tls: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1
 kind: ManagedClusterModule
@@ -34,7 +39,7 @@ spec:
             registryTLS: {{{tls}}}
             build:
               dockerfileConfigMap: {{name: kmod-dockerfile}}
-"#
+{extra}"#
     )
 }
 
@@ -65,6 +70,16 @@ fn row<'a>(stdout: &'a str, kernel: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row for {kernel}:\n{stdout}"))
         .split_whitespace()
         .collect()
+}
+
+/// Manifest requests the registry answered for `repo:tag` exactly, from its access log.
+fn tag_requests(registry: &Registry, repo_tag: &str) -> usize {
+    let (repo, tag) = repo_tag.split_once(':').unwrap_or((repo_tag, ""));
+    let log = std::fs::read_to_string(registry.dir.join("registry.log")).unwrap_or_default();
+    let uri = format!("uri=/v2/{repo}/manifests/{tag} ");
+    log.lines()
+        .filter(|l| l.contains("response completed") && l.contains(&uri))
+        .count()
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> String {
@@ -134,6 +149,50 @@ fn ready_kernels_exit_zero_and_kernels_needing_a_build_exit_one_with_the_reason(
         pushed,
         "preflight builds and pushes nothing"
     );
+}
+
+#[test]
+fn build_and_sign_needs_a_sign_once_the_unsigned_image_exists() {
+    let registry = start_registry("preflight-sign");
+    let dir = scratch("preflight-sign");
+    let sign = "            sign:\n              keySecret: {name: key}\n              certSecret: {name: cert}\n\
+                \x20             filesToSign: ['/opt/lib/modules/${KERNEL_FULL_VERSION}/my_kmod.ko']\n";
+    let mcm = write(
+        &dir,
+        "mcm.yaml",
+        &build_mcm_yaml(&registry.host, "gpu", "insecure: true", sign),
+    );
+    let unsigned = format!("kmm/kmod:{COMING}-drivers_gpu_kmm_unsigned");
+
+    let before = preflight(&["--kernel", COMING, "-f", &mcm]);
+    assert_eq!(before.code, Some(1), "{}{}", before.stdout, before.stderr);
+    let row_before = row(&before.stdout, COMING);
+    assert_eq!(row_before[1..3], ["NeedsBuild", "Build"]);
+    assert!(
+        row_before
+            .join(" ")
+            .contains(&format!("would build {}/{unsigned}, then sign it", registry.host)),
+        "{}",
+        before.stdout
+    );
+
+    registry.push_labelled(&unsigned).unwrap();
+    let signed = format!("kmm/kmod:{COMING}");
+    let asked = |repo_tag: &str| tag_requests(&registry, repo_tag);
+    let (signed_before, unsigned_before) = (asked(&signed), asked(&unsigned));
+    let after = preflight(&["--kernel", COMING, "-f", &mcm]);
+    assert_eq!(after.code, Some(1), "{}{}", after.stdout, after.stderr);
+    let row_after = row(&after.stdout, COMING);
+    assert_eq!(row_after[1..3], ["NeedsSign", "Sign"], "{}", after.stdout);
+    assert!(
+        row_after
+            .join(" ")
+            .contains(&format!("would sign it from {}/{unsigned}", registry.host)),
+        "{}",
+        after.stdout
+    );
+    assert!(asked(&signed) > signed_before, "the signed image was looked up");
+    assert!(asked(&unsigned) > unsigned_before, "then the unsigned one");
 }
 
 #[test]
