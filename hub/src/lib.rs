@@ -7,6 +7,7 @@
 //! - [`pull_secret`]: registry credentials from `imageRepoSecret`.
 //! - [`run`]: `kmm-hub run` (controller, fleet caches, health and metrics server).
 //! - [`sign`]: the pure-Rust kernel module signer, `sign-kmod` and `sign-image`.
+//! - [`preflight`]: would every MCM find its image for a coming kernel (`kmm-hub preflight`).
 //! - [`rbac`]: the API calls `run` makes, as data, and the RBAC rendered from them.
 //! - [`leader`]: leader election with a Lease; [`metrics`]: Prometheus metrics.
 
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod lint;
 pub mod mcm_controller;
 pub mod metrics;
+pub mod preflight;
 pub mod pull_secret;
 pub mod rbac;
 pub mod reason;

@@ -36,6 +36,10 @@ enum Command {
     /// Print the ManifestWorks the controller would write for an MCM and a set of ManagedClusters
     /// (multi-document YAML), for review; exit 1 when a selected cluster is blocked.
     Render(kmm_hub::render::RenderArgs),
+    /// Check, before a kernel upgrade, that every ManagedClusterModule finds its image for each
+    /// coming kernel (offline, registry lookups only); exit 0 when all are ready, 1 when not,
+    /// 2 on bad input.
+    Preflight(kmm_hub::preflight::command::PreflightArgs),
     /// Print every selected cluster of one or all ManagedClusterModules, with its state.
     Status {
         /// Only this ManagedClusterModule.
@@ -71,6 +75,20 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             if !runtime.block_on(kmm_hub::render::render(&args, &mut out, &mut err))? {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Preflight(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(kmm_hub::preflight::command::preflight(&args, &mut out, &mut err)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(ExitCode::FAILURE),
+                Err(e) => {
+                    use std::io::Write as _;
+                    writeln!(err, "error: {e:#}")?;
+                    return Ok(ExitCode::from(2));
+                }
             }
         }
         Command::Status { mcm } => {

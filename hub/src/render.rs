@@ -2,7 +2,7 @@
 //! `kmm-hub status` (online: every selected cluster of the hub's MCMs, one line each).
 //! Both use the controller's own pure steps, so what they show is what it does.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use kmm_api::{
@@ -14,12 +14,12 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde_json::Value;
 
 use crate::{
+    cli::RegistryArgs,
     mcm_controller::{
-        desired::plan::{self, ImageRef, KERNELS_ANNOTATION, Pin},
+        desired::plan::{self, KERNELS_ANNOTATION, Pin},
         observe,
         work_outcome::work_outcome,
     },
-    registry::DigestResolver,
 };
 
 /// Flags of `kmm-hub render`.
@@ -34,12 +34,12 @@ pub struct RenderArgs {
     /// Keep image references as written instead of pinning them to digests.
     #[arg(long)]
     pub no_resolve: bool,
-    /// Reach every registry over plain HTTP (for a local test registry).
-    #[arg(long)]
-    pub registry_insecure: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
-fn documents(path: &PathBuf) -> anyhow::Result<Vec<Value>> {
+/// The documents of a YAML file (several, or a `...List`'s items), empty ones dropped.
+pub fn documents(path: &PathBuf) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&text).with_context(|| format!("parsing {} as YAML", path.display()))?;
@@ -69,6 +69,7 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
     };
     let mcm: ManagedClusterModule =
         serde_json::from_value(mcm).context("reading the ManagedClusterModule")?;
+    let credentials = args.registry.credentials()?;
     let clusters: Vec<Arc<ManagedCluster>> = documents(&args.clusters)?
         .into_iter()
         .filter(|d| d["kind"] == "ManagedCluster")
@@ -89,15 +90,7 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
             .map(|i| (i.image.clone(), Pin::Pinned(i.image)))
             .collect()
     } else {
-        let resolver = DigestResolver::new(Duration::from_secs(60));
-        let images = images
-            .into_iter()
-            .map(|i| ImageRef {
-                insecure: i.insecure || args.registry_insecure,
-                ..i
-            })
-            .collect();
-        observe::resolve(&resolver, images, &Ok(None)).await
+        args.registry.resolve(images, &credentials).await
     };
     let mut ok = true;
     for cluster in &selected {
