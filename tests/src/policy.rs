@@ -29,6 +29,12 @@ pub const POLICY_GROUP: &str = "policy.open-cluster-management.io";
 /// its ServiceAccount is on a real cluster); its writes are told apart in the audit log by it.
 pub const CONFIG_POLICY_USER: &str = "config-policy-controller";
 
+/// The hub identities of the propagator and the Placement controller (group `system:masters`,
+/// as they hold cluster-wide rights on a real hub), so the hub's audit log tells their writes
+/// apart from the harness's.
+pub const PROPAGATOR_USER: &str = "governance-policy-propagator";
+pub const PLACEMENT_USER: &str = "placement-controller";
+
 /// Where `scripts/policyplane-build` leaves the binaries and CRDs: `<target>/policyplane`.
 pub fn policyplane_dir() -> anyhow::Result<PathBuf> {
     let dir = kmm_test_kit::target_dir()?.join("policyplane");
@@ -65,6 +71,13 @@ pub fn placement_decision_resource() -> ApiResource {
     )
 }
 
+/// Adds the propagator's and the Placement controller's identities to a hub's options.
+pub fn hub_options(options: Options) -> Options {
+    options
+        .user(PROPAGATOR_USER, &["system:masters"])
+        .user(PLACEMENT_USER, &["system:masters"])
+}
+
 /// Adds the configuration policy controller's identity to a managed cluster's options.
 pub fn spoke_options(options: Options) -> Options {
     options.user(CONFIG_POLICY_USER, &["system:masters"])
@@ -94,15 +107,17 @@ pub struct PolicyHub {
 impl PolicyHub {
     /// Installs the Policy, PlacementBinding, PolicySet, PolicyAutomation and AddOnPlacementScore
     /// CRDs on `hub` (which runs OCM's registration controller: it makes the `default`
-    /// ManagedClusterSet the Placement selects from) and starts both controllers as the hub's
-    /// admin, as they hold cluster-wide rights on a real hub.
+    /// ManagedClusterSet the Placement selects from) and starts both controllers, each as its
+    /// identity from [`hub_options`] (which `hub` must have been started with).
     pub async fn start(hub: &ControlPlane, dir: &Path) -> anyhow::Result<Self> {
         let plane = policyplane_dir()?;
         hub.install_crds_from_path(plane.join("crds/hub")).await?;
-        let kubeconfig = hub.kubeconfig_path().display().to_string();
         let placement = Daemon::start(
             &plane.join("kmm-placement"),
-            &[format!("--kubeconfig={kubeconfig}")],
+            &[format!(
+                "--kubeconfig={}",
+                hub.kubeconfig_as(PLACEMENT_USER)?.display()
+            )],
             dir,
             "placement",
         )?;
@@ -110,7 +125,13 @@ impl PolicyHub {
         // PlacementRules are left out: their CRD and controller are not installed here.
         let propagator = start_with_env(
             &plane.join("governance-policy-propagator"),
-            &[("WATCH_NAMESPACE", String::new()), ("KUBECONFIG", kubeconfig)],
+            &[
+                ("WATCH_NAMESPACE", String::new()),
+                (
+                    "KUBECONFIG",
+                    hub.kubeconfig_as(PROPAGATOR_USER)?.display().to_string(),
+                ),
+            ],
             &[
                 "--leader-elect=false",
                 "--enable-webhooks=false",

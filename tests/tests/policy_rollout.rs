@@ -18,12 +18,12 @@ use k8s_openapi::{
 };
 use kmm_fleet_tests::{
     Wait,
-    controlplane::{self, ControlPlane, Options},
+    controlplane::{self, AuditEvent, ControlPlane, Options},
     fleet::{OPERATOR_NAMESPACE, start_hub_cluster},
     fresh_dir,
     ocm::{self, AgentOptions, OcmAgent, OcmHub, managed_cluster_resource},
     policy::{
-        self, CONFIG_POLICY_USER, PolicyHub, PolicySpoke, configuration_policy_resource,
+        self, CONFIG_POLICY_USER, PROPAGATOR_USER, PolicyHub, PolicySpoke, configuration_policy_resource,
         placement_decision_resource, policy_resource,
     },
     run, scratch_dir,
@@ -60,9 +60,12 @@ impl PolicyFleet {
     async fn start(name: &str) -> Self {
         let dir = scratch_dir(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name));
         let dir = fresh_dir(dir.parent().unwrap(), &dir.file_name().unwrap().to_string_lossy()).unwrap();
-        let (hub, _) = start_hub_cluster(&dir.join("hub"), ocm::hub_options(Options::hub()))
-            .await
-            .unwrap();
+        let (hub, _) = start_hub_cluster(
+            &dir.join("hub"),
+            policy::hub_options(ocm::hub_options(Options::hub())),
+        )
+        .await
+        .unwrap();
         let ocm_hub = OcmHub::start(&hub, &dir).await.unwrap();
         let policy = PolicyHub::start(&hub, &dir).await.unwrap();
         let mut spokes = Vec::new();
@@ -239,6 +242,17 @@ async fn nothing_installed(cluster: &ControlPlane) -> bool {
             .is_none()
 }
 
+/// `verb` requests on replicated Policies in `namespace` on the hub, as `user (code)`, per the
+/// audit log.
+fn policy_writes(audit: &[AuditEvent], verb: &str, namespace: &str) -> Vec<String> {
+    audit
+        .iter()
+        .filter(|e| e.verb == verb && e.resource() == "policies" && e.subresource().is_empty())
+        .filter(|e| e.object_ref.as_ref().is_some_and(|o| o.namespace == namespace))
+        .map(|e| format!("{} ({})", e.user.username, e.code()))
+        .collect()
+}
+
 /// Writes of the configuration policy controller to `resource` (named `name`), per the audit log.
 fn writes_by_controller(cluster: &ControlPlane, resource: &str, name: &str) -> Vec<String> {
     cluster
@@ -281,6 +295,17 @@ async fn the_generated_policies_install_kmm_spoke_on_the_placed_clusters_and_rem
             },
         )
         .await;
+    // The hub's audit log: the propagator created both replicated Policies in each namespace
+    // (a concurrent second try may be refused with 409), nobody else did.
+    let hub_audit = fleet.hub.audit_settled().await.unwrap();
+    for cluster in ["spoke-a", "spoke-b"] {
+        let creates = policy_writes(&hub_audit, "create", cluster);
+        assert!(
+            creates.iter().all(|c| c.starts_with(PROPAGATOR_USER))
+                && creates.iter().filter(|c| c.ends_with("(201)")).count() == 2,
+            "replicated Policy creates in {cluster}: {creates:?}"
+        );
+    }
     // The propagator records on each root Policy the binding that placed it.
     for name in POLICIES {
         let root =
@@ -333,6 +358,7 @@ async fn the_generated_policies_install_kmm_spoke_on_the_placed_clusters_and_rem
 
     // The third cluster: no replicated Policy, nothing installed, no write by the controller.
     assert!(fleet.replicated("spoke-c").await.is_empty());
+    assert!(policy_writes(&hub_audit, "create", "spoke-c").is_empty());
     let c = &fleet.spoke("spoke-c").cluster;
     assert!(nothing_installed(c).await, "spoke-c got part of the install");
     assert!(
@@ -358,6 +384,13 @@ async fn the_generated_policies_install_kmm_spoke_on_the_placed_clusters_and_rem
             || async { fleet.replicated("spoke-b").await.is_empty() },
         )
         .await;
+    let hub_audit = fleet.hub.audit_settled().await.unwrap();
+    let deleted = policy_writes(&hub_audit, "delete", "spoke-b");
+    assert!(
+        deleted.iter().all(|d| d.starts_with(PROPAGATOR_USER))
+            && deleted.iter().filter(|d| d.ends_with("(200)")).count() == 2,
+        "replicated Policy deletes in spoke-b: {deleted:?}"
+    );
     let b = &fleet.spoke("spoke-b").cluster;
     fleet
         .wait(180, "the install is pruned from spoke-b", || nothing_installed(b))
