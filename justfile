@@ -10,6 +10,7 @@ default:
 deps:
     scripts/test-deps
     scripts/controlplane-build
+    scripts/policyplane-build
 
 # A hub and three spokes on real control planes (kube-apiserver, etcd, controller-manager,
 # scheduler, OCM's agents), a real registry, the real kmm-hub and kmm-spoke and an example

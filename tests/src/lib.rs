@@ -24,6 +24,7 @@ pub mod kmod;
 pub mod manifests;
 pub mod nodes;
 pub mod ocm;
+pub mod policy;
 pub mod process;
 pub mod registry;
 
