@@ -246,6 +246,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resolver,
         clusters: clusters.clone(),
         works: works.clone(),
+        recent_writes: Default::default(),
         jobs,
         leader: leadership,
         config: mcm_controller::Config {

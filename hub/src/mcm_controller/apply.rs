@@ -85,6 +85,7 @@ async fn write_work(ctx: &Context, desired: ManifestWork) -> Result<ManifestWork
             source,
         })?;
     ctx.metrics.work_writes.inc();
+    ctx.recent_writes.record(&written);
     Ok(written)
 }
 
@@ -99,9 +100,13 @@ pub async fn delete_work(ctx: &Context, work: &ManifestWork) -> Result<(), Error
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => {
             ctx.metrics.work_deletes.inc();
+            ctx.recent_writes.forget(&ns, &name);
             Ok(())
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            ctx.recent_writes.forget(&ns, &name);
+            Ok(())
+        }
         Err(source) => Err(Error::Api {
             what: format!("deleting ManifestWork {ns}/{name}"),
             source,

@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod fleet_status;
 pub mod observe;
+pub mod recent_writes;
 pub mod trust;
 pub mod work_outcome;
 
@@ -78,6 +79,8 @@ pub struct Context {
     pub clusters: Store<ManagedCluster>,
     /// Every ManifestWork the hub labelled (one watch for the fleet).
     pub works: Store<ManifestWork>,
+    /// The hub's own recent work writes, read until the cache holds them.
+    pub recent_writes: recent_writes::RecentWrites,
     /// The hub's build and sign Jobs.
     pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
     /// Only the leader writes.

@@ -141,7 +141,9 @@ pub fn images_needed(
 pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
     let t = std::time::Instant::now();
     let clusters = selected_clusters(mcm, &ctx.clusters.state());
-    let works = own_works(mcm, &ctx.works.state());
+    let works = ctx
+        .recent_writes
+        .overlay(&mcm.name_any(), own_works(mcm, &ctx.works.state()));
     let (images, spec_error) = match trust_blocker(mcm, ctx).await {
         Some(b) => (BTreeSet::new(), Some(b)),
         None => match images_needed(mcm, &clusters) {
