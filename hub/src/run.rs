@@ -205,7 +205,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let app = Router::new()
             .route(
                 "/metrics",
-                get(|State(h): State<Health>| async move { h.metrics.encode() }),
+                get(|State(h): State<Health>| async move {
+                    // What prometheus_client writes, so Prometheus reads counters as counters.
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        h.metrics.encode(),
+                    )
+                }),
             )
             .route("/healthz", get(|| async { "ok" }))
             .route(

@@ -288,8 +288,35 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// The classic text format of an OpenMetrics exposition, which `promtool check metrics` (2.42)
+/// reads: OpenMetrics names a counter family without `_total` and its samples with it; the
+/// classic format names both with it. `# EOF` goes.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    openmetrics
+        .lines()
+        .filter(|l| *l != "# EOF")
+        .map(|l| {
+            for kind in ["# HELP ", "# TYPE "] {
+                if let Some(rest) = l.strip_prefix(kind) {
+                    let (family, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(family) {
+                        return format!("{kind}{family}_total {tail}");
+                    }
+                }
+            }
+            l.to_owned()
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
 /// `promtool check metrics` on a real scrape: names, units, `_total` and help texts.
-fn check_metrics(name: &str, text: &str) {
+fn check_metrics(name: &str, openmetrics: &str) {
+    let text = classic_text(openmetrics);
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -357,6 +384,7 @@ async fn alerts_fire_and_clear_and_every_dashboard_query_answers_on_a_real_prome
         ("KmmClustersDegraded", LOAD_MCM, "LoadFailed"),
         ("KmmClustersBlocked", READINESS_MCM, "NoKernelMapping"),
         ("KmmKernelWithoutImage", READINESS_MCM, ""),
+        ("KmmRolloutStalled", READINESS_MCM, ""),
     ];
     Wait::new(
         "the alerts of both failures and the spoke's worker failures fire",
