@@ -14,6 +14,8 @@
 pub mod claims;
 pub mod crds;
 pub mod event_note;
+#[cfg(feature = "runtime")]
+pub mod gather;
 pub mod image;
 pub mod kernel;
 pub mod labels;

@@ -166,6 +166,16 @@ pub fn lint_files(files: &[String], out: &mut dyn Write, err: &mut dyn Write) ->
     Ok(valid)
 }
 
+/// Prints where a bundle went and how many entries failed (its manifest.yaml lists them). A
+/// partial bundle is still a success: it is what there was to collect.
+pub fn report_gather((dir, failed): (std::path::PathBuf, usize), out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "wrote {} ({failed} entries could not be collected; see manifest.yaml)",
+        dir.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use base64::{Engine, engine::general_purpose::STANDARD};

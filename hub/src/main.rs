@@ -51,6 +51,9 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<String>,
     },
+    /// Write a support bundle of the hub cluster into a folder: MCMs, ManifestWorks, ManagedClusters,
+    /// Jobs, pods and log tails, Events, configuration, versions; Secrets never, credentials redacted.
+    Gather(kmm_hub::gather::GatherArgs),
     /// Sign kernel modules in place, as the kernel's scripts/sign-file does.
     SignKmod(kmm_hub::sign::cli::SignKmodArgs),
     /// Sign the kernel modules of an image and push the result (what the sign Job runs);
@@ -115,6 +118,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(kmm_hub::sign::cli::run_sign_image(&args, &mut out, &mut err))?;
+        }
+        Command::Gather(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            cli::report_gather(runtime.block_on(kmm_hub::gather::gather(&args))?, &mut out)?;
         }
         Command::Lint { files } => {
             if !cli::lint_files(&files, &mut out, &mut err)? {

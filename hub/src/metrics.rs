@@ -1,8 +1,14 @@
-//! Prometheus metrics of the hub, served on `/metrics`. Labels are bounded: error reasons, MCM
-//! names and fixed state words, never cluster names (a fleet has thousands).
+//! Prometheus metrics of the hub, served on `/metrics`. Labels are bounded: error reasons (the
+//! closed [`Reason`] list), MCM names, fixed state words and cache names, never cluster names (a
+//! fleet has thousands). Per MCM at most 4 `clusters`, 2 `nodes`, 2 kernel series and
+//! `3 x (reasons + 1)` `cluster_problems` series exist, and only while the MCM does.
 
 use std::{
-    sync::{Arc, atomic::AtomicU64},
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -13,7 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{reason::Reason, registry::DigestResolver};
+use crate::{leader::Leadership, reason::Reason, registry::DigestResolver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -26,6 +32,28 @@ pub struct FleetLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct McmLabels {
+    pub mcm: String,
+}
+
+/// A kind of cluster problem: `state` is `Blocked`, `Degraded` or `Unreachable`, `reason` one
+/// of [`Reason`] or `Other` (a spoke may send any word; it is not copied into a label).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    pub mcm: String,
+    pub state: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+}
+
+/// Reads the current size of one of the hub's caches.
+type CacheLen = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// Every metric the hub exports.
 pub struct Metrics {
     registry: Registry,
@@ -37,9 +65,20 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub jobs_started: Counter,
     pub clusters: Family<FleetLabels, Gauge>,
-    registry_asks: Gauge<u64, AtomicU64>,
-    registry_lookups: Gauge<u64, AtomicU64>,
+    nodes: Family<FleetLabels, Gauge>,
+    kernels: Family<McmLabels, Gauge>,
+    kernels_without_image: Family<McmLabels, Gauge>,
+    problems: Family<ProblemLabels, Gauge>,
+    /// The problem series last set per MCM, so the ones that went away are removed.
+    problem_series: Mutex<HashMap<String, Vec<ProblemLabels>>>,
+    registry_asks: Counter<u64, AtomicU64>,
+    registry_lookups: Counter<u64, AtomicU64>,
+    leader: Gauge,
+    cache_objects: Family<CacheLabels, Gauge>,
+    resident_memory: Gauge,
     resolver: Arc<DigestResolver>,
+    leadership: Arc<Leadership>,
+    caches: Vec<(&'static str, CacheLen)>,
 }
 
 /// Observes a reconcile's duration when dropped.
@@ -56,10 +95,12 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
+const FLEET_STATES: [&str; 4] = ["desired", "applied", "degraded", "blocked"];
+const NODE_STATES: [&str; 2] = ["desired", "loaded"];
+
 impl Metrics {
-    pub fn new(resolver: Arc<DigestResolver>) -> Self {
+    pub fn new(resolver: Arc<DigestResolver>, leadership: Arc<Leadership>) -> Self {
         let mut root = Registry::default();
-        let reg = root.sub_registry_with_prefix("kmm_hub");
         let m = Self {
             registry: Registry::default(),
             reconciles: Counter::default(),
@@ -70,10 +111,26 @@ impl Metrics {
             status_writes: Counter::default(),
             jobs_started: Counter::default(),
             clusters: Family::default(),
-            registry_asks: Gauge::default(),
-            registry_lookups: Gauge::default(),
+            nodes: Family::default(),
+            kernels: Family::default(),
+            kernels_without_image: Family::default(),
+            problems: Family::default(),
+            problem_series: Mutex::default(),
+            registry_asks: Counter::default(),
+            registry_lookups: Counter::default(),
+            leader: Gauge::default(),
+            cache_objects: Family::default(),
+            resident_memory: Gauge::default(),
             resolver,
+            leadership,
+            caches: Vec::new(),
         };
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the hub process",
+            m.resident_memory.clone(),
+        );
+        let reg = root.sub_registry_with_prefix("kmm_hub");
         reg.register(
             "reconciles",
             "ManagedClusterModule reconciles",
@@ -111,6 +168,26 @@ impl Metrics {
             m.clusters.clone(),
         );
         reg.register(
+            "nodes",
+            "Nodes over all clusters per MCM where the module should be (desired) or is loaded",
+            m.nodes.clone(),
+        );
+        reg.register(
+            "kernels",
+            "Distinct kernel versions among the MCM's selected clusters",
+            m.kernels.clone(),
+        );
+        reg.register(
+            "kernels_without_image",
+            "Kernels reported by the MCM's clusters that no image is resolved for",
+            m.kernels_without_image.clone(),
+        );
+        reg.register(
+            "cluster_problems",
+            "Clusters per MCM that are blocked, degraded or unreachable, by reason",
+            m.problems.clone(),
+        );
+        reg.register(
             "registry_requests",
             "Digest lookups asked for (cache hits included)",
             m.registry_asks.clone(),
@@ -120,7 +197,37 @@ impl Metrics {
             "Digest lookups that reached a registry",
             m.registry_lookups.clone(),
         );
+        reg.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without election)",
+            m.leader.clone(),
+        );
+        reg.register(
+            "cache_objects",
+            "Objects held by each of the hub's watch caches",
+            m.cache_objects.clone(),
+        );
+        // The reasons `mcm_controller::Error::reason` returns start at 0, so rates and alerts
+        // see a series from the first scrape on.
+        for reason in [
+            Reason::WriteFailed,
+            Reason::SerializeFailed,
+            Reason::FinalizerFailed,
+            Reason::WaitingForSpokes,
+            Reason::InvalidObject,
+        ] {
+            drop(m.reconcile_errors.get_or_create(&ErrorLabels {
+                reason: reason.to_string(),
+            }));
+        }
         Self { registry: root, ..m }
+    }
+
+    /// Reports `len()` of a watch cache as `kmm_hub_cache_objects{cache=name}` at each scrape.
+    #[must_use]
+    pub fn with_cache(mut self, name: &'static str, len: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.caches.push((name, Box::new(len)));
+        self
     }
 
     /// Starts timing a reconcile (and counts it).
@@ -141,37 +248,91 @@ impl Metrics {
             .inc();
     }
 
-    /// Per-MCM cluster counts from its status.
+    /// Per-MCM cluster, node and kernel counts from its status.
     pub fn observe_fleet(&self, mcm: &str, s: &ManagedClusterModuleStatus) {
-        for (state, n) in [
-            ("desired", s.number_desired),
-            ("applied", s.number_applied),
-            ("degraded", s.number_degraded),
-            ("blocked", s.number_blocked),
-        ] {
-            self.clusters
-                .get_or_create(&FleetLabels {
-                    mcm: mcm.to_string(),
-                    state: state.to_string(),
-                })
-                .set(i64::from(n));
+        let counts = [
+            s.number_desired,
+            s.number_applied,
+            s.number_degraded,
+            s.number_blocked,
+        ];
+        for (state, n) in FLEET_STATES.into_iter().zip(counts) {
+            self.clusters.get_or_create(&fleet(mcm, state)).set(i64::from(n));
+        }
+        for (state, n) in NODE_STATES.into_iter().zip([s.nodes_desired, s.nodes_loaded]) {
+            self.nodes.get_or_create(&fleet(mcm, state)).set(n);
+        }
+        let listed = i64::try_from(s.kernels.len()).unwrap_or(i64::MAX);
+        let mcm_labels = McmLabels { mcm: mcm.to_owned() };
+        self.kernels
+            .get_or_create(&mcm_labels)
+            .set(listed.saturating_add(i64::from(s.kernels_omitted)));
+        let missing = s.kernels.iter().filter(|k| k.image.is_empty()).count();
+        self.kernels_without_image
+            .get_or_create(&mcm_labels)
+            .set(i64::try_from(missing).unwrap_or(i64::MAX));
+    }
+
+    /// Per-MCM counts of clusters needing attention, from every cluster's `(state, reason)`
+    /// (not only the 20 the status lists).
+    pub fn observe_problems<'a>(&self, mcm: &str, problems: impl IntoIterator<Item = (&'a str, String)>) {
+        let counts = problem_counts(mcm, problems);
+        let mut last = self
+            .problem_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in last
+            .remove(mcm)
+            .unwrap_or_default()
+            .iter()
+            .filter(|l| !counts.contains_key(*l))
+        {
+            self.problems.remove(gone);
+        }
+        for (labels, n) in &counts {
+            self.problems.get_or_create(labels).set(*n);
+        }
+        if !counts.is_empty() {
+            last.insert(mcm.to_owned(), counts.into_keys().collect());
         }
     }
 
     /// Drops a deleted MCM's series.
     pub fn forget(&self, mcm: &str) {
-        for state in ["desired", "applied", "degraded", "blocked"] {
-            self.clusters.remove(&FleetLabels {
-                mcm: mcm.to_string(),
-                state: state.to_string(),
-            });
+        for state in FLEET_STATES {
+            self.clusters.remove(&fleet(mcm, state));
         }
+        for state in NODE_STATES {
+            self.nodes.remove(&fleet(mcm, state));
+        }
+        let mcm_labels = McmLabels { mcm: mcm.to_owned() };
+        self.kernels.remove(&mcm_labels);
+        self.kernels_without_image.remove(&mcm_labels);
+        self.observe_problems(mcm, []);
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        self.registry_asks.set(self.resolver.requests());
-        self.registry_lookups.set(self.resolver.lookups());
+        // The resolver's totals only grow; fetch_max keeps concurrent scrapes from double counting.
+        self.registry_asks
+            .inner()
+            .fetch_max(self.resolver.requests(), Ordering::Relaxed);
+        self.registry_lookups
+            .inner()
+            .fetch_max(self.resolver.lookups(), Ordering::Relaxed);
+        self.leader.set(i64::from(self.leadership.is_leader()));
+        for (name, len) in &self.caches {
+            self.cache_objects
+                .get_or_create(&CacheLabels { cache: name })
+                .set(i64::try_from(len()).unwrap_or(i64::MAX));
+        }
+        if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(resident_bytes)
+        {
+            self.resident_memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -179,41 +340,41 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn exposes_counters_and_per_mcm_gauges_without_cluster_names() {
-        let m = Metrics::new(Arc::new(DigestResolver::new(Duration::from_secs(1))));
-        drop(m.reconcile_timer());
-        m.reconcile_failed(Reason::WriteFailed);
-        m.observe_fleet(
-            "gpu",
-            &ManagedClusterModuleStatus {
-                number_desired: 7,
-                number_blocked: 2,
-                ..Default::default()
-            },
-        );
-        let text = m.encode();
-        assert!(text.contains("kmm_hub_reconciles_total 1"), "{text}");
-        assert!(
-            text.contains(r#"kmm_hub_reconcile_errors_total{reason="WriteFailed"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"kmm_hub_clusters{mcm="gpu",state="desired"} 7"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"kmm_hub_clusters{mcm="gpu",state="blocked"} 2"#),
-            "{text}"
-        );
-        assert!(text.contains("kmm_hub_registry_lookups 0"), "{text}");
-        m.forget("gpu");
-        assert!(!m.encode().contains(r#"mcm="gpu""#));
+fn fleet(mcm: &str, state: &str) -> FleetLabels {
+    FleetLabels {
+        mcm: mcm.to_owned(),
+        state: state.to_owned(),
     }
 }
+
+/// Counts `(state, reason)` pairs, with reasons outside [`Reason`] folded into `Other`.
+fn problem_counts<'a>(
+    mcm: &str,
+    problems: impl IntoIterator<Item = (&'a str, String)>,
+) -> HashMap<ProblemLabels, i64> {
+    let mut counts = HashMap::new();
+    for (state, reason) in problems {
+        let reason = Reason::ALL
+            .iter()
+            .find(|r| r.as_str() == reason)
+            .map_or("Other", |r| r.as_str());
+        *counts
+            .entry(ProblemLabels {
+                mcm: mcm.to_owned(),
+                state: state.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests;

@@ -150,7 +150,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         DigestResolver::new(Duration::from_secs(args.cache_ttl_seconds))
             .with_insecure_hosts(args.insecure_registries.clone()),
     );
-    let metrics = Arc::new(Metrics::new(resolver.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kmm-hub-{}", std::process::id()))
@@ -183,6 +182,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Api::<Job>::namespaced(client.clone(), &args.namespace),
         watcher::Config::default().labels(JOB_TYPE_LABEL),
     );
+    let metrics = Arc::new({
+        let (c, w, j) = (clusters.clone(), works.clone(), jobs.clone());
+        Metrics::new(resolver.clone(), leadership.clone())
+            .with_cache("managedclusters", move || c.len())
+            .with_cache("manifestworks", move || w.len())
+            .with_cache("jobs", move || j.len())
+    });
     tokio::spawn(clusters_task);
     tokio::spawn(works_task);
     tokio::spawn(jobs_task);
@@ -199,7 +205,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let app = Router::new()
             .route(
                 "/metrics",
-                get(|State(h): State<Health>| async move { h.metrics.encode() }),
+                get(|State(h): State<Health>| async move {
+                    // What prometheus_client writes, so Prometheus reads counters as counters.
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        h.metrics.encode(),
+                    )
+                }),
             )
             .route("/healthz", get(|| async { "ok" }))
             .route(

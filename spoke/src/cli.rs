@@ -54,6 +54,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run the spoke controllers (managed mode only).
     Run(RunArgs),
+    /// Write a support bundle of this cluster into a folder: Modules, NodeModulesConfigs, claims,
+    /// nodes, worker and device-plugin pods with log tails, Events, configuration, versions;
+    /// Secrets never, credentials redacted.
+    Gather(crate::gather::GatherArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,6 +156,17 @@ pub fn execute(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             std::io::stdout()
                 .write_all(crate::rbac::render(&namespace, &service_account).as_bytes())
                 .context("writing to stdout")?;
+        }
+        Command::Gather(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let (dir, failed) = runtime.block_on(crate::gather::gather(&args))?;
+            println!(
+                "wrote {} ({failed} entries could not be collected; see manifest.yaml)",
+                dir.display()
+            );
         }
         Command::Policy { manifests, out } => {
             crate::policy::write(&manifests, &out, &mut std::io::stdout())?;

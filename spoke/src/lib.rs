@@ -22,6 +22,7 @@ pub mod context;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod gather;
 pub mod health;
 pub mod kernel_claim;
 pub mod metrics;

@@ -115,6 +115,18 @@ impl Metrics {
             m.kernels.clone(),
         );
         reg.register("ready", "1 once every cache has synced", m.ready.clone());
+        // Every known label value starts at 0, so rates and alerts see a series from the first
+        // scrape on instead of none until the first event.
+        for controller in ["node", "module"] {
+            drop(m.reconciles.get_or_create(&ControllerLabels { controller }));
+        }
+        for action in ["load", "unload"] {
+            drop(m.worker_pods.get_or_create(&ActionLabels { action }));
+            drop(m.worker_failures.get_or_create(&ActionLabels { action }));
+        }
+        for watch in ["nodes", "clusterclaims"] {
+            drop(m.watch_errors.get_or_create(&WatchLabels { watch }));
+        }
         Self { registry: root, ..m }
     }
 
@@ -174,5 +186,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kmm_spoke_ready 0"), "{text}");
+        assert!(
+            text.contains(r#"kmm_spoke_worker_failures_total{action="unload"} 0"#),
+            "{text}"
+        );
     }
 }

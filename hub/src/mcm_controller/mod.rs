@@ -154,6 +154,13 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let problems = events::new_problems(mcm.status.as_ref(), &new_status);
     events::publish(ctx, &mcm.object_ref(&()), problems).await;
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
+    ctx.metrics.observe_problems(
+        &mcm.name_any(),
+        views
+            .iter()
+            .filter_map(|v| v.problem())
+            .map(|(state, reason, _)| (state, reason)),
+    );
     apply::write_status(ctx, mcm, &new_status).await?;
 
     // A spec error may be cured outside the MCM (a Secret granting it, say), which no watch
