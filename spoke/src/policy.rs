@@ -152,7 +152,34 @@ fn template(object: Value) -> Value {
     })
 }
 
-fn policy(name: &str, description: &str, objects: Vec<Value>, depends_on: Option<&str>) -> Value {
+/// What the configuration policy controller deletes from a cluster when the Policy leaves it
+/// (the cluster is taken out of the placement, or the Policy is deleted).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Prune {
+    /// Nothing: the CRDs hold the cluster's Modules. Deleting them would delete every Module at
+    /// the moment kmm-spoke, which unloads a module before it lets its Module go, is removed
+    /// too, leaving Modules, the CRDs and the Policy stuck on finalizers.
+    Nothing,
+    /// What this Policy created: kmm-spoke leaves, the Modules and loaded modules stay.
+    Created,
+}
+
+impl Prune {
+    fn behavior(self) -> &'static str {
+        match self {
+            Prune::Nothing => "None",
+            Prune::Created => "DeleteIfCreated",
+        }
+    }
+}
+
+fn policy(
+    name: &str,
+    description: &str,
+    objects: Vec<Value>,
+    depends_on: Option<&str>,
+    prune: Prune,
+) -> Value {
     let mut spec = json!({
         "remediationAction": "enforce",
         "disabled": false,
@@ -164,7 +191,7 @@ fn policy(name: &str, description: &str, objects: Vec<Value>, depends_on: Option
                 "spec": {
                     "remediationAction": "enforce",
                     "severity": "high",
-                    "pruneObjectBehavior": "DeleteIfCreated",
+                    "pruneObjectBehavior": prune.behavior(),
                     "object-templates": objects.into_iter().map(template).collect::<Vec<_>>(),
                 },
             },
@@ -246,6 +273,7 @@ pub fn render(manifests: &Path) -> Result<Vec<File>, PolicyError> {
                 "Installs the Module and NodeModulesConfig CRDs of kmm-spoke.",
                 crds,
                 None,
+                Prune::Nothing,
             )],
         )?,
         yaml_file(
@@ -256,6 +284,7 @@ pub fn render(manifests: &Path) -> Result<Vec<File>, PolicyError> {
                 "Installs kmm-spoke in managed mode and lets the work agent manage Modules.",
                 spoke,
                 Some(CRDS_POLICY),
+                Prune::Created,
             )],
         )?,
         yaml_file(
@@ -383,11 +412,16 @@ mod tests {
                 json!({"kind": "Deployment", "metadata": {"name": "d"}}),
             ],
             Some("dep"),
+            Prune::Created,
         );
         let t = &p["spec"]["policy-templates"][0]["objectDefinition"]["spec"]["object-templates"];
         assert_eq!(t[0]["complianceType"], "mustonlyhave");
         assert_eq!(t[1]["complianceType"], "musthave");
         assert_eq!(p["spec"]["dependencies"][0]["name"], "dep");
+        let spec = |p: &Value| p["spec"]["policy-templates"][0]["objectDefinition"]["spec"].clone();
+        assert_eq!(spec(&p)["pruneObjectBehavior"], "DeleteIfCreated");
+        let crds = policy("c", "d", vec![], None, Prune::Nothing);
+        assert_eq!(spec(&crds)["pruneObjectBehavior"], "None");
         assert!(POLICY_NAMESPACE.len() + 1 + CRDS_POLICY.len() <= 62);
     }
 }

@@ -30,7 +30,7 @@ use kmm_fleet_tests::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DynamicObject, ListParams, Patch, PatchParams},
+    api::{DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -242,6 +242,30 @@ async fn nothing_installed(cluster: &ControlPlane) -> bool {
             .is_none()
 }
 
+/// Whether kmm-spoke itself is gone from a cluster (namespace, binding, Deployment with it)
+/// while its CRDs, which hold the cluster's Modules, stay.
+async fn spoke_removed(cluster: &ControlPlane) -> bool {
+    let c = cluster.client();
+    Api::<Namespace>::all(c.clone())
+        .get_opt(OPERATOR_NAMESPACE)
+        .await
+        .unwrap()
+        .is_none()
+        && Api::<ClusterRoleBinding>::all(c)
+            .get_opt("kmm-spoke")
+            .await
+            .unwrap()
+            .is_none()
+}
+
+/// The namespaced Module resource (`kmm.sigs.x-k8s.io/v1beta1`).
+fn module_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("kmm.sigs.x-k8s.io", "v1beta1", "Module"),
+        "modules",
+    )
+}
+
 /// `verb` requests on replicated Policies in `namespace` on the hub, as `user (code)`, per the
 /// audit log.
 fn policy_writes(audit: &[AuditEvent], verb: &str, namespace: &str) -> Vec<String> {
@@ -368,8 +392,34 @@ async fn the_generated_policies_install_kmm_spoke_on_the_placed_clusters_and_rem
     );
     assert!(writes_by_controller(c, "deployments", "kmm-spoke").is_empty());
 
-    // spoke-b leaves the Placement: the Policies leave its namespace on the hub, and the
-    // controller deletes what it created (pruneObjectBehavior: DeleteIfCreated).
+    // spoke-b leaves the Placement with a Module on it that carries kmm-spoke's finalizer. The
+    // Policies leave its namespace on the hub; the controller deletes what the kmm-spoke Policy
+    // created (DeleteIfCreated) and leaves the CRDs (None), so the Module stays whole: it must not
+    // be left deleted halfway, on a finalizer whose controller is gone.
+    let b_modules = Api::<DynamicObject>::namespaced_with(
+        fleet.spoke("spoke-b").cluster.client(),
+        "default",
+        &module_resource(),
+    );
+    b_modules
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+                "kind": "Module",
+                "metadata": {"name": "kept", "finalizers": ["kmm.node.kubernetes.io/module-finalizer"]},
+                "spec": {
+                    "selector": {"kubernetes.io/hostname": "none"},
+                    "moduleLoader": {"container": {
+                        "modprobe": {"moduleName": "kmm_ci_a"},
+                        "kernelMappings": [{"regexp": "^.+$", "containerImage": "registry.example/kmm:1"}],
+                    }},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     let a_deployment =
         Api::<Deployment>::namespaced(fleet.spoke("spoke-a").cluster.client(), OPERATOR_NAMESPACE)
             .get("kmm-spoke")
@@ -393,8 +443,26 @@ async fn the_generated_policies_install_kmm_spoke_on_the_placed_clusters_and_rem
     );
     let b = &fleet.spoke("spoke-b").cluster;
     fleet
-        .wait(180, "the install is pruned from spoke-b", || nothing_installed(b))
+        .wait(180, "kmm-spoke is pruned from spoke-b", || async {
+            spoke_removed(b).await
+                && names(b.client(), "spoke-b", &configuration_policy_resource())
+                    .await
+                    .is_empty()
+        })
         .await;
+    assert!(
+        Api::<CustomResourceDefinition>::all(b.client())
+            .get_opt("modules.kmm.sigs.x-k8s.io")
+            .await
+            .unwrap()
+            .is_some_and(|crd| crd.metadata.deletion_timestamp.is_none()),
+        "the Module CRD must stay on spoke-b"
+    );
+    let kept = b_modules.get("kept").await.unwrap();
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "the Module on spoke-b is being deleted with nothing left to unload it"
+    );
     let deletes = writes_by_controller(b, "deployments", "kmm-spoke");
     assert!(
         deletes.iter().any(|w| w.starts_with("delete ")),
