@@ -87,9 +87,17 @@ pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
         .collect())
 }
 
+/// Every name a kernel-versions claim may have (first, then continuations), the only
+/// ClusterClaims the spoke changes or deletes (its ClusterRole is narrowed to them).
+pub fn kernel_claim_names() -> Vec<String> {
+    std::iter::once(KERNEL_VERSIONS_CLAIM.to_owned())
+        .chain((2..=MAX_KERNEL_CLAIMS + 1).map(continuation_claim_name))
+        .collect()
+}
+
 /// Whether `name` is one of the kernel-versions claims (first or continuation).
 pub fn is_kernel_claim(name: &str) -> bool {
-    name == KERNEL_VERSIONS_CLAIM || (2..=MAX_KERNEL_CLAIMS + 1).any(|i| continuation_claim_name(i) == name)
+    kernel_claim_names().iter().any(|n| n == name)
 }
 
 /// The writes that bring `existing` claims to `desired`: `(name, value)` to apply, names to delete.
