@@ -96,6 +96,12 @@ pub const STRICTER_THAN_UPSTREAM: &[Stricter] = &[
               (a DNS label); upstream accepts any string and fails when the ManifestWork is applied",
     },
     Stricter {
+        field: "kernelMappings[].regexp",
+        keywords: &["maxLength"],
+        why: "the hub and the spoke compile at most 16 KiB of regexps per Module (count and total are \
+              checked there and by lint), so a longer pattern could never work; refused when written",
+    },
+    Stricter {
         field: "imageRebuildTriggerGeneration",
         keywords: &["format"],
         why: "int64, the Go field's size; no value upstream stores is refused",
