@@ -18,16 +18,16 @@ pub const GENERATED_HEADER: &str =
 
 /// CRDs installed on the hub cluster.
 pub fn hub_crds() -> Vec<CustomResourceDefinition> {
-    vec![limits::bound_regexps(
+    vec![limits::bound_worker_input(limits::bound_regexps(
         upstream::shape(ManagedClusterModule::crd()),
-    )]
+    ))]
 }
 
 /// CRDs installed on each spoke cluster.
 pub fn spoke_crds() -> Vec<CustomResourceDefinition> {
     vec![
-        limits::bound_regexps(upstream::shape(Module::crd())),
-        upstream::shape(NodeModulesConfig::crd()),
+        limits::bound_worker_input(limits::bound_regexps(upstream::shape(Module::crd()))),
+        limits::bound_worker_input(upstream::shape(NodeModulesConfig::crd())),
     ]
 }
 
