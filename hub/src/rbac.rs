@@ -94,6 +94,14 @@ pub const ACCESS: &[Access] = &[
         reason: "the event Recorder: Events about cluster-scoped MCMs go to namespace default (a repeat is a patch)",
     },
     Access {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        names: &[],
+        scope: Scope::HubNamespace,
+        reason: "events::failed_job_events: a failed build or sign Job's output goes to an Event about the Job, in the hub namespace, never to namespace default",
+    },
+    Access {
         group: "batch",
         resource: "jobs",
         verbs: &["get", "list", "watch", "create", "delete"],

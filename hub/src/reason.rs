@@ -52,6 +52,18 @@ reasons! {
     /// A ConfigMap or Secret a build or sign Job needs is missing.
     BuildInputMissing,
 
+    // Trust refusals (docs/security.md): the MCM reaches beyond what it may.
+    /// A hub-namespace Secret the MCM names does not grant it (its allowed-modules annotation).
+    SecretNotGranted,
+    /// `spec.spokeNamespace` matches `--forbidden-spoke-namespaces`.
+    NamespaceNotAllowed,
+    /// A worker `serviceAccountName` matches `--forbidden-service-accounts`.
+    ServiceAccountNotAllowed,
+    /// The kernel mapping regexps exceed the per-MCM budget (count or total size).
+    RegexpBudgetExceeded,
+    /// The spoke's status feedback was out of range or not a count; it counts 0.
+    InvalidFeedback,
+
     // Cluster problems read from the ManifestWork or the ManagedCluster.
     /// The spoke's workers fail to load or unload the module.
     LoadFailed,

@@ -2,7 +2,9 @@
 //!
 //! Every node counts, control plane included, as upstream does: the hub decides what to build
 //! from this list, and a kernel missing from it would never get an image. Nodes that do not report
-//! a kernel yet are skipped rather than written as empty lines.
+//! a kernel yet are skipped rather than written as empty lines. A kernel that breaks the shared
+//! grammar (`kmm_api::kernel::grammar`) is left out and logged with its node: the hub would refuse
+//! the line anyway, and a newline in it would publish a second, invented kernel.
 
 use std::{
     collections::BTreeMap,
@@ -16,6 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kmm_api::{
     claims::{ClaimError, MAX_KERNEL_CLAIMS, continuation_claim_name, encode_kernel_claims},
+    kernel::grammar::check_kernel,
     ocm::{ClusterClaim, ClusterClaimSpec, KERNEL_VERSIONS_CLAIM},
 };
 use kube::{
@@ -35,12 +38,43 @@ use crate::{
     metrics::Metrics,
 };
 
-/// The claims to apply for these nodes.
+/// A node's kernel the spoke does not publish, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RefusedKernel {
+    pub node: String,
+    pub kernel: String,
+    pub reason: String,
+}
+
+/// The kernels the nodes report (trimmed, empty ones skipped), split into those that follow the
+/// kernel grammar and those refused.
+pub fn node_kernels(nodes: &[Node]) -> (Vec<&str>, Vec<RefusedKernel>) {
+    let mut valid = Vec::new();
+    let mut refused = Vec::new();
+    for node in nodes {
+        let Some(info) = node.status.as_ref().and_then(|s| s.node_info.as_ref()) else {
+            continue;
+        };
+        let kernel = info.kernel_version.trim();
+        if kernel.is_empty() {
+            continue;
+        }
+        match check_kernel(kernel) {
+            Ok(()) => valid.push(kernel),
+            Err(e) => refused.push(RefusedKernel {
+                node: node.name_any(),
+                kernel: kernel.escape_debug().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    refused.sort();
+    (valid, refused)
+}
+
+/// The claims to apply for these nodes (their kernels that follow the grammar).
 pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
-    let kernels = nodes
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.node_info.as_ref())
-        .map(|info| info.kernel_version.as_str());
+    let (kernels, _) = node_kernels(nodes);
     Ok(encode_kernel_claims(kernels)?
         .into_iter()
         .map(|(name, value)| ClusterClaim {
@@ -53,9 +87,17 @@ pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
         .collect())
 }
 
+/// Every name a kernel-versions claim may have (first, then continuations), the only
+/// ClusterClaims the spoke changes or deletes (its ClusterRole is narrowed to them).
+pub fn kernel_claim_names() -> Vec<String> {
+    std::iter::once(KERNEL_VERSIONS_CLAIM.to_owned())
+        .chain((2..=MAX_KERNEL_CLAIMS + 1).map(continuation_claim_name))
+        .collect()
+}
+
 /// Whether `name` is one of the kernel-versions claims (first or continuation).
 pub fn is_kernel_claim(name: &str) -> bool {
-    name == KERNEL_VERSIONS_CLAIM || (2..=MAX_KERNEL_CLAIMS + 1).any(|i| continuation_claim_name(i) == name)
+    kernel_claim_names().iter().any(|n| n == name)
 }
 
 /// The writes that bring `existing` claims to `desired`: `(name, value)` to apply, names to delete.
@@ -134,6 +176,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
     let mut claim_error: Option<String> = None;
     let mut write_error: Option<String> = None;
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut refused_logged: Vec<RefusedKernel> = Vec::new();
     while let Some(input) = events.next().await {
         match input {
             Input::Nodes(Ok(init_done)) => {
@@ -188,6 +231,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
                 Pending::Deleted => existing.remove(name),
             };
         }
+        log_refused(&node_list, &mut refused_logged);
         let result = match desired_claims(&node_list) {
             Ok(desired) => {
                 report
@@ -221,13 +265,28 @@ pub async fn run(client: Client, report: ClaimReporting) {
 }
 
 fn distinct_kernels(nodes: &[Node]) -> usize {
-    nodes
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.node_info.as_ref())
-        .map(|i| i.kernel_version.trim())
-        .filter(|k| !k.is_empty())
+    node_kernels(nodes)
+        .0
+        .into_iter()
         .collect::<std::collections::BTreeSet<_>>()
         .len()
+}
+
+/// Warns about each refused kernel once, when the set of refused kernels changes.
+fn log_refused(nodes: &[Node], logged: &mut Vec<RefusedKernel>) {
+    let (_, refused) = node_kernels(nodes);
+    if refused == *logged {
+        return;
+    }
+    for r in refused.iter().filter(|r| !logged.contains(r)) {
+        tracing::warn!(
+            node = %r.node,
+            kernel = %r.kernel,
+            reason = %r.reason,
+            "kernel-versions claim writer: the node's kernel version is not published (it breaks the kernel grammar)"
+        );
+    }
+    *logged = refused;
 }
 
 /// Logs a failure the first time it is seen (and whenever its text changes).
@@ -336,6 +395,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read.len(), kmm_api::claims::MAX_KERNELS_PER_CLUSTER);
+    }
+
+    /// Issue 13: a node's invalid `uname -r` is left out and named, never published (a newline
+    /// in it used to publish an invented second kernel).
+    #[test]
+    fn kernels_breaking_the_grammar_are_named_and_left_out() {
+        let mut nodes = vec![
+            mk_bare_node(Some("6.1.0-18-cloud-amd64")),
+            mk_bare_node(Some("6.1.0;id")),
+            mk_bare_node(Some("5.14.0\n9.9.9-invented")),
+            mk_bare_node(Some(&format!("6.{}", "1".repeat(70)))),
+        ];
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.metadata.name = Some(format!("node-{i}"));
+        }
+        let claims = desired_claims(&nodes).unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].spec.value, "6.1.0-18-cloud-amd64");
+        let (_, refused) = node_kernels(&nodes);
+        let named: Vec<(&str, &str)> = refused
+            .iter()
+            .map(|r| (r.node.as_str(), r.kernel.as_str()))
+            .collect();
+        assert_eq!(named[0], ("node-1", "6.1.0;id"));
+        assert_eq!(named[1], ("node-2", "5.14.0\\n9.9.9-invented"));
+        assert_eq!(named[2].0, "node-3");
+        assert!(refused[2].reason.contains("64"), "{}", refused[2].reason);
+        assert_eq!(distinct_kernels(&nodes), 1);
     }
 
     #[test]

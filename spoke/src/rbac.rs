@@ -23,6 +23,27 @@ pub struct Access {
     pub verbs: &'static [&'static str],
     /// One line: which code makes the call.
     pub reason: &'static str,
+    /// The objects the verbs are limited to (`resourceNames`).
+    pub names: Names,
+}
+
+/// Which objects of a resource a rule covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    /// Every object.
+    Any,
+    /// Only the kernel-versions ClusterClaims ([`crate::kernel_claim::kernel_claim_names`]).
+    KernelClaims,
+}
+
+impl Names {
+    /// The `resourceNames` of the rule (empty: every object).
+    pub fn list(self) -> Vec<String> {
+        match self {
+            Names::Any => Vec::new(),
+            Names::KernelClaims => crate::kernel_claim::kernel_claim_names(),
+        }
+    }
 }
 
 /// Default name of the spoke's ServiceAccount and ClusterRole.
@@ -45,54 +66,73 @@ pub const ACCESS: &[Access] = &[
         resource: "modules",
         verbs: &["list", "watch", "patch"],
         reason: "the Module controller lists and watches Modules and adds or removes its finalizer (server-side apply, JSON patch)",
+        names: Names::Any,
     },
     Access {
         group: "kmm.sigs.x-k8s.io",
         resource: "modules/status",
         verbs: &["patch"],
         reason: "module_controller writes each Module's status (server-side apply)",
+        names: Names::Any,
     },
     Access {
         group: "kmm.sigs.x-k8s.io",
         resource: "nodemodulesconfigs",
         verbs: &["get", "list", "watch", "create", "patch"],
         reason: "one NodeModulesConfig per node: read by both controllers, written with server-side apply (a create when new)",
+        names: Names::Any,
     },
     Access {
         group: "kmm.sigs.x-k8s.io",
         resource: "nodemodulesconfigs/status",
         verbs: &["patch"],
         reason: "node_controller records what each node has loaded (server-side apply)",
+        names: Names::Any,
     },
     Access {
         group: "",
         resource: "nodes",
         verbs: &["list", "watch", "patch"],
         reason: "the node controller and the kernel claim writer watch nodes; node labels are set with server-side apply",
+        names: Names::Any,
     },
     Access {
         group: "",
         resource: "pods",
         verbs: &["list", "watch", "create", "delete"],
         reason: "worker pods that load and unload modules, in each Module's namespace",
+        names: Names::Any,
     },
     Access {
         group: "apps",
         resource: "daemonsets",
         verbs: &["list", "watch", "create", "patch", "delete"],
         reason: "device-plugin DaemonSets: owned and watched by the Module controller, server-side apply (a create when new), deleted when no longer wanted",
+        names: Names::Any,
+    },
+    // RBAC cannot limit list, watch or create to names: a collection request and a POST carry no
+    // object name when they are authorized. Changing and deleting can be, so every other claim
+    // on the cluster (OCM's own, other agents') stays out of reach.
+    Access {
+        group: "cluster.open-cluster-management.io",
+        resource: "clusterclaims",
+        verbs: &["list", "watch", "create"],
+        reason: "kernel_claim watches ClusterClaims and creates the kernel-versions claims (a server-side apply of a new claim is authorized as a create too)",
+        names: Names::Any,
     },
     Access {
         group: "cluster.open-cluster-management.io",
         resource: "clusterclaims",
-        verbs: &["list", "watch", "create", "patch", "delete"],
-        reason: "kernel_claim writes the kernel-versions ClusterClaim the hub reads (server-side apply, a create when new) and repairs drift",
+        verbs: &["patch", "delete"],
+        reason: "kernel_claim writes the kernel-versions claims the hub reads (server-side apply) and deletes continuations no longer needed; only those names",
+        names: Names::KernelClaims,
     },
     Access {
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
         reason: "the event Recorder: Events about Modules (their namespace) and Nodes (namespace default)",
+        names: Names::Any,
     },
 ];
 
@@ -103,6 +143,7 @@ pub const WORK_AGENT: &[Access] = &[Access {
     resource: "modules",
     verbs: &["get", "list", "watch", "create", "update", "patch", "delete"],
     reason: "the work agent applies, updates and deletes the Modules of kmm-hub's ManifestWorks and reads their status",
+    names: Names::Any,
 }];
 
 /// Header of the generated file.
@@ -138,6 +179,10 @@ fn rules(out: &mut String, list: &[Access]) {
         let _ = writeln!(out, "# {}", a.reason);
         let _ = writeln!(out, "- apiGroups: [\"{}\"]", a.group);
         let _ = writeln!(out, "  resources: [\"{}\"]", a.resource);
+        let names: Vec<String> = a.names.list().iter().map(|n| format!("\"{n}\"")).collect();
+        if !names.is_empty() {
+            let _ = writeln!(out, "  resourceNames: [{}]", names.join(", "));
+        }
         let verbs: Vec<String> = a.verbs.iter().map(|v| format!("\"{v}\"")).collect();
         let _ = writeln!(out, "  verbs: [{}]", verbs.join(", "));
     }
@@ -181,5 +226,42 @@ mod tests {
             "true"
         );
         assert_eq!(docs[2]["rules"][0]["resources"][0], "modules");
+    }
+
+    /// Issue 13: ClusterClaims other than the kernel-versions ones can be read but never
+    /// changed or deleted by the spoke.
+    #[test]
+    fn claim_changes_are_limited_to_the_kernel_claims() {
+        let text = render("ns", "sa");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let claims: Vec<&serde_json::Value> = docs[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"][0] == "clusterclaims")
+            .collect();
+        for rule in &claims {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            let named = rule["resourceNames"].as_array().is_some_and(|n| !n.is_empty());
+            if verbs
+                .iter()
+                .any(|v| ["patch", "update", "delete", "get"].contains(v))
+            {
+                assert!(named, "{rule}");
+                let names = rule["resourceNames"].as_array().unwrap();
+                assert!(
+                    names
+                        .iter()
+                        .all(|n| crate::kernel_claim::is_kernel_claim(n.as_str().unwrap()))
+                );
+                assert!(names.iter().any(|n| n == kmm_api::ocm::KERNEL_VERSIONS_CLAIM));
+            }
+        }
+        assert_eq!(claims.len(), 2);
     }
 }

@@ -53,6 +53,8 @@ reasons! {
     ManagedMode,
     /// Reason of the `KernelMappingsInvalid` condition.
     InvalidKernelMapping,
+    /// Reason of the `WorkerInputInvalid` condition: a module name or path the worker refuses.
+    InvalidWorkerInput,
 
     // Failed reconciles.
     /// An API call failed.

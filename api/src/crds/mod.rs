@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 use crate::{ManagedClusterModule, Module, NodeModulesConfig};
 
 pub mod admission;
+pub mod limits;
 pub mod upstream;
 
 /// First line of every generated file.
@@ -17,14 +18,16 @@ pub const GENERATED_HEADER: &str =
 
 /// CRDs installed on the hub cluster.
 pub fn hub_crds() -> Vec<CustomResourceDefinition> {
-    vec![upstream::shape(ManagedClusterModule::crd())]
+    vec![limits::bound_worker_input(limits::bound_regexps(
+        upstream::shape(ManagedClusterModule::crd()),
+    ))]
 }
 
 /// CRDs installed on each spoke cluster.
 pub fn spoke_crds() -> Vec<CustomResourceDefinition> {
     vec![
-        upstream::shape(Module::crd()),
-        upstream::shape(NodeModulesConfig::crd()),
+        limits::bound_worker_input(limits::bound_regexps(upstream::shape(Module::crd()))),
+        limits::bound_worker_input(upstream::shape(NodeModulesConfig::crd())),
     ]
 }
 

@@ -96,6 +96,30 @@ pub const STRICTER_THAN_UPSTREAM: &[Stricter] = &[
               (a DNS label); upstream accepts any string and fails when the ManifestWork is applied",
     },
     Stricter {
+        field: "kernelMappings[].regexp",
+        keywords: &["maxLength"],
+        why: "the hub and the spoke compile at most 16 KiB of regexps per Module (count and total are \
+              checked there and by lint), so a longer pattern could never work; refused when written",
+    },
+    Stricter {
+        field: "modprobe.modulesLoadingOrder[]",
+        keywords: &["pattern"],
+        why: "each entry becomes a line of the worker's modprobe configuration, so it must be a module \
+              name; a newline would add any directive (an install command) to the node's modprobe",
+    },
+    Stricter {
+        field: "modprobe.dirName",
+        keywords: &["pattern"],
+        why: "copied from the image into the worker's shared directory; a '..' component or shell text \
+              would reach outside it, and the worker refuses such a path anyway",
+    },
+    Stricter {
+        field: "modprobe.firmwarePath",
+        keywords: &["pattern"],
+        why: "copied from the image to the host's firmware directory; a '..' component or shell text \
+              would reach outside the image's tree, and the worker refuses such a path anyway",
+    },
+    Stricter {
         field: "imageRebuildTriggerGeneration",
         keywords: &["format"],
         why: "int64, the Go field's size; no value upstream stores is refused",

@@ -3,12 +3,18 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::{batch::v1::Job, core::v1::ObjectReference};
 use kmm_api::ManagedClusterModuleStatus;
-use kube::runtime::events::{Event, EventType};
+use kube::{
+    ResourceExt,
+    runtime::{
+        events::{Event, EventType},
+        reflector::{ObjectRef, Store},
+    },
+};
 use tracing::warn;
 
-use super::Context;
+use super::{Context, build::FailedJob};
 use crate::reason::Reason;
 
 /// One Event to publish on the MCM.
@@ -72,6 +78,51 @@ pub fn new_problems(
             note: format!("cluster {}: {}", p.cluster, event_message(p)),
         })
         .collect()
+}
+
+/// Warning Events regarding failed Jobs, carrying their output: Events about a cluster-scoped
+/// MCM can only live in `default` (the API server requires it), so the output goes to an Event
+/// about the Job, in the hub's namespace, readable by whoever may read the Job. One per Job
+/// whose failure newly shows in the MCM's problems (the message names the Job), so a kept failed
+/// Job is announced once, not on every reconcile.
+pub fn failed_job_events(
+    old: Option<&ManagedClusterModuleStatus>,
+    new: &ManagedClusterModuleStatus,
+    failed: &[FailedJob],
+) -> Vec<(String, Announcement)> {
+    // The reason of the problem naming the Job (`Job <namespace>/<name> for ...`), if listed.
+    let named = |s: &ManagedClusterModuleStatus, job: &str| -> Option<Reason> {
+        let needle = format!("/{job} ");
+        s.problems.iter().find_map(|p| {
+            [Reason::BuildFailed, Reason::SignFailed]
+                .into_iter()
+                .find(|r| r.as_str() == p.reason && p.message.contains(&needle))
+        })
+    };
+    failed
+        .iter()
+        .filter(|f| old.and_then(|o| named(o, &f.name)).is_none())
+        .filter_map(|f| {
+            let reason = named(new, &f.name)?;
+            let note = format!("Job {} failed: {}", f.name, f.output);
+            Some((f.name.clone(), Announcement::warning(reason, note)))
+        })
+        .collect()
+}
+
+/// The reference of the Job `name` in the hub namespace (with its uid when the store has it).
+pub fn job_reference(namespace: &str, name: &str, jobs: &Store<Job>) -> ObjectReference {
+    let uid = jobs
+        .get(&ObjectRef::new(name).within(namespace))
+        .and_then(|j| j.uid());
+    ObjectReference {
+        api_version: Some("batch/v1".into()),
+        kind: Some("Job".into()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        uid,
+        ..Default::default()
+    }
 }
 
 /// Publishes `events` on the object `reference` names; a failure is logged, never fatal (Events are best effort).
@@ -155,5 +206,51 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert!(!events[0].note.contains("secret-token"), "{}", events[0].note);
         assert!(events[0].note.contains("kmm-build-1"), "{}", events[0].note);
+    }
+
+    /// Issue 13 finding 8: the output goes to one Event about the Job, only when its failure is
+    /// new in the MCM's problems; the MCM's own Event stays without it.
+    #[test]
+    fn a_failed_jobs_output_goes_once_to_an_event_about_the_job() {
+        let problem = |reason: Reason| ManagedClusterModuleStatus {
+            problems: vec![ClusterProblem {
+                cluster: "c".into(),
+                state: "Blocked".into(),
+                reason: reason.to_string(),
+                message: "Job kmm-hub/kmm-sign-1 for reg/x:1 failed: bad key (fix the cause...)".into(),
+            }],
+            ..Default::default()
+        };
+        let failed = [FailedJob {
+            name: "kmm-sign-1".into(),
+            output: "sign-file: bad key".into(),
+        }];
+        let new = problem(Reason::SignFailed);
+        let events = failed_job_events(None, &new, &failed);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, "kmm-sign-1");
+        assert_eq!(events[0].1.reason, "SignFailed");
+        assert_eq!(events[0].1.type_, EventType::Warning);
+        assert!(
+            events[0].1.note.contains("sign-file: bad key"),
+            "{}",
+            events[0].1.note
+        );
+        assert!(
+            failed_job_events(Some(&new), &new, &failed).is_empty(),
+            "announced once"
+        );
+        assert!(
+            failed_job_events(Some(&problem(Reason::Signing)), &status(&[]), &failed).is_empty(),
+            "not listed, not announced"
+        );
+        let other = [FailedJob {
+            name: "kmm-sign-10".into(),
+            output: "x".into(),
+        }];
+        assert!(
+            failed_job_events(None, &new, &other).is_empty(),
+            "names match whole"
+        );
     }
 }

@@ -140,7 +140,7 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let observed = observe::observe(mcm, ctx).await;
     let observed_in = started.elapsed();
     let building = build::advance(mcm, ctx, &observed).await?;
-    let observed = observed.with_pins(building);
+    let observed = observed.with_pins(building.pins);
     tracing::debug!(clusters = observed.clusters.len(), ?observed_in, planned_in = ?started.elapsed(), "observed");
 
     let desired = desired::desired(mcm, &observed);
@@ -153,6 +153,10 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         fleet_status::fleet_status(mcm.metadata.generation, &views, &images, mcm.status.as_ref(), now);
     let problems = events::new_problems(mcm.status.as_ref(), &new_status);
     events::publish(ctx, &mcm.object_ref(&()), problems).await;
+    for (job, event) in events::failed_job_events(mcm.status.as_ref(), &new_status, &building.failed) {
+        let reference = events::job_reference(&ctx.config.namespace, &job, &ctx.jobs);
+        events::publish(ctx, &reference, vec![event]).await;
+    }
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     ctx.metrics.observe_problems(
         &mcm.name_any(),

@@ -74,7 +74,7 @@ pub fn ungranted<'a>(
         let value = annotation(secret)?;
         (!grants(value, mcm)).then(|| {
             Blocker::new(
-                Reason::InvalidSpec,
+                Reason::SecretNotGranted,
                 format!(
                     "spec.moduleSpec.{field} names Secret {namespace}/{secret}, which does not grant this MCM: \
                      its owner adds {mcm} (or *) to its annotation {ALLOWED_MODULES_ANNOTATION}"
@@ -105,7 +105,7 @@ pub fn check_worker_identity(
     let ns = &mcm.spec.spoke_namespace;
     if matches_any(ns, forbidden_namespaces) {
         return Err(Blocker::new(
-            Reason::InvalidSpec,
+            Reason::NamespaceNotAllowed,
             format!(
                 "spec.spokeNamespace {ns} is forbidden by the hub (--forbidden-spoke-namespaces {}); choose a namespace of your own",
                 forbidden_namespaces.join(",")
@@ -139,7 +139,7 @@ pub fn check_worker_identity(
             || matches_any(&format!("{ns}:{sa}"), forbidden_service_accounts)
         {
             return Err(Blocker::new(
-                Reason::InvalidSpec,
+                Reason::ServiceAccountNotAllowed,
                 format!(
                     "spec.moduleSpec.{field} {sa} is forbidden by the hub (--forbidden-service-accounts {})",
                     forbidden_service_accounts.join(",")
@@ -182,6 +182,7 @@ mod tests {
         let b = ungranted("m", "kmm-hub", &named, other_team).unwrap();
         assert!(b.message.contains(ALLOWED_MODULES_ANNOTATION), "{}", b.message);
         assert!(b.message.contains("kmm-hub/"), "{}", b.message);
+        assert_eq!(b.reason, Reason::SecretNotGranted);
     }
 
     #[test]
@@ -194,12 +195,16 @@ mod tests {
         mcm.spec.spoke_namespace = "kube-system".into();
         let b = check_worker_identity(&mcm, &forbidden, &[]).unwrap_err();
         assert!(b.message.contains("kube-system"), "{}", b.message);
+        assert_eq!(b.reason, Reason::NamespaceNotAllowed);
         mcm.spec.spoke_namespace = "drivers".into();
         assert_eq!(check_worker_identity(&mcm, &forbidden, &[]), Ok(()));
         if let Some(l) = mcm.spec.module_spec.module_loader.as_mut() {
             l.service_account_name = Some("kmm-operator".into());
         }
         let sa = ["drivers:kmm-*".to_string()];
-        assert!(check_worker_identity(&mcm, &forbidden, &sa).is_err());
+        assert_eq!(
+            check_worker_identity(&mcm, &forbidden, &sa).map_err(|b| b.reason),
+            Err(Reason::ServiceAccountNotAllowed)
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::reason::Reason;
 /// Most nodes one cluster may report (Kubernetes supports 5,000 per cluster; room to spare).
 pub const MAX_NODES: i64 = 100_000;
 /// The reason of a failure made of feedback values the hub refused.
-pub const INVALID_FEEDBACK: &str = "InvalidFeedback";
+pub const INVALID_FEEDBACK: &str = Reason::InvalidFeedback.as_str();
 /// The counts read from the Module's status feedback.
 const COUNTS: [&str; 3] = [
     "moduleLoader.desiredNumber",

@@ -32,6 +32,9 @@ pub const BUILD_SIGN_IGNORED: &str = "BuildSignIgnored";
 /// Condition: the kernel mappings cannot be used (for example an invalid regexp).
 pub const KERNEL_MAPPINGS_INVALID: &str = "KernelMappingsInvalid";
 
+/// Condition: a module name or path of `modprobe` is one the worker refuses (no worker runs).
+pub const WORKER_INPUT_INVALID: &str = "WorkerInputInvalid";
+
 /// Whether the Module asks for a build or signing anywhere.
 pub fn wants_build_or_sign(module: &Module) -> bool {
     module.spec.module_loader.as_ref().is_some_and(|l| {
@@ -182,6 +185,21 @@ pub fn module_status(
             now,
         ));
     }
+    if let Some(Err(e)) = module
+        .spec
+        .module_loader
+        .as_ref()
+        .map(|l| crate::worker::input::check_modprobe(&l.container.modprobe))
+    {
+        conditions.push(condition(
+            current,
+            WORKER_INPUT_INVALID,
+            Reason::InvalidWorkerInput,
+            &e.to_string(),
+            module.metadata.generation,
+            now,
+        ));
+    }
     if let Some(message) = failure_message(failures) {
         conditions.push(condition(
             current,
@@ -284,6 +302,28 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// Finding 9: a newline in the loading order is reported on the Module, by field.
+    #[test]
+    fn a_loading_order_entry_that_is_no_module_name_gets_a_condition() {
+        let spec = loader("").replace(
+            "modprobe: {moduleName: kmm_m, ",
+            "modprobe: {moduleName: kmm_m, modulesLoadingOrder: [kmm_m, \"kmm_x\\ninstall kmm_m /bin/sh\"], ",
+        );
+        let module = mk_module(&spec);
+        let status = module_status(&module, &[], &[], &[], &[], Timestamp::now());
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == WORKER_INPUT_INVALID)
+            .expect("a WorkerInputInvalid condition");
+        assert_eq!(condition.reason, "InvalidWorkerInput");
+        assert!(
+            condition.message.contains("modprobe.modulesLoadingOrder[1]"),
+            "{}",
+            condition.message
+        );
     }
 
     #[test]

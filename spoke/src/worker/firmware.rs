@@ -24,6 +24,11 @@ pub fn install(config: &ModuleConfig, opts: &WorkerOptions, report: &mut Report)
         set_firmware_class_path(class_path, host)?;
     }
     let from = under(&opts.shared_root, firmware);
+    confined(&opts.shared_root, &from).map_err(|source| WorkerError::CopyFirmware {
+        from: from.clone(),
+        to: host.clone(),
+        source,
+    })?;
     copy_tree(&from, host, Path::new(""), &mut report.firmware_files).map_err(|source| {
         WorkerError::CopyFirmware {
             from: from.clone(),
@@ -66,19 +71,76 @@ fn set_firmware_class_path(file: &Path, host: &Path) -> Result<(), WorkerError> 
     })
 }
 
+/// Fails unless `path` resolves (symlinks followed) to a place inside `root`.
+fn confined(root: &Path, path: &Path) -> io::Result<()> {
+    let (root, real) = (root.canonicalize()?, path.canonicalize()?);
+    if real.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{} leads outside the shared root {}",
+            path.display(),
+            root.display()
+        )))
+    }
+}
+
+fn symlink_refused(path: &Path, side: &str) -> io::Error {
+    io::Error::other(format!(
+        "{} is a symbolic link in the {side}; firmware is copied as plain files and directories only",
+        path.display()
+    ))
+}
+
+/// Copies the tree under `from` to `to`, never through a symbolic link: one in the image's copy
+/// is refused (it could point anywhere in the worker's view of the node), and so is one already
+/// on the host where a directory or file is to be written (it would redirect the write).
+/// Files are created with `create_new` after removing a plain file of the same name, so a link
+/// planted in between fails the copy instead of being followed.
 fn copy_tree(from: &Path, to: &Path, rel: &Path, copied: &mut Vec<PathBuf>) -> io::Result<()> {
-    fs::create_dir_all(to.join(rel))?;
+    let dir = to.join(rel);
+    if rel.as_os_str().is_empty() {
+        // The host directory itself is the administrator's choice (a hostPath mount).
+        fs::create_dir_all(&dir)?;
+    } else {
+        check_host_dir(&dir)?;
+    }
     for entry in fs::read_dir(from.join(rel))? {
         let entry = entry?;
         let rel = rel.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(from, to, &rel, copied)?;
-        } else {
-            fs::copy(from.join(&rel), to.join(&rel))?;
-            copied.push(rel);
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            return Err(symlink_refused(&from.join(&rel), "image's firmware"));
         }
+        if kind.is_dir() {
+            copy_tree(from, to, &rel, copied)?;
+            continue;
+        }
+        let dest = to.join(&rel);
+        match fs::symlink_metadata(&dest) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(symlink_refused(&dest, "host firmware directory"));
+            }
+            Ok(_) => fs::remove_file(&dest)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut source = fs::File::open(from.join(&rel))?;
+        let mut target = fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
+        io::copy(&mut source, &mut target)?;
+        copied.push(rel);
     }
     Ok(())
+}
+
+/// Creates `dir` on the host unless it is there; refuses it when it is a symbolic link.
+fn check_host_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_refused(dir, "host firmware directory")),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(dir),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes from `host` every file whose relative path exists under `copied`, then the
@@ -143,5 +205,46 @@ mod tests {
         assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), before);
         set_firmware_class_path(&file, Path::new("/lib/firmware/kmm")).unwrap();
         assert_eq!(fs::read_to_string(&file).unwrap(), "/lib/firmware/kmm");
+    }
+
+    /// Finding 9: a symbolic link on either side redirected the copy.
+    #[test]
+    fn symbolic_links_are_never_followed_at_source_or_destination() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"node secret").unwrap();
+
+        // In the image's copy: a link to a file elsewhere on the node.
+        let copied = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), copied.path().join("fw.bin")).unwrap();
+        let err = copy_tree(copied.path(), host.path(), Path::new(""), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!host.path().join("fw.bin").exists());
+
+        // On the host: a directory and a file of the tree replaced by links.
+        let copied = tempfile::tempdir().unwrap();
+        fs::create_dir_all(copied.path().join("vendor")).unwrap();
+        fs::write(copied.path().join("vendor/fw.bin"), b"fw").unwrap();
+        fs::write(copied.path().join("top.bin"), b"fw").unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), host.path().join("vendor")).unwrap();
+        let err = copy_tree(copied.path(), host.path(), Path::new(""), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let host = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), host.path().join("top.bin")).unwrap();
+        let err = copy_tree(copied.path(), host.path(), Path::new(""), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(outside.path().join("secret")).unwrap(), b"node secret");
+        assert!(!outside.path().join("fw.bin").exists());
+    }
+
+    #[test]
+    fn a_firmware_dir_leading_out_of_the_shared_root_is_refused() {
+        let shared = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), shared.path().join("firmware")).unwrap();
+        assert!(confined(shared.path(), &under(shared.path(), "/firmware")).is_err());
+        fs::create_dir(shared.path().join("real")).unwrap();
+        assert!(confined(shared.path(), &under(shared.path(), "/real")).is_ok());
     }
 }

@@ -74,20 +74,46 @@ pub fn softdep_conf(order: &[String]) -> String {
         .collect()
 }
 
-/// Shell script of the init container that copies the kernel's module tree (and firmware) from
-/// the kmod image into the shared directory.
-pub fn copy_script(modprobe: &ModprobeSpec, kernel: &str) -> String {
-    let dir = modprobe.dir_name.trim_end_matches('/');
-    let mut script = format!(
-        "mkdir -p {SHARED_ROOT}{dir}/lib/modules; cp -R {dir}/lib/modules/{kernel} {SHARED_ROOT}{dir}/lib/modules;"
-    );
-    if let Some(firmware) = modprobe.firmware_path.as_deref().filter(|f| !f.is_empty()) {
-        let firmware = firmware.trim_end_matches('/');
-        script.push_str(&format!(
-            " mkdir -p {SHARED_ROOT}{firmware}; cp -R {firmware}/* {SHARED_ROOT}{firmware};"
-        ));
+/// Variables of the init container's copy script: the shared root, the image's module
+/// directory, the kernel and the firmware directory reach the shell as data, never as script
+/// text, so nothing in them is parsed.
+pub const COPY_ENV_SHARED_ROOT: &str = "KMM_SHARED_ROOT";
+pub const COPY_ENV_DIR_NAME: &str = "KMM_DIR_NAME";
+pub const COPY_ENV_KERNEL: &str = "KMM_KERNEL";
+pub const COPY_ENV_FIRMWARE: &str = "KMM_FIRMWARE_PATH";
+
+/// Copies `<dirName>/lib/modules/<kernel>` into the shared root (every expansion quoted).
+const COPY_MODULES: &str = r#"mkdir -p "$KMM_SHARED_ROOT$KMM_DIR_NAME/lib/modules" && cp -R "$KMM_DIR_NAME/lib/modules/$KMM_KERNEL" "$KMM_SHARED_ROOT$KMM_DIR_NAME/lib/modules""#;
+/// Then the firmware directory's contents (the glob is outside the quotes, the path inside).
+const COPY_FIRMWARE: &str = r#" && mkdir -p "$KMM_SHARED_ROOT$KMM_FIRMWARE_PATH" && cp -R "$KMM_FIRMWARE_PATH"/* "$KMM_SHARED_ROOT$KMM_FIRMWARE_PATH""#;
+
+/// The init container's copy: a fixed shell script and the environment it reads. The script
+/// is the same for every Module; only the variables differ.
+pub fn copy_command(
+    modprobe: &ModprobeSpec,
+    kernel: &str,
+    shared_root: &str,
+) -> (String, Vec<(&'static str, String)>) {
+    let mut env = vec![
+        (COPY_ENV_SHARED_ROOT, shared_root.trim_end_matches('/').to_owned()),
+        (COPY_ENV_DIR_NAME, rooted(&modprobe.dir_name)),
+        (COPY_ENV_KERNEL, kernel.to_owned()),
+    ];
+    let mut script = COPY_MODULES.to_owned();
+    if let Some(firmware) = modprobe
+        .firmware_path
+        .as_deref()
+        .filter(|f| !f.trim_matches('/').is_empty())
+    {
+        env.push((COPY_ENV_FIRMWARE, rooted(firmware)));
+        script.push_str(COPY_FIRMWARE);
     }
-    script
+    (script, env)
+}
+
+/// `path` with one leading `/` and no trailing one (`opt/` -> `/opt`).
+fn rooted(path: &str) -> String {
+    format!("/{}", path.trim_matches('/'))
 }
 
 fn module_root(modprobe: &ModprobeSpec, shared_root: &str) -> String {
@@ -175,20 +201,85 @@ mod tests {
         );
     }
 
+    /// Runs the copy script with a real `/bin/sh` from `cwd`, as the init container would.
+    fn run_copy(
+        cwd: &std::path::Path,
+        modprobe: &ModprobeSpec,
+        kernel: &str,
+        shared: &std::path::Path,
+    ) -> std::process::Output {
+        let (script, env) = copy_command(modprobe, kernel, &shared.display().to_string());
+        std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .current_dir(cwd)
+            .envs(env)
+            .output()
+            .unwrap()
+    }
+
     #[test]
     fn copy_script_copies_the_kernel_tree_and_firmware() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("opt/lib/modules/6.1.0-18/extra")).unwrap();
+        std::fs::write(root.path().join("opt/lib/modules/6.1.0-18/extra/m.ko"), b"ko").unwrap();
+        std::fs::create_dir_all(root.path().join("firmware")).unwrap();
+        std::fs::write(root.path().join("firmware/fw.bin"), b"fw").unwrap();
+        // The image's `/` is `root` here, so its paths are spelled from there.
+        let image = root.path().display().to_string();
         let mut modprobe = ModprobeSpec {
-            dir_name: "/opt/".into(),
+            dir_name: format!("{image}/opt/"),
+            firmware_path: Some(format!("{image}/firmware")),
             ..Default::default()
         };
-        assert_eq!(
-            copy_script(&modprobe, "6.1.0-18-cloud-amd64"),
-            "mkdir -p /tmp/opt/lib/modules; cp -R /opt/lib/modules/6.1.0-18-cloud-amd64 /tmp/opt/lib/modules;"
-        );
-        modprobe.firmware_path = Some("/firmware".into());
+        let shared = root.path().join("shared");
+        let out = run_copy(root.path(), &modprobe, "6.1.0-18", &shared);
+        assert!(out.status.success(), "{out:?}");
+        let copied = shared.join(format!(
+            "{}/opt/lib/modules/6.1.0-18/extra/m.ko",
+            image.trim_start_matches('/')
+        ));
+        assert_eq!(std::fs::read(copied).unwrap(), b"ko");
+        let fw = shared.join(format!("{}/firmware/fw.bin", image.trim_start_matches('/')));
+        assert_eq!(std::fs::read(fw).unwrap(), b"fw");
+
+        // A missing tree fails the container instead of being hidden by the firmware copy.
+        modprobe.dir_name = format!("{image}/nothing");
         assert!(
-            copy_script(&modprobe, "k")
-                .ends_with(" mkdir -p /tmp/firmware; cp -R /firmware/* /tmp/firmware;")
+            !run_copy(root.path(), &modprobe, "6.1.0-18", &shared)
+                .status
+                .success()
         );
+    }
+
+    /// Finding 9: the script used to be `cp -R {dir}/lib/modules/{kernel} ...` with the values
+    /// pasted in, so a kernel or dirName like `x;touch pwned` ran a command in the image.
+    #[test]
+    fn values_reach_the_shell_as_data_never_as_script() {
+        let root = tempfile::tempdir().unwrap();
+        let evil = [
+            "6.1;touch pwned-semicolon",
+            "6.1$(touch pwned-subst)",
+            "6.1`touch pwned-backtick`",
+            "6.1\ntouch pwned-newline",
+            "6.1 && touch pwned-and",
+        ];
+        for kernel in evil {
+            let modprobe = ModprobeSpec {
+                dir_name: "/opt;touch pwned-dir".into(),
+                firmware_path: Some("/fw$(touch pwned-fw)".into()),
+                ..Default::default()
+            };
+            let (script, env) = copy_command(&modprobe, kernel, "/tmp");
+            assert!(!script.contains("pwned"), "{script}");
+            assert!(env.iter().any(|(_, v)| v.contains("pwned")));
+            let out = run_copy(root.path(), &modprobe, kernel, &root.path().join("shared"));
+            assert!(!out.status.success(), "nothing of that name exists to copy");
+        }
+        let made: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("pwned"))
+            .collect();
+        assert!(made.is_empty(), "commands ran: {made:?}");
     }
 }

@@ -250,15 +250,24 @@ pub fn worker_pod(
         }
     };
 
+    let (script, copy_env) =
+        modprobe::copy_command(&config.modprobe, &config.kernel_version, modprobe::SHARED_ROOT);
     let extractor = Container {
         name: "image-extractor".into(),
         image: Some(config.container_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        command: Some(vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            modprobe::copy_script(&config.modprobe, &config.kernel_version),
-        ]),
+        // A fixed script; the Module's values are its environment, never its text.
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        env: Some(
+            copy_env
+                .into_iter()
+                .map(|(name, value)| EnvVar {
+                    name: name.into(),
+                    value: Some(value),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         resources: Some(resources.clone()),
         volume_mounts: Some(vec![mount("tmp", modprobe::SHARED_ROOT, false)]),
         ..Default::default()

@@ -80,6 +80,8 @@ pub enum WorkerError {
     ReadConfig { path: PathBuf, source: io::Error },
     #[error("parsing the worker config {path}: {reason}")]
     ParseConfig { path: PathBuf, reason: String },
+    #[error("refusing the worker config: {0}")]
+    InvalidInput(#[from] super::input::InputError),
     #[error("modprobe.firmwarePath is set but the worker got no --firmware-host-path")]
     NoFirmwareHostPath,
     #[error("copying firmware from {from} to {to}: {source}")]
@@ -153,6 +155,8 @@ pub fn run(action: Action, opts: &WorkerOptions) -> Result<Report, WorkerError> 
         Some(text) => parse_config(text, Path::new(CONFIG_ENV))?,
         None => read_config(&opts.config)?,
     };
+    // The controller checks this too; the record may have been written by someone else.
+    super::input::check_config(&config)?;
     let mut report = Report::default();
     match action {
         Action::Load => load(&config, opts, &mut report)?,

@@ -21,16 +21,31 @@ use kmm_api::ManagedClusterModule;
 
 use super::{
     Context, Error,
-    desired::plan::Pin,
+    desired::{job::JobState, plan::Pin},
     observe::{self, Observed},
 };
 
-/// The pins of the images a Job is making (or cannot make), to lay over the registry's answers.
+/// A build or sign Job that failed, with its output (its failed pod's termination message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedJob {
+    pub name: String,
+    pub output: String,
+}
+
+/// What the build step found: the pins of the images a Job is making (or cannot make), to lay
+/// over the registry's answers, and the Jobs that failed.
+#[derive(Clone, Debug, Default)]
+pub struct Advanced {
+    pub pins: BTreeMap<String, Pin>,
+    pub failed: Vec<FailedJob>,
+}
+
+/// The build step of one reconcile (see the module docs).
 pub async fn advance(
     mcm: &ManagedClusterModule,
     ctx: &Context,
     observed: &Observed,
-) -> Result<BTreeMap<String, Pin>, Error> {
+) -> Result<Advanced, Error> {
     let kernels = observed
         .clusters
         .iter()
@@ -38,7 +53,7 @@ pub async fn advance(
         .flatten();
     let missing = plan::missing(mcm, kernels, &observed.pins);
     if missing.is_empty() {
-        return Ok(BTreeMap::new());
+        return Ok(Advanced::default());
     }
     // A build+sign mapping signs once the unsigned intermediate exists: look those up too.
     let intermediates = plan::intermediates(mcm, &missing);
@@ -48,5 +63,24 @@ pub async fn advance(
     }
     let steps = plan::steps(mcm, &missing, &known);
     let states = jobs::ensure(mcm, ctx, steps).await?;
-    Ok(pins::pins(&ctx.config.namespace, &states))
+    Ok(Advanced {
+        pins: pins::pins(&ctx.config.namespace, &states),
+        failed: failed_jobs(&states),
+    })
+}
+
+/// The failed Jobs among `states`, each once.
+pub fn failed_jobs(states: &[(plan::PlannedStep, pins::StepState)]) -> Vec<FailedJob> {
+    let mut out: Vec<FailedJob> = Vec::new();
+    for (planned, state) in states {
+        if let pins::StepState::Job(JobState::Failed(why)) = state
+            && !out.iter().any(|f| f.name == planned.job)
+        {
+            out.push(FailedJob {
+                name: planned.job.clone(),
+                output: why.clone(),
+            });
+        }
+    }
+    out
 }

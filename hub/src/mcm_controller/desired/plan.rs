@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kmm_api::{
     ManagedClusterModule, ModuleSpec,
     claims::{self, ClaimError},
-    kernel::{KernelMapper, normalize_kernel},
+    kernel::{KernelMapper, MappingError, normalize_kernel},
     module::TlsOptions,
     ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork},
     trim::{self, TrimError},
@@ -191,9 +191,13 @@ pub fn images_for(mcm: &ManagedClusterModule, kernels: &[String]) -> Result<Vec<
     Ok(out.into_iter().collect())
 }
 
-fn invalid_spec(e: impl std::fmt::Display) -> Blocker {
+fn invalid_spec(e: MappingError) -> Blocker {
+    let reason = match e {
+        MappingError::RegexpBudget { .. } => Reason::RegexpBudgetExceeded,
+        _ => Reason::InvalidSpec,
+    };
     Blocker {
-        reason: Reason::InvalidSpec,
+        reason,
         message: format!("spec.moduleSpec: {e}"),
     }
 }

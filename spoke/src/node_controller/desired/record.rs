@@ -48,7 +48,7 @@ pub fn module_entry(module: &Module, kernel: &str, settings: &NodeSettings) -> M
         &settings.operator_namespace,
         &settings.operator_module_loader_sa,
     );
-    Mapping::Entry(Box::new(NodeModuleSpec {
+    let entry = NodeModuleSpec {
         item: ModuleItem {
             name,
             namespace,
@@ -70,7 +70,13 @@ pub fn module_entry(module: &Module, kernel: &str, settings: &NodeSettings) -> M
                 .then_some(resolved.in_tree_modules_to_remove),
             in_tree_module_to_remove: None,
         },
-    }))
+    };
+    // Never a record entry (so never a worker) for what the worker would refuse; the Module's
+    // `WorkerInputInvalid` condition says why.
+    match crate::worker::input::check_config(&entry.config) {
+        Ok(()) => Mapping::Entry(Box::new(entry)),
+        Err(e) => Mapping::Error(e.to_string()),
+    }
 }
 
 /// The record's current spec entries, by Module.

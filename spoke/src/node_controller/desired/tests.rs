@@ -122,6 +122,44 @@ fn a_selected_node_gets_the_entry_and_a_load_pod_but_no_ready_label_yet() {
     assert_eq!(d.spec[0].item.service_account_name, "default");
 }
 
+/// Finding 9: what the worker would refuse never becomes a record entry, so no worker runs.
+#[test]
+fn a_module_the_worker_would_refuse_gets_no_entry_and_no_worker() {
+    for bad in [
+        "modulesLoadingOrder: [kmm_m, \"kmm_x\\ninstall kmm_m /bin/sh -c id\"], ",
+        "firmwarePath: /../outside, ",
+        "dirName: \"/opt;id\", ",
+    ] {
+        let spec = loader("p=3").replace(
+            "modprobe: {moduleName: kmm_m, ",
+            &format!("modprobe: {{moduleName: kmm_m, {bad}"),
+        );
+        let module = mk_module(&spec);
+        assert!(
+            matches!(module_entry(&module, KERNEL, &settings()), Mapping::Error(_)),
+            "{bad}"
+        );
+        let d = decide(
+            &mk_node(&[("role", "gpu")], "b1"),
+            None,
+            std::slice::from_ref(&module),
+            &[],
+            Timestamp::now(),
+        );
+        assert!(d.spec.is_empty() && d.create_pods.is_empty(), "{bad}: {d:?}");
+    }
+    // A node whose kernel breaks the grammar, under a catch-all mapping.
+    let any = mk_module(&loader("p=3").replace(&format!("literal: {KERNEL}"), "regexp: '^.+$'"));
+    assert!(matches!(
+        module_entry(&any, KERNEL, &settings()),
+        Mapping::Entry(_)
+    ));
+    assert!(matches!(
+        module_entry(&any, "6.1.0;id", &settings()),
+        Mapping::Error(_)
+    ));
+}
+
 #[test]
 fn an_unselected_node_gets_nothing() {
     let d = decide(

@@ -114,6 +114,24 @@ fn load_pod_without_firmware_field_by_field() {
         ["/bin/sh".to_owned(), "-c".to_owned()]
     );
     assert_eq!(mounts(init), owned(&[("tmp", "/tmp", false)]));
+    let env: Vec<(&str, &str)> = init
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("KMM_SHARED_ROOT", "/tmp"),
+            ("KMM_DIR_NAME", "/opt"),
+            ("KMM_KERNEL", "6.1.0-18-cloud-amd64")
+        ]
+    );
+    assert!(
+        !init.command.as_ref().unwrap()[2].contains("6.1.0"),
+        "the kernel is the script's data, not its text"
+    );
 
     let worker = &spec.containers[0];
     assert_eq!(worker.image.as_deref(), Some("kmm-spoke:latest"));

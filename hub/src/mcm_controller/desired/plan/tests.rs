@@ -114,6 +114,21 @@ fn a_broken_regexp_is_an_invalid_spec() {
     );
 }
 
+/// Issue 13: an MCM over the regexp budget is refused with its own reason, not a generic one.
+#[test]
+fn too_many_regexps_are_refused_as_over_the_budget() {
+    let extra: String = (0..101)
+        .map(|i| {
+            format!("\n          - regexp: '^9\\.{i}\\..+$'\n            containerImage: reg.example/x:y")
+        })
+        .collect();
+    let mcm = mk_mcm(&MCM.replace("kernelMappings:", &format!("kernelMappings:{extra}")));
+    assert_eq!(
+        images_for(&mcm, &[K2.into()]).unwrap_err().reason,
+        Reason::RegexpBudgetExceeded
+    );
+}
+
 #[test]
 fn render_pins_every_image_and_ships_literal_mappings_only() {
     let mcm = mk_mcm(MCM);
