@@ -31,8 +31,9 @@ bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
 
-# The hub behind a fault proxy and killed at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7`
-# replays one): the chaos scenario, long (docs/fleet-tests.md).
+# Every binary's API traffic and the hub's registry lookups behind fault proxies, the hub killed
+# at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7` replays one): the chaos scenario, long
+# (docs/fleet-tests.md).
 chaos: deps
     cargo build --bins
     KMM_CHAOS_SEEDS="${KMM_CHAOS_SEEDS:-1,2,3,4,5}" KMM_CHAOS_ROUNDS="${KMM_CHAOS_ROUNDS:-3}" \
