@@ -56,3 +56,10 @@ lint +files:
 # Format the code.
 fmt:
     cargo fmt --all
+
+# Coverage-guided fuzzing (libFuzzer, stable toolchain) of the claim parser and kernel grammar,
+# kernel mapping, lint's YAML, sign-image's layer reader and the module signature trailer:
+# each target for KMM_FUZZ_SECONDS (60) s; `just fuzz layers` runs one. `just test` replays the
+# kept corpus (fuzz/corpus) as a normal test.
+fuzz *targets:
+    fuzz/run {{targets}}
