@@ -56,7 +56,8 @@ pub fn claims(data: &[u8]) {
     }
 }
 
-/// One kernel string: a kernel the grammar accepts gets variables and a tag-safe spelling.
+/// One kernel string: any string gets a tag-safe spelling; variables may be refused (a
+/// grammar-valid `5.018+` has no `X.Y.Z`), which the decoder reports as a refused line.
 fn kernel(raw: &str) {
     let normalized = normalize_kernel(raw);
     assert!(
@@ -65,11 +66,6 @@ fn kernel(raw: &str) {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
         "{normalized:?}"
     );
-    if check_kernel(raw).is_ok() {
-        let trimmed = trim_kernel(raw);
-        assert!(
-            KernelVars::new(trimmed).is_ok(),
-            "no variables for the valid kernel {raw:?}"
-        );
-    }
+    let _ = check_kernel(raw);
+    let _ = KernelVars::new(trim_kernel(raw));
 }
