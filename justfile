@@ -32,8 +32,9 @@ bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
 
-# The hub behind a fault proxy and killed at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7`
-# replays one): the chaos scenario, long (docs/fleet-tests.md).
+# Every binary's API traffic and the hub's registry lookups behind fault proxies, the hub killed
+# at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7` replays one): the chaos scenario, long
+# (docs/fleet-tests.md).
 chaos: deps
     cargo build --bins
     KMM_CHAOS_SEEDS="${KMM_CHAOS_SEEDS:-1,2,3,4,5}" KMM_CHAOS_ROUNDS="${KMM_CHAOS_ROUNDS:-3}" \
@@ -56,3 +57,10 @@ lint +files:
 # Format the code.
 fmt:
     cargo fmt --all
+
+# Coverage-guided fuzzing (libFuzzer, stable toolchain) of the claim parser and kernel grammar,
+# kernel mapping, lint's YAML, sign-image's layer reader and the module signature trailer:
+# each target for KMM_FUZZ_SECONDS (60) s; `just fuzz layers` runs one. `just test` replays the
+# kept corpus (fuzz/corpus) as a normal test.
+fuzz *targets:
+    fuzz/run {{targets}}

@@ -148,6 +148,9 @@ pub struct Fleet {
     hub_starts: usize,
     /// kmm-hub's ServiceAccount kubeconfig.
     hub_kubeconfig: PathBuf,
+    /// Environment `kmm-hub run` gets at every start (e.g. `HTTP_PROXY`, which routes its
+    /// registry lookups through a fault proxy).
+    pub hub_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -256,6 +259,7 @@ impl Fleet {
             dir,
             hub_starts: 0,
             hub_kubeconfig,
+            hub_env: Vec::new(),
         })
     }
 
@@ -307,7 +311,7 @@ impl Fleet {
             kubeconfig,
             dir: &self.dir,
             name: "kmm-hub",
-            env: Vec::new(),
+            env: self.hub_env.clone(),
         })?;
         self.hub_process = Some(process);
         Ok(())
@@ -412,6 +416,20 @@ impl Spoke {
     /// it Unknown).
     pub fn disconnect(&mut self) {
         self.agent.stop();
+    }
+
+    /// kmm-spoke's ServiceAccount kubeconfig (to route it elsewhere, e.g. through a fault proxy).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Stops `kmm-spoke run` and starts it again with `kubeconfig`, which later starts keep.
+    pub fn restart_with(&mut self, kubeconfig: PathBuf) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        self.kubeconfig = kubeconfig;
+        self.start()
     }
 
     /// Ends [`Self::disconnect`].

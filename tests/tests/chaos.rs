@@ -1,8 +1,14 @@
-//! Convergence under faults: the real hub talks to the hub apiserver through a
-//! [`FaultProxy`] (errors with Retry-After, latency, cut watches) and is killed at random
-//! moments, while a module rolls out to two spokes, one spoke's kernel is upgraded (a build and
-//! a sign) and the MCM is deleted. Witnesses independent of the hub: the apiserver's audit log
-//! (Jobs and ManifestWorks written), the hub kubelet's pod runs and the registry's access log.
+//! Convergence under faults: every binary talks to its apiserver through a [`FaultProxy`]
+//! (errors with Retry-After, latency, cut watches, refused connections): the real hub to the
+//! hub's, each spoke's `kmm-spoke` to its cluster's; and the hub's registry lookups go through
+//! one more (its `HTTP_PROXY`). The hub is killed at random moments while a module rolls out to
+//! two spokes, one spoke's kernel is upgraded (a build and a sign) and the MCM is deleted.
+//! Witnesses independent of the hub: the apiserver's audit log (Jobs and ManifestWorks
+//! written), the hub kubelet's pod runs and the registry's access log.
+//!
+//! The build and sign Jobs reach the registry directly: buildah's push has no retry, and a
+//! failed build is kept and reported, not retried (by design), so a 20 % error rate there would
+//! fail the rollout rather than test convergence.
 //!
 //! Short by default (one seed, one kill per phase); `just chaos` sets `KMM_CHAOS_SEEDS`
 //! (comma-separated seeds) and `KMM_CHAOS_ROUNDS` (kills per phase). `KMM_CHAOS_ERROR_RATE`
@@ -46,13 +52,15 @@ fn seeds() -> Vec<u64> {
     text.split(',').filter_map(|s| s.trim().parse().ok()).collect()
 }
 
-/// The hub under weather: its process, the proxy in front of its apiserver, the random
-/// schedule of kills, and what to print when something fails.
+/// The fleet under weather: the hub's process, the proxies in front of every apiserver and the
+/// registry, the random schedule of kills, and what to print when something fails.
 struct Chaos {
     fleet: Fleet,
-    proxy: FaultProxy,
+    /// Named proxies: `hub-api`, `registry`, then one `<spoke>-api` per spoke.
+    proxies: Vec<(String, FaultProxy)>,
     kubeconfig: PathBuf,
     rng: XorShift,
+    seed: u64,
     rounds: u32,
     kills: u32,
     crashes: u32,
@@ -60,14 +68,19 @@ struct Chaos {
 
 impl Chaos {
     fn replay(&self) -> String {
+        let proxies: Vec<String> = self
+            .proxies
+            .iter()
+            .map(|(name, p)| format!("  {name} (seed {}): {}", p.seed(), p.counts()))
+            .collect();
         format!(
-            "replay: KMM_CHAOS_SEEDS={} KMM_CHAOS_ROUNDS={} (faults {:?}, one refusal spell per phase; proxy {}; hub killed {} times, exited by itself {} times)",
-            self.proxy.seed(),
+            "replay: KMM_CHAOS_SEEDS={} KMM_CHAOS_ROUNDS={} (faults {:?} on every proxy, one refusal spell per proxy and phase; hub killed {} times, exited by itself {} times)\n{}",
+            self.seed,
             self.rounds,
-            self.proxy.faults(),
-            self.proxy.counts(),
+            self.proxies.first().map(|(_, p)| p.faults()),
             self.kills,
-            self.crashes
+            self.crashes,
+            proxies.join("\n")
         )
     }
 
@@ -86,16 +99,19 @@ impl Chaos {
             .collect();
         kills.sort();
         kills.reverse();
-        // One spell of refused connections per phase, 1 to 3 s long.
-        let mut refusal = Some(Duration::from_millis(self.rng.between(1_000, 30_000)));
+        // One spell of refused connections per proxy and phase, 1 to 3 s long.
+        let mut refusals: Vec<Option<Duration>> = (0..self.proxies.len())
+            .map(|_| Some(Duration::from_millis(self.rng.between(1_000, 30_000))))
+            .collect();
         while start.elapsed() < Duration::from_secs(secs) {
             if kills.is_empty() && reached(&self.fleet, goal).await {
                 return;
             }
-            if refusal.is_some_and(|at| start.elapsed() >= at) {
-                refusal = None;
-                self.proxy
-                    .refuse_for(Duration::from_millis(self.rng.between(1_000, 3_000)));
+            for (refusal, (_, proxy)) in refusals.iter_mut().zip(&self.proxies) {
+                if refusal.is_some_and(|at| start.elapsed() >= at) {
+                    *refusal = None;
+                    proxy.refuse_for(Duration::from_millis(self.rng.between(1_000, 3_000)));
+                }
             }
             if kills.last().is_some_and(|at| start.elapsed() >= *at) {
                 kills.pop();
@@ -234,23 +250,59 @@ async fn scenario(seed: u64, rounds: u32, error_rate: f64) {
             .await
             .unwrap();
     }
+    // Each proxy draws from its own seed, derived from the scenario's.
+    let mut proxies = Vec::new();
     // The hub's own ServiceAccount token, sent through the proxy.
-    let proxy = FaultProxy::start(fleet.hub.server(), Some(fleet.hub.ca_path()), seed)
+    let hub_api = FaultProxy::start(fleet.hub.server(), Some(fleet.hub.ca_path()), seed)
         .await
         .unwrap();
     let kubeconfig = rewrite_kubeconfig(
         fleet.hub_kubeconfig(),
-        &proxy.url(),
+        &hub_api.url(),
         &fleet.dir.join("hub-through-proxy.kubeconfig"),
     )
     .unwrap();
-    let weather: FaultHandle = proxy.handle();
-    weather.set(Faults::weather(error_rate));
+    proxies.push(("hub-api".to_owned(), hub_api));
+    // The hub's registry client (reqwest) honours HTTP_PROXY; its kube client does not (kube
+    // reads a proxy only from the kubeconfig), so only the registry lookups take this route.
+    let registry = FaultProxy::start(&format!("http://{}", fleet.registry.host), None, seed + 100)
+        .await
+        .unwrap();
+    fleet.hub_env = vec![
+        ("HTTP_PROXY".into(), registry.url()),
+        ("http_proxy".into(), registry.url()),
+        ("NO_PROXY".into(), String::new()),
+        ("no_proxy".into(), String::new()),
+    ];
+    proxies.push(("registry".to_owned(), registry));
+    for (i, name) in SPOKES.into_iter().enumerate() {
+        let spoke = fleet.spoke_mut(name).unwrap();
+        let proxy = FaultProxy::start(
+            spoke.cluster.server(),
+            Some(spoke.cluster.ca_path()),
+            seed + 1 + i as u64,
+        )
+        .await
+        .unwrap();
+        let through = rewrite_kubeconfig(
+            spoke.kubeconfig(),
+            &proxy.url(),
+            &spoke.cluster.dir().join("spoke-through-proxy.kubeconfig"),
+        )
+        .unwrap();
+        spoke.restart_with(through).unwrap();
+        proxies.push((format!("{name}-api"), proxy));
+    }
+    for (_, proxy) in &proxies {
+        let weather: FaultHandle = proxy.handle();
+        weather.set(Faults::weather(error_rate));
+    }
     let mut chaos = Chaos {
         fleet,
-        proxy,
+        proxies,
         kubeconfig,
         rng: XorShift::new(seed),
+        seed,
         rounds,
         kills: 0,
         crashes: 0,
@@ -320,6 +372,15 @@ async fn scenario(seed: u64, rounds: u32, error_rate: f64) {
         4,
         "pushes\n{replay}"
     );
+    // Every route really carried traffic under faults (the hub's lookups went through
+    // HTTP_PROXY, each spoke through its own proxy): otherwise the weather tested nothing.
+    for (name, proxy) in &chaos.proxies {
+        let counts = proxy.counts();
+        assert!(
+            counts.forwarded > 0 && (error_rate == 0.0 || counts.errors() > 0),
+            "{name} carried no traffic or no faults: {counts}\n{replay}"
+        );
+    }
 
     // 3. Deletion: nothing is left behind.
     Api::<ManagedClusterModule>::all(chaos.fleet.hub.client())

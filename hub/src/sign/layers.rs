@@ -259,63 +259,100 @@ fn archive<'a>(layer: &OciDescriptor, blob: &'a [u8]) -> Result<tar::Archive<Box
     Ok(tar::Archive::new(reader))
 }
 
+/// One tar entry of a layer blob (`'b`: the blob's bytes).
+type LayerEntry<'a, 'b> = tar::Entry<'a, Box<dyn Read + 'b>>;
+
+/// Walks the tar entries of the layers `wanted` picks (by index), in order, calling
+/// `visit(layer, entry index, entry)`; the one place that opens layers, so both passes read
+/// them alike. Stops at the first error, which names the layer's digest.
+fn for_each_entry<'b>(
+    layers: &[OciDescriptor],
+    blobs: &'b [Vec<u8>],
+    wanted: impl Fn(usize) -> bool,
+    mut visit: impl FnMut(usize, usize, LayerEntry<'_, 'b>) -> Result<(), String>,
+) -> Result<(), LayerError> {
+    for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
+        if !wanted(index) {
+            continue;
+        }
+        let mut walk = || -> Result<(), String> {
+            let mut archive = archive(layer, blob)?;
+            for (entry_index, entry) in archive.entries().map_err(|e| e.to_string())?.enumerate() {
+                visit(index, entry_index, entry.map_err(|e| e.to_string())?)?;
+            }
+            Ok(())
+        };
+        walk().map_err(|reason| LayerError {
+            digest: layer.digest.clone(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
 /// The merged filesystem of `layers`, without file contents.
 fn merge(layers: &[OciDescriptor], blobs: &[Vec<u8>]) -> Result<View, LayerError> {
     let mut view = View::default();
-    for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
-        let layer_error = |reason: String| LayerError {
-            digest: layer.digest.clone(),
-            reason,
-        };
-        let mut archive = archive(layer, blob).map_err(layer_error)?;
-        let entries = archive.entries().map_err(|e| layer_error(e.to_string()))?;
-        for (entry_index, entry) in entries.enumerate() {
-            let entry = entry.map_err(|e| layer_error(e.to_string()))?;
-            let raw = entry.path().map_err(|e| layer_error(e.to_string()))?;
-            let Some(path) = normalize(&raw.to_string_lossy()).map_err(&layer_error)? else {
-                continue;
+    for_each_entry(
+        layers,
+        blobs,
+        |_| true,
+        |index, entry_index, entry| {
+            let raw = entry.path().map_err(|e| e.to_string())?;
+            let Some(path) = normalize(&raw.to_string_lossy())? else {
+                return Ok(());
             };
-            let header = entry.header();
-            let kind = header.entry_type();
-            let link = || -> Result<String, LayerError> {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| layer_error(e.to_string()))?
-                    .ok_or_else(|| layer_error(format!("the link {path} has no target")))?;
-                Ok(target.to_string_lossy().into_owned())
-            };
-            let node = if kind.is_file() {
-                let meta = |e: std::io::Error| layer_error(format!("{path}: {e}"));
-                Node::File(Source {
-                    layer: index,
-                    entry: entry_index,
-                    meta: FileMeta {
-                        mode: header.mode().map_err(meta)?,
-                        uid: header.uid().map_err(meta)?,
-                        gid: header.gid().map_err(meta)?,
-                        mtime: header.mtime().map_err(meta)?,
-                    },
-                })
-            } else if kind.is_dir() {
-                Node::Dir
-            } else if kind.is_symlink() {
-                Node::Symlink(link()?)
-            } else if kind.is_hard_link() {
-                // A hard link is the file it names, as that file is when the link is applied.
-                let target = normalize(&link()?)
-                    .map_err(&layer_error)?
-                    .unwrap_or_else(|| "/".to_owned());
-                match view.0.get(&target).map(|p| &p.node) {
-                    Some(Node::File(source)) => Node::File(*source),
-                    _ => Node::Unsignable(format!("a hard link to {target}, which is not a regular file")),
-                }
-            } else {
-                Node::Unsignable(format!("a {kind:?} entry, not a regular file"))
-            };
+            let node = node_of(&view, index, entry_index, &entry, &path)?;
             view.apply(index, path, node);
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(view)
+}
+
+/// What entry `entry_index` of layer `index` puts at `path`, given the layers below (`view`).
+fn node_of(
+    view: &View,
+    index: usize,
+    entry_index: usize,
+    entry: &LayerEntry<'_, '_>,
+    path: &str,
+) -> Result<Node, String> {
+    let header = entry.header();
+    let kind = header.entry_type();
+    let link = || -> Result<String, String> {
+        let target = entry
+            .link_name()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the link {path} has no target"))?;
+        Ok(target.to_string_lossy().into_owned())
+    };
+    Ok(if kind.is_file() {
+        let meta = |e: std::io::Error| format!("{path}: {e}");
+        Node::File(Source {
+            layer: index,
+            entry: entry_index,
+            meta: FileMeta {
+                mode: header.mode().map_err(meta)?,
+                uid: header.uid().map_err(meta)?,
+                gid: header.gid().map_err(meta)?,
+                mtime: header.mtime().map_err(meta)?,
+            },
+        })
+    } else if kind.is_dir() {
+        Node::Dir
+    } else if kind.is_symlink() {
+        Node::Symlink(link()?)
+    } else if kind.is_hard_link() {
+        // A hard link is the file it names, as that file is when the link is applied.
+        let target = normalize(&link()?)?.unwrap_or_else(|| "/".to_owned());
+        match view.0.get(&target).map(|p| &p.node) {
+            Some(Node::File(source)) => Node::File(*source),
+            _ => Node::Unsignable(format!("a hard link to {target}, which is not a regular file")),
+        }
+    } else {
+        Node::Unsignable(format!("a {kind:?} entry, not a regular file"))
+    })
 }
 
 /// The files of the image that `patterns` select, with their bytes. Fails on a selected path
@@ -359,37 +396,31 @@ fn read_sources(
             .or_default()
             .push((path, source.meta));
     }
+    let layers_wanted: Vec<usize> = wanted.keys().map(|(l, _)| *l).collect();
     let mut files = BTreeMap::new();
     let mut selected_bytes: u64 = 0;
-    for (index, (layer, blob)) in layers.iter().zip(blobs).enumerate() {
-        if !wanted.keys().any(|(l, _)| *l == index) {
-            continue;
-        }
-        let layer_error = |reason: String| LayerError {
-            digest: layer.digest.clone(),
-            reason,
-        };
-        let mut archive = archive(layer, blob).map_err(layer_error)?;
-        let entries = archive.entries().map_err(|e| layer_error(e.to_string()))?;
-        for (entry_index, entry) in entries.enumerate() {
+    for_each_entry(
+        layers,
+        blobs,
+        |index| layers_wanted.contains(&index),
+        |index, entry_index, entry| {
             let Some(targets) = wanted.remove(&(index, entry_index)) else {
-                continue;
+                return Ok(());
             };
-            let entry = entry.map_err(|e| layer_error(e.to_string()))?;
-            let size = entry.header().size().map_err(|e| layer_error(e.to_string()))?;
+            let size = entry.header().size().map_err(|e| e.to_string())?;
             selected_bytes = selected_bytes.saturating_add(size);
             if size > MAX_FILE_BYTES || selected_bytes > MAX_SELECTED_BYTES {
                 let path = targets.first().map(|(p, _)| p.as_str()).unwrap_or_default();
-                return Err(layer_error(format!(
+                return Err(format!(
                     "{path} is {size} bytes: over the {MAX_FILE_BYTES}-byte limit of a file to sign, or \
                      the selected files together are over {MAX_SELECTED_BYTES} bytes"
-                )));
+                ));
             }
             let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             entry
                 .take(size)
                 .read_to_end(&mut data)
-                .map_err(|e| layer_error(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             for (path, meta) in targets {
                 files.insert(
                     path,
@@ -399,8 +430,9 @@ fn read_sources(
                     },
                 );
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(files)
 }
 
