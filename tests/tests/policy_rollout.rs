@@ -187,75 +187,54 @@ async fn names(client: Client, namespace: &str, resource: &kube::discovery::ApiR
         .unwrap_or_default()
 }
 
-/// Whether the spoke's install is there: CRDs, Namespace, ServiceAccount, binding, Deployment.
+/// Whether the object named `name` exists (a deleted one still terminating counts).
+async fn exists<K>(api: Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.get_opt(name).await.unwrap().is_some()
+}
+
+/// Which parts of the spoke's install a cluster holds: the Module and NodeModulesConfig CRDs,
+/// the namespace, ServiceAccount, binding and Deployment of kmm-spoke.
+async fn install_parts(cluster: &ControlPlane) -> [bool; 6] {
+    let c = cluster.client();
+    [
+        exists(
+            Api::<CustomResourceDefinition>::all(c.clone()),
+            "modules.kmm.sigs.x-k8s.io",
+        )
+        .await,
+        exists(
+            Api::<CustomResourceDefinition>::all(c.clone()),
+            "nodemodulesconfigs.kmm.sigs.x-k8s.io",
+        )
+        .await,
+        exists(Api::<Namespace>::all(c.clone()), OPERATOR_NAMESPACE).await,
+        exists(
+            Api::<ServiceAccount>::namespaced(c.clone(), OPERATOR_NAMESPACE),
+            "kmm-spoke",
+        )
+        .await,
+        exists(Api::<ClusterRoleBinding>::all(c.clone()), "kmm-spoke").await,
+        exists(Api::<Deployment>::namespaced(c, OPERATOR_NAMESPACE), "kmm-spoke").await,
+    ]
+}
+
+/// Whether the spoke's install is all there.
 async fn installed(cluster: &ControlPlane) -> bool {
-    let c = cluster.client();
-    Api::<CustomResourceDefinition>::all(c.clone())
-        .get_opt("modules.kmm.sigs.x-k8s.io")
-        .await
-        .unwrap()
-        .is_some()
-        && Api::<CustomResourceDefinition>::all(c.clone())
-            .get_opt("nodemodulesconfigs.kmm.sigs.x-k8s.io")
-            .await
-            .unwrap()
-            .is_some()
-        && Api::<Namespace>::all(c.clone())
-            .get_opt(OPERATOR_NAMESPACE)
-            .await
-            .unwrap()
-            .is_some()
-        && Api::<ServiceAccount>::namespaced(c.clone(), OPERATOR_NAMESPACE)
-            .get_opt("kmm-spoke")
-            .await
-            .unwrap()
-            .is_some()
-        && Api::<ClusterRoleBinding>::all(c.clone())
-            .get_opt("kmm-spoke")
-            .await
-            .unwrap()
-            .is_some()
-        && Api::<Deployment>::namespaced(c, OPERATOR_NAMESPACE)
-            .get_opt("kmm-spoke")
-            .await
-            .unwrap()
-            .is_some()
+    install_parts(cluster).await == [true; 6]
 }
 
-/// Whether nothing of the install is left (a Namespace still terminating counts as left).
+/// Whether nothing of the install is there.
 async fn nothing_installed(cluster: &ControlPlane) -> bool {
-    let c = cluster.client();
-    Api::<CustomResourceDefinition>::all(c.clone())
-        .get_opt("modules.kmm.sigs.x-k8s.io")
-        .await
-        .unwrap()
-        .is_none()
-        && Api::<Namespace>::all(c.clone())
-            .get_opt(OPERATOR_NAMESPACE)
-            .await
-            .unwrap()
-            .is_none()
-        && Api::<ClusterRoleBinding>::all(c)
-            .get_opt("kmm-spoke")
-            .await
-            .unwrap()
-            .is_none()
+    install_parts(cluster).await == [false; 6]
 }
 
-/// Whether kmm-spoke itself is gone from a cluster (namespace, binding, Deployment with it)
-/// while its CRDs, which hold the cluster's Modules, stay.
+/// Whether kmm-spoke itself is gone from a cluster while its CRDs, which hold the cluster's
+/// Modules, stay.
 async fn spoke_removed(cluster: &ControlPlane) -> bool {
-    let c = cluster.client();
-    Api::<Namespace>::all(c.clone())
-        .get_opt(OPERATOR_NAMESPACE)
-        .await
-        .unwrap()
-        .is_none()
-        && Api::<ClusterRoleBinding>::all(c)
-            .get_opt("kmm-spoke")
-            .await
-            .unwrap()
-            .is_none()
+    install_parts(cluster).await == [true, true, false, false, false, false]
 }
 
 /// The namespaced Module resource (`kmm.sigs.x-k8s.io/v1beta1`).
