@@ -11,6 +11,8 @@
 #   KMM_DAY1_EXTRACT          shell command run with the image reference as $1 and an empty
 #                             directory as $2; it must leave the image's files under $2
 #                             (default: podman, pulling the image when it is not stored yet)
+#   KMM_DAY1_MODPROBE         kmod's modprobe (default /usr/sbin/modprobe; an absolute path, so
+#                             a shell's built-in applet of the same name is never used)
 set -u
 
 log() { echo "kmm-day1: $*"; }
@@ -21,6 +23,7 @@ module="${KMM_DAY1_MODULE:?KMM_DAY1_MODULE is not set}"
 in_tree="${KMM_DAY1_IN_TREE:-}"
 firmware_path="${KMM_DAY1_FIRMWARE_PATH:-}"
 firmware_host="${KMM_DAY1_FIRMWARE_HOST:-/var/lib/firmware}"
+modprobe="${KMM_DAY1_MODPROBE:-/usr/sbin/modprobe}"
 kernel="$(uname -r)"
 ref="$image:$kernel"
 
@@ -48,7 +51,7 @@ fi
 
 tree="$work/opt/lib/modules/$kernel"
 [ -d "$tree" ] || fail "image $ref has no /opt/lib/modules/$kernel; in-tree modules left as they are"
-modprobe -d "$work/opt" -n "$module" ||
+"$modprobe" -d "$work/opt" -n "$module" ||
     fail "module $module is not in image $ref (/opt/lib/modules/$kernel); in-tree modules left as they are"
 
 if [ -n "$firmware_path" ]; then
@@ -66,14 +69,14 @@ fi
 removed=""
 for m in $in_tree; do
     if is_loaded "$m"; then
-        modprobe -r "$m" || fail "cannot remove in-tree module $m (in use?)"
+        "$modprobe" -r "$m" || fail "cannot remove in-tree module $m (in use?)"
         removed="$removed $m"
         log "removed in-tree module $m"
     fi
 done
 
-if ! modprobe -d "$work/opt" "$module"; then
-    for m in $removed; do modprobe "$m" || true; done
+if ! "$modprobe" -d "$work/opt" "$module"; then
+    for m in $removed; do "$modprobe" "$m" || true; done
     fail "loading $module from $ref failed; in-tree modules reloaded:${removed:- none}"
 fi
 log "loaded $module from $ref"
