@@ -111,7 +111,13 @@ fn main() -> anyhow::Result<ExitCode> {
             out.write_all(kmm_hub::rbac::render(&namespace, &service_account).as_bytes())?;
         }
         Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
-        Command::Day1(args) => kmm_hub::day1::day1(&args, &mut out)?,
+        Command::Day1(args) => {
+            if let Err(e) = kmm_hub::day1::day1(&args, &mut out) {
+                use std::io::Write as _;
+                writeln!(err, "error: {e:#}")?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::SignKmod(args) => {
             if !kmm_hub::sign::cli::sign_kmod(&args, &mut out, &mut err)? {
                 return Ok(ExitCode::FAILURE);
