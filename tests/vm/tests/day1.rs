@@ -2,14 +2,16 @@
 //! as the boot step, with the settings of the generated unit, before a stand-in "network"
 //! step; the kernel's `/proc/modules` shows what the network would find.
 //!
-//! The node has no podman: the script's extract command (`KMM_DAY1_EXTRACT`) copies the kmod
-//! image from a plain directory, `/srv/kmm-images/<repository>:<tag>/`, laid out as the image
-//! holds it (`/opt/lib/modules/<kernel>/` with depmod's index files, `/firmware/`).
+//! The node has no podman and no registry: the kmod image is a real OCI image, built with
+//! umoci on the host into an OCI layout at `/srv/oci/<repository>` (tagged with the kernel's
+//! version; `/opt/lib/modules/<kernel>/` with depmod's index files, `/firmware/`), and the
+//! script's extract command (`KMM_DAY1_EXTRACT`) unpacks `<repository>:<tag>` from there with
+//! umoci in the guest.
 
 use std::{path::Path, time::Duration};
 
 use kmm_hub::day1::{Day1, SCRIPT, SCRIPT_PATH, unit};
-use kmm_vm_tests::{Env, Initramfs, Report, Scenario, add_kmod_image, node_initramfs};
+use kmm_vm_tests::{Env, Initramfs, Report, Scenario, node_initramfs, oci};
 
 /// A guard against a hung guest (a boot takes a few seconds), not a measurement.
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
@@ -21,8 +23,8 @@ const OOT: &str = "kmm_vm_fw";
 const FIRMWARE_NAME: &str = "kmm-vm/kmm_vm_fw.bin";
 const FIRMWARE_TEXT: &str = "kmm-vm firmware day1";
 const REPO: &str = "registry.invalid/kmm/day1-kmod";
-const IMAGES: &str = "/srv/kmm-images";
-const EXTRACT: &str = r#"cp -a "/srv/kmm-images/$1/." "$2/""#;
+const LAYOUTS: &str = "/srv/oci";
+const EXTRACT: &str = r#"/usr/bin/umoci raw unpack --image "/srv/oci/$1" "$2""#;
 
 fn env() -> &'static Env {
     match kmm_vm_tests::env(Path::new(env!("CARGO_TARGET_TMPDIR"))) {
@@ -66,24 +68,30 @@ const NETWORK: &str = "for m in dummy kmm_vm_fw; do\n\
     if grep -q \"^$m \" /proc/modules; then echo \"network sees $m\"; fi\n\
     done";
 
-/// The node (with `dummy`), the generated script, and the kmod image for the running kernel
-/// holding only `kmm_vm_first` and `kmm_vm_fw`, with the test firmware.
+/// The node (with `dummy`), the generated script, umoci, and the kmod image for the running
+/// kernel as an OCI layout holding only `kmm_vm_first` and `kmm_vm_fw`, with the test firmware.
 fn initramfs() -> Initramfs {
     let env = env();
     let mut fs = ok(node_initramfs(&env.kernel, &[IN_TREE]), "node");
     fs.bytes(SCRIPT_PATH, SCRIPT, 0o755);
-    let image = format!("{IMAGES}/{REPO}:{}", env.kernel.version);
     ok(
-        add_kmod_image(
-            &mut fs,
+        oci::umoci().and_then(|umoci| fs.binary("/usr/bin/umoci", &umoci).map(|_| ())),
+        "umoci",
+    );
+    let work = ok(tempfile::tempdir().map_err(Into::into), "scratch directory");
+    let layout = ok(
+        oci::kmod_layout(
             &env.kernel,
             &env.modules,
             &["kmm_vm_first", OOT],
-            &format!("{image}/opt"),
-            Some(&format!("{image}/firmware")),
             &[(FIRMWARE_NAME, &format!("{FIRMWARE_TEXT}\n"))],
+            work.path(),
         ),
         "kmod image",
+    );
+    ok(
+        fs.tree(&format!("{LAYOUTS}/{REPO}"), &layout).map(|_| ()),
+        "kmod image layout",
     );
     fs
 }
