@@ -36,7 +36,8 @@ podman_extract() {
     return $rc
 }
 
-is_loaded() { grep -q "^$1 " /proc/modules; }
+# /proc/modules spells names with '_' where modprobe also accepts '-'.
+is_loaded() { grep -q "^$(echo "$1" | tr - _) " /proc/modules; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/kmm-day1.XXXXXX")" || fail "cannot create a work directory"
 trap 'rm -rf "$work"' EXIT

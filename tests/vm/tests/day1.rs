@@ -172,7 +172,8 @@ fn day1_script_fails_clearly_and_the_in_tree_module_stays_when_image_module_or_l
             .step("no-image", boot_step(&spec("registry.invalid/kmm/absent", OOT)))
             .step("no-module", boot_step(&spec(REPO, "kmm_vm_absent")))
             .step("load-fails", boot_step(&without_firmware))
-            .step("network", NETWORK),
+            .step("network", NETWORK)
+            .step("leftovers", "ls -d /tmp/kmm-day1.* 2>/dev/null; true"),
     );
     let version = &env().kernel.version;
 
@@ -209,4 +210,7 @@ fn day1_script_fails_clearly_and_the_in_tree_module_stays_when_image_module_or_l
         "{}",
         network.output_text()
     );
+    // Failures clean up their extraction too.
+    let leftovers = report.step("leftovers");
+    assert!(leftovers.output.is_empty(), "{}", leftovers.output_text());
 }
