@@ -12,6 +12,7 @@
 //! - [`leader`]: leader election with a Lease; [`metrics`]: Prometheus metrics.
 
 pub mod cli;
+pub mod day1;
 pub mod gather;
 pub mod leader;
 pub mod lint;

@@ -54,6 +54,9 @@ enum Command {
     /// Write a support bundle of the hub cluster into a folder: MCMs, ManifestWorks, ManagedClusters,
     /// Jobs, pods and log tails, Events, configuration, versions; Secrets never, credentials redacted.
     Gather(kmm_hub::gather::GatherArgs),
+    /// Generate Day-1 loading for a kmod image: an OpenShift MachineConfig for a pool (printed),
+    /// or with --out also the plain systemd unit and script for other distributions.
+    Day1(kmm_hub::day1::Day1Args),
     /// Sign kernel modules in place, as the kernel's scripts/sign-file does.
     SignKmod(kmm_hub::sign::cli::SignKmodArgs),
     /// Sign the kernel modules of an image and push the result (what the sign Job runs);
@@ -108,6 +111,13 @@ fn main() -> anyhow::Result<ExitCode> {
             out.write_all(kmm_hub::rbac::render(&namespace, &service_account).as_bytes())?;
         }
         Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
+        Command::Day1(args) => {
+            if let Err(e) = kmm_hub::day1::day1(&args, &mut out) {
+                use std::io::Write as _;
+                writeln!(err, "error: {e:#}")?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::SignKmod(args) => {
             if !kmm_hub::sign::cli::sign_kmod(&args, &mut out, &mut err)? {
                 return Ok(ExitCode::FAILURE);

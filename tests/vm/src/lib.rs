@@ -6,6 +6,7 @@
 pub mod initramfs;
 pub mod kernel;
 pub mod kmod;
+pub mod oci;
 pub mod pod;
 pub mod vm;
 
@@ -250,7 +251,23 @@ pub fn add_kmod_image(
     firmware: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     let stage = tempfile::tempdir().context("creating a staging directory")?;
+    stage_modules(kernel, modules, names, stage.path())?;
     let tree = stage.path().join("lib/modules").join(&kernel.version);
+    let dir_name = dir_name.trim_end_matches('/');
+    fs.tree(&format!("{dir_name}/lib/modules/{}", kernel.version), &tree)?;
+    if let Some(path) = firmware_path {
+        let path = path.trim_end_matches('/');
+        for (rel, contents) in firmware {
+            fs.bytes(&format!("{path}/{rel}"), *contents, 0o644);
+        }
+    }
+    Ok(())
+}
+
+/// Copies the compiled test modules `names` to `<root>/lib/modules/<kernel>/` and runs
+/// `depmod -b <root> <kernel>` there, as a kmod image's build does under its `/opt`.
+pub fn stage_modules(kernel: &Kernel, modules: &Modules, names: &[&str], root: &Path) -> anyhow::Result<()> {
+    let tree = root.join("lib/modules").join(&kernel.version);
     fs::create_dir_all(&tree)?;
     for name in names {
         let ko = modules.ko(name);
@@ -259,20 +276,12 @@ pub fn add_kmod_image(
     }
     let output = Command::new("depmod")
         .arg("-b")
-        .arg(stage.path())
+        .arg(root)
         .arg(&kernel.version)
         .output()
         .context("running depmod (scripts/test-deps installs kmod)")?;
     if !output.status.success() {
         bail!("depmod failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let dir_name = dir_name.trim_end_matches('/');
-    fs.tree(&format!("{dir_name}/lib/modules/{}", kernel.version), &tree)?;
-    if let Some(path) = firmware_path {
-        let path = path.trim_end_matches('/');
-        for (rel, contents) in firmware {
-            fs.bytes(&format!("{path}/{rel}"), *contents, 0o644);
-        }
     }
     Ok(())
 }

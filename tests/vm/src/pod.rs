@@ -86,9 +86,14 @@ pub fn steps(name: &str, pod: &Pod) -> anyhow::Result<[Step; 2]> {
     // The init containers get their own mounts (emptyDir only, here), prepared with the rest.
     let mut init = volumes.clone();
     for container in spec.init_containers.iter().flatten() {
-        let _ = writeln!(init, "{} || exit $?", command_line(container)?);
+        let _ = writeln!(
+            init,
+            "( {}{} ) || exit $?",
+            exports(container)?,
+            command_line(container)?
+        );
     }
-    let main = format!("exec {}\n", command_line(container)?);
+    let main = format!("{}exec {}\n", exports(container)?, command_line(container)?);
     Ok([
         Step {
             name: format!("{name}-init"),
@@ -99,6 +104,30 @@ pub fn steps(name: &str, pod: &Pod) -> anyhow::Result<[Step; 2]> {
             script: main,
         },
     ])
+}
+
+/// The container's `env` (literal values only), as `export` commands ending in `; `: the
+/// copy script of the image extractor takes its paths from there.
+fn exports(container: &Container) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for var in container.env.iter().flatten() {
+        if var.name.is_empty() || !var.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!(
+                "container {}: env name {:?} not supported",
+                container.name,
+                var.name
+            );
+        }
+        let Some(value) = &var.value else {
+            bail!(
+                "container {}: env {} without a literal value",
+                container.name,
+                var.name
+            );
+        };
+        let _ = write!(out, "export {}={}; ", var.name, quote(value));
+    }
+    Ok(out)
 }
 
 fn command_line(container: &Container) -> anyhow::Result<String> {
@@ -125,7 +154,7 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource,
+        DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
         ObjectFieldSelector, PodSpec, Volume, VolumeMount,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -155,6 +184,11 @@ mod tests {
                         "-c".into(),
                         "cp -R /opt/x /tmp/opt;".into(),
                     ]),
+                    env: Some(vec![EnvVar {
+                        name: "KMM_X".into(),
+                        value: Some("it's".into()),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }]),
                 containers: vec![Container {
@@ -210,9 +244,17 @@ mod tests {
              printf '%s' 'k: '\\''v'\\''\n' > '/etc/kmm-worker/config.yaml'\n\
              mkdir -p '/var/lib/firmware'\n\
              rm -rf '/tmp'; mkdir -p '/tmp'\n\
-             '/bin/sh' '-c' 'cp -R /opt/x /tmp/opt;' || exit $?\n"
+             ( export KMM_X='it'\\''s'; '/bin/sh' '-c' 'cp -R /opt/x /tmp/opt;' ) || exit $?\n"
         );
         assert_eq!(main.name, "load");
         assert_eq!(main.script, "exec '/usr/local/bin/kmm-spoke' 'worker' 'load'\n");
+
+        let mut from_secret = pod.clone();
+        let spec = from_secret.spec.as_mut().unwrap();
+        spec.containers[0].env = Some(vec![EnvVar {
+            name: "TOKEN".into(),
+            ..Default::default()
+        }]);
+        assert!(steps("load", &from_secret).is_err());
     }
 }
