@@ -26,17 +26,8 @@ pub fn path_pattern() -> String {
 }
 
 /// `crd` with patterns on the worker input of every `modprobe`.
-pub fn bound_worker_input(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            walk_modprobe(schema);
-        }
-    }
-    crd
+pub fn bound_worker_input(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    super::edit_schemas(crd, walk_modprobe)
 }
 
 fn walk_modprobe(schema: &mut JSONSchemaProps) {
@@ -64,17 +55,8 @@ fn walk_modprobe(schema: &mut JSONSchemaProps) {
 }
 
 /// `crd` with `maxLength` on every `kernelMappings[].regexp`.
-pub fn bound_regexps(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            walk(schema);
-        }
-    }
-    crd
+pub fn bound_regexps(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    super::edit_schemas(crd, walk)
 }
 
 fn walk(schema: &mut JSONSchemaProps) {

@@ -3,7 +3,9 @@
 //! `kmm-hub crds` and `kmm-spoke crds` print these; `just gen` writes them to `manifests/crds/`,
 //! and a test in this crate fails when the committed files differ from what the code renders.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 use crate::{ManagedClusterModule, Module, NodeModulesConfig};
@@ -11,6 +13,24 @@ use crate::{ManagedClusterModule, Module, NodeModulesConfig};
 pub mod admission;
 pub mod limits;
 pub mod upstream;
+
+/// `crd` with `edit` applied to the root schema of each of its versions: the one walk the
+/// schema adjustments (upstream shapes, limits) start from.
+pub(crate) fn edit_schemas(
+    mut crd: CustomResourceDefinition,
+    edit: impl Fn(&mut JSONSchemaProps),
+) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            edit(schema);
+        }
+    }
+    crd
+}
 
 /// First line of every generated file.
 pub const GENERATED_HEADER: &str =

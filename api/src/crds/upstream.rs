@@ -162,17 +162,8 @@ fn below_spec(path: &str) -> String {
 }
 
 /// `crd` with the schema shapes upstream has and k8s-openapi's types do not render.
-pub fn shape(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            walk(schema);
-        }
-    }
-    crd
+pub fn shape(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    super::edit_schemas(crd, walk)
 }
 
 fn walk(schema: &mut JSONSchemaProps) {
