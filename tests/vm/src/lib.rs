@@ -46,6 +46,15 @@ pub struct Env {
     pub modules: Modules,
 }
 
+/// The value, or a panic showing the whole error chain (test helpers are not `#[test]`
+/// functions, so they cannot return the error).
+pub fn ok<T>(result: anyhow::Result<T>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{what}: {err:#}"),
+    }
+}
+
 /// The kernel and the compiled test modules (built on first use, cached under `cache`).
 pub fn env(cache: &Path) -> Result<&'static Env, String> {
     static ENV: OnceLock<Result<Env, String>> = OnceLock::new();

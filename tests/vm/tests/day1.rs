@@ -11,7 +11,7 @@
 use std::{path::Path, time::Duration};
 
 use kmm_hub::day1::{Day1, SCRIPT, SCRIPT_PATH, unit};
-use kmm_vm_tests::{Env, Initramfs, Report, Scenario, node_initramfs, oci};
+use kmm_vm_tests::{Env, Initramfs, Report, Scenario, node_initramfs, oci, ok};
 
 /// A guard against a hung guest (a boot takes a few seconds), not a measurement.
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
@@ -30,13 +30,6 @@ fn env() -> &'static Env {
     match kmm_vm_tests::env(Path::new(env!("CARGO_TARGET_TMPDIR"))) {
         Ok(env) => env,
         Err(err) => panic!("VM test environment: {err}"),
-    }
-}
-
-fn ok<T>(result: anyhow::Result<T>, what: &str) -> T {
-    match result {
-        Ok(value) => value,
-        Err(err) => panic!("{what}: {err:#}"),
     }
 }
 

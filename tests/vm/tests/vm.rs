@@ -13,7 +13,7 @@ use kmm_api::{
     nmc::ModuleConfig,
 };
 use kmm_spoke::worker::{pod::WorkerPodSettings, run::Action};
-use kmm_vm_tests::{Env, Initramfs, Report, Scenario, add_kmod_image, pod, worker_initramfs, worker_pod};
+use kmm_vm_tests::{Env, Initramfs, Report, Scenario, add_kmod_image, ok, pod, worker_initramfs, worker_pod};
 
 /// A guard against a hung guest (a boot takes a few seconds), not a measurement.
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
@@ -27,14 +27,6 @@ fn env() -> &'static Env {
     match kmm_vm_tests::env(Path::new(env!("CARGO_TARGET_TMPDIR"))) {
         Ok(env) => env,
         Err(err) => panic!("VM test environment: {err}"),
-    }
-}
-
-/// The value, or a panic showing the whole error chain (helpers are not `#[test]` functions).
-fn ok<T>(result: anyhow::Result<T>, what: &str) -> T {
-    match result {
-        Ok(value) => value,
-        Err(err) => panic!("{what}: {err:#}"),
     }
 }
 
