@@ -13,8 +13,8 @@
 //!
 //! What stands in for the node: every pod shares this machine's network, so a mapped image may
 //! override environment (a listen address) and append arguments (paths under the test's folder
-//! for the workers the binary starts). The exit ends the pod (`Failed`/`Succeeded`); its
-//! ReplicaSet then makes a new one, where a real kubelet would restart the container in place.
+//! for the workers the binary starts). A process that exits is started again in the same pod,
+//! as the kubelet restarts a container.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -292,8 +292,11 @@ pub async fn prepare(
 }
 
 /// Runs a binary pod: prepares it (retried every 2 s, the pod staying Pending, as a kubelet
-/// retries a missing ConfigMap), reports it running on `progress`, and returns its final
-/// report when the process exits. Aborting the task kills the process.
+/// retries a missing ConfigMap), reports it running on `progress`, and restarts the process
+/// when it exits, after a delay doubling from 1 s to 20 s, as the kubelet restarts the container
+/// of a `restartPolicy: Always` pod (the pod stays `Running`; its restart count is not kept).
+/// Only a process that cannot be started ends the pod (`Failed`). Aborting the task kills the
+/// process.
 pub(super) async fn run(
     client: Client,
     pod: Pod,
@@ -311,21 +314,49 @@ pub(super) async fn run(
             }
         }
     };
-    let failed = |exit_code, message: String| ExecReport {
-        pod: pod.clone(),
-        outcome: Outcome::failed(exit_code, message),
-        failed_init: None,
-        last: true,
-    };
-    let log = match std::fs::File::create(&prepared.log) {
-        Ok(f) => f,
-        Err(e) => return failed(128, format!("creating {}: {e}", prepared.log.display())),
-    };
-    let log_err = match log.try_clone() {
-        Ok(f) => f,
-        Err(e) => return failed(128, format!("opening the log: {e}")),
-    };
-    let child = tokio::process::Command::new(&prepared.argv[0])
+    let mut delay = Duration::from_secs(1);
+    let mut reported = false;
+    loop {
+        let mut child = match spawn(&prepared) {
+            Ok(c) => c,
+            Err(message) => {
+                return ExecReport {
+                    pod,
+                    outcome: Outcome::failed(128, message),
+                    failed_init: None,
+                    last: true,
+                };
+            }
+        };
+        if !reported {
+            reported = true;
+            let _ = progress.send(ExecReport {
+                pod: pod.clone(),
+                outcome: Outcome::Running,
+                failed_init: None,
+                last: false,
+            });
+        }
+        let status = child.wait().await;
+        let output = std::fs::read_to_string(&prepared.log).unwrap_or_default();
+        if let Some(sink) = &sink {
+            sink.pod_log(&pod.namespace().unwrap_or_default(), &pod.name_any(), &output);
+        }
+        tracing::info!(pod = %pod.name_any(), ?status, ?delay, "binary pod's process exited; restarting");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(20));
+    }
+}
+
+/// Starts the prepared process, its output appended to its log.
+fn spawn(prepared: &Prepared) -> Result<tokio::process::Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&prepared.log)
+        .map_err(|e| format!("opening {}: {e}", prepared.log.display()))?;
+    let log_err = log.try_clone().map_err(|e| format!("opening the log: {e}"))?;
+    tokio::process::Command::new(&prepared.argv[0])
         .args(&prepared.argv[1..])
         .env_clear()
         .envs(&prepared.env)
@@ -333,35 +364,8 @@ pub(super) async fn run(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return failed(128, format!("failed to start {:?}: {e}", prepared.argv[0])),
-    };
-    let _ = progress.send(ExecReport {
-        pod: pod.clone(),
-        outcome: Outcome::Running,
-        failed_init: None,
-        last: false,
-    });
-    let status = child.wait().await;
-    let output = std::fs::read_to_string(&prepared.log).unwrap_or_default();
-    if let Some(sink) = &sink {
-        sink.pod_log(&pod.namespace().unwrap_or_default(), &pod.name_any(), &output);
-    }
-    match status.map(|s| s.code()) {
-        Ok(Some(0)) => ExecReport {
-            pod,
-            outcome: Outcome::Succeeded,
-            failed_init: None,
-            last: true,
-        },
-        Ok(code) => failed(
-            code.unwrap_or(137),
-            pods::tail(&output, pods::MAX_TERMINATION_MESSAGE).to_owned(),
-        ),
-        Err(e) => failed(128, format!("waiting for {:?}: {e}", prepared.argv[0])),
-    }
+        .spawn()
+        .map_err(|e| format!("failed to start {:?}: {e}", prepared.argv[0]))
 }
 
 #[cfg(test)]
