@@ -139,6 +139,8 @@ pub struct Spoke {
 
 /// The whole fleet.
 pub struct Fleet {
+    /// The policy framework, when the spokes are installed by the Policy (dropped first).
+    pub policy_plane: Option<crate::policy::PolicyPlane>,
     /// `kmm-hub run`, when started (dropped before the control planes).
     pub hub_process: Option<Process>,
     pub spokes: BTreeMap<String, Spoke>,
@@ -254,6 +256,7 @@ impl Fleet {
             },
         );
         Ok(Self {
+            policy_plane: None,
             hub_process: None,
             spokes: BTreeMap::new(),
             ocm,
