@@ -10,8 +10,10 @@ use kmm_api::{
 };
 use kube::{Api, ResourceExt, api::ListParams};
 
-use crate::fleet::{
-    BUILD_SECRET, CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, KEY_SECRET, MODULE_NAMESPACE, NodeSpec,
+use crate::{
+    controlplane::Options,
+    fleet::{BUILD_SECRET, CERT_SECRET, DOCKERFILE_CONFIGMAP, Fleet, KEY_SECRET, MODULE_NAMESPACE, NodeSpec},
+    policy::{self, PolicyHub, PolicyPlane, PolicySpoke},
 };
 
 /// The example MCM's name.
@@ -81,13 +83,30 @@ spec:
 }
 
 /// Starts the demo fleet under `dir` and applies the example MCM (also written to
-/// `<dir>/mcm.yaml` for the user to edit and re-apply).
+/// `<dir>/mcm.yaml` for the user to edit and re-apply). kmm-spoke is installed on the spokes
+/// by the generated Policies (`policies/`), through OCM's policy framework
+/// ([`crate::policy`]).
 pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
-    let mut fleet = Fleet::start(dir).await?;
+    start_with(dir, true).await
+}
+
+/// [`start`]; with `via_policy` false kmm-spoke runs as a process per spoke instead, with
+/// `manifests/spoke`'s ServiceAccount and RBAC (no policy framework).
+pub async fn start_with(dir: &Path, via_policy: bool) -> anyhow::Result<Fleet> {
+    let hub_options = Options::hub();
+    let mut fleet = if via_policy {
+        Fleet::start_with(dir, policy::hub_options(hub_options)).await?
+    } else {
+        Fleet::start_with(dir, hub_options).await?
+    };
     fleet.push_prebuilt(K_EAST)?;
     fleet.push_prebuilt(K_WEST)?;
     fleet.push_sources(&[K_EDGE, K_NEXT])?;
     fleet.start_hub()?;
+    let policy_hub = match via_policy {
+        true => Some(PolicyHub::start(&fleet.hub, &fleet.dir).await?),
+        false => None,
+    };
     let mut control = NodeSpec::worker("east-cp", K_EAST);
     control.labels = BTreeMap::from([("node-role.kubernetes.io/control-plane".into(), String::new())]);
     let spokes = [
@@ -102,8 +121,27 @@ pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
         ("west", vec![NodeSpec::worker("west-1", K_WEST)]),
         ("edge", vec![NodeSpec::worker("edge-1", K_EDGE)]),
     ];
+    let mut policy_spokes = Vec::new();
     for (name, nodes) in spokes {
-        fleet.add_spoke(name, &[("driver", "gpu")], &nodes).await?;
+        if via_policy {
+            let labels = [
+                ("driver", "gpu"),
+                (policy::CLUSTER_SET_LABEL, "default"),
+                (policy::SPOKE_SELECTOR_LABEL, "true"),
+            ];
+            fleet.add_policy_spoke(name, &labels, &nodes).await?;
+            let cluster = &fleet.spoke(name)?.cluster;
+            policy_spokes.push(PolicySpoke::start(&fleet.hub, cluster, name, &fleet.dir.join(name)).await?);
+        } else {
+            fleet.add_spoke(name, &[("driver", "gpu")], &nodes).await?;
+        }
+    }
+    if let Some(hub) = policy_hub {
+        policy::apply_policies(&fleet.hub)?;
+        fleet.policy_plane = Some(PolicyPlane {
+            spokes: policy_spokes,
+            hub,
+        });
     }
     let mcm = example_mcm(MCM, &fleet.registry.host);
     std::fs::write(fleet.dir.join("mcm.yaml"), &mcm)?;

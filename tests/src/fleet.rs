@@ -24,7 +24,11 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Node;
 use kmm_agents::{
     AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeControl, NodeRegistration, Outcome, PodLogSink,
-    PodMatcher, ScriptRule, kubelet::images::ImageOptions,
+    PodMatcher, ScriptRule,
+    kubelet::{
+        binaries::{BinaryImage, BinaryOptions},
+        images::ImageOptions,
+    },
 };
 use kube::{
     Api,
@@ -45,6 +49,8 @@ use crate::{
 
 /// Namespace of kmm-hub (its Jobs, Secrets and ConfigMaps).
 pub const HUB_NAMESPACE: &str = "kmm-hub";
+/// The repository of kmm-spoke's image in the manifests and Policies.
+pub const SPOKE_IMAGE_REPOSITORY: &str = "quay.io/kmm-fleet/kmm-spoke";
 /// Namespace kmm-spoke runs in on the spokes.
 pub const OPERATOR_NAMESPACE: &str = "kmm-operator-system";
 /// The MCMs' `spokeNamespace`.
@@ -133,6 +139,8 @@ pub struct Spoke {
 
 /// The whole fleet.
 pub struct Fleet {
+    /// The policy framework, when the spokes are installed by the Policy (dropped first).
+    pub policy_plane: Option<crate::policy::PolicyPlane>,
     /// `kmm-hub run`, when started (dropped before the control planes).
     pub hub_process: Option<Process>,
     pub spokes: BTreeMap<String, Spoke>,
@@ -248,6 +256,7 @@ impl Fleet {
             },
         );
         Ok(Self {
+            policy_plane: None,
             hub_process: None,
             spokes: BTreeMap::new(),
             ocm,
@@ -332,10 +341,50 @@ impl Fleet {
         labels: &[(&str, &str)],
         nodes: &[NodeSpec],
     ) -> anyhow::Result<()> {
+        self.add_spoke_as(name, labels, nodes, false).await
+    }
+
+    /// Adds a spoke with nothing of kmm-spoke installed, for the governance Policy to install:
+    /// its control plane also admits the configuration policy controller's identity, and its
+    /// kubelet runs the pods of the `quay.io/kmm-fleet/kmm-spoke` Deployment as the workspace's
+    /// `kmm-spoke` (see `kmm_agents::kubelet::binaries`), with the same worker flags
+    /// [`Spoke::start`] passes and the metrics server on a free port (all pods share this
+    /// machine's network).
+    pub async fn add_policy_spoke(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        nodes: &[NodeSpec],
+    ) -> anyhow::Result<()> {
+        self.add_spoke_as(name, labels, nodes, true).await
+    }
+
+    async fn add_spoke_as(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        nodes: &[NodeSpec],
+        via_policy: bool,
+    ) -> anyhow::Result<()> {
         let dir = fresh_dir(&self.dir, name)?;
-        let cluster = start_managed_cluster(&dir.join("cluster"), name).await?;
-        let kubeconfig =
-            install_service_account(&cluster, &crate::repo_root().join("manifests/spoke")).await?;
+        let options = ocm::spoke_options(Options::default());
+        let (cluster, kubeconfig, binaries) = if via_policy {
+            // No KMM CRD either: the Policy `kmm-spoke-crds` installs them.
+            let options = crate::policy::spoke_options(options);
+            let cluster = ControlPlane::start(&dir.join("cluster"), name, options).await?;
+            cluster
+                .apply_yaml(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
+                ))
+                .await?;
+            let binaries = policy_binaries(&cluster, &dir)?;
+            (cluster, PathBuf::new(), Some(binaries))
+        } else {
+            let cluster = start_managed_cluster_with(&dir.join("cluster"), name, options).await?;
+            let kubeconfig =
+                install_service_account(&cluster, &crate::repo_root().join("manifests/spoke")).await?;
+            (cluster, kubeconfig, None)
+        };
         let node_control = NodeControl::default();
         let kubelet = Kubelet::spawn(
             cluster.client(),
@@ -363,6 +412,7 @@ impl Fleet {
                     insecure: true,
                 }),
                 exec_timeout: Duration::from_secs(120),
+                binaries,
                 ..Default::default()
             },
         );
@@ -381,7 +431,9 @@ impl Fleet {
             dir,
             kubeconfig,
         };
-        spoke.start()?;
+        if !via_policy {
+            spoke.start()?;
+        }
         self.spokes.insert(name.to_owned(), spoke);
         Ok(())
     }
@@ -418,6 +470,11 @@ impl Spoke {
         self.agent.stop();
     }
 
+    /// The spoke's folder (logs, pod folders, host paths).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// kmm-spoke's ServiceAccount kubeconfig (to route it elsewhere, e.g. through a fault proxy).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
@@ -441,34 +498,10 @@ impl Spoke {
     /// dry-run mode against the module tree the init container copied, host paths under the
     /// spoke's folder.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let spoke_bin = crate::outside_tmp(&workspace_bin("kmm-spoke")?, &self.dir.join("bin"))?
-            .display()
-            .to_string();
-        let dir = self.dir.display().to_string();
-        let mut args: Vec<String> = [
-            "run",
-            "--managed",
-            "--worker-image",
-            "kmm-spoke:e2e",
-            "--worker-binary",
-            &spoke_bin,
-            "--worker-backoff-ms",
-            "500",
-            "--worker-backoff-max-ms",
-            "4000",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        for worker_arg in [
-            "--dry-run".to_owned(),
-            "--shared-root=/tmp".to_owned(),
-            format!("--host-root={dir}/host"),
-            format!("--modprobe-conf-dir={dir}/modprobe.d"),
-            // The kubelet stand-in gives each pod its own file for this path.
-            "--termination-log=/dev/termination-log".to_owned(),
-        ] {
-            args.push(format!("--worker-arg={worker_arg}"));
-        }
+        let mut args: Vec<String> = ["run", "--managed", "--worker-image", "kmm-spoke:e2e"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(worker_flags(&self.dir)?);
         self.process = Some(Process::start(Launch {
             binary: "kmm-spoke",
             args,
@@ -493,10 +526,66 @@ pub async fn start_hub_cluster(dir: &Path, options: Options) -> anyhow::Result<(
     Ok((hub, kubeconfig))
 }
 
+/// The flags `kmm-spoke run` gets here besides its own (`dir` is the spoke's folder): workers
+/// run by the kubelet stand-in as this workspace's binary, modprobe in dry-run mode against the
+/// module tree the init container copied, host paths under the spoke's folder, short backoffs.
+fn worker_flags(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let spoke_bin = crate::outside_tmp(&workspace_bin("kmm-spoke")?, &dir.join("bin"))?
+        .display()
+        .to_string();
+    let dir = dir.display().to_string();
+    let mut args: Vec<String> = [
+        "--worker-binary",
+        &spoke_bin,
+        "--worker-backoff-ms",
+        "500",
+        "--worker-backoff-max-ms",
+        "4000",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for worker_arg in [
+        "--dry-run".to_owned(),
+        "--shared-root=/tmp".to_owned(),
+        format!("--host-root={dir}/host"),
+        format!("--modprobe-conf-dir={dir}/modprobe.d"),
+        // The kubelet stand-in gives each pod its own file for this path.
+        "--termination-log=/dev/termination-log".to_owned(),
+    ] {
+        args.push(format!("--worker-arg={worker_arg}"));
+    }
+    Ok(args)
+}
+
+/// The image of the Deployment the Policy installs (any tag) mapped to the workspace's
+/// `kmm-spoke`, with [`worker_flags`] and a free metrics port.
+fn policy_binaries(cluster: &ControlPlane, dir: &Path) -> anyhow::Result<BinaryOptions> {
+    Ok(BinaryOptions {
+        images: vec![BinaryImage {
+            repository: SPOKE_IMAGE_REPOSITORY.to_owned(),
+            binary: workspace_bin("kmm-spoke")?,
+            extra_args: worker_flags(dir)?,
+            env: BTreeMap::from([("KMM_SPOKE_METRICS_ADDR".to_owned(), "127.0.0.1:0".to_owned())]),
+        }],
+        server: cluster.server().to_owned(),
+        ca: cluster.ca_path().to_owned(),
+        root: dir.join("binary-pods"),
+    })
+}
+
 /// A managed cluster's control plane `name` in `dir`, ready for OCM's agent, with KMM's CRDs
 /// and the MCMs' `spokeNamespace`.
 pub async fn start_managed_cluster(dir: &Path, name: &str) -> anyhow::Result<ControlPlane> {
-    let cluster = ControlPlane::start(dir, name, ocm::spoke_options(Options::default())).await?;
+    start_managed_cluster_with(dir, name, ocm::spoke_options(Options::default())).await
+}
+
+/// [`start_managed_cluster`] with the control plane's `options`.
+pub async fn start_managed_cluster_with(
+    dir: &Path,
+    name: &str,
+    options: Options,
+) -> anyhow::Result<ControlPlane> {
+    let cluster = ControlPlane::start(dir, name, options).await?;
     cluster.install_crds_from_path(kmm_test_kit::crds_dir()).await?;
     cluster
         .apply_yaml(&format!(

@@ -29,6 +29,12 @@ pub const POLICY_GROUP: &str = "policy.open-cluster-management.io";
 /// its ServiceAccount is on a real cluster); its writes are told apart in the audit log by it.
 pub const CONFIG_POLICY_USER: &str = "config-policy-controller";
 
+/// The ManagedCluster label the generated Placement selects (`kmm.sigs.x-k8s.io/spoke=true`).
+pub const SPOKE_SELECTOR_LABEL: &str = "kmm.sigs.x-k8s.io/spoke";
+/// Membership of a ManagedClusterSet (the Placement selects from the set `default`); OCM's
+/// registration webhook, not run here, would set it on a new cluster.
+pub const CLUSTER_SET_LABEL: &str = "cluster.open-cluster-management.io/clusterset";
+
 /// The hub identities of the propagator and the Placement controller (group `system:masters`,
 /// as they hold cluster-wide rights on a real hub), so the hub's audit log tells their writes
 /// apart from the harness's.
@@ -206,4 +212,22 @@ impl PolicySpoke {
         let sync = sync::SyncTask::start(hub.client(), spoke.client(), cluster);
         Ok(Self { controller, sync })
     }
+}
+
+/// The policy framework's processes of a fleet: dropped before its control planes.
+pub struct PolicyPlane {
+    pub spokes: Vec<PolicySpoke>,
+    pub hub: PolicyHub,
+}
+
+/// `kubectl apply --server-side -k policies` on `hub`, as docs/install.md says.
+pub fn apply_policies(hub: &ControlPlane) -> anyhow::Result<()> {
+    crate::run(
+        std::process::Command::new(crate::controlplane::kubectl()?)
+            .arg("--kubeconfig")
+            .arg(hub.kubeconfig_path())
+            .args(["apply", "--server-side", "-k"])
+            .arg(crate::repo_root().join("policies")),
+    )?;
+    Ok(())
 }

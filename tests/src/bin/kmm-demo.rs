@@ -4,6 +4,10 @@
 //! prints a per-cluster status table until the rollout converges, then keeps the fleet running
 //! (kubeconfigs printed) until Ctrl-C.
 //!
+//! kmm-spoke is installed on the spokes by the generated Policies (`kubectl apply --server-side
+//! -k policies` on the hub, OCM's policy framework); `--without-policy` runs it as a process per
+//! spoke instead.
+//!
 //! `--exit-when-converged` stops once every cluster is loaded (CI uses it); `--timeout SECS`
 //! bounds the wait (default 600).
 
@@ -15,6 +19,7 @@ struct Args {
     exit_when_converged: bool,
     timeout: Duration,
     dir: PathBuf,
+    via_policy: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -22,11 +27,13 @@ fn parse_args() -> Result<Args, String> {
         exit_when_converged: false,
         timeout: Duration::from_secs(600),
         dir: kmm_fleet_tests::repo_root().join("target/demo"),
+        via_policy: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--exit-when-converged" => args.exit_when_converged = true,
+            "--without-policy" => args.via_policy = false,
             "--timeout" => {
                 let secs = it.next().ok_or("--timeout needs seconds")?;
                 args.timeout = Duration::from_secs(
@@ -36,7 +43,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--dir" => args.dir = PathBuf::from(it.next().ok_or("--dir needs a folder")?),
             "-h" | "--help" => {
-                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER]".into());
+                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER] [--without-policy]".into());
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -74,7 +81,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.dir.display()
     );
     let started = std::time::Instant::now();
-    let fleet = demo::start(&args.dir).await?;
+    let fleet = demo::start_with(&args.dir, args.via_policy).await?;
     println!(
         "Applied ManagedClusterModule {} ({}).\n",
         demo::MCM,

@@ -9,6 +9,7 @@
 //! this machine. A pod being deleted gracefully is stopped and then deleted with grace period 0
 //! (precondition on its uid), unless its node is down.
 
+pub mod binaries;
 pub mod daemonset;
 pub mod images;
 pub mod job;
@@ -110,6 +111,8 @@ pub struct KubeletOptions {
     /// For `Exec` pods (with `exec_root`): pull the init containers' images and run them
     /// first, chrooted (see [`images`]). `None`: init containers are skipped.
     pub exec_images: Option<images::ImageOptions>,
+    /// Long-running pods of these images run as binaries of this machine (see [`binaries`]).
+    pub binaries: Option<binaries::BinaryOptions>,
 }
 
 impl Default for KubeletOptions {
@@ -128,6 +131,7 @@ impl Default for KubeletOptions {
             exec_root: None,
             exec_env: BTreeMap::new(),
             exec_images: None,
+            binaries: None,
         }
     }
 }
@@ -381,6 +385,9 @@ impl KubeletLoop {
                 self.stages.insert(uid, Stage::Written(Outcome::Succeeded));
                 continue;
             }
+            if self.start_binary(&pod, &uid).await {
+                continue;
+            }
             let outcome = match self.decided.remove(&uid) {
                 Some(o) => o,
                 None => self.script.decide(&pod),
@@ -464,6 +471,35 @@ impl KubeletLoop {
             }
             Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "final pod delete failed"),
         }
+    }
+
+    /// Starts `pod` as a binary when its image is mapped ([`binaries`]): Pending until its
+    /// process starts. Whether it was taken.
+    async fn start_binary(&mut self, pod: &Pod, uid: &str) -> bool {
+        let Some(opts) = self.opts.binaries.clone() else {
+            return false;
+        };
+        let Some(image) = opts.image_for(pod).cloned() else {
+            return false;
+        };
+        if let Err(e) = self.write(pod, &Outcome::Pending, None).await {
+            tracing::warn!(pod = %pod.name_any(), error = %e, "pod status write failed");
+            return true;
+        }
+        self.stages
+            .insert(uid.to_owned(), Stage::Executing { started: false });
+        let (client, sink, tx, pod) = (
+            self.client.clone(),
+            self.opts.log_sink.clone(),
+            self.finished_tx.clone(),
+            pod.clone(),
+        );
+        let task = self.execs.spawn(async move {
+            let done = binaries::run(client, pod, image, opts, sink, tx.clone()).await;
+            let _ = tx.send(done);
+        });
+        self.running.insert(uid.to_owned(), task);
+        true
     }
 
     async fn exec_plan(&self, pod: &Pod) -> ExecPlan {

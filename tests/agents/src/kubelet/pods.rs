@@ -119,7 +119,7 @@ pub async fn materialize_volumes(
 /// at the start of the text or after a character that cannot end a path (`=`, `:`, `-`, a
 /// space...), and followed by the end, `/` or such a character (`/tmp` is not rewritten inside
 /// `/work/target/tmp` nor in `/tmpfs`).
-fn rewrite(text: &str, mounts: &[(String, String)]) -> String {
+pub(super) fn rewrite(text: &str, mounts: &[(String, String)]) -> String {
     let in_path = |c: char| c.is_alphanumeric() || matches!(c, '/' | '.' | '-' | '_');
     // `-` may end a shell operator before a path (`${VAR:-/workspace}`).
     let ends_path = |c: char| c.is_alphanumeric() || matches!(c, '/' | '.' | '_');
