@@ -186,8 +186,12 @@ async fn worker_pods_run_from_the_kmm_spoke_image() {
     use kmm_fleet_tests::images::{build_product_images, push_layout};
     use kmm_fleet_tests::registry::Registry;
 
-    let work = kmm_fleet_tests::fresh_dir(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), "worker-image")
-        .unwrap();
+    let work = kmm_fleet_tests::fresh_dir(
+        // Not under /tmp (a clone there): the worker pod's /tmp is its emptyDir.
+        &kmm_fleet_tests::scratch_dir(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))),
+        "worker-image",
+    )
+    .unwrap();
     assert!(
         !std::path::Path::new("/usr/local/bin/kmm-spoke").exists(),
         "this machine has a kmm-spoke where the image has it: the test could not tell them apart"
