@@ -6,6 +6,10 @@
 //!
 //! Needs root (chroot), `skopeo` and `umoci`; the image must hold what its command runs
 //! (`/bin/sh`, `cp`, ...), as it would on a node.
+//!
+//! Main containers of the images a test lists ([`MainImages`]) run the same way
+//! ([`run_main_container`]): chrooted in their image, in a private mount namespace with their
+//! volumes bound in, as their securityContext's or the image's user.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
