@@ -50,6 +50,16 @@ gen:
     cargo run --quiet -p kmm-spoke -- rbac > manifests/spoke/rbac.yaml.tmp && mv manifests/spoke/rbac.yaml.tmp manifests/spoke/rbac.yaml
     cargo run --quiet -p kmm-spoke -- policy --manifests manifests --out policies
 
+# Built from scratch with buildah, reproducibly, as OCI layouts at target/images/<name> (docs/images.md):
+# the kmm-hub and kmm-spoke container images.
+images:
+    scripts/images
+
+# Install files go to target/release-manifests/VERSION (docs/install.md):
+# push both images to REGISTRY as VERSION, install files with every image pinned by digest.
+release VERSION REGISTRY:
+    scripts/release {{VERSION}} {{REGISTRY}}
+
 # Lint Module / ManagedClusterModule YAML: just lint path/to/file.yaml ...
 lint +files:
     cargo run --quiet -p kmm-hub -- lint -f {{files}}

@@ -380,8 +380,10 @@ fn push_module_image(registry: &support::Registry, repo_tag: &str) {
     registry.push_dir(repo_tag, &dir).unwrap();
 }
 
-/// The whole pipeline for real: the kubelet runs the build Job's buildah command and the sign
-/// Job's `kmm-hub sign-image` on this machine; both clusters end up with the signed image.
+/// The whole pipeline for real: the kubelet runs the build Job's buildah command on this machine
+/// and the sign Job from the kmm-hub image `scripts/images` built (pushed to the registry, pulled,
+/// `kmm-hub sign-image` run chrooted in it: no kmm-hub is on that PATH but the image's); both
+/// clusters end up with the signed image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     let _serial = serial().await;
@@ -421,6 +423,13 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
         ),
         ("KMM_STORAGE_ROOT".to_string(), storage.display().to_string()),
     ]);
+    // The hub's image, by digest, as KMM_HUB_IMAGE names it in a release.
+    let images = kmm_test_kit::target_dir().unwrap().join("images-test");
+    images::build_product_images(&images, &["kmm-hub"]).unwrap();
+    let hub_image =
+        images::push_layout(&fleet.registry, &images.join("kmm-hub"), "kmm-fleet/kmm-hub:test").unwrap();
+    let pulls_before = fleet.registry.manifest_requests("kmm-fleet/kmm-hub");
+    let scratch_pods = scratch("pipeline-pods");
     let everything = ScriptRule {
         matcher: PodMatcher::any(),
         outcomes: vec![Outcome::Exec],
@@ -431,13 +440,24 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
             script: KubeletScript {
                 rules: vec![everything],
             },
-            exec_root: Some(scratch("pipeline-pods")),
+            exec_root: Some(scratch_pods.clone()),
+            exec_images: Some(kmm_agents::kubelet::images::ImageOptions {
+                cache: scratch("pipeline-image-cache"),
+                insecure: true,
+            }),
+            exec_main_images: Some(kmm_agents::kubelet::images::MainImages {
+                prefixes: vec![format!("{host}/kmm-fleet/kmm-hub@")],
+                host_paths: Vec::new(),
+            }),
             exec_env,
             exec_timeout: std::time::Duration::from_secs(240),
             ..Default::default()
         },
     );
-    let hub = fleet.start_hub("hub-0", &["--leader-election", "false"]);
+    let hub = fleet.start_hub(
+        "hub-0",
+        &["--leader-election", "false", "--hub-image", &hub_image],
+    );
     let yaml = mcm_yaml(&host, true)
         .replace("              dockerfileConfigMap: {name: gpu-dockerfile}\n", "              dockerfileConfigMap: {name: gpu-dockerfile}\n              baseImageRegistryTLS: {insecure: true}\n")
         .replace("              certSecret: {name: signing-cert}\n", "              certSecret: {name: signing-cert}\n              unsignedImageRegistryTLS: {insecure: true}\n");
@@ -465,5 +485,14 @@ async fn build_and_sign_really_run_and_the_clusters_get_signed_modules() {
     let module = bundle.join(format!("opt/lib/modules/{K1}/gpu_kmod.ko"));
     assert_eq!(kmod::modinfo(&module, "signer"), "kmm fleet test key");
     assert_eq!(kmod::modinfo(&module, "sig_hashalgo"), "sha256");
+    // One pod (the sign Job's) ran from the kmm-hub image the kubelet pulled (the registry's
+    // access log), unpacked in its folder; the build pod ran buildah here.
+    let from_image: Vec<_> = std::fs::read_dir(scratch_pods)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|pod| pod.join("main/rootfs/usr/local/bin/kmm-hub").is_file())
+        .collect();
+    assert_eq!(from_image.len(), 1, "{from_image:?}");
+    assert!(fleet.registry.manifest_requests("kmm-fleet/kmm-hub") > pulls_before);
     let _ = std::fs::remove_dir_all(&storage);
 }

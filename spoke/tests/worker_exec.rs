@@ -174,3 +174,105 @@ async fn worker_pods_run_the_real_worker_and_the_node_follows_its_outcome() {
     );
     spoke.stop().await;
 }
+
+/// The worker pod as a node runs it: the module image's init container (busybox `cp`) and the
+/// worker container from the kmm-spoke image `scripts/images` built, pushed to a real registry
+/// and run chrooted in its unpacked filesystem: the binary at the worker pod's command
+/// (`/usr/local/bin/kmm-spoke`, not a file of this machine), and the `modprobe` it calls, are
+/// the image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pods_run_from_the_kmm_spoke_image() {
+    use kmm_agents::kubelet::images::{ImageOptions, MainImages};
+    use kmm_fleet_tests::images::{build_product_images, push_layout};
+    use kmm_fleet_tests::registry::Registry;
+
+    let work = kmm_fleet_tests::fresh_dir(
+        // Not under /tmp (a clone there): the worker pod's /tmp is its emptyDir.
+        &kmm_fleet_tests::scratch_dir(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))),
+        "worker-image",
+    )
+    .unwrap();
+    assert!(
+        !std::path::Path::new("/usr/local/bin/kmm-spoke").exists(),
+        "this machine has a kmm-spoke where the image has it: the test could not tell them apart"
+    );
+    let registry = Registry::start(&work.join("registry")).unwrap();
+    // Kept between runs: scripts/images skips an image whose inputs did not change.
+    let images = kmm_test_kit::target_dir().unwrap().join("images-test");
+    build_product_images(&images, &["kmm-spoke"]).unwrap();
+    let spoke_image = push_layout(&registry, &images.join("kmm-spoke"), "kmm-fleet/kmm-spoke:test").unwrap();
+
+    // The driver's image: busybox for the init container's copy, the module tree under /opt.
+    let module_root = work.join("module-image");
+    std::fs::create_dir_all(module_root.join("bin")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox (Debian busybox-static)");
+    std::fs::copy(busybox, module_root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cp", "mkdir", "ls", "cat"] {
+        std::os::unix::fs::symlink("busybox", module_root.join("bin").join(applet)).unwrap();
+    }
+    let kernel = kmod_tree(&module_root);
+    let module_digest = registry.push_dir("kmm/kmm-exec:1", &module_root).unwrap();
+    let host = work.join("host");
+    std::fs::create_dir_all(host.join("lib/modules")).unwrap();
+    let pulls_before = registry.manifest_requests("kmm-fleet/kmm-spoke");
+
+    let runs = Runs::default();
+    let cluster = spoke_cluster(
+        "worker-image",
+        Setup {
+            nodes: vec![gpu_node("node-a", &kernel)],
+            kubelet: KubeletOptions {
+                script: KubeletScript::new()
+                    .rule(PodMatcher::any().name_prefix("kmm-worker-"), [Outcome::Exec]),
+                log_sink: Some(Arc::new(runs.clone())),
+                exec_root: Some(work.join("pods")),
+                exec_images: Some(ImageOptions {
+                    cache: work.join("image-cache"),
+                    insecure: true,
+                }),
+                exec_main_images: Some(MainImages {
+                    prefixes: vec![format!("{}/kmm-fleet/kmm-spoke@", registry.host)],
+                    host_paths: vec![host.clone()],
+                }),
+                exec_timeout: std::time::Duration::from_secs(120),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    let mut settings: Settings = common::settings();
+    settings.worker.image = spoke_image.clone();
+    // The worker pod's command is the image's binary (the default path), run as the pod says.
+    settings.worker.binary = "/usr/local/bin/kmm-spoke".to_owned();
+    settings.worker.extra_args = ["--dry-run", "--host-root", &host.display().to_string()]
+        .map(str::to_owned)
+        .to_vec();
+    let spoke = start_spoke_with(&cluster, settings);
+    let ready = labels::module_ready("drivers", "kmm-exec");
+    let yaml = module("p=3", &kernel, "kmm_a").replace(
+        &format!("registry.example/kmm-exec@sha256:{}", "3".repeat(64)),
+        &format!("{}/kmm/kmm-exec@{module_digest}", registry.host),
+    );
+    cluster.apply_yaml(&yaml).await;
+    eventually("node-a ready, loaded by the image's worker", WAIT, || async {
+        node_labels(&client, "node-a").await.contains_key(&ready)
+    })
+    .await;
+    let last = runs.modprobe_lines().last().cloned().unwrap();
+    assert_eq!(last, ["modprobe", "insmod kmm_b.ko", "insmod kmm_a.ko p=3"]);
+    // modprobe read the tree at the worker's /tmp, the emptyDir the init container filled: a
+    // path that is the pod's inside the image only.
+    let output = runs.0.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        output.contains(&format!("modprobe: insmod /tmp/opt/lib/modules/{kernel}/")),
+        "{output}"
+    );
+    // The kubelet pulled the kmm-spoke image from the registry (its access log).
+    assert!(registry.manifest_requests("kmm-fleet/kmm-spoke") > pulls_before);
+    spoke.stop().await;
+}

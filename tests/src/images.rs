@@ -1,6 +1,8 @@
 //! Images of the fleet, built from folders with umoci and pushed with skopeo. Module images
 //! hold busybox (`/bin/sh`, `cp`, `mkdir`: the worker pod's init container runs them) and the
 //! module tree under `/opt`, as a driver team's image would.
+//! The product images (kmm-hub, kmm-spoke) are built by `scripts/images` and pushed from their OCI
+//! layouts.
 
 use std::{
     path::{Path, PathBuf},
@@ -94,4 +96,63 @@ pub fn unpack(image: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         .args(["raw", "unpack", "--rootless", "--image", &tagged])
         .arg(&bundle))?;
     Ok(bundle)
+}
+
+/// Builds the kmm-hub and kmm-spoke images (`names`) with `scripts/images` from the binaries
+/// cargo built for the tests (the profile folder the test runs from) into `out`, as OCI layouts
+/// `out/<name>`. The script skips an image whose inputs did not change, so a kept `out` is a
+/// cache between runs.
+pub fn build_product_images(out: &Path, names: &[&str]) -> anyhow::Result<()> {
+    let mut bin_dir = None;
+    for name in names {
+        let bin = kmm_test_kit::workspace_bin(name)?;
+        bin_dir = bin.parent().map(Path::to_path_buf);
+    }
+    let bin_dir = bin_dir.context("no image named")?;
+    run(Command::new(crate::repo_root().join("scripts/images"))
+        .env("KMM_IMAGE_PROFILE", "debug")
+        .env("KMM_IMAGE_NO_BUILD", "1")
+        .env("KMM_IMAGE_BIN_DIR", &bin_dir)
+        .env("KMM_IMAGE_OUT", out)
+        .env("KMM_IMAGES", names.join(" ")))?;
+    Ok(())
+}
+
+/// The manifest digest of the tag `latest` in the OCI layout `layout`.
+pub fn layout_digest(layout: &Path) -> anyhow::Result<String> {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
+        .and_then(|m| m["digest"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no tag latest", layout.display()))
+}
+
+/// Pushes the layout's `latest` to `registry` as `repo_tag`; the reference pinned by the
+/// digest the registry answers for it.
+pub fn push_layout(registry: &Registry, layout: &Path, repo_tag: &str) -> anyhow::Result<String> {
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/{repo_tag}", registry.host)))?;
+    let digest = registry
+        .digest(repo_tag)
+        .with_context(|| format!("{repo_tag} was pushed but cannot be inspected"))?;
+    let repo = repo_tag.split_once(':').map_or(repo_tag, |(r, _)| r);
+    Ok(format!("{}/{repo}@{digest}", registry.host))
+}
+
+/// Unpacks the layout's `latest` into `dir/rootfs` (replaced); that folder.
+pub fn unpack_layout(layout: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let _ = std::fs::remove_dir_all(&rootfs);
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("umoci")
+        .args(["raw", "unpack", "--rootless", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&rootfs))?;
+    Ok(rootfs)
 }

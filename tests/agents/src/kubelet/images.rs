@@ -6,6 +6,10 @@
 //!
 //! Needs root (chroot), `skopeo` and `umoci`; the image must hold what its command runs
 //! (`/bin/sh`, `cp`, ...), as it would on a node.
+//!
+//! Main containers of the images a test lists ([`MainImages`]) run the same way
+//! ([`run_main_container`]): chrooted in their image, in a private mount namespace with their
+//! volumes bound in, as their securityContext's or the image's user.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -235,5 +239,196 @@ async fn run_chrooted(c: &Container, root: &Path, timeout: Duration) -> Result<(
             text.push_str(&String::from_utf8_lossy(&out.stderr));
             Err((out.status.code().unwrap_or(137), text))
         }
+    }
+}
+
+/// Which `Exec` pods' main containers run chrooted in their own image (pulled and unpacked as
+/// init containers are) instead of as a command of this machine, so what they run (the binary,
+/// `modprobe`, their libraries, the UID) is the image's.
+#[derive(Debug, Clone, Default)]
+pub struct MainImages {
+    /// Image reference prefixes: a main container whose image starts with one runs from it.
+    pub prefixes: Vec<String>,
+    /// Folders of this machine bound at the same path inside the image (what a test hands the
+    /// container as arguments: a module tree, a stand-in host root).
+    pub host_paths: Vec<PathBuf>,
+}
+
+impl MainImages {
+    /// Whether the pod's first container runs from its image.
+    pub fn runs_from_image(&self, pod: &Pod) -> bool {
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.as_deref())
+            .unwrap_or_default();
+        !image.is_empty() && self.prefixes.iter().any(|p| image.starts_with(p.as_str()))
+    }
+}
+
+/// Binds the `(source, target)` pairs after the root and the user into the root (in the
+/// private mount namespace `unshare` made, so nothing outlives the process), gives it `/proc`,
+/// `/sys` and a `/dev` of the usual devices, then runs the command chrooted as that user.
+const CHROOT_SCRIPT: &str = r#"root=$1; user=$2; shift 2
+mkdir -p "$root/proc" "$root/sys" "$root/dev" && mount --bind /proc "$root/proc" && mount --rbind /sys "$root/sys" \
+  && mount -t tmpfs -o mode=755 kubelet-dev "$root/dev" || exit 126
+for d in null zero full random urandom; do : > "$root/dev/$d" && mount --bind "/dev/$d" "$root/dev/$d" || exit 126; done
+while [ "$1" != "--" ]; do
+  if [ -d "$1" ]; then mkdir -p "$root$2"; else mkdir -p "$(dirname "$root$2")" && { [ -e "$root$2" ] || : > "$root$2"; }; fi
+  mount --bind "$1" "$root$2" || exit 126
+  shift 2
+done
+shift
+exec chroot --userspec="$user" "$root" "$@""#;
+
+/// Runs the pod's first container chrooted in its unpacked image (`pod_dir/main/rootfs`): its
+/// volumes (`mounts`: mount path and the folder or file standing in for it), its hostPath
+/// volumes and `main.host_paths` bound in; as the UID and GID of its securityContext, else the
+/// pod's, else the image's `USER`, as the kubelet does; with the image's `PATH`.
+pub async fn run_main_container(
+    pod: &Pod,
+    pod_dir: &Path,
+    opts: &ImageOptions,
+    main: &MainImages,
+    mounts: &[(String, String)],
+    timeout: Duration,
+) -> super::pods::ExecResult {
+    use super::pods::{ExecResult, exec_command, run_to_result};
+    use super::script::Outcome;
+    let fail = |code: i32, msg: String| ExecResult {
+        output: msg.clone(),
+        outcome: Outcome::failed(code, msg),
+    };
+    let (argv, env) = match exec_command(pod) {
+        Ok(found) => found,
+        Err(e) => return fail(127, e),
+    };
+    let Some((spec, c)) = pod.spec.as_ref().and_then(|s| Some((s, s.containers.first()?))) else {
+        return fail(127, "the pod has no container".into());
+    };
+    let image = c.image.as_deref().unwrap_or_default();
+    let root = pod_dir.join("main").join("rootfs");
+    if let Err(e) = pull_and_unpack(image, &root, opts).await {
+        return ExecResult {
+            output: format!("pulling {image}: {e}"),
+            outcome: Outcome::Failed {
+                exit_code: 128,
+                message: format!("pulling {image}: {e}"),
+                reason: "StartError".into(),
+            },
+        };
+    }
+    let config = image_config(&opts.cache.join(cache_key(image))).unwrap_or_default();
+    let (image_uid, image_gid) = user_ids(config["User"].as_str().unwrap_or_default());
+    let sc = c.security_context.as_ref();
+    let psc = spec.security_context.as_ref();
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user))
+        .unwrap_or(image_uid);
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|s| s.run_as_group))
+        .unwrap_or(image_gid);
+
+    let mut binds: Vec<(String, String)> = mounts
+        .iter()
+        .map(|(at, from)| (from.clone(), at.clone()))
+        .collect();
+    for m in c.volume_mounts.iter().flatten() {
+        let host = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .and_then(|v| v.host_path.as_ref());
+        if let Some(h) = host.filter(|h| Path::new(&h.path).exists()) {
+            binds.push((h.path.clone(), m.mount_path.clone()));
+        }
+    }
+    for p in &main.host_paths {
+        binds.push((p.display().to_string(), p.display().to_string()));
+    }
+    // Shorter targets first, so a bind inside another bind's folder lands on top of it.
+    binds.sort_by_key(|(_, at)| at.len());
+    let path = config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str()?.strip_prefix("PATH="))
+        .next()
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .to_owned();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        CHROOT_SCRIPT,
+        "sh",
+    ])
+    .arg(&root)
+    .arg(format!("{uid}:{gid}"));
+    for (from, at) in &binds {
+        cmd.arg(from).arg(at);
+    }
+    cmd.arg("--")
+        .args(&argv)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", "/")
+        .envs(env);
+    run_to_result(cmd, &argv[0], timeout).await
+}
+
+/// The image config (`config` of the OCI image config) of the cached layout's image.
+fn image_config(layout: &Path) -> Option<serde_json::Value> {
+    let blob = |digest: &str| -> Option<serde_json::Value> {
+        let path = layout.join("blobs/sha256").join(digest.strip_prefix("sha256:")?);
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    };
+    let index =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let manifest = blob(index["manifests"][0]["digest"].as_str()?)?;
+    Some(blob(manifest["config"]["digest"].as_str()?)?["config"].clone())
+}
+
+/// Numeric `uid[:gid]` of an image's `USER`; a name, a missing part or nothing is 0 (the
+/// stand-in does not look names up in the image's passwd).
+fn user_ids(user: &str) -> (i64, i64) {
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    (u.parse().unwrap_or(0), g.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod main_image_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_image_user_is_numeric_uid_and_gid_else_root() {
+        assert_eq!(user_ids("65532:65532"), (65532, 65532));
+        assert_eq!(user_ids("1000"), (1000, 0));
+        assert_eq!(user_ids("nonroot"), (0, 0));
+        assert_eq!(user_ids(""), (0, 0));
+    }
+
+    #[test]
+    fn only_main_containers_of_the_listed_images_run_from_their_image() {
+        let pod = |image: &str| -> Pod {
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "c", "image": image}]}})).unwrap()
+        };
+        let main = MainImages {
+            prefixes: vec!["127.0.0.1:5000/kmm-fleet/kmm-spoke@".into()],
+            host_paths: Vec::new(),
+        };
+        assert!(main.runs_from_image(&pod("127.0.0.1:5000/kmm-fleet/kmm-spoke@sha256:ab")));
+        assert!(!main.runs_from_image(&pod("quay.io/buildah/stable:v1.39")));
+        assert!(!main.runs_from_image(&pod("")));
+        assert!(!MainImages::default().runs_from_image(&pod("127.0.0.1:5000/kmm-fleet/kmm-spoke@sha256:ab")));
     }
 }

@@ -113,6 +113,9 @@ pub struct KubeletOptions {
     pub exec_images: Option<images::ImageOptions>,
     /// Long-running pods of these images run as binaries of this machine (see [`binaries`]).
     pub binaries: Option<binaries::BinaryOptions>,
+    /// For `Exec` pods (with `exec_images`): run the main containers of these images chrooted
+    /// in their image (see [`images::run_main_container`]). `None`: as commands of this machine.
+    pub exec_main_images: Option<images::MainImages>,
 }
 
 impl Default for KubeletOptions {
@@ -132,6 +135,7 @@ impl Default for KubeletOptions {
             exec_env: BTreeMap::new(),
             exec_images: None,
             binaries: None,
+            exec_main_images: None,
         }
     }
 }
@@ -249,6 +253,8 @@ struct ExecPlan {
     termination: Option<(String, std::path::PathBuf)>,
     /// The pod's folder and how to pull images, to run init containers.
     init: Option<(std::path::PathBuf, images::ImageOptions)>,
+    /// The main container runs from its image (see [`images::run_main_container`]).
+    main: Option<images::MainImages>,
 }
 
 struct KubeletLoop {
@@ -522,6 +528,11 @@ impl KubeletLoop {
                 (Some(root), Some(images)) => Some((pod_dir(root), images.clone())),
                 _ => None,
             },
+            main: self
+                .opts
+                .exec_main_images
+                .clone()
+                .filter(|m| m.runs_from_image(pod)),
         }
     }
 
@@ -638,6 +649,7 @@ async fn execute(pod: Pod, plan: ExecPlan, progress: &mpsc::UnboundedSender<Exec
         volumes,
         termination,
         init,
+        main,
     } = plan;
     let sort = |mounts: &mut Vec<(String, String)>| mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
     let mut mounts = match volumes {
@@ -658,8 +670,8 @@ async fn execute(pod: Pod, plan: ExecPlan, progress: &mpsc::UnboundedSender<Exec
         mounts.push((path.clone(), file.display().to_string()));
         sort(&mut mounts);
     }
-    if let Some((pod_dir, images)) = init {
-        match images::run_init_containers(&pod, &pod_dir, &images, timeout).await {
+    if let Some((pod_dir, images)) = &init {
+        match images::run_init_containers(&pod, pod_dir, images, timeout).await {
             Ok(extra) => {
                 mounts.extend(extra);
                 sort(&mut mounts);
@@ -689,7 +701,12 @@ async fn execute(pod: Pod, plan: ExecPlan, progress: &mpsc::UnboundedSender<Exec
             }
         }
     }
-    let mut result = pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await;
+    let mut result = match (&init, &main) {
+        (Some((pod_dir, images)), Some(main)) => {
+            images::run_main_container(&pod, pod_dir, images, main, &mounts, timeout).await
+        }
+        _ => pods::run_exec_with(&pod, timeout, &mounts, &extra_env).await,
+    };
     if let Some((_, file)) = &termination {
         let fallback = pod
             .spec

@@ -214,16 +214,22 @@ pub async fn run_exec_with(
         }
     };
     let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(env)
-        .stdin(Stdio::null())
+    cmd.args(&argv[1..]).envs(env);
+    run_to_result(cmd, &argv[0], timeout).await
+}
+
+/// Runs `cmd` (stdin closed, output captured, killed after `timeout`) to an [`ExecResult`]:
+/// `Succeeded` for exit 0, else `Failed` with the kubelet's reasons (`StartError`,
+/// `DeadlineExceeded`, `Error`). `program` names it in messages.
+pub async fn run_to_result(mut cmd: tokio::process::Command, program: &str, timeout: Duration) -> ExecResult {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("failed to start {:?}: {e}", argv[0]);
+            let msg = format!("failed to start {program:?}: {e}");
             return ExecResult {
                 output: msg.clone(),
                 outcome: Outcome::Failed {
@@ -236,7 +242,7 @@ pub async fn run_exec_with(
     };
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => {
-            let msg = format!("{:?} did not finish within {timeout:?}", argv[0]);
+            let msg = format!("{program:?} did not finish within {timeout:?}");
             ExecResult {
                 output: msg.clone(),
                 outcome: Outcome::Failed {
@@ -247,7 +253,7 @@ pub async fn run_exec_with(
             }
         }
         Ok(Err(e)) => {
-            let msg = format!("waiting for {:?} failed: {e}", argv[0]);
+            let msg = format!("waiting for {program:?} failed: {e}");
             ExecResult {
                 output: msg.clone(),
                 outcome: Outcome::failed(128, msg),
