@@ -6,8 +6,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Capabilities, ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
-            ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+            Capabilities, ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
+            PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
@@ -325,6 +326,7 @@ pub fn job(mcm: &ManagedClusterModule, step: &Step, trigger: Option<i64>, settin
                     automount_service_account_token: Some(false),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    security_context: pod_security_context(step.kind()),
                     node_selector,
                     ..Default::default()
                 }),
@@ -356,6 +358,25 @@ fn security_context(kind: StepKind) -> SecurityContext {
             allow_privilege_escalation: Some(false),
             ..Default::default()
         },
+    }
+}
+
+/// The user the kmm-hub image runs as (its `USER`, and `runAsUser` in manifests/hub).
+pub const HUB_IMAGE_UID: i64 = 65532;
+
+/// The signer runs as the kmm-hub image's non-root user; `fsGroup` makes the key and
+/// certificate Secrets (mode 0400, owned by root) readable to it: the kubelet gives a Secret
+/// volume's files the fsGroup and group read. buildah keeps the image's default (root).
+fn pod_security_context(kind: StepKind) -> Option<PodSecurityContext> {
+    match kind {
+        StepKind::Sign => Some(PodSecurityContext {
+            run_as_user: Some(HUB_IMAGE_UID),
+            run_as_group: Some(HUB_IMAGE_UID),
+            run_as_non_root: Some(true),
+            fs_group: Some(HUB_IMAGE_UID),
+            ..Default::default()
+        }),
+        StepKind::Build => None,
     }
 }
 

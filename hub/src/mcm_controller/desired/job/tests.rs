@@ -142,6 +142,49 @@ fn jobs_are_hardened_keys_0400_no_token_bounded_in_time_and_resources() {
     }
 }
 
+/// The image runs sign-image as a non-root user; the root-owned 0400 key files are only
+/// readable to it through the pod's fsGroup. The UID is the one manifests/hub declares.
+#[test]
+fn the_sign_pod_runs_as_the_hub_images_user_with_the_keys_group_readable() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/hub/deployment.yaml"
+    ))
+    .unwrap();
+    assert!(
+        manifest.contains(&format!("runAsUser: {HUB_IMAGE_UID}")),
+        "{manifest}"
+    );
+    let mcm = mk_build_mcm("m", &format!("{BUILD}{SIGN}"));
+    let resolved = resolve(&mcm, K).unwrap();
+    let sign = step_for(
+        &mcm,
+        &resolved,
+        &pins(&[
+            (FINAL, Pin::Missing),
+            (UNSIGNED, Pin::Pinned("u@sha256:2".into())),
+        ]),
+    )
+    .unwrap();
+    let v: Value = serde_json::to_value(job(&mcm, &sign, None, &settings())).unwrap();
+    let ctx = &v["spec"]["template"]["spec"]["securityContext"];
+    for field in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert_eq!(ctx[field], HUB_IMAGE_UID, "{field}: {ctx}");
+    }
+    assert_eq!(ctx["runAsNonRoot"], true);
+    let build = step_for(
+        &mcm,
+        &resolved,
+        &pins(&[(FINAL, Pin::Missing), (UNSIGNED, Pin::Missing)]),
+    )
+    .unwrap();
+    let v: Value = serde_json::to_value(job(&mcm, &build, None, &settings())).unwrap();
+    assert!(
+        v["spec"]["template"]["spec"]["securityContext"].is_null(),
+        "buildah runs as the image's root"
+    );
+}
+
 #[test]
 fn job_states_come_from_conditions_with_the_pod_message_on_failure() {
     let job_with = |conds: Value| -> Job {
