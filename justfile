@@ -27,9 +27,11 @@ test: deps
     cargo fmt --all --check
 
 # Benchmarks (release builds; results go to docs/benchmarks.md by hand): hub cold start over
-# 1,000 and 10,000 simulated clusters, kmod signing rate vs sign-file.
+# 1,000 and 10,000 simulated clusters, the same plus a rolling kernel upgrade and a quiet minute
+# on the real kube-apiserver, kmod signing rate vs sign-file.
 bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
+    cargo test --release -p kmm-hub --test bench_controlplane -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
 
 # Every binary's API traffic and the hub's registry lookups behind fault proxies, the hub killed

@@ -173,14 +173,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (clusters, clusters_task) = reflect(
         Api::<ManagedCluster>::all(client.clone()),
         watcher::Config::default(),
+        mcm_controller::slim::cluster,
     );
     let (works, works_task) = reflect(
         Api::<ManifestWork>::all(client.clone()),
         watcher::Config::default().labels(MCM_NAME_LABEL),
+        mcm_controller::slim::work,
     );
     let (jobs, jobs_task) = reflect(
         Api::<Job>::namespaced(client.clone(), &args.namespace),
         watcher::Config::default().labels(JOB_TYPE_LABEL),
+        |job: &mut Job| job.metadata.managed_fields = None,
     );
     let metrics = Arc::new({
         let (c, w, j) = (clusters.clone(), works.clone(), jobs.clone());
@@ -317,8 +320,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A store fed by its own watch, and the task driving it.
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl std::future::Future<Output = ()>)
+/// A store fed by its own watch, and the task driving it; `slim` trims each object to what the
+/// hub reads before the store keeps it.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -329,7 +337,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config))
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).modify(slim))
         .default_backoff()
         .touched_objects()
         .for_each(|_| futures::future::ready(()));

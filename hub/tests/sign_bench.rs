@@ -31,10 +31,12 @@ fn copies(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn rate(label: &str, start: Instant) -> f64 {
+/// Prints the rate of one way of signing, readable and as one `BENCH` line.
+fn rate(label: &str, way: &str, key: &str, start: Instant) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     let per_second = MODULES as f64 / secs;
     println!("{label:<58} {MODULES} modules in {secs:7.3} s = {per_second:8.1} modules/s");
+    println!("BENCH name=sign_rate value={per_second:.1} unit=modules/s way={way} {key}");
     per_second
 }
 
@@ -56,6 +58,7 @@ fn signing_rate_against_sign_file() {
         let key = make_rsa_key(dir, &format!("rsa{bits}"), bits, "kmm-fleet bench");
         for hash in ["sha256", "sha512"] {
             println!("RSA-{bits}, {hash}:");
+            let id = format!("key=rsa{bits} hash={hash}");
             let theirs = copies(dir, "sign-file");
             let start = Instant::now();
             for path in &theirs {
@@ -65,7 +68,12 @@ fn signing_rate_against_sign_file() {
                     .arg(&key.cert_der)
                     .arg(path));
             }
-            rate("  sign-file, one process per module", start);
+            rate(
+                "  sign-file, one process per module",
+                "sign-file-per-module",
+                &id,
+                start,
+            );
 
             let per_process = copies(dir, "kmm-hub-per-process");
             let start = Instant::now();
@@ -77,7 +85,12 @@ fn signing_rate_against_sign_file() {
                     .arg(&key.cert_der)
                     .arg(path));
             }
-            rate("  kmm-hub sign-kmod, one process per module", start);
+            rate(
+                "  kmm-hub sign-kmod, one process per module",
+                "kmm-hub-per-module",
+                &id,
+                start,
+            );
 
             let one_process = copies(dir, "kmm-hub-one-process");
             let start = Instant::now();
@@ -87,7 +100,12 @@ fn signing_rate_against_sign_file() {
                 .arg("--cert")
                 .arg(&key.cert_der)
                 .args(&one_process));
-            rate("  kmm-hub sign-kmod, all modules in one process (threads)", start);
+            rate(
+                "  kmm-hub sign-kmod, all modules in one process (threads)",
+                "kmm-hub-one-process",
+                &id,
+                start,
+            );
 
             let library = copies(dir, "library");
             let hash_algorithm: HashAlgorithm = hash.parse().unwrap();
@@ -96,7 +114,12 @@ fn signing_rate_against_sign_file() {
             for path in &library {
                 sign_file(&signer, path, hash_algorithm, false).unwrap();
             }
-            rate("  kmm_hub::sign library, one thread", start);
+            rate(
+                "  kmm_hub::sign library, one thread",
+                "library-one-thread",
+                &id,
+                start,
+            );
 
             let expected = std::fs::read(&theirs[0]).unwrap();
             for path in per_process.iter().chain(&one_process).chain(&library) {

@@ -19,6 +19,7 @@ pub mod events;
 pub mod fleet_status;
 pub mod observe;
 pub mod recent_writes;
+pub mod slim;
 pub mod trust;
 pub mod work_outcome;
 
@@ -75,9 +76,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Tag-to-digest lookups, cached across MCMs and clusters.
     pub resolver: Arc<DigestResolver>,
-    /// Every ManagedCluster (one watch for the fleet).
+    /// Every ManagedCluster (one watch for the fleet), as [`slim::cluster`] keeps it.
     pub clusters: Store<ManagedCluster>,
-    /// Every ManifestWork the hub labelled (one watch for the fleet).
+    /// Every ManifestWork the hub labelled (one watch for the fleet), as [`slim::work`] keeps it.
     pub works: Store<ManifestWork>,
     /// The hub's own recent work writes, read until the cache holds them.
     pub recent_writes: recent_writes::RecentWrites,

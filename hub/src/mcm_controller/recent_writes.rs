@@ -29,11 +29,13 @@ pub struct RecentWrites {
 }
 
 impl RecentWrites {
-    /// Remembers what the server holds after a write.
+    /// Remembers what the server holds after a write, slimmed as the cache keeps it (a cold
+    /// start holds one entry per cluster for a while).
     pub fn record(&self, written: &ManifestWork) {
         let key = (written.namespace().unwrap_or_default(), written.name_any());
-        self.lock()
-            .insert(key, (Instant::now(), Arc::new(written.clone())));
+        let mut slim = written.clone();
+        super::slim::work(&mut slim);
+        self.lock().insert(key, (Instant::now(), Arc::new(slim)));
     }
 
     /// Forgets a work the hub deleted.

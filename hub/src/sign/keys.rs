@@ -4,12 +4,12 @@
 
 use std::{fmt, path::Path};
 
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{KeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RsaKeyPair},
+};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use der::{Decode, Encode, asn1::ObjectIdentifier};
-use pkcs1::DecodeRsaPrivateKey;
-use pkcs8::DecodePublicKey;
-use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey, rand_core::OsRng, traits::PublicKeyParts};
-use sha2_010::{Digest, Sha256, Sha384, Sha512};
+use der::{Decode, asn1::ObjectIdentifier};
 use x509_cert::{Certificate, name::Name, serial_number::SerialNumber};
 use zeroize::Zeroizing;
 
@@ -19,8 +19,10 @@ const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.1
 
 /// A private key with the certificate that identifies it in signatures (issuer and serial).
 pub struct Signer {
-    /// Zeroized on drop by the `rsa` crate.
-    key: RsaPrivateKey,
+    /// An AWS-LC `EVP_PKEY`, freed on drop through `OPENSSL_free`, which overwrites every
+    /// allocation (the key's bignums and its cached Montgomery and blinding values) with zeros
+    /// before releasing it.
+    key: RsaKeyPair,
     issuer: Name,
     serial: SerialNumber,
     subject: String,
@@ -57,12 +59,8 @@ impl Signer {
                 algorithm_name(&spki.algorithm.oid)
             )));
         }
-        let spki_der = spki
-            .to_der()
-            .map_err(|e| SignError::InvalidCertificate(e.to_string()))?;
-        let public = RsaPublicKey::from_public_key_der(&spki_der)
-            .map_err(|e| SignError::InvalidCertificate(format!("its RSA public key: {e}")))?;
-        if key.n() != public.n() || key.e() != public.e() {
+        // Both are the DER RSAPublicKey (n, e), which is canonical: equal keys, equal bytes.
+        if Some(key.public_key().as_ref()) != spki.subject_public_key.as_bytes() {
             return Err(SignError::KeyMismatch { subject });
         }
         Ok(Self {
@@ -89,15 +87,18 @@ impl Signer {
     /// The RSA PKCS#1 v1.5 signature of `content`'s digest (no signed attributes: the digest
     /// of the content itself is signed, as sign-file does).
     pub(crate) fn rsa_signature(&self, content: &[u8], hash: HashAlgorithm) -> Result<Vec<u8>, SignError> {
-        let (padding, digest) = match hash {
-            HashAlgorithm::Sha256 => (Pkcs1v15Sign::new::<Sha256>(), Sha256::digest(content).to_vec()),
-            HashAlgorithm::Sha384 => (Pkcs1v15Sign::new::<Sha384>(), Sha384::digest(content).to_vec()),
-            HashAlgorithm::Sha512 => (Pkcs1v15Sign::new::<Sha512>(), Sha512::digest(content).to_vec()),
+        let padding = match hash {
+            HashAlgorithm::Sha256 => &RSA_PKCS1_SHA256,
+            HashAlgorithm::Sha384 => &RSA_PKCS1_SHA384,
+            HashAlgorithm::Sha512 => &RSA_PKCS1_SHA512,
         };
-        // Blinded (the output is the same: PKCS#1 v1.5 padding is deterministic).
+        let mut signature = vec![0u8; self.key.public_modulus_len()];
+        // AWS-LC hashes `content` itself and blinds the private-key operation; the output is
+        // the same either way (PKCS#1 v1.5 padding is deterministic).
         self.key
-            .sign_with_rng(&mut OsRng, padding, &digest)
-            .map_err(|e| SignError::Crypto(e.to_string()))
+            .sign(padding, &SystemRandom::new(), content, &mut signature)
+            .map_err(|e| SignError::Crypto(format!("RSA signing failed: {e}")))?;
+        Ok(signature)
     }
 }
 
@@ -155,8 +156,8 @@ fn pem_blocks(bytes: &[u8]) -> Option<Vec<PemBlock>> {
     Some(blocks)
 }
 
-fn parse_key(bytes: &[u8]) -> Result<RsaPrivateKey, SignError> {
-    let key = match pem_blocks(bytes) {
+fn parse_key(bytes: &[u8]) -> Result<RsaKeyPair, SignError> {
+    match pem_blocks(bytes) {
         Some(blocks) => {
             let block = blocks
                 .iter()
@@ -169,32 +170,38 @@ fn parse_key(bytes: &[u8]) -> Result<RsaPrivateKey, SignError> {
             }
             let der = block.decode().map_err(SignError::InvalidKey)?;
             match block.label.as_str() {
-                "PRIVATE KEY" => key_from_pkcs8(&der)?,
-                "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(&der)
-                    .map_err(|e| SignError::InvalidKey(format!("PKCS#1: {e}")))?,
-                other => return Err(SignError::UnsupportedKeyType(format!("a PEM {other}"))),
+                "PRIVATE KEY" => key_from_pkcs8(&der),
+                "RSA PRIVATE KEY" => {
+                    key_from_pkcs1(&der).map_err(|e| SignError::InvalidKey(format!("PKCS#1: {e}")))
+                }
+                other => Err(SignError::UnsupportedKeyType(format!("a PEM {other}"))),
             }
         }
         None => match pkcs8::PrivateKeyInfo::from_der(bytes) {
-            Ok(_) => key_from_pkcs8(bytes)?,
-            Err(pkcs8_error) => RsaPrivateKey::from_pkcs1_der(bytes).map_err(|pkcs1_error| {
-                SignError::InvalidKey(format!(
+            Ok(_) => key_from_pkcs8(bytes),
+            Err(pkcs8_error) => key_from_pkcs1(bytes).map_err(|pkcs1_error| match pkcs1_error {
+                SignError::UnsupportedKeyType(_) => pkcs1_error,
+                _ => SignError::InvalidKey(format!(
                     "neither PKCS#8 ({pkcs8_error}) nor PKCS#1 ({pkcs1_error}) DER"
-                ))
-            })?,
+                )),
+            }),
         },
-    };
-    key.validate()
-        .map_err(|e| SignError::InvalidKey(format!("inconsistent RSA key: {e}")))?;
-    check_key_size(&key)?;
-    Ok(key)
+    }
 }
 
 /// Smallest RSA modulus accepted: below 2048 bits a signature is forgeable with public means.
 pub const MIN_RSA_BITS: usize = 2048;
 
-fn check_key_size(key: &RsaPrivateKey) -> Result<(), SignError> {
-    let bits = key.n().bits();
+/// Bits of the modulus of a DER PKCS#1 `RSAPrivateKey` (read before AWS-LC sees the key, so a
+/// short key is refused with its size named).
+fn modulus_bits(pkcs1_der: &[u8]) -> Result<usize, SignError> {
+    let key = pkcs1::RsaPrivateKey::from_der(pkcs1_der).map_err(|e| SignError::InvalidKey(e.to_string()))?;
+    let n = key.modulus.as_bytes();
+    Ok(n.first()
+        .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize))
+}
+
+fn check_key_size(bits: usize) -> Result<(), SignError> {
     if bits < MIN_RSA_BITS {
         return Err(SignError::UnsupportedKeyType(format!(
             "an RSA key of {bits} bits (at least {MIN_RSA_BITS} are required)"
@@ -203,7 +210,13 @@ fn check_key_size(key: &RsaPrivateKey) -> Result<(), SignError> {
     Ok(())
 }
 
-fn key_from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey, SignError> {
+/// A DER PKCS#1 key; AWS-LC checks that its parts are consistent (`RSA_check_key`).
+fn key_from_pkcs1(der: &[u8]) -> Result<RsaKeyPair, SignError> {
+    check_key_size(modulus_bits(der)?)?;
+    RsaKeyPair::from_der(der).map_err(|e| SignError::InvalidKey(format!("inconsistent RSA key: {e}")))
+}
+
+fn key_from_pkcs8(der: &[u8]) -> Result<RsaKeyPair, SignError> {
     let info =
         pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| SignError::InvalidKey(format!("PKCS#8: {e}")))?;
     if info.algorithm.oid != RSA_ENCRYPTION {
@@ -212,7 +225,8 @@ fn key_from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey, SignError> {
             algorithm_name(&info.algorithm.oid)
         )));
     }
-    RsaPrivateKey::try_from(info).map_err(|e| SignError::InvalidKey(format!("PKCS#8 RSA key: {e}")))
+    check_key_size(modulus_bits(info.private_key)?)?;
+    RsaKeyPair::from_pkcs8(der).map_err(|e| SignError::InvalidKey(format!("PKCS#8 RSA key: {e}")))
 }
 
 fn parse_certificate(bytes: &[u8]) -> Result<Certificate, SignError> {
@@ -261,16 +275,38 @@ mod tests {
         assert!(pem_blocks(b"\x30\x82binary").is_none());
     }
 
+    /// A DER PKCS#1 key with a `bits`-bit modulus (the other parts are not a real key).
+    fn pkcs1_with_modulus(bits: usize) -> Vec<u8> {
+        use der::{Encode, asn1::UintRef};
+        let n = vec![0xffu8; bits / 8];
+        let one = UintRef::new(&[1]).unwrap();
+        pkcs1::RsaPrivateKey {
+            modulus: UintRef::new(&n).unwrap(),
+            public_exponent: UintRef::new(&[1, 0, 1]).unwrap(),
+            private_exponent: one,
+            prime1: one,
+            prime2: one,
+            exponent1: one,
+            exponent2: one,
+            coefficient: one,
+            other_prime_infos: None,
+        }
+        .to_der()
+        .unwrap()
+    }
+
     #[test]
-    fn keys_under_2048_bits_are_refused() {
-        let small = RsaPrivateKey::new(&mut OsRng, 512).unwrap();
-        let err = check_key_size(&small).unwrap_err();
+    fn keys_under_2048_bits_are_refused_with_their_size() {
+        assert_eq!(modulus_bits(&pkcs1_with_modulus(512)).unwrap(), 512);
+        let err = parse_key(&pkcs1_with_modulus(512)).unwrap_err();
+        assert!(matches!(err, SignError::UnsupportedKeyType(_)), "{err}");
         assert!(err.to_string().contains("512 bits"), "{err}");
-        let der = pkcs1::EncodeRsaPrivateKey::to_pkcs1_der(&small).unwrap();
-        assert!(matches!(
-            parse_key(der.as_bytes()),
-            Err(SignError::UnsupportedKeyType(_))
-        ));
+    }
+
+    #[test]
+    fn an_inconsistent_key_is_invalid() {
+        let err = parse_key(&pkcs1_with_modulus(2048)).unwrap_err();
+        assert!(matches!(err, SignError::InvalidKey(_)), "{err}");
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub fn up_to_date(current: &ManifestWork, desired: &ManifestWork) -> bool {
     let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
     };
-    current.spec == desired.spec
+    super::slim::work_spec_digest(current) == super::slim::spec_digest(&desired.spec)
         && current.metadata.deletion_timestamp.is_none()
         && subset(desired.labels(), current.labels())
         && subset(desired.annotations(), current.annotations())
