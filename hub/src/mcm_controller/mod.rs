@@ -158,7 +158,13 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         mcm.status.as_ref(),
         now.clone(),
     );
-    crate::rollout::status::apply(&mut new_status, &rollout.round, rollout.invalid.as_deref(), now);
+    crate::rollout::status::apply(
+        &mut new_status,
+        mcm.status.as_ref(),
+        &rollout.round,
+        rollout.invalid.as_deref(),
+        now,
+    );
     let mut problems = events::new_problems(mcm.status.as_ref(), &new_status);
     problems.extend(crate::rollout::status::events(
         crate::rollout::status::was_halted(mcm.status.as_ref()),

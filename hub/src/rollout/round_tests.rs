@@ -212,7 +212,7 @@ fn a_failing_canary_halts_and_is_named_in_the_condition() {
     let round = decide(&v2, &clusters, &labels, &works, s, &stored(), now());
     assert!(round.plan.halted && round.plan.move_now.is_empty());
     let mut status = kmm_api::ManagedClusterModuleStatus::default();
-    crate::rollout::status::apply(&mut status, &round, None, Time(now()));
+    crate::rollout::status::apply(&mut status, None, &round, None, Time(now()));
     let c = status
         .conditions
         .iter()
@@ -225,6 +225,11 @@ fn a_failing_canary_halts_and_is_named_in_the_condition() {
         "{}",
         c.message
     );
+    // Later, while still halted, the transition time stays: a steady rollout writes no status.
+    let mut again = kmm_api::ManagedClusterModuleStatus::default();
+    let later: Timestamp = "2027-01-15T10:00:00Z".parse().unwrap();
+    crate::rollout::status::apply(&mut again, Some(&status), &round, None, Time(later));
+    assert_eq!(again, status);
     let r = status.rollout.unwrap();
     assert_eq!((r.failed, r.pending, r.phase.as_str()), (1, 1, "Halted"));
     let events = crate::rollout::status::events(false, &round);

@@ -41,8 +41,16 @@ pub fn rollout_status(round: &Round) -> RolloutStatus {
 }
 
 /// Lays the rollout over `status`: `status.rollout` and the `RolloutHalted` condition (True with
-/// the failing clusters and reasons, or the strategy's error; False otherwise).
-pub fn apply(status: &mut ManagedClusterModuleStatus, round: &Round, invalid: Option<&str>, now: Time) {
+/// the failing clusters and reasons, or the strategy's error; False otherwise). Its transition
+/// time comes from `previous` (the stored status) while its value holds, so a steady rollout
+/// writes no status.
+pub fn apply(
+    status: &mut ManagedClusterModuleStatus,
+    previous: Option<&ManagedClusterModuleStatus>,
+    round: &Round,
+    invalid: Option<&str>,
+    now: Time,
+) {
     status.rollout = Some(rollout_status(round));
     let (state, reason, message) = match invalid {
         Some(why) => (
@@ -57,7 +65,7 @@ pub fn apply(status: &mut ManagedClusterModuleStatus, round: &Round, invalid: Op
             "the rollout is not halted".to_string(),
         ),
     };
-    let previous = status.conditions.iter().find(|c| c.type_ == HALTED);
+    let previous = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == HALTED));
     let since = match previous {
         Some(p) if p.status == state => p.last_transition_time.clone(),
         _ => now,
