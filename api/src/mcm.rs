@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::{apis::meta::v1::Condition, util::intstr::IntOrString};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,11 @@ pub struct ManagedClusterModuleSpec {
 
     /// ManagedCluster labels that select the clusters; `{}` selects every cluster.
     pub selector: BTreeMap<String, String>,
+
+    /// How a change of the Module reaches the clusters: `All` at once (the default) or
+    /// `Progressive` in waves, canaries first. OCM's rollout vocabulary; see docs/rollout.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_strategy: Option<RolloutStrategy>,
 }
 
 /// Fleet-wide state of a ManagedClusterModule. It stays small at any fleet size: counts, a
@@ -113,6 +118,10 @@ pub struct ManagedClusterModuleStatus {
     /// one, or fewer).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub kernels_omitted: i32,
+
+    /// Where the rollout of the Module's latest revision stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -158,3 +167,116 @@ pub struct ClusterProblem {
 
 /// Longest `metadata.name` + `spec.spokeNamespace` (see [`crate::labels`]).
 pub const MAX_NAME_AND_SPOKE_NAMESPACE_LEN: usize = MAX_NAMESPACE_AND_NAME_LEN;
+
+/// `spec.rolloutStrategy`: OCM's rollout vocabulary applied to the clusters an MCM selects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Progressive' || !has(self.progressive)")
+    .message("progressive settings need type: Progressive"))]
+pub struct RolloutStrategy {
+    /// `All` (every cluster at once) or `Progressive` (waves, canaries first).
+    #[serde(default, rename = "type")]
+    pub type_: RolloutType,
+
+    /// Settings of a `Progressive` rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<ProgressiveRollout>,
+
+    /// Stop moving clusters to the new revision (those moved keep it); unset it to go on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// The rollout types kmm-fleet offers (OCM's `ProgressivePerGroup` has no placement groups here).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutType {
+    #[default]
+    All,
+    Progressive,
+}
+
+/// Waves of at most `maxConcurrency` clusters; each moves on once the previous one succeeded.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressiveRollout {
+    /// Clusters moving at once: a count or a percentage of the selected clusters (rounded down,
+    /// at least 1). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::mcm::int_or_percent")]
+    pub max_concurrency: Option<IntOrString>,
+
+    /// How long a cluster must stay loaded before it counts as succeeded (`90s`, `5m`, `1h`).
+    /// Default `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[hms]|0)$"))]
+    pub min_success_time: Option<String>,
+
+    /// How long a moved cluster may take to load before it counts as failed; `None` (the
+    /// default) waits for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[hms]|None)$"))]
+    pub progress_deadline: Option<String>,
+
+    /// Failed clusters tolerated before the rollout halts: a count or a percentage of the
+    /// selected clusters. Default 0: the first failure halts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::mcm::int_or_percent")]
+    pub max_failures: Option<IntOrString>,
+
+    /// Clusters that take the new revision first, before any other moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryClusters>,
+}
+
+/// The canary clusters of a progressive rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryClusters {
+    /// ManagedCluster labels that pick the canaries among the selected clusters.
+    pub cluster_selector: BTreeMap<String, String>,
+}
+
+/// `status.rollout`: counts of the selected clusters against the target revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Revision (content hash of the Module) the rollout moves the clusters to.
+    #[serde(default)]
+    pub target_revision: String,
+
+    /// Revision the clusters not yet moved stay on; empty when there is none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous_revision: String,
+
+    /// Clusters at the target revision and succeeded.
+    #[serde(default)]
+    pub updated: i32,
+
+    /// Clusters moved to the target revision and not yet succeeded.
+    #[serde(default)]
+    pub in_progress: i32,
+
+    /// Clusters at the target revision that failed (LoadFailed, degraded, deadline passed).
+    #[serde(default)]
+    pub failed: i32,
+
+    /// Clusters still waiting for their wave.
+    #[serde(default)]
+    pub pending: i32,
+
+    /// Waves started so far for this target (the canary wave is wave 1 when there are canaries).
+    #[serde(default)]
+    pub wave: i32,
+
+    /// `Progressing`, `Succeeded`, `Halted` or `Paused`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+/// A count or a percentage, as OCM spells it: `2`, `"2"`, `"25%"`.
+pub fn int_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "pattern": "^((100|[0-9]{1,2})%|[0-9]+)$",
+        "x-kubernetes-int-or-string": true,
+    })
+}

@@ -24,6 +24,7 @@ pub mod rbac;
 pub mod reason;
 pub mod registry;
 pub mod render;
+pub mod rollout;
 pub mod run;
 pub mod sign;
 

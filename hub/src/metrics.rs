@@ -79,6 +79,8 @@ pub struct Metrics {
     resolver: Arc<DigestResolver>,
     leadership: Arc<Leadership>,
     caches: Vec<(&'static str, CacheLen)>,
+    /// Clusters per MCM by rollout state, and the wave number (`state="wave"`).
+    rollout: Family<FleetLabels, Gauge>,
 }
 
 /// Observes a reconcile's duration when dropped.
@@ -124,6 +126,7 @@ impl Metrics {
             resolver,
             leadership,
             caches: Vec::new(),
+            rollout: Family::default(),
         };
         root.register(
             "process_resident_memory_bytes",
@@ -206,6 +209,11 @@ impl Metrics {
             "cache_objects",
             "Objects held by each of the hub's watch caches",
             m.cache_objects.clone(),
+        );
+        reg.register(
+            "rollout_clusters",
+            "Selected clusters per MCM by rollout state (updated, in_progress, failed, pending), the current wave (wave) and 1 while halted (halted)",
+            m.rollout.clone(),
         );
         // The reasons `mcm_controller::Error::reason` returns start at 0, so rates and alerts
         // see a series from the first scrape on.
@@ -309,6 +317,7 @@ impl Metrics {
         self.kernels.remove(&mcm_labels);
         self.kernels_without_image.remove(&mcm_labels);
         self.observe_problems(mcm, []);
+        self.observe_rollout(mcm, None);
     }
 
     /// The text exposition format.
@@ -337,6 +346,26 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The series of `kmm_hub_rollout_clusters`.
+const ROLLOUT_STATES: [&str; 6] = ["updated", "in_progress", "failed", "pending", "wave", "halted"];
+
+impl Metrics {
+    /// Per-MCM rollout progress from `status.rollout`; `None` drops the series.
+    pub fn observe_rollout(&self, mcm: &str, rollout: Option<&kmm_api::mcm::RolloutStatus>) {
+        let Some(r) = rollout else {
+            for state in ROLLOUT_STATES {
+                self.rollout.remove(&fleet(mcm, state));
+            }
+            return;
+        };
+        let halted = i32::from(r.phase == "Halted");
+        let values = [r.updated, r.in_progress, r.failed, r.pending, r.wave, halted];
+        for (state, n) in ROLLOUT_STATES.into_iter().zip(values) {
+            self.rollout.get_or_create(&fleet(mcm, state)).set(i64::from(n));
+        }
     }
 }
 

@@ -134,6 +134,14 @@ pub const ACCESS: &[Access] = &[
         reason: "build::jobs::first_missing checks the dockerfileConfigMap before a build Job starts",
     },
     Access {
+        group: "apps",
+        resource: "controllerrevisions",
+        verbs: &["list", "create", "delete"],
+        names: &[],
+        scope: Scope::HubNamespace,
+        reason: "rollout::revision keeps each MCM's revisions in rollout (target and those clusters are still on) so a restarted hub renders every cluster from its own revision",
+    },
+    Access {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["create"],

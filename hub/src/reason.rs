@@ -107,6 +107,16 @@ reasons! {
     FinalizerFailed,
     /// Deleting: ManifestWorks are still on the spokes.
     WaitingForSpokes,
+
+    // Progressive rollout (hub/src/rollout).
+    /// A cluster waits for its rollout wave (it has no work at any older revision).
+    RolloutPending,
+    /// Condition and Warning: more clusters failed than `maxFailures`; nothing moves.
+    RolloutHalted,
+    /// Normal: a wave of clusters moves to the target revision.
+    RolloutWave,
+    /// `spec.rolloutStrategy` is malformed.
+    InvalidRolloutStrategy,
 }
 
 impl std::fmt::Display for Reason {

@@ -56,12 +56,17 @@ pub fn module(module: &Module) -> Vec<Problem> {
 /// ManagedClusterModule checks: the embedded Module spec, as it will be rendered for the spokes.
 pub fn managed_cluster_module(mcm: &ManagedClusterModule) -> Vec<Problem> {
     let name = mcm.metadata.name.as_deref().unwrap_or_default();
-    spec(
+    let mut problems = spec(
         &mcm.spec.module_spec,
         name,
         &mcm.spec.spoke_namespace,
         "spec.moduleSpec",
-    )
+    );
+    // The same check the controller makes before it moves any cluster.
+    if let Err(why) = crate::rollout::strategy::parse(mcm.spec.rollout_strategy.as_ref()) {
+        problems.push(Problem::new("spec.rolloutStrategy", why));
+    }
+    problems
 }
 
 fn spec(spec: &ModuleSpec, name: &str, namespace: &str, at: &str) -> Vec<Problem> {

@@ -144,21 +144,41 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let observed = observed.with_pins(building.pins);
     tracing::debug!(clusters = observed.clusters.len(), ?observed_in, planned_in = ?started.elapsed(), "observed");
 
-    let desired = desired::desired(mcm, &observed);
+    let rollout = crate::rollout::reconcile::prepare(mcm, ctx, &observed).await?;
+    let observed = observed.with_pins(rollout.pins);
+    let desired = desired::desired_in(mcm, &observed, Some(&rollout.round));
     let views = apply::apply(ctx, mcm, desired).await?;
 
     let kernels: BTreeSet<String> = views.iter().flat_map(|v| v.kernels.iter().cloned()).collect();
     let images = plan::kernel_images(mcm, &kernels, &observed.pins);
     let now = Time(Timestamp::now());
-    let new_status =
-        fleet_status::fleet_status(mcm.metadata.generation, &views, &images, mcm.status.as_ref(), now);
-    let problems = events::new_problems(mcm.status.as_ref(), &new_status);
+    let mut new_status = fleet_status::fleet_status(
+        mcm.metadata.generation,
+        &views,
+        &images,
+        mcm.status.as_ref(),
+        now.clone(),
+    );
+    crate::rollout::status::apply(
+        &mut new_status,
+        mcm.status.as_ref(),
+        &rollout.round,
+        rollout.invalid.as_deref(),
+        now,
+    );
+    let mut problems = events::new_problems(mcm.status.as_ref(), &new_status);
+    problems.extend(crate::rollout::status::events(
+        crate::rollout::status::was_halted(mcm.status.as_ref()),
+        &rollout.round,
+    ));
     events::publish(ctx, &mcm.object_ref(&()), problems).await;
     for (job, event) in events::failed_job_events(mcm.status.as_ref(), &new_status, &building.failed) {
         let reference = events::job_reference(&ctx.config.namespace, &job, &ctx.jobs);
         events::publish(ctx, &reference, vec![event]).await;
     }
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
+    ctx.metrics
+        .observe_rollout(&mcm.name_any(), new_status.rollout.as_ref());
     ctx.metrics.observe_problems(
         &mcm.name_any(),
         views
@@ -172,11 +192,15 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     // sees: look again soon rather than at the next resync.
     let waiting =
         observed.spec_error.is_some() || observed.pins.values().any(|p| !matches!(p, Pin::Pinned(_)));
-    Ok(Action::requeue(if waiting {
+    let next = if waiting {
         ctx.config.retry
     } else {
         ctx.config.resync
-    }))
+    };
+    // A soak or a deadline running out changes no object: look again when it does.
+    Ok(Action::requeue(
+        rollout.round.plan.recheck_after.map_or(next, |r| r.min(next)),
+    ))
 }
 
 async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {

@@ -20,7 +20,7 @@ use super::{
     events::Announcement,
     observe::{Observed, SelectedCluster},
 };
-use crate::reason::Reason;
+use crate::{reason::Reason, rollout::round::Round};
 
 /// Everything one reconcile of an MCM wants done.
 #[derive(Debug)]
@@ -57,8 +57,14 @@ pub enum WorkPlan {
     Blocked(Blocker),
 }
 
-/// The round for `mcm` given what was observed.
+/// The round for `mcm` given what was observed, every cluster at the MCM's own revision.
 pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
+    desired_in(mcm, observed, None)
+}
+
+/// The round for `mcm`, each cluster rendered from the revision `rollout` assigns it (see
+/// [`crate::rollout::round`]); `None` renders every cluster from `mcm`.
+pub fn desired_in(mcm: &ManagedClusterModule, observed: &Observed, rollout: Option<&Round>) -> Desired {
     let selected: BTreeSet<&str> = observed.clusters.iter().map(|c| c.name.as_str()).collect();
     let deletes: Vec<Arc<ManifestWork>> = observed
         .works
@@ -77,8 +83,8 @@ pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
         })
         .collect();
 
-    // Render per distinct kernel set (10,000 clusters on 3 kernels render 3 Modules).
-    let mut specs: BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>> = BTreeMap::new();
+    // Render per distinct revision and kernel set (10,000 clusters on 3 kernels render 3 Modules).
+    let mut specs: BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>> = BTreeMap::new();
     let clusters: Vec<ClusterPlan> = observed
         .clusters
         .iter()
@@ -87,9 +93,16 @@ pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
             kernels: c.kernels.clone().unwrap_or_default(),
             refused: c.refused.clone(),
             unreachable: c.unreachable.clone(),
-            work: match render(mcm, c, observed, &mut specs) {
+            work: match rollout_render(mcm, c, observed, rollout, &mut specs) {
                 Err(blocker) => WorkPlan::Blocked(blocker),
-                Ok(work) => match observed.works.get(&c.name) {
+                Ok(None) => match observed.works.get(&c.name) {
+                    Some(current) => WorkPlan::Keep(current.clone()),
+                    None => WorkPlan::Blocked(Blocker::new(
+                        Reason::RolloutPending,
+                        "waiting for its wave of the progressive rollout",
+                    )),
+                },
+                Ok(Some(work)) => match observed.works.get(&c.name) {
                     Some(current) if up_to_date(current, &work) => WorkPlan::Keep(current.clone()),
                     _ => WorkPlan::Write(Box::new(work)),
                 },
@@ -113,19 +126,42 @@ pub fn desired(mcm: &ManagedClusterModule, observed: &Observed) -> Desired {
     }
 }
 
-/// The work for one cluster, or why there is none; Module specs are shared per kernel set.
-fn render(
+/// The work for one cluster from the revision the rollout assigns it, annotated with it;
+/// `Ok(None)` when the rollout writes nothing for it this round.
+fn rollout_render(
     mcm: &ManagedClusterModule,
     cluster: &SelectedCluster,
     observed: &Observed,
-    specs: &mut BTreeMap<Vec<String>, Result<ModuleSpec, Blocker>>,
+    rollout: Option<&Round>,
+    specs: &mut BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>>,
+) -> Result<Option<ManifestWork>, Blocker> {
+    let Some(rollout) = rollout else {
+        return render(mcm, "", cluster, observed, specs).map(Some);
+    };
+    let Some((at, notes)) = rollout.render_from(&cluster.name) else {
+        return Ok(None);
+    };
+    let mut work = render(&at, &notes[0].1, cluster, observed, specs)?;
+    work.annotations_mut()
+        .extend(notes.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Ok(Some(work))
+}
+
+/// The work for one cluster, or why there is none; Module specs are shared per revision and
+/// kernel set.
+fn render(
+    mcm: &ManagedClusterModule,
+    revision: &str,
+    cluster: &SelectedCluster,
+    observed: &Observed,
+    specs: &mut BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>>,
 ) -> Result<ManifestWork, Blocker> {
     if let Some(b) = &observed.spec_error {
         return Err(b.clone());
     }
     let kernels = cluster.kernels.as_ref().map_err(Clone::clone)?;
     let spec = specs
-        .entry(kernels.clone())
+        .entry((revision.to_owned(), kernels.clone()))
         .or_insert_with(|| plan::render_spec(mcm, kernels, &observed.pins))
         .clone()?;
     plan::work_for(mcm, &cluster.name, kernels, spec)

@@ -223,6 +223,7 @@ fn every_seed_fixture_renders_without_build_sign_or_tags() {
                         module_spec: module.spec,
                         spoke_namespace: "drivers".into(),
                         selector: Default::default(),
+                        rollout_strategy: None,
                     },
                 )
             }
