@@ -149,8 +149,15 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let kernels: BTreeSet<String> = views.iter().flat_map(|v| v.kernels.iter().cloned()).collect();
     let images = plan::kernel_images(mcm, &kernels, &observed.pins);
     let now = Time(Timestamp::now());
-    let new_status =
-        fleet_status::fleet_status(mcm.metadata.generation, &views, &images, mcm.status.as_ref(), now);
+    let mut new_status = fleet_status::fleet_status(
+        mcm.metadata.generation,
+        &views,
+        &images,
+        mcm.status.as_ref(),
+        now.clone(),
+    );
+    new_status.kernel_readiness =
+        crate::preflight::readiness::kernel_readiness(mcm.status.as_ref(), &new_status.kernels, &now);
     let problems = events::new_problems(mcm.status.as_ref(), &new_status);
     events::publish(ctx, &mcm.object_ref(&()), problems).await;
     for (job, event) in events::failed_job_events(mcm.status.as_ref(), &new_status, &building.failed) {
