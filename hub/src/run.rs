@@ -290,10 +290,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mcm_store = controller.store();
     tokio::spawn(crate::preflight::run::run(
         client.clone(),
-        crate::preflight::controller::Context {
-            hub: ctx.clone(),
-            mcms: mcm_store.clone(),
-        },
+        ctx.clone(),
         args.concurrency,
     ));
     let works_for_mapper = works.clone();

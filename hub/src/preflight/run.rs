@@ -1,6 +1,6 @@
 //! Starts the ManagedClusterPreflight controller next to the MCM controller (same leader, same
-//! stores). A preflight is looked at again when it changes, and on its own schedule (see
-//! [`super::controller::reconcile`]); MCM and cluster changes reach it at that schedule.
+//! cluster and Job stores, its own MCM watch). A preflight is looked at again when it changes, when
+//! any MCM or cluster changes, and on its own schedule (see [`super::controller::reconcile`]).
 
 use std::sync::Arc;
 
@@ -9,15 +9,29 @@ use kmm_api::{ManagedClusterModule, ocm::ManagedCluster, preflight::ManagedClust
 use kube::{
     Api, Client,
     core::DeserializeGuard,
-    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+    runtime::{Controller, WatchStreamExt, controller, reflector, reflector::ObjectRef, watcher},
 };
 use tracing::warn;
 
 use super::controller::{self as pf, Context};
+use crate::mcm_controller;
 
-/// Runs until the process ends; starts once the MCM and cluster stores are filled, so a first
-/// pass does not report an empty fleet.
-pub async fn run(client: Client, ctx: Context, concurrency: u16) {
+/// Runs until the process ends; starts once its MCM store (a watch of its own) and the
+/// cluster store are filled, so a first pass does not report an empty fleet.
+pub async fn run(client: Client, hub: Arc<mcm_controller::Context>, concurrency: u16) {
+    let (mcms, writer) = reflector::store();
+    let feed = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<DeserializeGuard<ManagedClusterModule>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(feed);
+    let ctx = Context { hub, mcms };
     if ctx.mcms.wait_until_ready().await.is_err() || ctx.hub.clusters.wait_until_ready().await.is_err() {
         warn!("the MCM or cluster store never filled; preflights are not answered");
         return;
