@@ -24,6 +24,7 @@ pub mod module;
 pub mod nmc;
 pub mod ocm;
 pub mod pod_failure;
+pub mod preflight;
 mod schema;
 #[cfg(feature = "runtime")]
 pub mod startup;

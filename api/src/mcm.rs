@@ -122,6 +122,29 @@ pub struct ManagedClusterModuleStatus {
     /// Where the rollout of the Module's latest revision stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+
+    /// Per kernel seen in the selected clusters: whether its image existed when the first node
+    /// reported it (built ahead, e.g. by a ManagedClusterPreflight) or had to be made after; at
+    /// most 256, newest kernels first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kernel".into()]))]
+    #[schemars(length(max = 256))]
+    pub kernel_readiness: Vec<KernelReadiness>,
+}
+
+/// Whether a kernel's image was there before the fleet needed it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelReadiness {
+    /// Kernel version, as the nodes report it (trailing `+` trimmed).
+    pub kernel: String,
+
+    /// True when the image was pinned in the reconcile that first saw a node with this kernel.
+    pub ready_before_first_node: bool,
+
+    /// When the hub first saw a selected cluster report this kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(kmm_hub::render::status(mcm.as_deref(), &mut out))?;
+            runtime.block_on(kmm_hub::preflight::readiness::print(mcm.as_deref(), &mut out))?;
         }
         Command::Rbac {
             namespace,
@@ -110,7 +111,12 @@ fn main() -> anyhow::Result<ExitCode> {
             use std::io::Write as _;
             out.write_all(kmm_hub::rbac::render(&namespace, &service_account).as_bytes())?;
         }
-        Command::Crds { dir } => cli::write_crds(&kmm_api::crds::hub_crds(), dir.as_deref(), &mut out)?,
+        Command::Crds { dir } => {
+            // The hub's own objects beyond the MCM: the preflight.
+            let mut crds = kmm_api::crds::hub_crds();
+            crds.push(<kmm_api::preflight::ManagedClusterPreflight as kube::CustomResourceExt>::crd());
+            cli::write_crds(&crds, dir.as_deref(), &mut out)?
+        }
         Command::Day1(args) => {
             if let Err(e) = kmm_hub::day1::day1(&args, &mut out) {
                 use std::io::Write as _;

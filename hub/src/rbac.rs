@@ -157,6 +157,22 @@ pub const ACCESS: &[Access] = &[
         scope: Scope::HubNamespace,
         reason: "leader election reads and renews the Lease (only the default --lease-name)",
     },
+    Access {
+        group: "hub.kmm.sigs.x-k8s.io",
+        resource: "managedclusterpreflights",
+        verbs: &["list", "watch"],
+        names: &[],
+        scope: Scope::Cluster,
+        reason: "the preflight controller (run.rs) lists and watches ManagedClusterPreflights",
+    },
+    Access {
+        group: "hub.kmm.sigs.x-k8s.io",
+        resource: "managedclusterpreflights/status",
+        verbs: &["patch"],
+        names: &[],
+        scope: Scope::Cluster,
+        reason: "preflight::controller::reconcile writes the per-(MCM, kernel) verdicts with a merge patch",
+    },
 ];
 
 /// Header of the generated file.

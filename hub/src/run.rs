@@ -291,6 +291,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(mcm_controller::build::gc::run(ctx.clone()));
     let controller = Controller::new(mcms, watcher::Config::default().any_semantic());
     let mcm_store = controller.store();
+    tokio::spawn(crate::preflight::run::run(
+        client.clone(),
+        ctx.clone(),
+        args.concurrency,
+    ));
     let works_for_mapper = works.clone();
     controller
         .watches(

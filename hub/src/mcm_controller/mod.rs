@@ -164,8 +164,10 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         mcm.status.as_ref(),
         &rollout.round,
         rollout.invalid.as_deref(),
-        now,
+        now.clone(),
     );
+    new_status.kernel_readiness =
+        crate::preflight::readiness::kernel_readiness(mcm.status.as_ref(), &new_status.kernels, &now);
     let mut problems = events::new_problems(mcm.status.as_ref(), &new_status);
     problems.extend(crate::rollout::status::events(
         crate::rollout::status::was_halted(mcm.status.as_ref()),

@@ -84,7 +84,10 @@ async fn already_pushed(mcm: &ManagedClusterModule, ctx: &Context, planned: &Pla
 }
 
 /// The first input of the step that is absent or lacks its key.
-async fn first_missing(ctx: &Context, planned: &PlannedStep) -> Result<Option<MissingInput>, Error> {
+pub(crate) async fn first_missing(
+    ctx: &Context,
+    planned: &PlannedStep,
+) -> Result<Option<MissingInput>, Error> {
     for input in inputs::inputs(&planned.step) {
         let keys = keys(ctx, &input).await?;
         if let Some(missing) = inputs::check(&input, keys.as_deref()) {
@@ -143,7 +146,7 @@ async fn create(mcm: &ManagedClusterModule, ctx: &Context, planned: &PlannedStep
 }
 
 /// How the Job went, with its failed pod's termination message when it failed.
-async fn state_of(ctx: &Context, job: &Job) -> JobState {
+pub(crate) async fn state_of(ctx: &Context, job: &Job) -> JobState {
     match job::job_state(job, None) {
         JobState::Failed(_) => job::job_state(job, failure_message(ctx, &job.name_any()).await.as_deref()),
         state => state,
