@@ -13,7 +13,7 @@ use std::{
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
-use kmm_api::ManagedClusterModule;
+use kmm_api::{ManagedClusterModule, preflight::ManagedClusterPreflight};
 use kmm_fleet_tests::{
     Wait, demo,
     fleet::{BUILD_SECRET, Fleet, HUB_NAMESPACE, NodeSpec},
@@ -25,6 +25,7 @@ use kube::{
 };
 
 const MCM: &str = "fleet-kmod";
+const PREFLIGHT: &str = "next-kernel";
 
 /// Every file of a bundle with its contents.
 fn files(dir: &Path) -> Vec<(PathBuf, String)> {
@@ -119,6 +120,27 @@ async fn bundles_hold_the_failure_and_no_secret_byte() {
     })
     .await;
 
+    // A preflight of the fleet's kernel, answered by the hub before the bundle is taken.
+    fleet
+        .hub
+        .apply_yaml(&format!(
+            "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterPreflight\nmetadata:\n  name: {PREFLIGHT}\nspec:\n  kernelVersions: [{}]\n",
+            demo::K_EAST
+        ))
+        .await
+        .unwrap();
+    Wait::new("the preflight answered", Duration::from_secs(120))
+        .context(|| fleet.log_tails(30))
+        .eventually(|| async {
+            Api::<ManagedClusterPreflight>::all(fleet.hub.client())
+                .get(PREFLIGHT)
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.modules.iter().any(|m| m.verification_status == "Success"))
+        })
+        .await;
+
     let hub_bundle = fleet.dir.join("bundle-hub");
     let said = gather(
         "kmm-hub",
@@ -154,6 +176,11 @@ async fn bundles_hold_the_failure_and_no_secret_byte() {
     );
     assert!(text_of(&hub_files, "manifestworks.yaml").contains("kmm_absent"));
     assert!(text_of(&hub_files, "managedclusters.yaml").contains("kernel"));
+    let preflights = text_of(&hub_files, "preflights.yaml");
+    assert!(
+        preflights.contains(PREFLIGHT) && preflights.contains("verificationStatus: Success"),
+        "{preflights}"
+    );
     assert!(text_of(&spoke_files, "modules.yaml").contains("kmm_absent"));
     assert!(text_of(&spoke_files, "nodes.yaml").contains(demo::K_EAST));
     // The manifests list what was collected, failures included, and the versions are there.

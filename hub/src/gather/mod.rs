@@ -1,6 +1,6 @@
 //! `kmm-hub gather`: a support bundle of the hub cluster (see [`kmm_api::gather`] for the
-//! redaction and bounds): the MCMs, their ManifestWorks with status, the ManagedClusters with
-//! their kernel claims, the hub's Jobs, pods and their log tails (build, sign and the hub's own),
+//! redaction and bounds): the MCMs and ManagedClusterPreflights, the MCMs' ManifestWorks with
+//! status, the ManagedClusters with their kernel claims, the hub's Jobs, pods and their log tails (build, sign and the hub's own),
 //! Events, ConfigMaps and Deployments of its namespace, and versions. Secrets are never listed.
 
 use std::path::PathBuf;
@@ -18,6 +18,12 @@ const MCMS: Kind = Kind::new(
     "v1beta1",
     "ManagedClusterModule",
     "managedclustermodules",
+);
+const PREFLIGHTS: Kind = Kind::new(
+    "hub.kmm.sigs.x-k8s.io",
+    "v1beta1",
+    "ManagedClusterPreflight",
+    "managedclusterpreflights",
 );
 const MANAGED_CLUSTERS: Kind = Kind::new(
     "cluster.open-cluster-management.io",
@@ -57,6 +63,9 @@ pub async fn gather(args: &GatherArgs) -> anyhow::Result<(PathBuf, usize)> {
     let ns = args.namespace.as_str();
     versions(&mut bundle, &client).await;
     bundle.objects(&client, "mcms.yaml", MCMS, None, None).await;
+    bundle
+        .objects(&client, "preflights.yaml", PREFLIGHTS, None, None)
+        .await;
     bundle
         .objects(&client, "managedclusters.yaml", MANAGED_CLUSTERS, None, None)
         .await;
