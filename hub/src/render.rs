@@ -20,6 +20,7 @@ use crate::{
         observe,
         work_outcome::work_outcome,
     },
+    rollout::revision::REVISION_ANNOTATION,
 };
 
 /// Flags of `kmm-hub render`.
@@ -122,7 +123,8 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
     Ok(ok)
 }
 
-/// One line per selected cluster of each MCM: state, kernels, node counts, reason.
+/// One line per selected cluster of each MCM: state, kernels, node counts, the revision its
+/// ManifestWork carries, reason; and where the MCM's rollout stands.
 pub async fn status(only: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
@@ -188,7 +190,7 @@ pub fn status_table(
                 .map(|p| (p.cluster.as_str(), (p.reason.as_str(), p.message.as_str())))
         })
         .collect();
-    let mut rows = vec![["CLUSTER", "STATE", "KERNELS", "NODES", "REASON"].map(str::to_string)];
+    let mut rows = vec![["CLUSTER", "STATE", "KERNELS", "NODES", "REVISION", "REASON"].map(str::to_string)];
     for c in observe::selected_clusters(mcm, clusters) {
         let work = own.get(&c.name);
         let kernels = work
@@ -222,24 +224,46 @@ pub fn status_table(
         if let (true, Some((r, m))) = (reason.is_empty(), problems.get(c.name.as_str())) {
             reason = format!("{r}: {m}");
         }
-        rows.push([c.name.clone(), state.to_string(), kernels, nodes, reason].map(|cell| printable(&cell)));
+        let revision = work
+            .and_then(|w| w.annotations().get(REVISION_ANNOTATION).cloned())
+            .unwrap_or_else(|| "-".to_string());
+        rows.push(
+            [
+                c.name.clone(),
+                state.to_string(),
+                kernels,
+                nodes,
+                revision,
+                reason,
+            ]
+            .map(|cell| printable(&cell)),
+        );
     }
-    let widths: Vec<usize> = (0..4)
+    let widths: Vec<usize> = (0..5)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut text = format!("ManagedClusterModule {}\n", printable(&mcm.name_any()));
+    let mut text = format!("ManagedClusterModule {}", printable(&mcm.name_any()));
+    if let Some(r) = mcm.status.as_ref().and_then(|s| s.rollout.as_ref()) {
+        text.push_str(&printable(&format!(
+            " (rollout to {}: {}, wave {}; updated {}, in progress {}, failed {}, pending {})",
+            r.target_revision, r.phase, r.wave, r.updated, r.in_progress, r.failed, r.pending
+        )));
+    }
+    text.push('\n');
     for r in rows {
         let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {:w4$}  {}",
             r[0],
             r[1],
             r[2],
             r[3],
             r[4],
+            r[5],
             w0 = widths[0],
             w1 = widths[1],
             w2 = widths[2],
-            w3 = widths[3]
+            w3 = widths[3],
+            w4 = widths[4]
         );
         text.push_str(line.trim_end());
         text.push('\n');
@@ -270,6 +294,12 @@ mod tests {
                 reason: "ImageNotFound".into(),
                 message: "push it".into(),
             }],
+            rollout: Some(kmm_api::mcm::RolloutStatus {
+                target_revision: "0123abcdef".into(),
+                phase: "Progressing".into(),
+                wave: 2,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let claim = |k: &str| {
@@ -292,7 +322,7 @@ mod tests {
         let work: Arc<ManifestWork> = Arc::new(parse(
             "apiVersion: work.open-cluster-management.io/v1\nkind: ManifestWork\n\
              metadata: {name: gpu, namespace: a, generation: 2, labels: {kmm.node.kubernetes.io/managedclustermodule.name: gpu},\n\
-               annotations: {hub.kmm.sigs.x-k8s.io/kernels: 6.1.0-1}}\n\
+               annotations: {hub.kmm.sigs.x-k8s.io/kernels: 6.1.0-1, hub.kmm.sigs.x-k8s.io/revision: 0123abcdef}}\n\
              spec: {workload: {manifests: []}}\n\
              status:\n  conditions: [{type: Applied, status: 'True', reason: R, message: m, observedGeneration: 2,\n\
                lastTransitionTime: '2026-01-01T00:00:00Z'}]\n  resourceStatus: {manifests: [{resourceMeta: {ordinal: 0}, conditions: [],\n\
@@ -305,8 +335,12 @@ mod tests {
             .skip(2)
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(lines[0][..4], ["a", "Applied", "6.1.0-1", "3/4"]);
-        assert_eq!(lines[1][..3], ["b", "Blocked", "-"]);
+        assert_eq!(lines[0][..5], ["a", "Applied", "6.1.0-1", "3/4", "0123abcdef"]);
+        assert_eq!(lines[1][..4], ["b", "Blocked", "-", "-"]);
+        assert!(
+            table.starts_with("ManagedClusterModule gpu (rollout to 0123abcdef: Progressing, wave 2;"),
+            "{table}"
+        );
         assert!(table.lines().nth(3).unwrap().contains("NoKernelClaim"), "{table}");
         assert_eq!(lines[2][..4], ["c", "Blocked", "6.1.0-2", "-"]);
         assert!(table.contains("ImageNotFound: push it"), "{table}");
