@@ -31,7 +31,10 @@ async fn crds_identities_and_audit_on_a_real_apiserver() -> anyhow::Result<()> {
 
     // Every KMM CRD and OCM's hub and spoke CRDs are accepted as they are.
     let kmm = cp.install_crds_from_path(root.join("manifests/crds")).await?;
-    assert_eq!(kmm, 3, "Module, ManagedClusterModule, NodeModulesConfig");
+    assert_eq!(
+        kmm, 4,
+        "Module, ManagedClusterModule, ManagedClusterPreflight, NodeModulesConfig"
+    );
     let ocm = controlplane::ocm_crds()?;
     assert!(cp.install_crds_from_path(ocm.join("hub")).await? >= 2);
     assert_eq!(cp.install_crds_from_path(ocm.join("spoke")).await?, 2);
