@@ -36,7 +36,8 @@ async fn a_regexp_over_the_budget_is_refused_when_written() {
         cp.install_crds_from_path(root.join("manifests/crds"))
             .await
             .unwrap(),
-        3
+        4,
+        "Module, ManagedClusterModule, ManagedClusterPreflight, NodeModulesConfig"
     );
 
     let longest = format!("^{}$", "a".repeat(MAX_REGEXP_BYTES - 2));
@@ -71,7 +72,8 @@ async fn worker_input_that_is_no_module_name_or_plain_path_is_refused_when_writt
         cp.install_crds_from_path(root.join("manifests/crds"))
             .await
             .unwrap(),
-        3
+        4,
+        "Module, ManagedClusterModule, ManagedClusterPreflight, NodeModulesConfig"
     );
 
     cp.apply_yaml(&module_with(
