@@ -78,8 +78,20 @@ pub async fn run(
         .await;
 }
 
+/// How long a pass waits for the Module cache's first list before it tries again later.
+const MODULE_CACHE_WAIT: Duration = Duration::from_secs(1);
+
 /// One pass over one node.
 pub async fn reconcile(node: Arc<Node>, ctx: SharedCtx) -> Result<Action, Error> {
+    // Nodes can arrive before the Module cache holds its first list. A pass then would see no
+    // Module and unload everything the node has (a restarted kmm-spoke briefly did, recreating
+    // worker pods on an upgrade); so it waits for the cache, and comes back if it is not there.
+    if tokio::time::timeout(MODULE_CACHE_WAIT, ctx.modules.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return Ok(Action::requeue(MODULE_CACHE_WAIT));
+    }
     let name = node.name_any();
     let client = &ctx.client;
     let nmc_api = Api::<NodeModulesConfig>::all(client.clone());
