@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use kmm_api::ManagedClusterModule;
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::ResourceExt;
 use tracing::info;
 
 use crate::mcm_controller::{
@@ -73,28 +73,12 @@ pub async fn ensure(
     if let Some(missing) = jobs::first_missing(ctx, planned).await? {
         return Ok(StepState::InputMissing(missing));
     }
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let created = match api
-        .create(&PostParams::default(), &check_job(mcm, planned, &ctx.config.jobs))
-        .await
-    {
-        Ok(job) => {
-            *started += 1;
-            info!(job = %name, "started a check build Job (no push)");
-            job
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await.map_err(|source| Error::Api {
-            what: format!("reading Job {name}"),
-            source,
-        })?,
-        Err(source) => {
-            return Err(Error::Api {
-                what: format!("creating Job {name}"),
-                source,
-            });
-        }
-    };
-    Ok(StepState::Job(jobs::state_of(ctx, &created).await))
+    let (job, created) = jobs::create_or_read(ctx, &check_job(mcm, planned, &ctx.config.jobs)).await?;
+    if created {
+        *started += 1;
+        info!(job = %name, "started a check build Job (no push)");
+    }
+    Ok(StepState::Job(jobs::state_of(ctx, &job).await))
 }
 
 #[cfg(test)]

@@ -121,28 +121,37 @@ async fn keys(ctx: &Context, input: &Input) -> Result<Option<Vec<String>>, Error
 
 /// Creates the step's Job; one that exists already (another reconcile, a previous hub) is read.
 async fn create(mcm: &ManagedClusterModule, ctx: &Context, planned: &PlannedStep) -> Result<Job, Error> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let name = &planned.job;
     let trigger = mcm.spec.module_spec.image_rebuild_trigger_generation;
     let desired = job::job(mcm, &planned.step, trigger, &ctx.config.jobs);
-    let job = match api.create(&PostParams::default(), &desired).await {
-        Ok(created) => {
-            info!(job = %name, image = planned.step.target(), "started a {} Job", planned.step.kind());
-            ctx.metrics.jobs_started.inc();
-            created
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await.map_err(|source| Error::Api {
-            what: format!("reading Job {name}"),
-            source,
-        })?,
-        Err(source) => {
-            return Err(Error::Api {
-                what: format!("creating Job {name}"),
-                source,
-            });
-        }
-    };
+    let (job, created) = create_or_read(ctx, &desired).await?;
+    if created {
+        info!(job = %planned.job, image = planned.step.target(), "started a {} Job", planned.step.kind());
+        ctx.metrics.jobs_started.inc();
+    }
     Ok(job)
+}
+
+/// Creates `desired` in the hub's namespace, or reads the Job of that name when it exists
+/// already; says whether this call created it.
+pub(crate) async fn create_or_read(ctx: &Context, desired: &Job) -> Result<(Job, bool), Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let name = desired.name_any();
+    match api.create(&PostParams::default(), desired).await {
+        Ok(created) => Ok((created, true)),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            api.get(&name)
+                .await
+                .map(|job| (job, false))
+                .map_err(|source| Error::Api {
+                    what: format!("reading Job {name}"),
+                    source,
+                })
+        }
+        Err(source) => Err(Error::Api {
+            what: format!("creating Job {name}"),
+            source,
+        }),
+    }
 }
 
 /// How the Job went, with its failed pod's termination message when it failed.
