@@ -48,7 +48,7 @@ pub struct Ctx {
     pub settings: Settings,
     /// Every Module (the Module controller's cache).
     pub modules: Store<DeserializeGuard<Module>>,
-    /// Every Node (the node controller's cache).
+    /// Every Node (the node controller's cache), as [`crate::slim::node`] keeps it.
     pub nodes: Store<Node>,
     /// Every NodeModulesConfig (a watch of its own): the Module controller's counts and
     /// finalizer release read it instead of listing.

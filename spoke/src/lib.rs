@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: structured logs.
 //! - [`context`]: what the controllers share, and the Event helper.
+//! - [`slim`]: what the Node and record caches keep of each object.
 //! - [`error`]: why a reconcile fails, its reason and its retry.
 //! - [`reason`]: every reason the spoke reports (Events, conditions, failed reconciles).
 
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod rbac;
 pub mod reason;
 pub mod run;
+pub mod slim;
 pub mod targeting;
 pub use kmm_api::telemetry;
 pub mod worker;

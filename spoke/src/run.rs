@@ -204,6 +204,7 @@ pub async fn run_with(
     let (record_tx, record_rx) = mpsc::unbounded_channel();
     let records_task = tokio::spawn(
         watcher(Api::all(client.clone()), watcher::Config::default())
+            .modify(crate::slim::record)
             .default_backoff()
             .reflect(records_writer)
             .touched_objects()

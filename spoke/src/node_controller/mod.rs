@@ -22,7 +22,12 @@ use kmm_api::nmc::NodeModulesConfig;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -42,7 +47,11 @@ pub fn controller(client: kube::Client, nodes_rx: mpsc::Receiver<()>) -> Control
         nodes_rx,
         |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
     );
-    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+    // The Node cache keeps only what a pass reads (`slim::node`).
+    let (nodes, writer) = reflector::store();
+    let watch =
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(crate::slim::node);
+    Controller::for_stream(reflector::reflector(writer, watch).applied_objects(), nodes)
         .watches(
             Api::<NodeModulesConfig>::all(client.clone()),
             watcher::Config::default(),
