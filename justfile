@@ -33,6 +33,8 @@ bench: deps
     cargo test --release -p kmm-hub --test bench_fleet -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test bench_controlplane -- --ignored --nocapture --test-threads 1
     cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
+    cargo test --release -p kmm-spoke --test bench_spoke -- --ignored --nocapture
+    cargo test --release -p kmm-spoke --test bench_worker -- --ignored --nocapture
 
 # Every binary's API traffic and the hub's registry lookups behind fault proxies, the hub killed
 # at random moments, seeds 1 to 5 (`KMM_CHAOS_SEEDS=7` replays one): the chaos scenario, long
