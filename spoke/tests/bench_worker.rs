@@ -6,8 +6,10 @@
 //!
 //! modprobe runs with `--dry-run`, as in the worker's kmod tests: the modules are built for the
 //! headers' kernel, not the running one, and the machine's kernel is not ours to load into. So
-//! modprobe resolves the tree (modules.dep, the softdeps, the options) and prints the insmods
-//! without reading the modules into the kernel. Each figure is one `BENCH name=... value=...
+//! modprobe resolves the tree (the modules.*.bin indexes, the softdeps, `/sys/module/*/initstate`)
+//! and prints the insmods without opening the `.ko` files (strace shows no open of them): the
+//! tree's size does not enter these figures; a real load, which reads each file for
+//! `finit_module`, can only be timed in a VM (tests/vm), not done here. Each figure is one `BENCH name=... value=...
 //! unit=... tree_bytes=... profile=...` line. `KMM_SPOKE_BIN` picks the binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed benchmark
