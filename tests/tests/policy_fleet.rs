@@ -343,22 +343,6 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
         );
         let image = pod.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
         assert_eq!(image, format!("{SPOKE_IMAGE_REPOSITORY}:latest"));
-        // Its process is the image's kmm-spoke, chrooted in the unpacked image, as the UID the
-        // manifests declare (runAsUser 65532): this machine's /proc says so.
-        let root = pf
-            .fleet
-            .spoke(cluster)
-            .unwrap()
-            .dir()
-            .join("binary-pods")
-            .join(pod.uid().unwrap())
-            .join("image/rootfs");
-        pf.wait(
-            60,
-            &format!("{cluster}: kmm-spoke chrooted in its image"),
-            || async { chrooted_processes(&root, "usr/local/bin/kmm-spoke") == [(true, 65532)] },
-        )
-        .await;
 
         // The process publishes the kernel claim as the pod's ServiceAccount; OCM carries it to
         // the hub.
@@ -383,6 +367,22 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
             !claim_writers.is_empty() && claim_writers.iter().all(|u| *u == SPOKE_USER),
             "{cluster}: kernel claim writers {claim_writers:?}"
         );
+        // That process is the image's kmm-spoke, chrooted in the unpacked image, as the UID the
+        // manifests declare (runAsUser 65532): this machine's /proc says so.
+        let root = pf
+            .fleet
+            .spoke(cluster)
+            .unwrap()
+            .dir()
+            .join("binary-pods")
+            .join(pod.uid().unwrap())
+            .join("image/rootfs");
+        pf.wait(
+            60,
+            &format!("{cluster}: kmm-spoke chrooted in its image"),
+            || async { chrooted_processes(&root, "usr/local/bin/kmm-spoke") == [(true, 65532)] },
+        )
+        .await;
 
         pf.wait(240, &format!("the module loaded on {node}"), || async {
             pf.module_ready(cluster, node).await

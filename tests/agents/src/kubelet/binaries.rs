@@ -246,6 +246,10 @@ async fn pod_kubeconfig(
         .token;
     let ca = dir.join("ca.crt");
     std::fs::copy(&opts.ca, &ca).map_err(|e| format!("copying {}: {e}", opts.ca.display()))?;
+    // Readable by a non-root container user, as the projected volume's files are (mode 0644).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("making {} readable: {e}", ca.display()))?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, &token).map_err(|e| format!("writing the token: {e}"))?;
     let kubeconfig = json!({
