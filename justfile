@@ -57,11 +57,13 @@ gen:
 # Built from scratch with buildah, reproducibly, as OCI layouts at target/images/<name> (docs/images.md):
 # the kmm-hub and kmm-spoke container images.
 images:
+    scripts/test-deps
     scripts/images
 
 # Install files go to target/release-manifests/VERSION (docs/install.md):
 # push both images to REGISTRY as VERSION, install files with every image pinned by digest.
 release VERSION REGISTRY:
+    scripts/test-deps
     scripts/release {{VERSION}} {{REGISTRY}}
 
 # Lint Module / ManagedClusterModule YAML: just lint path/to/file.yaml ...

@@ -94,10 +94,11 @@ pub async fn start(dir: &Path) -> anyhow::Result<Fleet> {
 /// `manifests/spoke`'s ServiceAccount and RBAC (no policy framework).
 pub async fn start_with(dir: &Path, via_policy: bool) -> anyhow::Result<Fleet> {
     let hub_options = Options::hub();
+    // Sign Jobs and worker pods run from the kmm-hub and kmm-spoke images (built when missing).
     let mut fleet = if via_policy {
-        Fleet::start_with(dir, policy::hub_options(hub_options)).await?
+        Fleet::start_from_images(dir, policy::hub_options(hub_options)).await?
     } else {
-        Fleet::start_with(dir, hub_options).await?
+        Fleet::start_from_images(dir, hub_options).await?
     };
     fleet.push_prebuilt(K_EAST)?;
     fleet.push_prebuilt(K_WEST)?;

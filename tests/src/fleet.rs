@@ -26,8 +26,8 @@ use kmm_agents::{
     AgentHandle, Kubelet, KubeletOptions, KubeletScript, NodeControl, NodeRegistration, Outcome, PodLogSink,
     PodMatcher, ScriptRule,
     kubelet::{
-        binaries::{BinaryImage, BinaryOptions},
-        images::ImageOptions,
+        binaries::{BinaryImage, BinaryOptions, FromImage},
+        images::{ImageOptions, MainImages},
     },
 };
 use kube::{
@@ -39,7 +39,7 @@ use serde_json::json;
 use crate::{
     controlplane::{ControlPlane, Options},
     fresh_dir,
-    images::{ImageBuilder, dockerfile},
+    images::{self, ImageBuilder, dockerfile},
     manifests,
     ocm::{self, AgentOptions, OcmAgent, OcmHub},
     process::{Launch, Process},
@@ -122,6 +122,35 @@ impl NodeSpec {
     }
 }
 
+/// The kmm-hub and kmm-spoke images of this workspace (`scripts/images`), pushed to the fleet's
+/// registry: references pinned by digest.
+#[derive(Clone, Debug)]
+pub struct ProductImages {
+    pub hub: String,
+    pub spoke: String,
+}
+
+impl ProductImages {
+    /// Builds both images (kept in [`images::product_images_cache`] between runs) and pushes
+    /// them to `registry` as `kmm-fleet/<name>:e2e`.
+    pub fn push(registry: &Registry) -> anyhow::Result<Self> {
+        Ok(Self {
+            hub: images::push_product_image(registry, "kmm-hub", "e2e")?,
+            spoke: images::push_product_image(registry, "kmm-spoke", "e2e")?,
+        })
+    }
+
+    /// The kubelet stand-in's rule for main containers of `image` (a pinned reference): they
+    /// run chrooted in it, with `host_paths` bound in.
+    fn main_images(image: &str, host_paths: Vec<PathBuf>) -> MainImages {
+        let repository = image.split_once('@').map_or(image, |(r, _)| r);
+        MainImages {
+            prefixes: vec![format!("{repository}@")],
+            host_paths,
+        }
+    }
+}
+
 /// One spoke cluster.
 pub struct Spoke {
     /// `kmm-spoke run`, when started (dropped before the control plane).
@@ -135,6 +164,8 @@ pub struct Spoke {
     dir: PathBuf,
     /// kmm-spoke's ServiceAccount kubeconfig.
     kubeconfig: PathBuf,
+    /// The kmm-spoke image worker pods run from (chrooted), when the fleet runs its images.
+    worker_image: Option<String>,
 }
 
 /// The whole fleet.
@@ -159,6 +190,9 @@ pub struct Fleet {
     /// Environment `kmm-hub run` gets at every start (e.g. `HTTP_PROXY`, which routes its
     /// registry lookups through a fault proxy).
     pub hub_env: Vec<(String, String)>,
+    /// The product images, when sign Jobs and worker pods run from them
+    /// ([`Self::start_from_images`]).
+    pub product_images: Option<ProductImages>,
 }
 
 impl Fleet {
@@ -172,6 +206,19 @@ impl Fleet {
     /// [`Self::start`] with the hub's control plane started with `hub_options` (e.g. extra
     /// apiserver flags); OCM's bootstrap identity is added to them.
     pub async fn start_with(dir: &Path, hub_options: Options) -> anyhow::Result<Self> {
+        Self::start_inner(dir, hub_options, false).await
+    }
+
+    /// [`Self::start_with`], and the product images built (when their inputs changed) and
+    /// pushed to the fleet's registry: the hub's sign Jobs (`--hub-image`) and the spokes'
+    /// worker pods (`--worker-image`) name them by digest, and the kubelets run those pods'
+    /// main containers chrooted in the pulled image, so `kmm-hub sign-image`, `kmm-spoke worker`
+    /// and `modprobe` are the image's files, not this machine's.
+    pub async fn start_from_images(dir: &Path, hub_options: Options) -> anyhow::Result<Self> {
+        Self::start_inner(dir, hub_options, true).await
+    }
+
+    async fn start_inner(dir: &Path, hub_options: Options, from_images: bool) -> anyhow::Result<Self> {
         let dir = &crate::scratch_dir(dir);
         let dir = fresh_dir(
             dir.parent().context("fleet dir has a parent")?,
@@ -186,6 +233,7 @@ impl Fleet {
         let host = registry.host.clone();
         images.base_image(&registry, "kmm/fleet-base:1")?;
         images.base_image(&registry, "kmm/fleet-plugin:1")?;
+        let product_images = from_images.then(|| ProductImages::push(&registry)).transpose()?;
 
         let keys = fresh_dir(&dir, "keys")?;
         run(std::process::Command::new("openssl")
@@ -252,6 +300,10 @@ impl Fleet {
                 exec_root: Some(fresh_dir(&dir, "hub-pods")?),
                 exec_env,
                 exec_timeout: Duration::from_secs(300),
+                exec_images: product_images.as_ref().map(|_| image_options(&dir)),
+                exec_main_images: product_images
+                    .as_ref()
+                    .map(|p| ProductImages::main_images(&p.hub, Vec::new())),
                 ..Default::default()
             },
         );
@@ -269,6 +321,7 @@ impl Fleet {
             hub_starts: 0,
             hub_kubeconfig,
             hub_env: Vec::new(),
+            product_images,
         })
     }
 
@@ -298,25 +351,29 @@ impl Fleet {
     /// Starts (or restarts) `kmm-hub run` with another kubeconfig than its own.
     pub fn start_hub_with(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
         self.hub_starts += 1;
+        let mut args: Vec<String> = [
+            "run",
+            "--namespace",
+            HUB_NAMESPACE,
+            "--identity",
+            "kmm-hub-e2e",
+            "--leader-election",
+            "false",
+            "--retry-seconds",
+            "1",
+            "--cache-ttl-seconds",
+            "2",
+            "--insecure-registry",
+            &self.registry.host,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(images) = &self.product_images {
+            args.extend(["--hub-image".to_owned(), images.hub.clone()]);
+        }
         let process = Process::start(Launch {
             binary: "kmm-hub",
-            args: [
-                "run",
-                "--namespace",
-                HUB_NAMESPACE,
-                "--identity",
-                "kmm-hub-e2e",
-                "--leader-election",
-                "false",
-                "--retry-seconds",
-                "1",
-                "--cache-ttl-seconds",
-                "2",
-                "--insecure-registry",
-                &self.registry.host,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            args,
             kubeconfig,
             dir: &self.dir,
             name: "kmm-hub",
@@ -367,6 +424,7 @@ impl Fleet {
         via_policy: bool,
     ) -> anyhow::Result<()> {
         let dir = fresh_dir(&self.dir, name)?;
+        let worker_image = self.product_images.as_ref().map(|p| p.spoke.clone());
         let options = ocm::spoke_options(Options::default());
         let (cluster, kubeconfig, binaries) = if via_policy {
             // No KMM CRD either: the Policy `kmm-spoke-crds` installs them.
@@ -377,13 +435,17 @@ impl Fleet {
                     "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {MODULE_NAMESPACE}}}\n"
                 ))
                 .await?;
-            let binaries = policy_binaries(&cluster, &dir)?;
+            let binaries = policy_binaries(&cluster, &dir, worker_image.as_deref(), &self.dir)?;
             (cluster, PathBuf::new(), Some(binaries))
         } else {
             let cluster = start_managed_cluster_with(&dir.join("cluster"), name, options).await?;
             let kubeconfig =
                 install_service_account(&cluster, &crate::repo_root().join("manifests/spoke")).await?;
             (cluster, kubeconfig, None)
+        };
+        let exec_main_images = match &worker_image {
+            Some(image) => Some(ProductImages::main_images(image, worker_host_paths(&dir)?)),
+            None => None,
         };
         let node_control = NodeControl::default();
         let kubelet = Kubelet::spawn(
@@ -407,10 +469,8 @@ impl Fleet {
                     logs: self.pod_logs.clone(),
                 })),
                 exec_root: Some(dir.join("pods")),
-                exec_images: Some(ImageOptions {
-                    cache: self.dir.join("image-cache"),
-                    insecure: true,
-                }),
+                exec_images: Some(image_options(&self.dir)),
+                exec_main_images,
                 exec_timeout: Duration::from_secs(120),
                 binaries,
                 ..Default::default()
@@ -430,6 +490,7 @@ impl Fleet {
             cluster,
             dir,
             kubeconfig,
+            worker_image,
         };
         if !via_policy {
             spoke.start()?;
@@ -498,10 +559,8 @@ impl Spoke {
     /// dry-run mode against the module tree the init container copied, host paths under the
     /// spoke's folder.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let mut args: Vec<String> = ["run", "--managed", "--worker-image", "kmm-spoke:e2e"]
-            .map(str::to_owned)
-            .to_vec();
-        args.extend(worker_flags(&self.dir)?);
+        let mut args: Vec<String> = ["run", "--managed"].map(str::to_owned).to_vec();
+        args.extend(worker_flags(&self.dir, self.worker_image.as_deref())?);
         self.process = Some(Process::start(Launch {
             binary: "kmm-spoke",
             args,
@@ -527,14 +586,23 @@ pub async fn start_hub_cluster(dir: &Path, options: Options) -> anyhow::Result<(
 }
 
 /// The flags `kmm-spoke run` gets here besides its own (`dir` is the spoke's folder): workers
-/// run by the kubelet stand-in as this workspace's binary, modprobe in dry-run mode against the
-/// module tree the init container copied, host paths under the spoke's folder, short backoffs.
-fn worker_flags(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let spoke_bin = crate::outside_tmp(&workspace_bin("kmm-spoke")?, &dir.join("bin"))?
-        .display()
-        .to_string();
+/// of `image` run by the kubelet stand-in chrooted in it (the image's `kmm-spoke`), else of a
+/// placeholder image as this workspace's binary; modprobe in dry-run mode against the module
+/// tree the init container copied, host paths under the spoke's folder, short backoffs.
+fn worker_flags(dir: &Path, image: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let (image, spoke_bin) = match image {
+        Some(image) => (image.to_owned(), "/usr/local/bin/kmm-spoke".to_owned()),
+        None => (
+            "kmm-spoke:e2e".to_owned(),
+            crate::outside_tmp(&workspace_bin("kmm-spoke")?, &dir.join("bin"))?
+                .display()
+                .to_string(),
+        ),
+    };
     let dir = dir.display().to_string();
     let mut args: Vec<String> = [
+        "--worker-image",
+        &image,
         "--worker-binary",
         &spoke_bin,
         "--worker-backoff-ms",
@@ -557,15 +625,44 @@ fn worker_flags(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(args)
 }
 
+/// The folders of a spoke's folder `dir` a worker pod run from its image gets bound in (the
+/// stand-in host root and modprobe's configuration folder of [`worker_flags`]).
+fn worker_host_paths(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = vec![dir.join("host"), dir.join("modprobe.d")];
+    for p in &paths {
+        std::fs::create_dir_all(p)?;
+    }
+    Ok(paths)
+}
+
+/// How the fleet's kubelets pull images: from the loopback registry, cached in `dir`.
+fn image_options(dir: &Path) -> ImageOptions {
+    ImageOptions {
+        cache: dir.join("image-cache"),
+        insecure: true,
+    }
+}
+
 /// The image of the Deployment the Policy installs (any tag) mapped to the workspace's
-/// `kmm-spoke`, with [`worker_flags`] and a free metrics port.
-fn policy_binaries(cluster: &ControlPlane, dir: &Path) -> anyhow::Result<BinaryOptions> {
+/// `kmm-spoke`, with [`worker_flags`] and a free metrics port; when the fleet runs its images
+/// (`spoke_image`), the pod runs chrooted in that image (pulled into `fleet_dir`'s cache), and
+/// its workers too.
+fn policy_binaries(
+    cluster: &ControlPlane,
+    dir: &Path,
+    spoke_image: Option<&str>,
+    fleet_dir: &Path,
+) -> anyhow::Result<BinaryOptions> {
     Ok(BinaryOptions {
         images: vec![BinaryImage {
             repository: SPOKE_IMAGE_REPOSITORY.to_owned(),
             binary: workspace_bin("kmm-spoke")?,
-            extra_args: worker_flags(dir)?,
+            extra_args: worker_flags(dir, spoke_image)?,
             env: BTreeMap::from([("KMM_SPOKE_METRICS_ADDR".to_owned(), "127.0.0.1:0".to_owned())]),
+            from_image: spoke_image.map(|image| FromImage {
+                image: image.to_owned(),
+                pull: image_options(fleet_dir),
+            }),
         }],
         server: cluster.server().to_owned(),
         ca: cluster.ca_path().to_owned(),

@@ -118,6 +118,21 @@ pub fn build_product_images(out: &Path, names: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the tests keep the product images' OCI layouts between runs (`target/images-test`):
+/// the first test builds them, later ones find them unchanged.
+pub fn product_images_cache() -> anyhow::Result<PathBuf> {
+    Ok(kmm_test_kit::target_dir()?.join("images-test"))
+}
+
+/// Builds the product image `name` (kmm-hub or kmm-spoke) into the cache when its inputs
+/// changed, and pushes it to `registry` as `kmm-fleet/<name>:<tag>`; the reference pinned by
+/// the digest the registry stored.
+pub fn push_product_image(registry: &Registry, name: &str, tag: &str) -> anyhow::Result<String> {
+    let cache = product_images_cache()?;
+    build_product_images(&cache, &[name])?;
+    push_layout(registry, &cache.join(name), &format!("kmm-fleet/{name}:{tag}"))
+}
+
 /// The manifest digest of the tag `latest` in the OCI layout `layout`.
 pub fn layout_digest(layout: &Path) -> anyhow::Result<String> {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;

@@ -1,11 +1,19 @@
 //! The fleet end to end: the real `kmm-hub` and `kmm-spoke` processes, a hub and three spokes
 //! on real control planes with OCM's own agents, a real registry, build and sign Jobs run with buildah
 //! and `kmm-hub sign-image`, worker pods that pull the module image and run modprobe (dry run).
+//! Sign Jobs and worker pods run from the kmm-hub and kmm-spoke images `scripts/images` built
+//! (pushed to the fleet's registry, run chrooted in the pulled image by the kubelet stand-in).
 //! Every step asserts on the objects a user would look at, in all four clusters.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -40,6 +48,13 @@ const K_UPGRADE: &str = demo::K_NEXT;
 
 fn fleet_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}"))
+}
+
+/// A fleet whose sign Jobs and worker pods run from the product images.
+async fn start_fleet(name: &str, hub_options: Options) -> Fleet {
+    Fleet::start_from_images(&fleet_dir(name), hub_options)
+        .await
+        .unwrap()
 }
 
 fn mcm_yaml(host: &str) -> String {
@@ -85,7 +100,7 @@ where
 /// A hub and spoke `a` (one worker node `a-1` on kernel A, its prebuilt image pushed), the hub
 /// running.
 async fn one_spoke(name: &str) -> Fleet {
-    let mut fleet = Fleet::start(&fleet_dir(name)).await.unwrap();
+    let mut fleet = start_fleet(name, Options::hub()).await;
     fleet.push_prebuilt(K_A).unwrap();
     fleet
         .add_spoke("a", &[("driver", "gpu")], &[NodeSpec::worker("a-1", K_A)])
@@ -184,6 +199,36 @@ fn insmod_runs(fleet: &Fleet, spoke: &str) -> usize {
         .count()
 }
 
+/// Worker runs on `spoke` whose modprobe inserted the module for `kernel` from `/tmp`, the
+/// worker pod's emptyDir as a process chrooted in the kmm-spoke image sees it (run as a
+/// command of this machine, the path would be the pod's folder here).
+fn runs_inside_the_image(fleet: &Fleet, spoke: &str, kernel: &str) -> usize {
+    let inside = format!("modprobe: insmod /tmp/opt/lib/modules/{kernel}/");
+    fleet
+        .pod_logs
+        .all()
+        .iter()
+        .filter(|l| l.cluster == spoke && l.output.contains(&inside))
+        .count()
+}
+
+/// Pod folders under `pods` whose main container was unpacked from an image holding `binary`.
+fn pods_from_image(pods: &Path, binary: &str) -> usize {
+    std::fs::read_dir(pods)
+        .map(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.path()))
+                .filter(|pod| pod.join("main/rootfs").join(binary).is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Manifest requests for the product image `name` in the fleet's registry (its access log).
+fn pulls(fleet: &Fleet, name: &str) -> usize {
+    fleet.registry.manifest_requests(&format!("kmm-fleet/{name}"))
+}
+
 /// Pulls `image` and returns the `modinfo -F signer` of its module for `kernel`.
 fn signer_of(fleet: &Fleet, image: &str, kernel: &str, name: &str) -> String {
     let bundle = images::unpack(
@@ -201,7 +246,7 @@ fn signer_of(fleet: &Fleet, image: &str, kernel: &str, name: &str) -> String {
 /// A fleet of three spokes labelled `driver=gpu`: `a` on K_A (two workers and a control-plane
 /// node), `b` on K_B, `c` on K_C; prebuilt images for K_A and K_B, sources for K_C/K_UPGRADE.
 async fn three_spokes(name: &str) -> Fleet {
-    let mut fleet = Fleet::start(&fleet_dir(name)).await.unwrap();
+    let mut fleet = start_fleet(name, Options::hub()).await;
     fleet.push_prebuilt(K_A).unwrap();
     fleet.push_prebuilt(K_B).unwrap();
     fleet.push_sources(&[K_C, K_UPGRADE]).unwrap();
@@ -244,6 +289,14 @@ async fn converged(fleet: &Fleet, nodes_loaded: i64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() {
     let mut fleet = three_spokes("rollout").await;
+    // Neither binary exists here where the images hold it: a pod that ran it ran the image's.
+    for binary in ["/usr/local/bin/kmm-hub", "/usr/local/bin/kmm-spoke"] {
+        assert!(
+            !Path::new(binary).exists(),
+            "this machine has {binary}: the test could not tell it from the image's"
+        );
+    }
+    let (hub_pulls, spoke_pulls) = (pulls(&fleet, "kmm-hub"), pulls(&fleet, "kmm-spoke"));
     fleet.start_hub().unwrap();
     apply_mcm(&fleet).await;
     let host = fleet.registry.host.clone();
@@ -286,8 +339,13 @@ async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() 
             "{cluster}: {text}"
         );
     }
-    // Built and signed once (one build pod and one sign pod ran), with the fleet's key.
+    // Built and signed once (one build pod and one sign pod ran), with the fleet's key; the
+    // sign pod from the kmm-hub image (the only pod unpacked from it), the build pod buildah here.
     assert_eq!(hub_runs(&fleet), 2);
+    assert_eq!(
+        pods_from_image(&fleet.dir.join("hub-pods"), "usr/local/bin/kmm-hub"),
+        1
+    );
     assert_eq!(
         signer_of(&fleet, &format!("{host}/kmm/fleet-built:{K_C}"), K_C, "c"),
         SIGNER
@@ -314,6 +372,20 @@ async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() 
         assert!(
             insmod_runs(&fleet, spoke) >= nodes.len(),
             "{spoke}: the worker ran modprobe"
+        );
+        let kernel = [("a", K_A), ("b", K_B), ("c", K_C)]
+            .into_iter()
+            .find(|(s, _)| *s == spoke)
+            .unwrap()
+            .1;
+        assert!(
+            runs_inside_the_image(&fleet, spoke, kernel) >= nodes.len(),
+            "{spoke}: the workers ran modprobe chrooted in the kmm-spoke image"
+        );
+        let pods = fleet.spoke(spoke).unwrap().dir().join("pods");
+        assert!(
+            pods_from_image(&pods, "usr/local/bin/kmm-spoke") >= nodes.len(),
+            "{spoke}: worker pods unpacked from the kmm-spoke image"
         );
         let plugins = Api::<DaemonSet>::namespaced(client.clone(), MODULE_NAMESPACE)
             .list(&ListParams::default())
@@ -344,6 +416,21 @@ async fn a_module_rolls_out_follows_a_kernel_upgrade_a_relabel_and_a_deletion() 
         !node_labels(&fleet, "a", "a-cp")
             .await
             .contains_key(&labels::module_ready(MODULE_NAMESPACE, MCM))
+    );
+    // The kubelets pulled both images from the fleet's registry (its access log), by the
+    // digests the hub and the spokes were given.
+    assert!(
+        pulls(&fleet, "kmm-hub") > hub_pulls,
+        "the hub's kubelet pulled kmm-hub"
+    );
+    assert!(
+        pulls(&fleet, "kmm-spoke") > spoke_pulls,
+        "the spokes' kubelets pulled kmm-spoke"
+    );
+    let images = fleet.product_images.clone().unwrap();
+    assert!(
+        images.spoke.contains("/kmm-fleet/kmm-spoke@sha256:"),
+        "{images:?}"
     );
 
     // 2. Kernel upgrade on a-2: the hub builds for the new kernel and updates only cluster a
@@ -629,9 +716,7 @@ async fn the_hub_converges_after_its_watches_lose_their_place_to_a_compaction() 
     hub_options
         .apiserver_args
         .push("--etcd-compaction-interval=2s".into());
-    let mut fleet = Fleet::start_with(&fleet_dir("compaction"), hub_options)
-        .await
-        .unwrap();
+    let mut fleet = start_fleet("compaction", hub_options).await;
     fleet.push_prebuilt(K_A).unwrap();
     fleet.push_prebuilt(K_B).unwrap();
     for (spoke, kernel) in [("a", K_A), ("b", K_B)] {

@@ -3,14 +3,21 @@
 //! labels make OCM's real policy framework (propagator, Placement controller, configuration
 //! policy controller; the framework addon's sync is a stand-in, see `kmm_fleet_tests::policy`)
 //! install kmm-spoke on two of three spokes. The kubelet stand-in runs the pod of the Deployment
-//! the Policy created as the workspace's `kmm-spoke`, with the pod's ServiceAccount token; it
-//! publishes its kernel claim, the hub rolls a ManagedClusterModule out there and worker pods
-//! load the module. Then the Deployment's image changes in the Policy: kmm-spoke restarts in a
+//! the Policy created chrooted in the kmm-spoke image `scripts/images` built (pulled from the
+//! fleet's registry in place of `quay.io/kmm-fleet/kmm-spoke`, as a mirror would serve it), as
+//! the manifests' UID, with the pod's ServiceAccount token; it publishes its kernel claim, the
+//! hub rolls a ManagedClusterModule out there and worker pods (from the same image) load the
+//! module. Then the Deployment's image changes in the Policy: kmm-spoke restarts in a
 //! new pod and the loaded module stays loaded with no worker pod created or deleted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
 
-use std::{future::Future, path::PathBuf, process::Command, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
@@ -58,7 +65,7 @@ struct PolicyFleet {
 impl PolicyFleet {
     async fn start() -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("policy-fleet");
-        let mut fleet = Fleet::start_with(&dir, policy::hub_options(Options::hub()))
+        let mut fleet = Fleet::start_from_images(&dir, policy::hub_options(Options::hub()))
             .await
             .unwrap();
         fleet.push_prebuilt(demo::K_EAST).unwrap();
@@ -101,6 +108,17 @@ impl PolicyFleet {
         if let Err(e) = Wait::new(what, Duration::from_secs(secs)).until(check).await {
             panic!("{e}\n{}", self.logs());
         }
+    }
+
+    /// `cluster`'s apiserver audit log, once every request made so far is in it.
+    async fn audit(&self, cluster: &str) -> Vec<controlplane::AuditEvent> {
+        self.fleet
+            .spoke(cluster)
+            .unwrap()
+            .cluster
+            .audit_settled()
+            .await
+            .unwrap()
     }
 
     fn client(&self, cluster: &str) -> kube::Client {
@@ -219,6 +237,43 @@ fn set_spoke_image(policy: &mut Value, image: &str) -> bool {
     changed
 }
 
+/// `(runs root/<binary>, uid)` of every process of this machine whose root is the folder `root`
+/// (chrooted there), from /proc; files compared by device and inode, as paths in another mount
+/// namespace need not read as this one's.
+fn chrooted_processes(root: &Path, binary: &str) -> Vec<(bool, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let (Some(root_id), Some(binary_id)) = (id(root), id(&root.join(binary))) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let proc = entry.path();
+        if id(&proc.join("root")) != Some(root_id) {
+            continue;
+        }
+        let uid = std::fs::read_to_string(proc.join("status"))
+            .ok()
+            .and_then(|status| {
+                let ids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.to_owned();
+                ids.split_whitespace().next()?.parse().ok()
+            });
+        if let Some(uid) = uid {
+            out.push((id(&proc.join("exe")) == Some(binary_id), uid));
+        }
+    }
+    out
+}
+
+/// Who made the audited requests `keep` selects, in order.
+fn users(events: &[controlplane::AuditEvent], keep: impl Fn(&controlplane::AuditEvent) -> bool) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| keep(e))
+        .map(|e| e.user.username.as_str())
+        .collect()
+}
+
 /// kmm-spoke's pod creates and deletes in the module namespace (its worker pods), per the
 /// audit log.
 fn worker_pod_writes(events: &[controlplane::AuditEvent]) -> Vec<String> {
@@ -277,19 +332,10 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
         // controller (per the audit log), and it runs the image the Policy names.
         let deployment = deployment_of(pf.client(cluster), &pod).await.unwrap();
         assert_eq!(deployment.name_any(), "kmm-spoke");
-        let audit = pf
-            .fleet
-            .spoke(cluster)
-            .unwrap()
-            .cluster
-            .audit_settled()
-            .await
-            .unwrap();
-        let creators: Vec<&str> = audit
-            .iter()
-            .filter(|e| e.verb == "create" && e.resource() == "deployments" && e.code() == 201)
-            .map(|e| e.user.username.as_str())
-            .collect();
+        let audit = pf.audit(cluster).await;
+        let creators = users(&audit, |e| {
+            e.verb == "create" && e.resource() == "deployments" && e.code() == 201
+        });
         assert_eq!(
             creators,
             [CONFIG_POLICY_USER],
@@ -309,42 +355,40 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
             .await
             .unwrap();
         assert!(claim.spec.value.contains(kernel), "{cluster}: {:?}", claim.spec);
-        let audit = pf
-            .fleet
-            .spoke(cluster)
-            .unwrap()
-            .cluster
-            .audit_settled()
-            .await
-            .unwrap();
-        let claim_writers: Vec<&str> = audit
-            .iter()
-            .filter(|e| e.is_write() && e.resource() == "clusterclaims")
-            .filter(|e| {
-                e.object_ref
+        let audit = pf.audit(cluster).await;
+        let claim_writers = users(&audit, |e| {
+            e.is_write()
+                && e.resource() == "clusterclaims"
+                && e.object_ref
                     .as_ref()
                     .is_some_and(|o| o.name == KERNEL_VERSIONS_CLAIM)
-            })
-            .map(|e| e.user.username.as_str())
-            .collect();
+        });
         assert!(
             !claim_writers.is_empty() && claim_writers.iter().all(|u| *u == SPOKE_USER),
             "{cluster}: kernel claim writers {claim_writers:?}"
         );
+        // That process is the image's kmm-spoke, chrooted in the unpacked image, as the UID the
+        // manifests declare (runAsUser 65532): this machine's /proc says so.
+        let root = pf
+            .fleet
+            .spoke(cluster)
+            .unwrap()
+            .dir()
+            .join("binary-pods")
+            .join(pod.uid().unwrap())
+            .join("image/rootfs");
+        pf.wait(
+            60,
+            &format!("{cluster}: kmm-spoke chrooted in its image"),
+            || async { chrooted_processes(&root, "usr/local/bin/kmm-spoke") == [(true, 65532)] },
+        )
+        .await;
 
         pf.wait(240, &format!("the module loaded on {node}"), || async {
             pf.module_ready(cluster, node).await
         })
         .await;
-        let workers = worker_pod_writes(
-            &pf.fleet
-                .spoke(cluster)
-                .unwrap()
-                .cluster
-                .audit_settled()
-                .await
-                .unwrap(),
-        );
+        let workers = worker_pod_writes(&pf.audit(cluster).await);
         assert!(
             workers.iter().any(|w| w.starts_with(" create")),
             "{cluster}: kmm-spoke created no worker pod: {workers:?}"
@@ -383,15 +427,7 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
                 .is_ok_and(|l| l.items.iter().all(|p| !p.name_any().starts_with("kmm-worker-")))
         })
         .await;
-        let audit = pf
-            .fleet
-            .spoke(cluster)
-            .unwrap()
-            .cluster
-            .audit_settled()
-            .await
-            .unwrap();
-        before.push(worker_pod_writes(&audit).len());
+        before.push(worker_pod_writes(&pf.audit(cluster).await).len());
     }
     let policies =
         Api::<DynamicObject>::namespaced_with(pf.fleet.hub.client(), POLICY_NAMESPACE, &policy_resource());
@@ -444,15 +480,7 @@ async fn kmm_spoke_installed_by_the_policy_loads_the_module_and_upgrades_through
             pf.module_ready(cluster, node).await,
             "{cluster}: the module is no longer ready"
         );
-        let workers = worker_pod_writes(
-            &pf.fleet
-                .spoke(cluster)
-                .unwrap()
-                .cluster
-                .audit_settled()
-                .await
-                .unwrap(),
-        );
+        let workers = worker_pod_writes(&pf.audit(cluster).await);
         assert_eq!(
             workers.len(),
             *workers_before,

@@ -15,6 +15,11 @@
 //! override environment (a listen address) and append arguments (paths under the test's folder
 //! for the workers the binary starts). A process that exits is started again in the same pod,
 //! as the kubelet restarts a container.
+//!
+//! A mapped image may name a real image instead ([`FromImage`], as a registry mirror would
+//! serve the repository): the pod's container then runs chrooted in that image, pulled and
+//! unpacked as [`super::images`] does, with its own command, as the UID its securityContext
+//! (else the image) says, its volumes and the pod's folder (kubeconfig, token, CA) bound in.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +33,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{ExecReport, Outcome, PodLogSink, pods};
+use super::{ExecReport, Outcome, PodLogSink, images, pods};
 
 /// A repository whose long-running pods run a binary of this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,16 @@ pub struct BinaryImage {
     pub extra_args: Vec<String>,
     /// Set over the container's environment (pods share one network here: listen addresses).
     pub env: BTreeMap<String, String>,
+    /// Run the pod from this image instead of `binary`.
+    pub from_image: Option<FromImage>,
+}
+
+/// The image a mapped repository's pods run from, whatever tag or digest they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromImage {
+    /// The reference pulled (e.g. pinned in a test registry).
+    pub image: String,
+    pub pull: images::ImageOptions,
 }
 
 /// Settings of the binary runner.
@@ -110,6 +125,16 @@ pub struct Prepared {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub log: PathBuf,
+    /// Run chrooted: the unpacked image, the user and the binds (source, target).
+    pub chroot: Option<Chroot>,
+}
+
+/// A container run chrooted in its unpacked image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chroot {
+    pub root: PathBuf,
+    pub user: (i64, i64),
+    pub binds: Vec<(String, String)>,
 }
 
 /// Reads the keys of a ConfigMap or Secret of `namespace` (`secret` picks which).
@@ -221,6 +246,10 @@ async fn pod_kubeconfig(
         .token;
     let ca = dir.join("ca.crt");
     std::fs::copy(&opts.ca, &ca).map_err(|e| format!("copying {}: {e}", opts.ca.display()))?;
+    // Readable by a non-root container user, as the projected volume's files are (mode 0644).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("making {} readable: {e}", ca.display()))?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, &token).map_err(|e| format!("writing the token: {e}"))?;
     let kubeconfig = json!({
@@ -250,26 +279,28 @@ pub async fn prepare(
     let dir = opts.root.join(pod.uid().unwrap_or_else(|| pod.name_any()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mounts = pods::materialize_volumes(client, pod, &opts.root).await?;
-    let mut argv: Vec<String> = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .cloned()
-        .collect();
+    let mut argv = pods::argv(c);
     if argv.is_empty() {
         return Err(format!(
             "container {} has no command (the image's entrypoint is not known here)",
             c.name
         ));
     }
-    argv[0] = image.binary.display().to_string();
-    let mut argv: Vec<String> = argv.iter().map(|a| pods::rewrite(a, &mounts)).collect();
+    // From an image, the mount paths are bound where the container expects them; as a binary
+    // of this machine, they are rewritten to the folders standing in for them.
+    let rewrite = |text: &str| match image.from_image {
+        Some(_) => text.to_owned(),
+        None => pods::rewrite(text, &mounts),
+    };
+    if image.from_image.is_none() {
+        argv[0] = image.binary.display().to_string();
+    }
+    let mut argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
     argv.extend(image.extra_args.iter().cloned());
     let mut env: BTreeMap<String, String> = container_env(client, pod, c)
         .await?
         .into_iter()
-        .map(|(k, v)| (k, pods::rewrite(&v, &mounts)))
+        .map(|(k, v)| (k, rewrite(&v)))
         .collect();
     env.insert("HOSTNAME".into(), pod.name_any());
     env.insert(
@@ -283,11 +314,36 @@ pub async fn prepare(
             .display()
             .to_string(),
     );
+    let chroot = match &image.from_image {
+        Some(from) => {
+            let root = dir.join("image").join("rootfs");
+            images::pull_and_unpack(&from.image, &root, &from.pull)
+                .await
+                .map_err(|e| format!("pulling {}: {e}", from.image))?;
+            let config = images::cached_image_config(&from.image, &from.pull);
+            env.insert("PATH".into(), images::image_path(&config));
+            // The volumes at their mount paths; the pod's folder (kubeconfig, token, CA) at
+            // its own path, where KUBECONFIG points.
+            let mut binds: Vec<(String, String)> = mounts
+                .iter()
+                .map(|(at, from)| (from.clone(), at.clone()))
+                .collect();
+            let own = dir.display().to_string();
+            binds.push((own.clone(), own));
+            Some(Chroot {
+                root,
+                user: images::run_as(pod, &config),
+                binds,
+            })
+        }
+        None => None,
+    };
     env.extend(image.env.clone());
     Ok(Prepared {
         argv,
         env,
         log: dir.join(format!("{}.log", c.name)),
+        chroot,
     })
 }
 
@@ -356,10 +412,15 @@ fn spawn(prepared: &Prepared) -> Result<tokio::process::Child, String> {
         .open(&prepared.log)
         .map_err(|e| format!("opening {}: {e}", prepared.log.display()))?;
     let log_err = log.try_clone().map_err(|e| format!("opening the log: {e}"))?;
-    tokio::process::Command::new(&prepared.argv[0])
-        .args(&prepared.argv[1..])
-        .env_clear()
-        .envs(&prepared.env)
+    let mut cmd = match &prepared.chroot {
+        Some(c) => images::chroot_command(&c.root, c.user, c.binds.clone(), &prepared.argv),
+        None => {
+            let mut cmd = tokio::process::Command::new(&prepared.argv[0]);
+            cmd.args(&prepared.argv[1..]).env_clear();
+            cmd
+        }
+    };
+    cmd.envs(&prepared.env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
@@ -409,6 +470,7 @@ mod tests {
                 binary: "/bin/true".into(),
                 extra_args: vec![],
                 env: BTreeMap::new(),
+                from_image: None,
             }],
             server: String::new(),
             ca: PathBuf::new(),

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use tokio::process::Command;
 
 /// Where images are cached and how registries are reached.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageOptions {
     /// OCI layouts of pulled images, one per image reference, kept between pods.
     pub cache: PathBuf,
@@ -148,7 +148,9 @@ fn cache_key(image: &str) -> String {
         .collect()
 }
 
-async fn pull_and_unpack(image: &str, root: &Path, opts: &ImageOptions) -> Result<(), String> {
+/// Pulls `image` into the cache (once) and unpacks it at `root`, whose parent folder is
+/// replaced.
+pub(super) async fn pull_and_unpack(image: &str, root: &Path, opts: &ImageOptions) -> Result<(), String> {
     if image.is_empty() {
         return Err("the container names no image".into());
     }
@@ -202,12 +204,7 @@ async fn output(cmd: &mut Command) -> Result<String, String> {
 
 /// Runs the container's command chrooted in `root`; `(exit code, output)` on failure.
 async fn run_chrooted(c: &Container, root: &Path, timeout: Duration) -> Result<(), (i32, String)> {
-    let argv: Vec<&String> = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .collect();
+    let argv = super::pods::argv(c);
     let Some((program, args)) = argv.split_first() else {
         return Err((128, format!("init container {} has no command", c.name)));
     };
@@ -319,18 +316,8 @@ pub async fn run_main_container(
             },
         };
     }
-    let config = image_config(&opts.cache.join(cache_key(image))).unwrap_or_default();
-    let (image_uid, image_gid) = user_ids(config["User"].as_str().unwrap_or_default());
-    let sc = c.security_context.as_ref();
-    let psc = spec.security_context.as_ref();
-    let uid = sc
-        .and_then(|s| s.run_as_user)
-        .or_else(|| psc.and_then(|s| s.run_as_user))
-        .unwrap_or(image_uid);
-    let gid = sc
-        .and_then(|s| s.run_as_group)
-        .or_else(|| psc.and_then(|s| s.run_as_group))
-        .unwrap_or(image_gid);
+    let config = cached_image_config(image, opts);
+    let user = run_as(pod, &config);
 
     let mut binds: Vec<(String, String)> = mounts
         .iter()
@@ -350,16 +337,54 @@ pub async fn run_main_container(
     for p in &main.host_paths {
         binds.push((p.display().to_string(), p.display().to_string()));
     }
-    // Shorter targets first, so a bind inside another bind's folder lands on top of it.
-    binds.sort_by_key(|(_, at)| at.len());
-    let path = config["Env"]
+    let mut cmd = chroot_command(&root, user, binds, &argv);
+    cmd.env("PATH", image_path(&config)).env("HOME", "/").envs(env);
+    run_to_result(cmd, &argv[0], timeout).await
+}
+
+/// The `PATH` of an image config (`config` of the OCI image config), else the usual one.
+pub(super) fn image_path(config: &serde_json::Value) -> String {
+    config["Env"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|e| e.as_str()?.strip_prefix("PATH="))
         .next()
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .to_owned();
+        .to_owned()
+}
+
+/// `(uid, gid)` the pod's first container runs as: its securityContext's, else the pod's,
+/// else the image's `USER` (from its config), as the kubelet decides.
+pub(super) fn run_as(pod: &Pod, config: &serde_json::Value) -> (i64, i64) {
+    let (image_uid, image_gid) = user_ids(config["User"].as_str().unwrap_or_default());
+    let spec = pod.spec.as_ref();
+    let sc = spec
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.security_context.as_ref());
+    let psc = spec.and_then(|s| s.security_context.as_ref());
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user))
+        .unwrap_or(image_uid);
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|s| s.run_as_group))
+        .unwrap_or(image_gid);
+    (uid, gid)
+}
+
+/// The command running `argv` chrooted in `root` as `user` (uid, gid), in a private mount
+/// namespace with `binds` (source of this machine, target inside the root) bound in, shorter
+/// targets first so a bind inside another bind's folder lands on top of it. Its environment is
+/// empty: the caller sets it.
+pub(super) fn chroot_command(
+    root: &Path,
+    user: (i64, i64),
+    mut binds: Vec<(String, String)>,
+    argv: &[String],
+) -> Command {
+    binds.sort_by_key(|(_, at)| at.len());
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--mount",
@@ -371,18 +396,18 @@ pub async fn run_main_container(
         CHROOT_SCRIPT,
         "sh",
     ])
-    .arg(&root)
-    .arg(format!("{uid}:{gid}"));
+    .arg(root)
+    .arg(format!("{}:{}", user.0, user.1));
     for (from, at) in &binds {
         cmd.arg(from).arg(at);
     }
-    cmd.arg("--")
-        .args(&argv)
-        .env_clear()
-        .env("PATH", path)
-        .env("HOME", "/")
-        .envs(env);
-    run_to_result(cmd, &argv[0], timeout).await
+    cmd.arg("--").args(argv).env_clear();
+    cmd
+}
+
+/// The image config (`config` of the OCI image config) of `image`, pulled into the cache.
+pub(super) fn cached_image_config(image: &str, opts: &ImageOptions) -> serde_json::Value {
+    image_config(&opts.cache.join(cache_key(image))).unwrap_or_default()
 }
 
 /// The image config (`config` of the OCI image config) of the cached layout's image.

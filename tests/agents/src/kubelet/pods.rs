@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 
 use super::script::Outcome;
@@ -21,6 +21,17 @@ pub struct ExecResult {
     pub outcome: Outcome,
 }
 
+/// A container's argv: its command followed by its args (the image's entrypoint is not known
+/// here, so a container without a command has none).
+pub fn argv(c: &Container) -> Vec<String> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect()
+}
+
 /// The argv and literal env of the pod's first container.
 pub fn exec_command(pod: &Pod) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
     let c = pod
@@ -28,13 +39,7 @@ pub fn exec_command(pod: &Pod) -> Result<(Vec<String>, BTreeMap<String, String>)
         .as_ref()
         .and_then(|s| s.containers.first())
         .ok_or_else(|| format!("pod {} has no container", pod.name_any()))?;
-    let argv: Vec<String> = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .cloned()
-        .collect();
+    let argv = argv(c);
     if argv.is_empty() {
         return Err(format!("container {} has no command to run", c.name));
     }
@@ -278,7 +283,7 @@ pub async fn run_to_result(mut cmd: tokio::process::Command, program: &str, time
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+    use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
 
     fn pod_with(command: &[&str], args: &[&str], env: &[(&str, &str)]) -> Pod {
         Pod {
