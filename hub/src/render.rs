@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use kmm_api::{
     ManagedClusterModule,
     labels::MCM_NAME_LABEL,
@@ -35,6 +36,14 @@ pub struct RenderArgs {
     /// Keep image references as written instead of pinning them to digests.
     #[arg(long)]
     pub no_resolve: bool,
+    /// Render the MCM's module as it was at a revision: `target`, `previous` (both from the
+    /// MCM's status.rollout) or a revision hash; see docs/rollout.md.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// The hub's ControllerRevisions, where older revisions are kept
+    /// (`kubectl get controllerrevisions -n <hub namespace> -o yaml`).
+    #[arg(long, requires = "revision")]
+    pub revisions: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -70,6 +79,10 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
     };
     let mcm: ManagedClusterModule =
         serde_json::from_value(mcm).context("reading the ManagedClusterModule")?;
+    let mcm = match &args.revision {
+        Some(wanted) => at_revision(&mcm, wanted, args.revisions.as_ref())?,
+        None => mcm,
+    };
     let credentials = args.registry.credentials()?;
     let clusters: Vec<Arc<ManagedCluster>> = documents(&args.clusters)?
         .into_iter()
@@ -121,6 +134,24 @@ pub async fn render(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write)
     }
     writeln!(err, "{} clusters selected of {}", selected.len(), clusters.len())?;
     Ok(ok)
+}
+
+/// `mcm` at revision `wanted`, older revisions read from the ControllerRevisions in `file`.
+fn at_revision(
+    mcm: &ManagedClusterModule,
+    wanted: &str,
+    file: Option<&PathBuf>,
+) -> anyhow::Result<ManagedClusterModule> {
+    let stored: Vec<ControllerRevision> = match file {
+        Some(path) => documents(path)?
+            .into_iter()
+            .filter(|d| d["kind"] == "ControllerRevision")
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading the ControllerRevisions of {}", path.display()))?,
+        None => Vec::new(),
+    };
+    crate::rollout::pick::at_revision(mcm, wanted, &stored).map_err(anyhow::Error::msg)
 }
 
 /// One line per selected cluster of each MCM: state, kernels, node counts, the revision its

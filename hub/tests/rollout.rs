@@ -312,4 +312,92 @@ async fn a_new_image_rolls_canary_then_waves_of_two_and_a_bad_one_halts_after_th
         .filter(|e| e.reason.as_deref() == Some("RolloutHalted"))
         .count();
     assert_eq!(halted, 1, "one Warning Event for the halt");
+
+    // `kmm-hub render --revision`: from what the real apiserver holds (the MCM with its rollout
+    // status, the stored ControllerRevisions, the clusters), the previous revision renders the
+    // v2 image the fleet still runs, the target the bad one.
+    let dir = std::env::temp_dir().join(format!("kmm-render-revision-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mcm = fleet.mcm(MCM).await.unwrap();
+    assert_eq!(
+        mcm.status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .map(|r| r.previous_revision.clone()),
+        v2_revision[0].clone(),
+        "the previous revision is the one the clusters stay on"
+    );
+    // As `kubectl get -o yaml` writes them: every item with its kind.
+    let typed = |mut v: serde_json::Value, kind: &str| {
+        v["kind"] = json!(kind);
+        v
+    };
+    let list = |items: Vec<serde_json::Value>| json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let stored = revs.list(&ListParams::default()).await.unwrap().items;
+    let clusters: Api<kmm_api::ocm::ManagedCluster> = Api::all(fleet.hub.client());
+    let clusters = clusters.list(&ListParams::default()).await.unwrap().items;
+    for (name, value) in [
+        (
+            "mcm.yaml",
+            typed(serde_json::to_value(&mcm).unwrap(), "ManagedClusterModule"),
+        ),
+        (
+            "revisions.yaml",
+            list(
+                stored
+                    .iter()
+                    .map(|r| typed(serde_json::to_value(r).unwrap(), "ControllerRevision"))
+                    .collect(),
+            ),
+        ),
+        (
+            "clusters.yaml",
+            list(
+                clusters
+                    .iter()
+                    .map(|c| typed(serde_json::to_value(c).unwrap(), "ManagedCluster"))
+                    .collect(),
+            ),
+        ),
+    ] {
+        std::fs::write(dir.join(name), serde_json::to_string(&value).unwrap()).unwrap();
+    }
+    let render = |revision: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+            .args(["render", "--no-resolve", "--revision", revision, "-f"])
+            .arg(dir.join("mcm.yaml"))
+            .arg("--clusters")
+            .arg(dir.join("clusters.yaml"))
+            .arg("--revisions")
+            .arg(dir.join("revisions.yaml"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, previous, err) = render("previous");
+    assert!(ok, "{err}");
+    assert_eq!(previous.matches("kind: ManifestWork").count(), 6, "{previous}");
+    assert!(
+        previous.contains(&format!("/kmm/v2:{K1}")) && !previous.contains("/kmm/bad"),
+        "{previous}"
+    );
+    let (ok, target, err) = render("target");
+    assert!(ok, "{err}");
+    assert!(
+        target.contains(&format!("/kmm/bad:{K1}")) && !target.contains("/kmm/v2"),
+        "{target}"
+    );
+    let (ok, by_hash, _) = render(v2_revision[0].as_deref().unwrap());
+    assert!(ok && by_hash == previous, "a hash renders the same as its name");
+    let (ok, _, err) = render(&v1_target);
+    assert!(
+        !ok && err.contains(&format!("revision {v1_target} of {MCM} is not stored")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -151,6 +151,9 @@ impl ProductImages {
     }
 }
 
+/// A spoke for [`Fleet::add_spokes`]: name, ManagedCluster labels, nodes.
+pub type SpokeSpec<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<NodeSpec>);
+
 /// One spoke cluster.
 pub struct Spoke {
     /// `kmm-spoke run`, when started (dropped before the control plane).
@@ -416,6 +419,21 @@ impl Fleet {
         self.add_spoke_as(name, labels, nodes, true).await
     }
 
+    /// Adds spokes as [`Self::add_spoke`] does, started side by side (their control planes
+    /// boot concurrently, which is most of a spoke's start-up time).
+    pub async fn add_spokes(&mut self, spokes: &[SpokeSpec<'_>]) -> anyhow::Result<()> {
+        let started = futures::future::join_all(
+            spokes
+                .iter()
+                .map(|(name, labels, nodes)| self.new_spoke(name, labels, nodes, false)),
+        )
+        .await;
+        for ((name, _, _), spoke) in spokes.iter().zip(started) {
+            self.spokes.insert((*name).to_owned(), spoke?);
+        }
+        Ok(())
+    }
+
     async fn add_spoke_as(
         &mut self,
         name: &str,
@@ -423,6 +441,18 @@ impl Fleet {
         nodes: &[NodeSpec],
         via_policy: bool,
     ) -> anyhow::Result<()> {
+        let spoke = self.new_spoke(name, labels, nodes, via_policy).await?;
+        self.spokes.insert(name.to_owned(), spoke);
+        Ok(())
+    }
+
+    async fn new_spoke(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        nodes: &[NodeSpec],
+        via_policy: bool,
+    ) -> anyhow::Result<Spoke> {
         let dir = fresh_dir(&self.dir, name)?;
         let worker_image = self.product_images.as_ref().map(|p| p.spoke.clone());
         let options = ocm::spoke_options(Options::default());
@@ -495,8 +525,7 @@ impl Fleet {
         if !via_policy {
             spoke.start()?;
         }
-        self.spokes.insert(name.to_owned(), spoke);
-        Ok(())
+        Ok(spoke)
     }
 
     pub fn spoke(&self, name: &str) -> anyhow::Result<&Spoke> {

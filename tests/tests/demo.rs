@@ -1,5 +1,5 @@
-//! `just demo` runs `kmm-demo`: it must converge with every cluster loaded, print how to use
-//! the fleet, and stop cleanly on Ctrl-C.
+//! `just demo` runs `kmm-demo`: it must converge with every cluster loaded, roll a new image out
+//! canary first, print how to use the fleet, and stop cleanly on Ctrl-C.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
 
@@ -55,6 +55,24 @@ fn the_demo_converges_prints_every_cluster_loaded_and_stops_on_ctrl_c() {
         assert_eq!(cols[4], loaded, "{row}");
         assert_eq!(cols[5], "-", "{row}");
     }
+    // Then the canary rollout of a new image: east (the canary) moves first, alone.
+    let canary = loop {
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(line) => {
+                output.push(line.clone());
+                if line.starts_with("Canary rollout done") {
+                    break Some(line);
+                }
+            }
+            Err(_) => break None,
+        }
+    };
+    let canary = canary.unwrap_or_else(|| panic!("no canary rollout:\n{}", output.join("\n")));
+    assert!(
+        canary.ends_with("moved in this order: east, edge, west."),
+        "{canary}\n{}",
+        output.join("\n")
+    );
     // The usage lines name real kubeconfig files.
     std::thread::sleep(Duration::from_millis(500));
     while let Ok(line) = rx.try_recv() {

@@ -3,6 +3,7 @@
 //! ([`planner`]) that says which clusters move next, which succeeded or failed, and whether the
 //! rollout halts. See docs/rollout.md.
 
+pub mod pick;
 pub mod planner;
 pub mod reconcile;
 pub mod revision;
