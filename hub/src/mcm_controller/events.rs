@@ -17,6 +17,9 @@ use tracing::warn;
 use super::{Context, build::FailedJob};
 use crate::reason::Reason;
 
+/// The action of Events that need no series of their own.
+const DEFAULT_ACTION: &str = "Reconcile";
+
 /// One Event to publish on the MCM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announcement {
@@ -24,6 +27,10 @@ pub struct Announcement {
     /// A [`Reason`], or the reason of a cluster's problem as its work agent reported it.
     pub reason: String,
     pub note: String,
+    /// The Event's action. The recorder folds Events with the same type, reason, action and
+    /// object into one series and keeps the first note, so an Event whose note must show each
+    /// time (a rollout wave) needs an action of its own.
+    pub action: String,
 }
 
 impl Announcement {
@@ -33,6 +40,15 @@ impl Announcement {
             type_: EventType::Normal,
             reason: reason.to_string(),
             note: note.into(),
+            action: DEFAULT_ACTION.into(),
+        }
+    }
+
+    /// This Announcement with its own `action` (see [`Announcement::action`]).
+    pub fn with_action(self, action: impl Into<String>) -> Self {
+        Self {
+            action: action.into(),
+            ..self
         }
     }
 
@@ -76,6 +92,7 @@ pub fn new_problems(
             type_: EventType::Warning,
             reason: p.reason.clone(),
             note: format!("cluster {}: {}", p.cluster, event_message(p)),
+            action: DEFAULT_ACTION.into(),
         })
         .collect()
 }
@@ -132,7 +149,7 @@ pub async fn publish(ctx: &Context, reference: &ObjectReference, events: Vec<Ann
             type_: a.type_,
             reason: a.reason,
             note: Some(kmm_api::event_note::note(&a.note)),
-            action: "Reconcile".into(),
+            action: a.action,
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, reference).await {

@@ -182,6 +182,19 @@ fn a_cluster_without_a_work_waits_for_its_wave_and_a_known_one_resumes_its_soak(
         panic!()
     };
     assert_eq!(moved_at, "2027-01-15T08:00:00Z", "the move time survives");
+    // Each wave's Event is its own series: the recorder folds Events by action, not by note.
+    let wave = |round: &Round| {
+        let events = crate::rollout::status::events(false, round);
+        assert_eq!(events.len(), 1, "{events:?}");
+        (events[0].action.clone(), events[0].note.clone())
+    };
+    let canary_round = {
+        let works = BTreeMap::new();
+        decide(&v2, &clusters, &labels, &works, s.clone(), &stored(), now())
+    };
+    let (first, second) = (wave(&canary_round), wave(&round));
+    assert_ne!(first.0, second.0, "one action per wave");
+    assert!(second.1.starts_with("wave 2: moving c1, c2"), "{}", second.1);
     let paused = Strategy { paused: true, ..s };
     let round = decide(&v2, &clusters, &labels, &works, paused, &stored(), now());
     assert_eq!(round.assignments.get("c1"), Some(&Assignment::Wait));

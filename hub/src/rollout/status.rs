@@ -120,15 +120,20 @@ pub fn events(was_halted: bool, round: &Round) -> Vec<Announcement> {
         ));
     }
     if round.strategy.progressive && !round.plan.move_now.is_empty() {
-        out.push(Announcement::normal(
-            Reason::RolloutWave,
-            format!(
-                "wave {}: moving {} to revision {}",
-                round.wave,
-                round.plan.move_now.join(", "),
-                round.target
-            ),
-        ));
+        out.push(
+            Announcement::normal(
+                Reason::RolloutWave,
+                format!(
+                    "wave {}: moving {} to revision {}",
+                    round.wave,
+                    round.plan.move_now.join(", "),
+                    round.target
+                ),
+            )
+            // One series per wave of a revision: otherwise every wave's Event would only count up
+            // the first one's, whose note names wave 1.
+            .with_action(format!("MoveWave{}-{}", round.wave, round.target)),
+        );
     }
     out
 }
