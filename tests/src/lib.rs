@@ -17,6 +17,7 @@
 
 pub mod controlplane;
 pub mod demo;
+pub mod demo_preflight;
 pub mod faults;
 pub mod fleet;
 pub mod images;

@@ -9,7 +9,8 @@
 //! spoke instead.
 //!
 //! `--exit-when-converged` stops once every cluster is loaded (CI uses it); `--timeout SECS`
-//! bounds the wait (default 600).
+//! bounds the wait (default 600). After the first convergence a node announces its next kernel
+//! and the hub builds it ahead before the node reboots into it (`--skip-preflight` skips that).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -20,6 +21,7 @@ struct Args {
     timeout: Duration,
     dir: PathBuf,
     via_policy: bool,
+    preflight: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,12 +30,14 @@ fn parse_args() -> Result<Args, String> {
         timeout: Duration::from_secs(600),
         dir: kmm_fleet_tests::repo_root().join("target/demo"),
         via_policy: true,
+        preflight: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--exit-when-converged" => args.exit_when_converged = true,
             "--without-policy" => args.via_policy = false,
+            "--skip-preflight" => args.preflight = false,
             "--timeout" => {
                 let secs = it.next().ok_or("--timeout needs seconds")?;
                 args.timeout = Duration::from_secs(
@@ -43,7 +47,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--dir" => args.dir = PathBuf::from(it.next().ok_or("--dir needs a folder")?),
             "-h" | "--help" => {
-                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER] [--without-policy]".into());
+                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER] [--without-policy] [--skip-preflight]".into());
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -109,6 +113,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if first { "Converged" } else { "Converged again" },
                 started.elapsed().as_secs_f64()
             );
+            if first && args.preflight {
+                tokio::select! {
+                    r = kmm_fleet_tests::demo_preflight::run(&fleet, args.timeout) => { r?; }
+                    _ = &mut ctrl_c => {
+                        drop(fleet);
+                        println!("Stopped.");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
             if first {
                 print_usage(&fleet);
                 usage_printed = true;
