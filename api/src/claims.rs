@@ -11,7 +11,11 @@
 use thiserror::Error;
 
 use crate::{
-    kernel::{KernelVars, grammar::check_kernel, trim_kernel},
+    kernel::{
+        KernelVars,
+        grammar::{MAX_KERNEL_LEN, check_kernel},
+        trim_kernel,
+    },
     ocm::{KERNEL_VERSIONS_CLAIM, MAX_CLAIM_VALUE_LEN},
 };
 
@@ -57,6 +61,11 @@ pub enum ClaimError {
         "{count} distinct kernel versions: more than {MAX_KERNEL_CLAIMS} claims of {MAX_CLAIM_VALUE_LEN} characters hold, or more than the hub takes from one cluster ({MAX_KERNELS_PER_CLUSTER})"
     )]
     TooManyKernels { count: usize },
+    /// A cluster claims more next kernels than [`MAX_NEXT_KERNELS_PER_CLUSTER`].
+    #[error(
+        "{count} distinct next kernels: the hub takes at most {MAX_NEXT_KERNELS_PER_CLUSTER} from one cluster"
+    )]
+    TooManyNextKernels { count: usize },
 }
 
 /// Name of continuation claim `index` (2, 3, ...).
@@ -210,6 +219,82 @@ fn check_line(line: &str) -> Result<&str, String> {
 
 fn lines_of(value: &str) -> impl Iterator<Item = &str> {
     value.split('\n').map(str::trim).filter(|l| !l.is_empty())
+}
+
+// === next kernels ===
+
+/// The ClusterClaim listing the kernels a cluster's nodes boot at their next reboot (from
+/// [`NEXT_KERNEL_ANNOTATION`]), so the hub can build and sign ahead. A claim of its own: a hub or
+/// spoke that does not know it reads the kernel list exactly as before, and a cluster without
+/// the annotation has no such claim. It sorts after the kernel-versions claims, so OCM's
+/// alphabetical cut of custom claims drops it first, and it shares their suffix, so one
+/// `reservedClusterClaimSuffixes` entry on the Klusterlet protects both.
+pub const NEXT_KERNEL_VERSIONS_CLAIM: &str = "next-kernel-versions.kmm.node.kubernetes.io";
+
+/// Node annotation an OS updater sets, before the reboot, to the kernel the node boots next (as
+/// `uname -r` will print it). kmm-fleet's own key (upstream KMM has no such source).
+pub const NEXT_KERNEL_ANNOTATION: &str = "fleet.kmm.sigs.x-k8s.io/next-kernel-version";
+
+/// Most next kernels one cluster publishes, and the hub takes from one cluster: an upgrade brings
+/// one or two, and each costs the hub a build per ManagedClusterModule. Eight kernels of at most
+/// 64 bytes always fit one claim, so this claim never continues.
+pub const MAX_NEXT_KERNELS_PER_CLUSTER: usize = 8;
+
+const _: () = assert!(MAX_NEXT_KERNELS_PER_CLUSTER * (MAX_KERNEL_LEN + 1) <= MAX_CLAIM_VALUE_LEN);
+
+/// The value of the next-kernel claim for `kernels` (raw, as the annotations hold them): the
+/// lines of the kernel-versions claim (sorted, de-duplicated, `\n`-separated). `None` when there
+/// is no kernel: no claim at all.
+pub fn encode_next_kernel_claim<'a>(
+    kernels: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<String>, ClaimError> {
+    let mut kernels: Vec<&str> = kernels
+        .into_iter()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    if kernels.len() > MAX_NEXT_KERNELS_PER_CLUSTER {
+        return Err(ClaimError::TooManyNextKernels { count: kernels.len() });
+    }
+    if let Some(bad) = kernels.iter().find_map(|k| {
+        check_kernel(k).err().map(|e| ClaimError::Malformed {
+            claim: NEXT_KERNEL_VERSIONS_CLAIM.into(),
+            line: (*k).to_owned(),
+            reason: e.to_string(),
+        })
+    }) {
+        return Err(bad);
+    }
+    Ok((!kernels.is_empty()).then(|| kernels.join("\n")))
+}
+
+/// The next kernels a cluster claims (`value` of its next-kernel claim, if any), as the hub reads
+/// them: trimmed like the kernel list, each line checked against the kernel grammar and refused
+/// alone, at most [`MAX_NEXT_KERNELS_PER_CLUSTER`] kept (the first, sorted) and the cut reported
+/// as [`ClaimError::TooManyNextKernels`]. No claim is no kernel and no problem.
+pub fn decode_next_kernels(value: Option<&str>) -> DecodedKernels {
+    let mut out = DecodedKernels::default();
+    for line in value.into_iter().flat_map(lines_of) {
+        match check_line(line) {
+            Ok(kernel) => out.kernels.push(kernel.to_owned()),
+            Err(reason) => out.refused.push(ClaimError::Malformed {
+                claim: NEXT_KERNEL_VERSIONS_CLAIM.into(),
+                line: line.to_owned(),
+                reason,
+            }),
+        }
+    }
+    out.kernels.sort_unstable();
+    out.kernels.dedup();
+    if out.kernels.len() > MAX_NEXT_KERNELS_PER_CLUSTER {
+        out.refused.push(ClaimError::TooManyNextKernels {
+            count: out.kernels.len(),
+        });
+        out.kernels.truncate(MAX_NEXT_KERNELS_PER_CLUSTER);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -369,5 +454,79 @@ mod tests {
             let claims = [(KERNEL_VERSIONS_CLAIM.to_owned(), value), (continuation_claim_name(2), extra)];
             let _ = decode(&claims);
         }
+    }
+
+    #[test]
+    fn next_kernels_share_the_kernel_lines_and_read_back() {
+        let value = encode_next_kernel_claim([
+            "6.1.0-29-cloud-amd64",
+            " 5.14.0-70.el9.x86_64 ",
+            "6.1.0-29-cloud-amd64",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(value, "5.14.0-70.el9.x86_64\n6.1.0-29-cloud-amd64");
+        let read = decode_next_kernels(Some(&value));
+        assert_eq!(read.kernels, ["5.14.0-70.el9.x86_64", "6.1.0-29-cloud-amd64"]);
+        assert!(read.refused.is_empty());
+        assert_eq!(
+            NEXT_KERNEL_VERSIONS_CLAIM.split_once('.').unwrap().1,
+            KERNEL_VERSIONS_CLAIM.split_once('.').unwrap().1,
+            "one reserved suffix covers both"
+        );
+        assert!(
+            NEXT_KERNEL_VERSIONS_CLAIM > continuation_claim_name(MAX_KERNEL_CLAIMS + 1).as_str(),
+            "cut first"
+        );
+    }
+
+    #[test]
+    fn no_next_kernel_is_no_claim_and_no_problem() {
+        assert_eq!(encode_next_kernel_claim(["", " "]).unwrap(), None);
+        assert_eq!(decode_next_kernels(None), DecodedKernels::default());
+        assert_eq!(decode_next_kernels(Some("\n")), DecodedKernels::default());
+    }
+
+    #[test]
+    fn the_longest_next_kernel_list_fits_one_claim() {
+        let longest: Vec<String> = (0..MAX_NEXT_KERNELS_PER_CLUSTER)
+            .map(|i| format!("{i}{}", "a".repeat(MAX_KERNEL_LEN - 1)))
+            .collect();
+        let value = encode_next_kernel_claim(longest.iter().map(String::as_str))
+            .unwrap()
+            .unwrap();
+        assert!(value.len() <= MAX_CLAIM_VALUE_LEN);
+        let more = kernels(MAX_NEXT_KERNELS_PER_CLUSTER + 1);
+        assert_eq!(
+            encode_next_kernel_claim(more.iter().map(String::as_str)).unwrap_err(),
+            ClaimError::TooManyNextKernels {
+                count: MAX_NEXT_KERNELS_PER_CLUSTER + 1
+            }
+        );
+        assert!(matches!(
+            encode_next_kernel_claim(["6.1.0;id"]).unwrap_err(),
+            ClaimError::Malformed { .. }
+        ));
+    }
+
+    /// A spoke is trusted less than the hub: a thousand claimed kernels give the hub eight, bad
+    /// lines are refused one by one, and the cut is reported.
+    #[test]
+    fn the_hub_takes_a_bounded_checked_next_kernel_list() {
+        let mut lines = kernels(1000);
+        lines.push("6.1.0-$(id)".into());
+        lines.push("+3".into());
+        let got = decode_next_kernels(Some(&lines.join("\n")));
+        assert_eq!(got.kernels.len(), MAX_NEXT_KERNELS_PER_CLUSTER);
+        let mut want = kernels(1000);
+        want.sort();
+        assert_eq!(got.kernels, want[..MAX_NEXT_KERNELS_PER_CLUSTER]);
+        assert_eq!(got.refused.len(), 3, "{:?}", got.refused);
+        assert!(
+            got.refused[0].to_string().contains(NEXT_KERNEL_VERSIONS_CLAIM),
+            "{}",
+            got.refused[0]
+        );
+        assert_eq!(got.refused[2], ClaimError::TooManyNextKernels { count: 1000 });
     }
 }

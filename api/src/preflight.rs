@@ -15,6 +15,21 @@ pub const MAX_PREFLIGHT_KERNELS: usize = 16;
 /// Most (MCM, kernel) entries the status lists; the rest are counted in `modulesOmitted`.
 pub const MAX_PREFLIGHT_ENTRIES: usize = 512;
 
+/// The ManagedClusterPreflight the hub keeps for the next kernels the clusters claim (the
+/// `next-kernel-versions` ClusterClaim): created while some cluster an MCM selects announces a
+/// kernel, deleted when none does. Users read it; its spec is the hub's.
+pub const NEXT_KERNELS_PREFLIGHT: &str = "fleet-next-kernels";
+
+/// Label on the generated preflight (value [`GENERATED_FROM_NEXT_KERNELS`]); a preflight without
+/// it is a user's, which the hub never rewrites or deletes.
+pub const GENERATED_LABEL: &str = "hub.kmm.sigs.x-k8s.io/generated-from";
+
+/// Value of [`GENERATED_LABEL`] on the next-kernel preflight.
+pub const GENERATED_FROM_NEXT_KERNELS: &str = "next-kernel-claims";
+
+/// Most entries of `status.claimIssues`.
+pub const MAX_CLAIM_ISSUES: usize = 16;
+
 /// Kernels to check the ManagedClusterModules of some clusters against.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -82,6 +97,12 @@ pub struct ManagedClusterPreflightStatus {
     /// Entries not listed in `modules`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub modules_omitted: i32,
+
+    /// Generated preflight only: next-kernel claims the hub refused or cut (a line that is not a
+    /// kernel, more kernels than a cluster or the fleet may ask for); at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claim_issues: Vec<String>,
 }
 
 fn is_zero(n: &i32) -> bool {

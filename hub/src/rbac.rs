@@ -173,6 +173,22 @@ pub const ACCESS: &[Access] = &[
         scope: Scope::Cluster,
         reason: "preflight::controller::reconcile writes the per-(MCM, kernel) verdicts with a merge patch",
     },
+    Access {
+        group: "hub.kmm.sigs.x-k8s.io",
+        resource: "managedclusterpreflights",
+        verbs: &["create"],
+        names: &[],
+        scope: Scope::Cluster,
+        reason: "preflight::generated creates the next-kernel preflight (a server-side apply of a new object is authorized as a create)",
+    },
+    Access {
+        group: "hub.kmm.sigs.x-k8s.io",
+        resource: "managedclusterpreflights",
+        verbs: &["patch", "delete"],
+        names: &[kmm_api::preflight::NEXT_KERNELS_PREFLIGHT],
+        scope: Scope::Cluster,
+        reason: "preflight::generated keeps the next-kernel preflight's spec (server-side apply) and deletes it when no claim asks; only that name",
+    },
 ];
 
 /// Header of the generated file.

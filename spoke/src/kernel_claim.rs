@@ -5,6 +5,9 @@
 //! a kernel yet are skipped rather than written as empty lines. A kernel that breaks the shared
 //! grammar (`kmm_api::kernel::grammar`) is left out and logged with its node: the hub would refuse
 //! the line anyway, and a newline in it would publish a second, invented kernel.
+//!
+//! The same writer publishes the optional next-kernel claim ([`next_kernel`]): the kernels the
+//! nodes will boot, announced by an OS updater, for the hub to build ahead.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +20,10 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kmm_api::{
-    claims::{ClaimError, MAX_KERNEL_CLAIMS, continuation_claim_name, encode_kernel_claims},
+    claims::{
+        ClaimError, MAX_KERNEL_CLAIMS, NEXT_KERNEL_VERSIONS_CLAIM, continuation_claim_name,
+        encode_kernel_claims,
+    },
     kernel::grammar::check_kernel,
     ocm::{ClusterClaim, ClusterClaimSpec, KERNEL_VERSIONS_CLAIM},
 };
@@ -37,6 +43,9 @@ use crate::{
     error::{Error, is_status, kube_err},
     metrics::Metrics,
 };
+
+#[path = "next_kernel.rs"]
+pub mod next_kernel;
 
 /// A node's kernel the spoke does not publish, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,11 +81,13 @@ pub fn node_kernels(nodes: &[Node]) -> (Vec<&str>, Vec<RefusedKernel>) {
     (valid, refused)
 }
 
-/// The claims to apply for these nodes (their kernels that follow the grammar).
+/// The claims to apply for these nodes (their kernels that follow the grammar), and the
+/// next-kernel claim when a node announces one.
 pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
     let (kernels, _) = node_kernels(nodes);
     Ok(encode_kernel_claims(kernels)?
         .into_iter()
+        .chain(next_kernel::claim(nodes))
         .map(|(name, value)| ClusterClaim {
             metadata: ObjectMeta {
                 name: Some(name),
@@ -87,11 +98,12 @@ pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
         .collect())
 }
 
-/// Every name a kernel-versions claim may have (first, then continuations), the only
-/// ClusterClaims the spoke changes or deletes (its ClusterRole is narrowed to them).
+/// Every name a kernel-versions claim may have (first, then continuations), and the next-kernel
+/// claim: the only ClusterClaims the spoke changes or deletes (its ClusterRole is narrowed to them).
 pub fn kernel_claim_names() -> Vec<String> {
     std::iter::once(KERNEL_VERSIONS_CLAIM.to_owned())
         .chain((2..=MAX_KERNEL_CLAIMS + 1).map(continuation_claim_name))
+        .chain(std::iter::once(NEXT_KERNEL_VERSIONS_CLAIM.to_owned()))
         .collect()
 }
 
@@ -178,6 +190,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
     let mut write_error: Option<String> = None;
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut refused_logged: Vec<RefusedKernel> = Vec::new();
+    let mut next_logged = next_kernel::NextKernels::default();
     while let Some(input) = events.next().await {
         match input {
             Input::Nodes(Ok(init_done)) => {
@@ -233,6 +246,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
             };
         }
         log_refused(&node_list, &mut refused_logged);
+        log_next_left_out(&node_list, &mut next_logged);
         let result = match desired_claims(&node_list) {
             Ok(desired) => {
                 report
@@ -288,6 +302,33 @@ fn log_refused(nodes: &[Node], logged: &mut Vec<RefusedKernel>) {
         );
     }
     *logged = refused;
+}
+
+/// Warns once about next kernels left out of the claim (bad annotation values, kernels past the
+/// bound), when that set changes.
+fn log_next_left_out(nodes: &[Node], logged: &mut next_kernel::NextKernels) {
+    let mut next = next_kernel::next_kernels(nodes);
+    next.kernels.clear();
+    if next == *logged {
+        return;
+    }
+    for r in next.refused.iter().filter(|r| !logged.refused.contains(r)) {
+        tracing::warn!(
+            node = %r.node,
+            value = %r.kernel,
+            reason = %r.reason,
+            annotation = kmm_api::claims::NEXT_KERNEL_ANNOTATION,
+            "next-kernel claim: the node's announced kernel is not published (it breaks the kernel grammar)"
+        );
+    }
+    if !next.dropped.is_empty() && next.dropped != logged.dropped {
+        tracing::warn!(
+            dropped = ?next.dropped,
+            max = kmm_api::claims::MAX_NEXT_KERNELS_PER_CLUSTER,
+            "next-kernel claim: more distinct next kernels than a cluster may publish; those most nodes announce are published"
+        );
+    }
+    *logged = next;
 }
 
 /// Logs a failure the first time it is seen (and whenever its text changes).
@@ -432,5 +473,33 @@ mod tests {
             desired_claims(&[mk_bare_node(None)]).unwrap_err(),
             ClaimError::NoKernels
         );
+    }
+
+    /// Issue 16: the next-kernel claim comes and goes with the annotation; the kernel-versions
+    /// claim is untouched either way.
+    #[test]
+    fn the_next_kernel_claim_follows_the_annotation() {
+        use kmm_api::claims::{NEXT_KERNEL_ANNOTATION, NEXT_KERNEL_VERSIONS_CLAIM};
+        let mut node = mk_bare_node(Some("6.1.0-18-cloud-amd64"));
+        let plain = desired_claims(std::slice::from_ref(&node)).unwrap();
+        node.annotations_mut()
+            .insert(NEXT_KERNEL_ANNOTATION.into(), "6.1.0-29-cloud-amd64".into());
+        let announced = desired_claims(std::slice::from_ref(&node)).unwrap();
+        assert_eq!(announced.len(), 2);
+        assert_eq!(announced[0], plain[0]);
+        assert_eq!(announced[1].name_any(), NEXT_KERNEL_VERSIONS_CLAIM);
+        assert_eq!(announced[1].spec.value, "6.1.0-29-cloud-amd64");
+        assert!(
+            is_kernel_claim(NEXT_KERNEL_VERSIONS_CLAIM),
+            "the spoke may write it"
+        );
+
+        let existing: BTreeMap<String, String> = announced
+            .iter()
+            .map(|c| (c.name_any(), c.spec.value.clone()))
+            .collect();
+        let (apply, delete) = claim_changes(&plain, &existing);
+        assert!(apply.is_empty());
+        assert_eq!(delete, [NEXT_KERNEL_VERSIONS_CLAIM]);
     }
 }

@@ -32,7 +32,8 @@ pub struct Access {
 pub enum Names {
     /// Every object.
     Any,
-    /// Only the kernel-versions ClusterClaims ([`crate::kernel_claim::kernel_claim_names`]).
+    /// Only the kernel-versions and next-kernel ClusterClaims
+    /// ([`crate::kernel_claim::kernel_claim_names`]).
     KernelClaims,
 }
 
@@ -124,7 +125,7 @@ pub const ACCESS: &[Access] = &[
         group: "cluster.open-cluster-management.io",
         resource: "clusterclaims",
         verbs: &["patch", "delete"],
-        reason: "kernel_claim writes the kernel-versions claims the hub reads (server-side apply) and deletes continuations no longer needed; only those names",
+        reason: "kernel_claim writes the kernel-versions and next-kernel claims the hub reads (server-side apply) and deletes those no longer needed; only those names",
         names: Names::KernelClaims,
     },
     Access {

@@ -766,3 +766,21 @@ pub async fn set_kernel(
         .await?;
     Ok(())
 }
+
+/// Sets (`Some`) or removes (`None`) a node annotation, as an OS updater announcing the next
+/// kernel would.
+pub async fn annotate_node(
+    cluster: &ControlPlane,
+    node: &str,
+    key: &str,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    Api::<Node>::all(cluster.client())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await?;
+    Ok(())
+}

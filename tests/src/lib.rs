@@ -18,6 +18,7 @@
 pub mod controlplane;
 pub mod demo;
 pub mod demo_canary;
+pub mod demo_preflight;
 pub mod faults;
 pub mod fleet;
 pub mod images;

@@ -1,5 +1,6 @@
-//! `just demo` runs `kmm-demo`: it must converge with every cluster loaded, roll a new image out
-//! canary first, print how to use the fleet, and stop cleanly on Ctrl-C.
+//! `just demo` runs `kmm-demo`: it must converge with every cluster loaded, build a node's
+//! announced next kernel ahead and boot it with no new Job, roll a new image out canary first,
+//! print how to use the fleet, and stop cleanly on Ctrl-C.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
 
@@ -55,6 +56,26 @@ fn the_demo_converges_prints_every_cluster_loaded_and_stops_on_ctrl_c() {
         assert_eq!(cols[4], loaded, "{row}");
         assert_eq!(cols[5], "-", "{row}");
     }
+    // The preflight step: edge-1's announced kernel is built ahead, then booted with no new Job;
+    // its last line reports the MCM's kernelReadiness.
+    let from = output.len();
+    while !output.last().is_some_and(|l| l.starts_with("kernelReadiness of")) {
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(line) => output.push(line),
+            Err(_) => panic!(
+                "the preflight step did not finish:\n{}",
+                output[from..].join("\n")
+            ),
+        }
+    }
+    let step = output[from..].join("\n");
+    assert!(
+        step.contains("fleet-next-kernels: demo-kmod 6.1.0-27-cloud-amd64 Success/Done"),
+        "{step}"
+    );
+    assert!(step.contains("maps 6.1.0-27-cloud-amd64 to "), "{step}");
+    assert!(step.contains("no build wait, no new Job"), "{step}");
+    assert!(step.contains("readyBeforeFirstNode=true"), "{step}");
     // Then the canary rollout of a new image: east (the canary) moves first, alone.
     let canary = loop {
         match rx.recv_timeout(Duration::from_secs(300)) {

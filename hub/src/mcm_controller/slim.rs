@@ -7,7 +7,7 @@
 //! digest is taken of what the server holds, so an edit to a work by someone else is still seen.
 
 use kmm_api::{
-    claims::{MAX_KERNEL_CLAIMS, continuation_claim_name},
+    claims::{MAX_KERNEL_CLAIMS, NEXT_KERNEL_VERSIONS_CLAIM, continuation_claim_name},
     ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManagedClusterStatus, ManifestWork, ManifestWorkSpec},
 };
 use kube::ResourceExt;
@@ -46,9 +46,12 @@ pub fn work(work: &mut ManifestWork) {
     work.metadata.managed_fields = None;
 }
 
-/// Is `name` one of the kernel claims the hub decodes (the first and its continuations)?
+/// Is `name` one of the kernel claims the hub decodes (the first and its continuations, and the
+/// next-kernel claim the preflight reads)?
 fn kernel_claim(name: &str) -> bool {
-    name == KERNEL_VERSIONS_CLAIM || (2..=MAX_KERNEL_CLAIMS).any(|i| name == continuation_claim_name(i))
+    name == KERNEL_VERSIONS_CLAIM
+        || name == NEXT_KERNEL_VERSIONS_CLAIM
+        || (2..=MAX_KERNEL_CLAIMS).any(|i| name == continuation_claim_name(i))
 }
 
 /// A ManagedCluster as the cache keeps it: name, labels, deletion mark, the kernel claims and
@@ -113,6 +116,7 @@ mod tests {
                 claim(KERNEL_VERSIONS_CLAIM),
                 claim(&continuation_claim_name(2)),
                 claim("id.k8s.io"),
+                claim(NEXT_KERNEL_VERSIONS_CLAIM),
                 claim("kernel-versions-x.kmm.node.kubernetes.io"),
             ],
             version: Some(ManagedClusterVersion {
@@ -132,7 +136,11 @@ mod tests {
         let claims: Vec<&str> = status.cluster_claims.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             claims,
-            [KERNEL_VERSIONS_CLAIM, continuation_claim_name(2).as_str()]
+            [
+                KERNEL_VERSIONS_CLAIM,
+                continuation_claim_name(2).as_str(),
+                NEXT_KERNEL_VERSIONS_CLAIM
+            ]
         );
         let conditions: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(conditions, [AVAILABLE]);

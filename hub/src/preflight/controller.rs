@@ -2,7 +2,9 @@
 //! clusters and every kernel, the same verdict as `kmm-hub preflight` ([`verdict`]), and for an
 //! image to make, the rollout's own Job pipeline ([`build`]): the same Job names and targets, so
 //! a later rollout of the kernel finds the image and starts nothing. Without `pushBuiltImage`
-//! a [`check_job`] proves the build instead. It never writes a ManifestWork.
+//! a [`check_job`] proves the build instead. It never writes a ManifestWork. The hub's own
+//! next-kernel preflight ([`generated`]) asks for the (MCM, kernel) pairs the clusters'
+//! next-kernel claims name instead ([`asked`]).
 //!
 //! ```text
 //! preflight ─▶ clusters (selector) ─▶ MCMs selecting them ─▶ per MCM: lookups ─▶ verdicts
@@ -20,7 +22,10 @@ use kmm_api::{
     ManagedClusterModule,
     kernel::{KernelVars, grammar::check_kernel},
     ocm::ManagedCluster,
-    preflight::{ManagedClusterPreflight, PreflightModuleStatus, verification_status::FAILURE},
+    preflight::{
+        ManagedClusterPreflight, ManagedClusterPreflightStatus, PreflightModuleStatus,
+        verification_status::FAILURE,
+    },
 };
 use kube::{
     Api, ResourceExt,
@@ -34,6 +39,7 @@ use tracing::{instrument, warn};
 use super::{
     check_job,
     entries::{self, Making},
+    generated, next_kernels,
     verdict::{self, Check, Verdict},
 };
 use crate::mcm_controller::{
@@ -90,6 +96,67 @@ pub fn kernels(asked: &[String]) -> (Vec<String>, Vec<(String, String)>) {
     (ok, bad)
 }
 
+/// One MCM's part of a preflight: the kernels to check, and the refused ones with why.
+pub struct AskedMcm<'a> {
+    pub mcm: &'a Arc<ManagedClusterModule>,
+    pub kernels: Vec<String>,
+    pub refused: Vec<(String, String)>,
+}
+
+/// What one preflight asks, by MCM name.
+pub struct Asked<'a> {
+    pub pairs: Vec<AskedMcm<'a>>,
+    pub push: bool,
+    /// The generated preflight's claim problems (`status.claimIssues`).
+    pub issues: Vec<String>,
+}
+
+/// What `pf` asks (pure): a user's preflight, every kernel of its spec for every MCM selecting
+/// one of its clusters; the generated one, the pairs the next-kernel claims ask for, pushed.
+pub fn asked<'a>(
+    pf: &ManagedClusterPreflight,
+    all: &'a [Arc<ManagedClusterModule>],
+    clusters: &[Arc<ManagedCluster>],
+) -> Asked<'a> {
+    if generated::is_generated(pf) {
+        let plan = next_kernels::plan(all, clusters);
+        let mut pairs: Vec<_> = all
+            .iter()
+            .filter_map(|m| {
+                plan.pairs.get(&m.name_any()).map(|ks| AskedMcm {
+                    mcm: m,
+                    kernels: ks.clone(),
+                    refused: Vec::new(),
+                })
+            })
+            .collect();
+        pairs.sort_by_key(|a| a.mcm.name_any());
+        return Asked {
+            pairs,
+            push: true,
+            issues: plan.issues,
+        };
+    }
+    let clusters: Vec<Arc<ManagedCluster>> = clusters
+        .iter()
+        .filter(|c| picks(pf.spec.cluster_selector.as_ref(), c))
+        .cloned()
+        .collect();
+    let (kernels, bad) = kernels(&pf.spec.kernel_versions);
+    Asked {
+        pairs: mcms_for(all, &clusters)
+            .into_iter()
+            .map(|mcm| AskedMcm {
+                mcm,
+                kernels: kernels.clone(),
+                refused: bad.clone(),
+            })
+            .collect(),
+        push: pf.spec.push_built_image,
+        issues: Vec::new(),
+    }
+}
+
 /// Reconciles one preflight; see the module docs.
 #[instrument(skip_all)]
 pub async fn reconcile(pf: Arc<ManagedClusterPreflight>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -97,24 +164,23 @@ pub async fn reconcile(pf: Arc<ManagedClusterPreflight>, ctx: Arc<Context>) -> R
     if !hub.leader.is_leader() {
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let clusters: Vec<Arc<ManagedCluster>> = hub
-        .clusters
-        .state()
-        .into_iter()
-        .filter(|c| picks(pf.spec.cluster_selector.as_ref(), c))
-        .collect();
     let all: Vec<Arc<ManagedClusterModule>> = ctx
         .mcms
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok().cloned().map(Arc::new))
         .collect();
-    let (kernels, bad) = kernels(&pf.spec.kernel_versions);
+    let asked = asked(&pf, &all, &hub.clusters.state());
     let previous = pf.status.as_ref();
     let mut out = Vec::new();
-    for mcm in mcms_for(&all, &clusters) {
+    for AskedMcm {
+        mcm,
+        kernels,
+        refused,
+    } in &asked.pairs
+    {
         let name = mcm.name_any();
-        for (k, why) in &bad {
+        for (k, why) in refused {
             out.push(PreflightModuleStatus {
                 name: name.clone(),
                 kernel_version: k.clone(),
@@ -130,10 +196,11 @@ pub async fn reconcile(pf: Arc<ManagedClusterPreflight>, ctx: Arc<Context>) -> R
             .filter(|m| m.name == name)
             .map(|m| (m.kernel_version.clone(), m.clone()))
             .collect();
-        out.extend(check_mcm(mcm, &kernels, pf.spec.push_built_image, hub, &before).await?);
+        out.extend(check_mcm(mcm, kernels, asked.push, hub, &before).await?);
     }
     let now = Time(Timestamp::now());
-    let status = entries::status(pf.metadata.generation, out, previous, &now);
+    let mut status = entries::status(pf.metadata.generation, out, previous, &now);
+    status.claim_issues = asked.issues;
     let again = if entries::in_progress(&status) {
         hub.config.retry
     } else {
@@ -144,7 +211,7 @@ pub async fn reconcile(pf: Arc<ManagedClusterPreflight>, ctx: Arc<Context>) -> R
         api.patch_status(
             &pf.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &Patch::Merge(json!({ "status": status_patch(&status) })),
         )
         .await
         .map_err(|source| Error::Api {
@@ -153,6 +220,18 @@ pub async fn reconcile(pf: Arc<ManagedClusterPreflight>, ctx: Arc<Context>) -> R
         })?;
     }
     Ok(Action::requeue(again))
+}
+
+/// The status as a merge patch: lists that became empty are cleared (an absent field would
+/// leave the old list in place).
+fn status_patch(status: &ManagedClusterPreflightStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = patch.as_object_mut() {
+        for list in ["modules", "claimIssues"] {
+            fields.entry(list).or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
 }
 
 /// Logs and looks again later.
@@ -299,6 +378,67 @@ mod tests {
         let clusters = [Arc::new(mk_cluster("a", &[("env", "prod")], None))];
         let names: Vec<_> = mcms_for(&mcms, &clusters).iter().map(|m| m.name_any()).collect();
         assert_eq!(names, ["all", "prod"]);
+    }
+
+    /// The generated preflight asks the pairs the claims name (pushed), whatever its spec says;
+    /// a user's preflight of other kernels asks every selecting MCM for its own kernels.
+    #[test]
+    fn the_generated_preflight_asks_what_the_claims_ask() {
+        use kmm_api::{
+            claims::NEXT_KERNEL_VERSIONS_CLAIM,
+            ocm::ManagedClusterClaim,
+            preflight::{GENERATED_FROM_NEXT_KERNELS, GENERATED_LABEL, ManagedClusterPreflightSpec},
+        };
+        let mcm = |name: &str, selector: &str| {
+            Arc::new(mk_mcm(&format!(
+                "metadata: {{name: {name}}}\nspec:\n  spokeNamespace: ns\n  selector: {selector}\n  moduleSpec:\n    selector: {{}}\n    moduleLoader:\n      container:\n        modprobe: {{moduleName: m}}\n        kernelMappings: [{{regexp: '^.+$', containerImage: 'r/k:${{KERNEL_FULL_VERSION}}'}}]\n"
+            )))
+        };
+        let mcms = [mcm("prod", "{env: prod}"), mcm("lab", "{env: lab}")];
+        let mut a = mk_cluster("a", &[("env", "prod")], Some("6.1.0-18"));
+        a.status
+            .as_mut()
+            .unwrap()
+            .cluster_claims
+            .push(ManagedClusterClaim {
+                name: NEXT_KERNEL_VERSIONS_CLAIM.into(),
+                value: "6.1.0-29".into(),
+            });
+        let clusters = [
+            Arc::new(a),
+            Arc::new(mk_cluster("b", &[("env", "lab")], Some("6.1.0-18"))),
+        ];
+        let spec = ManagedClusterPreflightSpec {
+            kernel_versions: vec!["7.0.0-1".into()],
+            cluster_selector: None,
+            push_built_image: false,
+        };
+        let mut pf = ManagedClusterPreflight::new(kmm_api::preflight::NEXT_KERNELS_PREFLIGHT, spec);
+        let users = asked(&pf, &mcms, &clusters);
+        let got: Vec<_> = users
+            .pairs
+            .iter()
+            .map(|p| (p.mcm.name_any(), p.kernels.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("lab".into(), vec!["7.0.0-1".to_string()]),
+                ("prod".into(), vec!["7.0.0-1".to_string()])
+            ]
+        );
+        assert!(!users.push);
+
+        pf.labels_mut()
+            .insert(GENERATED_LABEL.into(), GENERATED_FROM_NEXT_KERNELS.into());
+        let generated = asked(&pf, &mcms, &clusters);
+        let got: Vec<_> = generated
+            .pairs
+            .iter()
+            .map(|p| (p.mcm.name_any(), p.kernels.clone()))
+            .collect();
+        assert_eq!(got, [("prod".to_string(), vec!["6.1.0-29".to_string()])]);
+        assert!(generated.push, "what it builds, the rollout pins");
     }
 
     #[test]

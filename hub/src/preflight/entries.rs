@@ -154,6 +154,7 @@ pub fn status(
         number_failed: failed,
         modules: entries,
         modules_omitted: omitted,
+        claim_issues: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Starts the ManagedClusterPreflight controller next to the MCM controller (same leader, same
 //! cluster and Job stores, its own MCM watch). A preflight is looked at again when it changes, when
 //! any MCM or cluster changes, and on its own schedule (see [`super::controller::reconcile`]).
+//! The same changes wake [`super::generated::run`], which keeps the next-kernel preflight.
 
 use std::sync::Arc;
 
@@ -32,6 +33,9 @@ pub async fn run(client: Client, hub: Arc<mcm_controller::Context>, concurrency:
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(feed);
     let ctx = Context { hub, mcms };
+    // The generated next-kernel preflight follows the same MCM and cluster changes.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    changed.notify_one();
     if ctx.mcms.wait_until_ready().await.is_err() || ctx.hub.clusters.wait_until_ready().await.is_err() {
         warn!("the MCM or cluster store never filled; preflights are not answered");
         return;
@@ -40,7 +44,14 @@ pub async fn run(client: Client, hub: Arc<mcm_controller::Context>, concurrency:
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     // Any MCM or cluster change may change any preflight's answer: look at every preflight
     // (debounced; a preflight is small next to the fleet).
+    tokio::spawn(super::generated::run(
+        ctx.hub.clone(),
+        ctx.mcms.clone(),
+        controller.store(),
+        changed.clone(),
+    ));
     let (s1, s2) = (controller.store(), controller.store());
+    let (n1, n2) = (changed.clone(), changed);
     let all = |store: &kube::runtime::reflector::Store<ManagedClusterPreflight>| {
         store
             .state()
@@ -52,12 +63,18 @@ pub async fn run(client: Client, hub: Arc<mcm_controller::Context>, concurrency:
         .watches(
             Api::<DeserializeGuard<ManagedClusterModule>>::all(client.clone()),
             watcher::Config::default().any_semantic(),
-            move |_| all(&s1),
+            move |_| {
+                n1.notify_one();
+                all(&s1)
+            },
         )
         .watches(
             Api::<ManagedCluster>::all(client),
             watcher::Config::default(),
-            move |_| all(&s2),
+            move |_| {
+                n2.notify_one();
+                all(&s2)
+            },
         )
         .with_config(
             controller::Config::default()

@@ -9,8 +9,9 @@
 //! spoke instead.
 //!
 //! `--exit-when-converged` stops once every cluster is loaded (CI uses it); `--timeout SECS`
-//! bounds the wait (default 600). After the first convergence a canary rollout of a new image
-//! runs (`demo_canary`); `--skip-canary` leaves it out.
+//! bounds the wait (default 600). After the first convergence a node announces its next kernel
+//! and the hub builds it ahead before the node reboots into it (`--skip-preflight` skips that),
+//! then a canary rollout of a new image runs (`demo_canary`; `--skip-canary` leaves it out).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -21,6 +22,7 @@ struct Args {
     timeout: Duration,
     dir: PathBuf,
     via_policy: bool,
+    preflight: bool,
     canary: bool,
 }
 
@@ -30,6 +32,7 @@ fn parse_args() -> Result<Args, String> {
         timeout: Duration::from_secs(600),
         dir: kmm_fleet_tests::repo_root().join("target/demo"),
         via_policy: true,
+        preflight: true,
         canary: true,
     };
     let mut it = std::env::args().skip(1);
@@ -37,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--exit-when-converged" => args.exit_when_converged = true,
             "--without-policy" => args.via_policy = false,
+            "--skip-preflight" => args.preflight = false,
             "--skip-canary" => args.canary = false,
             "--timeout" => {
                 let secs = it.next().ok_or("--timeout needs seconds")?;
@@ -47,7 +51,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--dir" => args.dir = PathBuf::from(it.next().ok_or("--dir needs a folder")?),
             "-h" | "--help" => {
-                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER] [--without-policy] [--skip-canary]".into());
+                return Err("usage: kmm-demo [--exit-when-converged] [--timeout SECS] [--dir FOLDER] [--without-policy] [--skip-preflight] [--skip-canary]".into());
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -113,6 +117,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if first { "Converged" } else { "Converged again" },
                 started.elapsed().as_secs_f64()
             );
+            if first && args.preflight {
+                tokio::select! {
+                    r = kmm_fleet_tests::demo_preflight::run(&fleet, args.timeout) => { r?; }
+                    _ = &mut ctrl_c => {
+                        drop(fleet);
+                        println!("Stopped.");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
             if first && args.canary {
                 kmm_fleet_tests::demo_canary::run(&fleet, args.timeout).await?;
             }
