@@ -184,10 +184,10 @@ pub const ACCESS: &[Access] = &[
     Access {
         group: "hub.kmm.sigs.x-k8s.io",
         resource: "managedclusterpreflights",
-        verbs: &["patch", "delete"],
+        verbs: &["get", "patch", "delete"],
         names: &[kmm_api::preflight::NEXT_KERNELS_PREFLIGHT],
         scope: Scope::Cluster,
-        reason: "preflight::generated keeps the next-kernel preflight's spec (server-side apply) and deletes it when no claim asks; only that name",
+        reason: "preflight::generated reads the next-kernel preflight, keeps its spec (server-side apply) and deletes it when no claim asks; only that name",
     },
 ];
 

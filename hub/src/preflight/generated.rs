@@ -18,7 +18,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::reflector::{ObjectRef, Store},
+    runtime::reflector::Store,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -99,13 +99,8 @@ pub fn current_plan(
 pub async fn run(
     hub: Arc<mcm_controller::Context>,
     mcms: Store<DeserializeGuard<ManagedClusterModule>>,
-    preflights: Store<ManagedClusterPreflight>,
     changed: Arc<Notify>,
 ) {
-    // Without the preflights listed, an old generated object would look absent.
-    if preflights.wait_until_ready().await.is_err() {
-        return;
-    }
     let api: Api<ManagedClusterPreflight> = Api::all(hub.client.clone());
     let mut foreign_logged = false;
     let mut wait = hub.config.resync;
@@ -120,8 +115,18 @@ pub async fn run(
             continue;
         }
         let plan = current_plan(&hub, &mcms);
-        let existing = preflights.get(&ObjectRef::new(NEXT_KERNELS_PREFLIGHT));
-        let result = match change(&plan, existing.as_deref()) {
+        // Read from the API, not the preflight controller's store: that store's readiness was
+        // never signalled here (the pass waited forever), and one GET per debounced change or
+        // resync is cheap.
+        let existing = match api.get_opt(NEXT_KERNELS_PREFLIGHT).await {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "reading the next-kernel preflight failed; trying again");
+                wait = hub.config.retry;
+                continue;
+            }
+        };
+        let result = match change(&plan, existing.as_ref()) {
             Change::None => Ok(()),
             Change::Foreign => {
                 if !foreign_logged && !plan.kernels.is_empty() {
@@ -154,7 +159,7 @@ pub async fn run(
             warn!(%error, "keeping the next-kernel preflight failed; trying again");
             wait = hub.config.retry;
         }
-        if existing.as_deref().is_none_or(is_generated) {
+        if existing.as_ref().is_none_or(is_generated) {
             foreign_logged = false;
         }
     }

@@ -47,7 +47,6 @@ pub async fn run(client: Client, hub: Arc<mcm_controller::Context>, concurrency:
     tokio::spawn(super::generated::run(
         ctx.hub.clone(),
         ctx.mcms.clone(),
-        controller.store(),
         changed.clone(),
     ));
     let (s1, s2) = (controller.store(), controller.store());
