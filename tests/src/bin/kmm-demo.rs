@@ -183,7 +183,7 @@ fn print_usage(fleet: &kmm_fleet_tests::fleet::Fleet) {
     );
     if let Some(east) = fleet.spokes.get("east") {
         println!(
-            "  kubectl --kubeconfig {} patch node east-2 --subresource=status --type=merge \\\n      -p '{{\"status\":{{\"nodeInfo\":{{\"kernelVersion\":\"{}\",\"bootID\":\"boot-2\"}}}}}}'   # upgrade a kernel: the hub builds for it",
+            "  kubectl --kubeconfig {} patch node east-2 --subresource=status --type=merge \\\n      -p '{{\"status\":{{\"nodeInfo\":{{\"kernelVersion\":\"{}\",\"bootID\":\"boot-2\"}}}}}}'   # upgrade a kernel: its image is there if the preflight step built it, else the hub builds it now",
             east.cluster.kubeconfig_path().display(),
             demo::K_NEXT
         );
