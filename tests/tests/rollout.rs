@@ -227,9 +227,8 @@ fn loaded_times(fleet: &Fleet, hub: &[Stamped], seen: &Seen) -> BTreeMap<String,
     let mut out = BTreeMap::new();
     for (c, saw) in seen {
         let spoke = stamped(&fleet.spoke(c).unwrap().cluster);
-        // The last status write to the node's NodeModulesConfig before the test saw the new
-        // image loaded: from then on the node was loaded (or earlier).
-        let node = spoke
+        // Status writes to the node's NodeModulesConfig before the test saw the new image loaded.
+        let mut node_writes: Vec<Timestamp> = spoke
             .iter()
             .filter(|e| {
                 e.is_write()
@@ -238,21 +237,36 @@ fn loaded_times(fleet: &Fleet, hub: &[Stamped], seen: &Seen) -> BTreeMap<String,
                     && e.at <= *saw
             })
             .map(|e| e.at)
-            .max()
-            .unwrap_or_else(|| panic!("no NodeModulesConfig status write on {c} before {saw}"));
-        let feedback = hub
+            .collect();
+        assert!(
+            !node_writes.is_empty(),
+            "no NodeModulesConfig status write on {c} before {saw}"
+        );
+        node_writes.sort();
+        // The work agent's first status write after a node write. The node was loaded from the
+        // last such write on (a later status write that changed no feedback, e.g. one the spoke
+        // makes again after the load, has no agent write after it: the test polls slower than
+        // the spoke writes).
+        let agent_after = |t: Timestamp| {
+            hub.iter()
+                .filter(|e| {
+                    e.is_write()
+                        && !is_hub(e)
+                        && e.resource == "manifestworks"
+                        && e.subresource == "status"
+                        && e.namespace == *c
+                        && e.at > t
+                })
+                .map(|e| e.at)
+                .min()
+        };
+        let (node, feedback) = node_writes
             .iter()
-            .filter(|e| {
-                e.is_write()
-                    && !is_hub(e)
-                    && e.resource == "manifestworks"
-                    && e.subresource == "status"
-                    && e.namespace == *c
-                    && e.at > node
-            })
-            .map(|e| e.at)
-            .min()
-            .unwrap_or_else(|| panic!("no work agent status write on {c}'s work after {node}"));
+            .rev()
+            .find_map(|t| agent_after(*t).map(|f| (*t, f)))
+            .unwrap_or_else(|| {
+                panic!("no work agent status write on {c}'s work after its node's status writes")
+            });
         out.insert(c.clone(), Loaded { node, feedback });
     }
     out
