@@ -27,6 +27,15 @@ pub const BUILD: &str = "            build:\n              dockerfileConfigMap: 
 pub const SIGN: &str = "            sign:\n              keySecret: {name: key}\n              certSecret: {name: cert}\n\
                         \x20             filesToSign: ['/opt/lib/modules/${KERNEL_FULL_VERSION}/my_kmod.ko']\n";
 
+/// MCM `m` mapping every kernel to `image` (the rollout's revision tests vary only the image).
+pub fn mcm_with_image(image: &str) -> ManagedClusterModule {
+    mk_mcm(&format!(
+        "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\n\
+         metadata: {{name: m}}\nspec: {{spokeNamespace: s, selector: {{}}, moduleSpec: {{selector: {{}},\n\
+         moduleLoader: {{container: {{modprobe: {{moduleName: k}}, kernelMappings: [{{regexp: '^.+$', containerImage: '{image}'}}]}}}}}}}}\n"
+    ))
+}
+
 /// An MCM parsed from YAML, with a uid (as the API server gives it).
 pub fn mk_mcm(yaml: &str) -> ManagedClusterModule {
     let mut mcm: ManagedClusterModule = serde_saphyr::from_str(yaml).expect("MCM fixture parses");

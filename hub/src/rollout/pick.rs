@@ -82,11 +82,7 @@ mod tests {
     use crate::fixtures;
 
     fn mcm(image: &str) -> ManagedClusterModule {
-        fixtures::mk_mcm(&format!(
-            "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\n\
-             metadata: {{name: m}}\nspec: {{spokeNamespace: s, selector: {{}}, moduleSpec: {{selector: {{}},\n\
-             moduleLoader: {{container: {{modprobe: {{moduleName: k}}, kernelMappings: [{{regexp: '^.+$', containerImage: '{image}'}}]}}}}}}}}\n"
-        ))
+        fixtures::mcm_with_image(image)
     }
 
     fn image(m: &ManagedClusterModule) -> String {
