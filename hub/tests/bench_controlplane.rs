@@ -1,12 +1,13 @@
 //! Hub benchmark on the real control plane (`just bench`, never part of `just test`): the
-//! release `kmm-hub run` against tests/controlplane's kube-apiserver and etcd, a real registry.
+//! release `kmm-hub run` (`KMM_BIN_DIR=target/release`) against tests/controlplane's
+//! kube-apiserver and etcd, a real registry.
 //!
 //! Per fleet size: cold start of one MCM over N clusters x 3 kernels, beside the floor (a
 //! minimal client server-side-applying the same ManifestWorks to the same API server); then a
 //! rolling kernel upgrade (10 % of the clusters change their kernel claim at a steady rate);
 //! then a quiet minute. API requests are counted from the apiserver's audit log, registry
 //! requests from the registry's access log, the hub's RSS and CPU from /proc. Each figure is one
-//! `BENCH name=... value=... unit=... clusters=... apiserver=kube-apiserver` line.
+//! `BENCH name=... value=... unit=... clusters=... apiserver=kube-apiserver profile=...` line.
 
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed benchmark.
 #![allow(clippy::unwrap_used)]
@@ -28,45 +29,21 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use support::fleet::{Fleet, HUB_USER};
+use support::{
+    bench::{CONCURRENCY, KERNELS, floor, mcm, proc_usage, report_floor},
+    fleet::{Fleet, HUB_USER},
+};
 
-const KERNELS: [&str; 3] = [
-    "6.1.0-27-cloud-amd64",
-    "6.1.0-28-cloud-amd64",
-    "6.1.0-29-cloud-amd64",
-];
-/// The kernel the rolling upgrade moves clusters to.
-const NEW_KERNEL: &str = "6.1.0-30-cloud-amd64";
-/// Requests in flight while the fleet is set up and while the floor applies.
-const CONCURRENCY: usize = 16;
-/// Claim changes per second during the rolling upgrade.
-const UPGRADE_RATE: f64 = 50.0;
+const APISERVER: &str = "kube-apiserver";
 
 fn bench(name: &str, value: f64, unit: &str, clusters: usize) {
-    println!("BENCH name={name} value={value:.3} unit={unit} clusters={clusters} apiserver=kube-apiserver");
+    support::bench::bench(name, value, unit, clusters, APISERVER);
 }
 
-/// `(peak RSS KiB, CPU seconds)` of a process, from /proc.
-fn proc_usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map_or(0.0, |f| f.iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum());
-    (hwm, ticks / 100.0)
-}
+/// The kernel the rolling upgrade moves clusters to.
+const NEW_KERNEL: &str = "6.1.0-30-cloud-amd64";
+/// Claim changes per second during the rolling upgrade.
+const UPGRADE_RATE: f64 = 50.0;
 
 fn cluster_name(i: usize) -> String {
     format!("cluster-{i:05}")
@@ -127,44 +104,6 @@ fn hub_requests(audit: &[AuditEvent]) -> Vec<&AuditEvent> {
     audit.iter().filter(|e| e.user.username == HUB_USER).collect()
 }
 
-fn mcm_yaml(registry: &str) -> ManagedClusterModule {
-    serde_saphyr::from_str(&format!(
-        "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\nmetadata: {{name: bench}}\n\
-         spec:\n  spokeNamespace: drivers\n  selector: {{env: prod}}\n  moduleSpec:\n    selector: {{}}\n\
-         \x20   moduleLoader:\n      container:\n        modprobe: {{moduleName: kmod}}\n        kernelMappings:\n\
-         \x20         - regexp: '^.+$'\n            containerImage: {registry}/kmm/kmod:${{KERNEL_FULL_VERSION}}\n\
-         \x20           registryTLS: {{insecure: true}}\n"
-    ))
-    .unwrap()
-}
-
-/// Time a minimal client takes to server-side-apply `works` (renamed `floor`, unlabelled so the
-/// hub's watch does not see them) as admin.
-async fn floor(fleet: &Fleet, works: &[ManifestWork]) -> Duration {
-    let client = fleet.hub.client();
-    let started = Instant::now();
-    stream::iter(works)
-        .map(|w| {
-            let client = client.clone();
-            async move {
-                let ns = w.namespace().unwrap();
-                let body = json!({
-                    "apiVersion": "work.open-cluster-management.io/v1", "kind": "ManifestWork",
-                    "metadata": {"name": "floor", "namespace": ns},
-                    "spec": w.spec,
-                });
-                Api::<ManifestWork>::namespaced(client, &ns)
-                    .patch("floor", &PatchParams::apply("floor").force(), &Patch::Apply(body))
-                    .await
-                    .unwrap();
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
-    started.elapsed()
-}
-
 /// Sorted latencies' quantile (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -189,7 +128,7 @@ async fn run(clusters: usize) {
     // Cold start.
     let started = Instant::now();
     Api::<ManagedClusterModule>::all(fleet.hub.client())
-        .create(&PostParams::default(), &mcm_yaml(&fleet.registry.host))
+        .create(&PostParams::default(), &mcm(&fleet.registry.host))
         .await
         .unwrap();
     hub.wait("every work written", Duration::from_secs(1800))
@@ -214,15 +153,8 @@ async fn run(clusters: usize) {
         .await
         .unwrap()
         .items;
-    let floor_time = floor(&fleet, &works).await;
-    bench("cold_start_seconds", cold.as_secs_f64(), "s", clusters);
-    bench("floor_ssa_seconds", floor_time.as_secs_f64(), "s", clusters);
-    bench(
-        "cold_start_over_floor",
-        cold.as_secs_f64() / floor_time.as_secs_f64(),
-        "ratio",
-        clusters,
-    );
+    let floor = floor(&fleet.hub.client(), &works).await;
+    report_floor(cold, &floor, clusters, APISERVER);
     bench("manifestwork_writes", work_writes as f64, "count", clusters);
     bench(
         "api_requests_per_cluster",

@@ -1,6 +1,8 @@
 //! Hub benchmark (`just bench`, never part of `just test`): cold start of one MCM over a large
-//! simulated fleet, against the release `kmm-hub` binary and a real registry. Prints one result
-//! line per fleet size; docs/benchmarks.md records them.
+//! simulated fleet (tests/sim: sizes the real control plane of this machine cannot hold), against
+//! the release `kmm-hub` binary (`KMM_BIN_DIR`) and a real registry, beside the floor (a minimal
+//! client server-side-applying the same works to the same simulator). One `BENCH name=...
+//! apiserver=simulator` line per figure; docs/benchmarks.md records them.
 
 // Test helpers outside #[test] functions may unwrap: a panic there is a failed benchmark.
 #![allow(clippy::unwrap_used)]
@@ -9,29 +11,22 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kmm_api::ManagedClusterModule;
+use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
 use kmm_sim::{FleetMember, Sim};
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
 use support::{
+    bench::{KERNELS, floor, mcm, proc_usage, report_floor},
     fleet::{HUB_NAMESPACE, start_sim_hub},
     start_registry,
 };
 
-const KERNELS: [&str; 3] = [
-    "6.1.0-27-cloud-amd64",
-    "6.1.0-28-cloud-amd64",
-    "6.1.0-29-cloud-amd64",
-];
+const APISERVER: &str = "simulator";
 
-/// Peak resident set of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn bench(name: &str, value: f64, unit: &str, clusters: usize) {
+    support::bench::bench(name, value, unit, clusters, APISERVER);
 }
 
 async fn cold_start(clusters: usize) {
@@ -68,18 +63,9 @@ async fn cold_start(clusters: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     hub.reset_requests();
-    let mcm: ManagedClusterModule = serde_saphyr::from_str(&format!(
-        "apiVersion: hub.kmm.sigs.x-k8s.io/v1beta1\nkind: ManagedClusterModule\nmetadata: {{name: bench}}\n\
-         spec:\n  spokeNamespace: drivers\n  selector: {{env: prod}}\n  moduleSpec:\n    selector: {{}}\n\
-         \x20   moduleLoader:\n      container:\n        modprobe: {{moduleName: kmod}}\n        kernelMappings:\n\
-         \x20         - regexp: '^.+$'\n            containerImage: {}/kmm/kmod:${{KERNEL_FULL_VERSION}}\n\
-         \x20           registryTLS: {{insecure: true}}\n",
-        registry.host
-    ))
-    .unwrap();
     let started = Instant::now();
     Api::<ManagedClusterModule>::all(hub.client())
-        .create(&PostParams::default(), &mcm)
+        .create(&PostParams::default(), &mcm(&registry.host))
         .await
         .unwrap();
     loop {
@@ -97,26 +83,41 @@ async fn cold_start(clusters: usize) {
     // Let the status write and the reconciles the hub's own writes trigger settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = hub.requests();
-    let rss = peak_rss_kib(process.pid());
+    let (rss, _) = proc_usage(process.pid());
     let reconciles = process.metric("kmm_hub_reconciles_total").await.unwrap_or(0.0);
     let _ = std::fs::copy(
         &process.log,
         std::env::temp_dir().join(format!("kmm-hub-bench-{clusters}.log")),
     );
     let registry_requests = registry.manifest_requests("kmm/kmod") - registry_before;
-    println!(
-        "BENCH clusters={clusters} kernels=3 seconds_until_all_works_written={:.2} \
-         api_requests_total={} api_requests_per_cluster={:.2} manifestwork_writes={} \
-         registry_manifest_requests={registry_requests} registry_requests_per_unique_image={:.2} \
-         hub_peak_rss_mib={:.1} sim_setup_seconds={:.2} hub_reconciles={reconciles}",
-        all_written.as_secs_f64(),
-        requests.total(),
-        requests.total() as f64 / clusters as f64,
-        requests.get("patch", "manifestworks"),
-        registry_requests as f64 / 3.0,
-        rss as f64 / 1024.0,
-        setup.elapsed.as_secs_f64(),
+    let works: Vec<ManifestWork> = Api::<ManifestWork>::all(hub.client())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let floor = floor(&hub.client(), &works).await;
+    report_floor(all_written, &floor, clusters, APISERVER);
+    bench(
+        "manifestwork_writes",
+        requests.get("patch", "manifestworks") as f64,
+        "count",
+        clusters,
     );
+    bench(
+        "api_requests_per_cluster",
+        requests.total() as f64 / clusters as f64,
+        "requests",
+        clusters,
+    );
+    bench(
+        "registry_requests_per_unique_image",
+        registry_requests as f64 / 3.0,
+        "requests",
+        clusters,
+    );
+    bench("hub_peak_rss", rss as f64 / 1024.0, "MiB", clusters);
+    bench("hub_reconciles", reconciles, "count", clusters);
+    bench("sim_setup_seconds", setup.elapsed.as_secs_f64(), "s", clusters);
     assert_eq!(
         requests.get("patch", "manifestworks"),
         clusters as u64,
@@ -134,4 +135,10 @@ async fn hub_cold_start_1000_clusters() {
 #[ignore = "benchmark: run with `just bench`"]
 async fn hub_cold_start_10000_clusters() {
     cold_start(10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with `just bench`"]
+async fn hub_cold_start_50000_clusters() {
+    cold_start(50_000).await;
 }

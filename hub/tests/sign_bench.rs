@@ -1,9 +1,12 @@
 //! Signing rate of kmm-hub's signer against Debian's `scripts/sign-file`, on copies of the
 //! compiled test module. A measurement, not a timed assertion: it prints modules per second
-//! and only asserts that both produced the same bytes. Run it optimized:
+//! and only asserts that both produced the same bytes. `just bench` runs the release kmm-hub
+//! (`KMM_BIN_DIR`, see kmm_test_kit::bin_dir); the in-process library figure is this harness's
+//! own build, so it counts only when the harness is optimized too:
 //!
 //! ```sh
-//! cargo test --release -p kmm-hub --test sign_bench -- --ignored --nocapture
+//! cargo build --release --bins
+//! KMM_BIN_DIR=target/release cargo test -p kmm-hub --test sign_bench -- --ignored --nocapture
 //! ```
 #![allow(clippy::unwrap_used)]
 
@@ -31,12 +34,24 @@ fn copies(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Prints the rate of one way of signing, readable and as one `BENCH` line.
-fn rate(label: &str, way: &str, key: &str, start: Instant) -> f64 {
+/// The profile this harness (and so the in-process library) was built with.
+fn harness_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// Prints the rate of one way of signing, readable and as one `BENCH` line; `profile` is the
+/// build of whatever signed (the kmm-hub binary, the harness, or sign-file's `-`).
+fn rate(label: &str, way: &str, key: &str, profile: &str, start: Instant) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     let per_second = MODULES as f64 / secs;
     println!("{label:<58} {MODULES} modules in {secs:7.3} s = {per_second:8.1} modules/s");
-    println!("BENCH name=sign_rate value={per_second:.1} unit=modules/s way={way} {key}");
+    println!(
+        "BENCH name=sign_rate value={per_second:.1} unit=modules/s way={way} {key} profile={profile}"
+    );
     per_second
 }
 
@@ -45,14 +60,13 @@ fn rate(label: &str, way: &str, key: &str, start: Instant) -> f64 {
 fn signing_rate_against_sign_file() {
     let tmp = temp_dir("bench");
     let dir = tmp.path();
+    let hub = kmm_test_kit::workspace_bin("kmm-hub").unwrap();
+    let hub_profile = kmm_test_kit::bin_profile();
     println!(
-        "module: {} bytes; profile: {}",
+        "module: {} bytes; kmm-hub: {} ({hub_profile}); harness and library: {}",
         unsigned_module().len(),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        hub.display(),
+        harness_profile()
     );
     for bits in [2048, 4096] {
         let key = make_rsa_key(dir, &format!("rsa{bits}"), bits, "kmm-fleet bench");
@@ -72,13 +86,14 @@ fn signing_rate_against_sign_file() {
                 "  sign-file, one process per module",
                 "sign-file-per-module",
                 &id,
+                "-",
                 start,
             );
 
             let per_process = copies(dir, "kmm-hub-per-process");
             let start = Instant::now();
             for path in &per_process {
-                run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+                run(Command::new(&hub)
                     .args(["sign-kmod", "--hash", hash, "--key"])
                     .arg(&key.pkcs8_pem)
                     .arg("--cert")
@@ -89,12 +104,13 @@ fn signing_rate_against_sign_file() {
                 "  kmm-hub sign-kmod, one process per module",
                 "kmm-hub-per-module",
                 &id,
+                &hub_profile,
                 start,
             );
 
             let one_process = copies(dir, "kmm-hub-one-process");
             let start = Instant::now();
-            run(Command::new(env!("CARGO_BIN_EXE_kmm-hub"))
+            run(Command::new(&hub)
                 .args(["sign-kmod", "--hash", hash, "--key"])
                 .arg(&key.pkcs8_pem)
                 .arg("--cert")
@@ -104,6 +120,7 @@ fn signing_rate_against_sign_file() {
                 "  kmm-hub sign-kmod, all modules in one process (threads)",
                 "kmm-hub-one-process",
                 &id,
+                &hub_profile,
                 start,
             );
 
@@ -118,6 +135,7 @@ fn signing_rate_against_sign_file() {
                 "  kmm_hub::sign library, one thread",
                 "library-one-thread",
                 &id,
+                harness_profile(),
                 start,
             );
 

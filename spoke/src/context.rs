@@ -36,6 +36,10 @@ pub struct Settings {
     pub worker: WorkerPodSettings,
     /// Resync period of a healthy object.
     pub resync: Duration,
+    /// Reconciles each controller runs at once. Every one in flight holds an API connection,
+    /// which the client's pool keeps afterwards: unbounded, the first pass over 1,000 nodes
+    /// left about 1,000 idle connections (60 MiB of buffers) behind.
+    pub concurrency: u16,
 }
 
 /// Shared by the reconciles.

@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Resync period of healthy objects, in seconds.
     #[arg(long, default_value_t = 600)]
     pub resync_seconds: u64,
+    /// Nodes (and Modules) reconciled at once; each in flight holds an API connection.
+    #[arg(long, env = "KMM_SPOKE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(long, env = "KMM_SPOKE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -123,6 +126,7 @@ impl RunArgs {
                 extra_args: self.worker_args.clone(),
             },
             resync: Duration::from_secs(self.resync_seconds.max(1)),
+            concurrency: self.concurrency,
         }
     }
 }
@@ -172,6 +176,11 @@ where
     }
 }
 
+/// A controller's settings: `concurrency` reconciles at once (at least one).
+fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency.max(1))
+}
+
 /// Runs every spoke controller against `client` until `shutdown` resolves (tests call this),
 /// serving `/healthz`, `/readyz` and `/metrics` on `listener` when given.
 pub async fn run_with(
@@ -218,11 +227,13 @@ pub async fn run_with(
             }),
     );
     let (nodes_tx, nodes_rx) = mpsc::channel(1);
-    let node_ctrl = node_controller::controller(client.clone(), nodes_rx);
+    let node_ctrl = node_controller::controller(client.clone(), nodes_rx)
+        .with_config(controller_config(settings.concurrency));
     let module_ctrl = module_controller::controller(
         client.clone(),
         tokio_stream::wrappers::UnboundedReceiverStream::new(record_rx),
-    );
+    )
+    .with_config(controller_config(settings.concurrency));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(

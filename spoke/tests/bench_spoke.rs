@@ -291,7 +291,9 @@ async fn spoke_with_1000_nodes() {
         setup.elapsed().as_secs_f64()
     );
 
-    let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kmm-spoke").to_owned());
+    let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| {
+        kmm_test_kit::workspace_bin("kmm-spoke").unwrap().display().to_string()
+    });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -105,7 +105,9 @@ fn worker_load_of_a_5_mib_module_tree() {
         ),
     )
     .unwrap();
-    let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kmm-spoke").to_owned());
+    let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| {
+        kmm_test_kit::workspace_bin("kmm-spoke").unwrap().display().to_string()
+    });
     let worker = || {
         let mut cmd = Command::new(&bin);
         cmd.args(["worker", "load", "--dry-run", "--config"])

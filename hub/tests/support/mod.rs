@@ -3,6 +3,7 @@
 //! helpers ([`kmod`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
 pub mod fleet;
 pub mod kmod;
 

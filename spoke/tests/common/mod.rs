@@ -276,6 +276,7 @@ pub fn settings() -> Settings {
             ..Default::default()
         },
         resync: Duration::from_secs(600),
+        concurrency: 8,
         ..Default::default()
     }
 }

@@ -82,9 +82,28 @@ pub fn ocm_crds() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A binary of this workspace, from the same target folder as the running executable.
+/// The folder the workspace's binaries are taken from: `$KMM_BIN_DIR` when set (`just bench`
+/// runs the release binaries, what ships, from harnesses built in the quick dev profile), else
+/// the running executable's target folder.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("KMM_BIN_DIR") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => profile_dir(),
+    }
+}
+
+/// The cargo profile the workspace's binaries were built with (`release` or `debug`, from their
+/// folder's name, `debug` or `release`), for benchmark lines.
+pub fn bin_profile() -> String {
+    bin_dir()
+        .ok()
+        .and_then(|dir| Some(dir.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "debug".to_owned())
+}
+
+/// A binary of this workspace, from [`bin_dir`].
 pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let bin = profile_dir()?.join(name);
+    let bin = bin_dir()?.join(name);
     if !bin.exists() {
         bail!(
             "{} is missing: build it first (`cargo build --bins`)",
