@@ -49,9 +49,7 @@ fn rate(label: &str, way: &str, key: &str, profile: &str, start: Instant) -> f64
     let secs = start.elapsed().as_secs_f64();
     let per_second = MODULES as f64 / secs;
     println!("{label:<58} {MODULES} modules in {secs:7.3} s = {per_second:8.1} modules/s");
-    println!(
-        "BENCH name=sign_rate value={per_second:.1} unit=modules/s way={way} {key} profile={profile}"
-    );
+    println!("BENCH name=sign_rate value={per_second:.1} unit=modules/s way={way} {key} profile={profile}");
     per_second
 }
 

@@ -173,7 +173,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
     let (claims, claims_writer) = reflector::store();
     // The reflectors are polled only through `events`: nothing in this loop may wait on the
     // stores themselves (that would stop the very streams that fill them).
-    let node_watch = watcher(nodes_api, watcher::Config::default()).modify(crate::slim::node);
+    let node_watch = watcher(nodes_api, crate::slim::per_node_watch()).modify(crate::slim::node);
     let node_events = reflector(nodes_writer, node_watch)
         .default_backoff()
         .map(|r| Input::Nodes(r.map(|e| matches!(e, watcher::Event::InitDone))));

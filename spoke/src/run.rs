@@ -212,7 +212,7 @@ pub async fn run_with(
     let (records, records_writer) = reflector::store::<NodeModulesConfig>();
     let (record_tx, record_rx) = mpsc::unbounded_channel();
     let records_task = tokio::spawn(
-        watcher(Api::all(client.clone()), watcher::Config::default())
+        watcher(Api::all(client.clone()), crate::slim::per_node_watch())
             .modify(crate::slim::record)
             .default_backoff()
             .reflect(records_writer)

@@ -292,7 +292,10 @@ async fn spoke_with_1000_nodes() {
     );
 
     let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| {
-        kmm_test_kit::workspace_bin("kmm-spoke").unwrap().display().to_string()
+        kmm_test_kit::workspace_bin("kmm-spoke")
+            .unwrap()
+            .display()
+            .to_string()
     });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -106,7 +106,10 @@ fn worker_load_of_a_5_mib_module_tree() {
     )
     .unwrap();
     let bin = std::env::var("KMM_SPOKE_BIN").unwrap_or_else(|_| {
-        kmm_test_kit::workspace_bin("kmm-spoke").unwrap().display().to_string()
+        kmm_test_kit::workspace_bin("kmm-spoke")
+            .unwrap()
+            .display()
+            .to_string()
     });
     let worker = || {
         let mut cmd = Command::new(&bin);

@@ -50,11 +50,11 @@ pub fn controller(client: kube::Client, nodes_rx: mpsc::Receiver<()>) -> Control
     // The Node cache keeps only what a pass reads (`slim::node`).
     let (nodes, writer) = reflector::store();
     let watch =
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(crate::slim::node);
+        watcher(Api::<Node>::all(client.clone()), crate::slim::per_node_watch()).modify(crate::slim::node);
     Controller::for_stream(reflector::reflector(writer, watch).applied_objects(), nodes)
         .watches(
             Api::<NodeModulesConfig>::all(client.clone()),
-            watcher::Config::default(),
+            crate::slim::per_node_watch(),
             |nmc| Some(ObjectRef::<Node>::new(&nmc.name_any())),
         )
         .watches(
