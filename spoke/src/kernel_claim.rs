@@ -10,6 +10,7 @@
 //! nodes will boot, announced by an OS updater, for the hub to build ahead.
 
 use std::{
+    borrow::Borrow,
     collections::BTreeMap,
     sync::{
         Arc,
@@ -57,10 +58,10 @@ pub struct RefusedKernel {
 
 /// The kernels the nodes report (trimmed, empty ones skipped), split into those that follow the
 /// kernel grammar and those refused.
-pub fn node_kernels(nodes: &[Node]) -> (Vec<&str>, Vec<RefusedKernel>) {
+pub fn node_kernels<N: Borrow<Node>>(nodes: &[N]) -> (Vec<&str>, Vec<RefusedKernel>) {
     let mut valid = Vec::new();
     let mut refused = Vec::new();
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         let Some(info) = node.status.as_ref().and_then(|s| s.node_info.as_ref()) else {
             continue;
         };
@@ -83,7 +84,7 @@ pub fn node_kernels(nodes: &[Node]) -> (Vec<&str>, Vec<RefusedKernel>) {
 
 /// The claims to apply for these nodes (their kernels that follow the grammar), and the
 /// next-kernel claim when a node announces one.
-pub fn desired_claims(nodes: &[Node]) -> Result<Vec<ClusterClaim>, ClaimError> {
+pub fn desired_claims<N: Borrow<Node>>(nodes: &[N]) -> Result<Vec<ClusterClaim>, ClaimError> {
     let (kernels, _) = node_kernels(nodes);
     Ok(encode_kernel_claims(kernels)?
         .into_iter()
@@ -233,7 +234,8 @@ pub async fn run(client: Client, report: ClaimReporting) {
         if !(nodes_synced && claims_synced) {
             continue;
         }
-        let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
+        // The cached nodes themselves (`Arc`s): a pass reads them, nothing clones 1,000 nodes.
+        let node_list = nodes.state();
         let mut existing: BTreeMap<String, String> = claims
             .state()
             .iter()
@@ -279,7 +281,7 @@ pub async fn run(client: Client, report: ClaimReporting) {
     }
 }
 
-fn distinct_kernels(nodes: &[Node]) -> usize {
+fn distinct_kernels<N: Borrow<Node>>(nodes: &[N]) -> usize {
     node_kernels(nodes)
         .0
         .into_iter()
@@ -288,7 +290,7 @@ fn distinct_kernels(nodes: &[Node]) -> usize {
 }
 
 /// Warns about each refused kernel once, when the set of refused kernels changes.
-fn log_refused(nodes: &[Node], logged: &mut Vec<RefusedKernel>) {
+fn log_refused<N: Borrow<Node>>(nodes: &[N], logged: &mut Vec<RefusedKernel>) {
     let (_, refused) = node_kernels(nodes);
     if refused == *logged {
         return;
@@ -306,7 +308,7 @@ fn log_refused(nodes: &[Node], logged: &mut Vec<RefusedKernel>) {
 
 /// Warns once about next kernels left out of the claim (bad annotation values, kernels past the
 /// bound), when that set changes.
-fn log_next_left_out(nodes: &[Node], logged: &mut next_kernel::NextKernels) {
+fn log_next_left_out<N: Borrow<Node>>(nodes: &[N], logged: &mut next_kernel::NextKernels) {
     let mut next = next_kernel::next_kernels(nodes);
     next.kernels.clear();
     if next == *logged {

@@ -8,7 +8,7 @@
 //! named with its node. More than [`MAX_NEXT_KERNELS_PER_CLUSTER`] distinct kernels: those most
 //! nodes announce are published, the rest named.
 
-use std::collections::BTreeMap;
+use std::{borrow::Borrow, collections::BTreeMap};
 
 use k8s_openapi::api::core::v1::Node;
 use kmm_api::{
@@ -31,10 +31,10 @@ pub struct NextKernels {
 }
 
 /// The next kernels `nodes` announce; see the module docs.
-pub fn next_kernels(nodes: &[Node]) -> NextKernels {
+pub fn next_kernels<N: Borrow<Node>>(nodes: &[N]) -> NextKernels {
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = NextKernels::default();
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         let Some(next) = node.annotations().get(NEXT_KERNEL_ANNOTATION).map(|v| v.trim()) else {
             continue;
         };
@@ -72,7 +72,7 @@ pub fn next_kernels(nodes: &[Node]) -> NextKernels {
 }
 
 /// `(claim name, value)` of the next-kernel claim, `None` when no node announces a kernel.
-pub fn claim(nodes: &[Node]) -> Option<(String, String)> {
+pub fn claim<N: Borrow<Node>>(nodes: &[N]) -> Option<(String, String)> {
     let next = next_kernels(nodes);
     // The kernels are checked and bounded above, so encoding cannot refuse them.
     kmm_api::claims::encode_next_kernel_claim(next.kernels.iter().map(String::as_str))
