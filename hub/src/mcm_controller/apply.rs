@@ -44,7 +44,9 @@ pub async fn apply(
     let views: Vec<Result<ClusterView, Error>> = stream::iter(clusters)
         .map(|c| async move {
             let state = match c.work {
-                WorkPlan::Write(work) => ClusterState::Work(work_outcome(&write_work(ctx, *work).await?)),
+                WorkPlan::Write(work) => {
+                    ClusterState::Work(work_outcome(&write_work(ctx, work.to_work()).await?))
+                }
                 WorkPlan::Keep(current) => ClusterState::Work(work_outcome(&current)),
                 WorkPlan::Blocked(blocker) => ClusterState::Blocked(blocker),
             };

@@ -42,14 +42,16 @@ pub fn manifest_work(
     cluster: &str,
     module_spec: ModuleSpec,
 ) -> Result<ManifestWork, serde_json::Error> {
+    Ok(ManifestWork {
+        metadata: work_metadata(mcm, cluster),
+        spec: work_spec(mcm, module_spec)?,
+        status: None,
+    })
+}
+
+/// The metadata of `mcm`'s ManifestWork in `cluster`'s namespace: name, MCM label, owner.
+pub fn work_metadata(mcm: &ManagedClusterModule, cluster: &str) -> ObjectMeta {
     let name = mcm.metadata.name.clone().unwrap_or_default();
-    let spoke_namespace = mcm.spec.spoke_namespace.clone();
-    let mut module = Module::new(&name, module_spec);
-    module.metadata.namespace = Some(spoke_namespace.clone());
-    let mut module_json = serde_json::to_value(&module)?;
-    if let Some(obj) = module_json.as_object_mut() {
-        obj.remove("status"); // the spoke owns status; an empty one here would only fight it
-    }
     let owner = mcm.metadata.uid.as_ref().map(|uid| OwnerReference {
         api_version: ManagedClusterModule::api_version(&()).into_owned(),
         kind: ManagedClusterModule::kind(&()).into_owned(),
@@ -58,50 +60,63 @@ pub fn manifest_work(
         controller: Some(true),
         block_owner_deletion: Some(true),
     });
-    Ok(ManifestWork {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(cluster.to_owned()),
-            labels: Some(BTreeMap::from([(MCM_NAME_LABEL.to_owned(), name.clone())])),
-            owner_references: owner.map(|o| vec![o]),
-            ..Default::default()
+    ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(cluster.to_owned()),
+        labels: Some(BTreeMap::from([(MCM_NAME_LABEL.to_owned(), name)])),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The spec of `mcm`'s ManifestWorks for a rendered Module: the same for every cluster whose
+/// kernels render the same `module_spec` (the namespace is in the metadata).
+pub fn work_spec(
+    mcm: &ManagedClusterModule,
+    module_spec: ModuleSpec,
+) -> Result<ManifestWorkSpec, serde_json::Error> {
+    let name = mcm.metadata.name.clone().unwrap_or_default();
+    let spoke_namespace = mcm.spec.spoke_namespace.clone();
+    let mut module = Module::new(&name, module_spec);
+    module.metadata.namespace = Some(spoke_namespace.clone());
+    let mut module_json = serde_json::to_value(&module)?;
+    if let Some(obj) = module_json.as_object_mut() {
+        obj.remove("status"); // the spoke owns status; an empty one here would only fight it
+    }
+    Ok(ManifestWorkSpec {
+        workload: ManifestsTemplate {
+            manifests: vec![module_json],
         },
-        spec: ManifestWorkSpec {
-            workload: ManifestsTemplate {
-                manifests: vec![module_json],
+        // Foreground: deleting the work (or dropping the Module) unloads it on the spoke.
+        delete_option: Some(DeleteOption {
+            propagation_policy: Some("Foreground".into()),
+        }),
+        manifest_configs: vec![ManifestConfigOption {
+            resource_identifier: ResourceIdentifier {
+                group: Module::group(&()).into_owned(),
+                resource: Module::plural(&()).into_owned(),
+                name,
+                namespace: spoke_namespace,
             },
-            // Foreground: deleting the work (or dropping the Module) unloads it on the spoke.
-            delete_option: Some(DeleteOption {
-                propagation_policy: Some("Foreground".into()),
-            }),
-            manifest_configs: vec![ManifestConfigOption {
-                resource_identifier: ResourceIdentifier {
-                    group: Module::group(&()).into_owned(),
-                    resource: Module::plural(&()).into_owned(),
-                    name,
-                    namespace: spoke_namespace,
-                },
-                feedback_rules: vec![FeedbackRule {
-                    type_: "JSONPaths".into(),
-                    json_paths: feedback_paths()
-                        .into_iter()
-                        .map(|(name, path)| JsonPath {
-                            name,
-                            path,
-                            version: None,
-                        })
-                        .collect(),
-                }],
-                update_strategy: Some(UpdateStrategy {
-                    type_: "ServerSideApply".into(),
-                    server_side_apply: Some(ServerSideApplyConfig {
-                        field_manager: Some(WORK_AGENT_FIELD_MANAGER.into()),
-                        force: true,
-                    }),
-                }),
+            feedback_rules: vec![FeedbackRule {
+                type_: "JSONPaths".into(),
+                json_paths: feedback_paths()
+                    .into_iter()
+                    .map(|(name, path)| JsonPath {
+                        name,
+                        path,
+                        version: None,
+                    })
+                    .collect(),
             }],
-        },
-        status: None,
+            update_strategy: Some(UpdateStrategy {
+                type_: "ServerSideApply".into(),
+                server_side_apply: Some(ServerSideApplyConfig {
+                    field_manager: Some(WORK_AGENT_FIELD_MANAGER.into()),
+                    force: true,
+                }),
+            }),
+        }],
     })
 }
 

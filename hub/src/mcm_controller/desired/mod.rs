@@ -12,7 +12,11 @@ use std::{
     sync::Arc,
 };
 
-use kmm_api::{ManagedClusterModule, ModuleSpec, ocm::ManifestWork};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kmm_api::{
+    ManagedClusterModule,
+    ocm::{ManifestWork, ManifestWorkSpec},
+};
 use kube::ResourceExt;
 
 use self::plan::Blocker;
@@ -46,11 +50,48 @@ pub struct ClusterPlan {
     pub work: WorkPlan,
 }
 
+/// A ManifestWork to write: its own metadata, and a spec shared by every cluster with the same
+/// revision and kernels. 10,000 clusters on 3 kernels render, hash and hold 3 specs, not
+/// 10,000; the whole work is put together only when it is written.
+#[derive(Debug, Clone)]
+pub struct PendingWork {
+    pub metadata: ObjectMeta,
+    pub spec: Arc<SharedSpec>,
+}
+
+/// A rendered ManifestWork spec and its digest (what "already up to date" compares).
+#[derive(Debug)]
+pub struct SharedSpec {
+    pub spec: ManifestWorkSpec,
+    pub digest: String,
+}
+
+impl SharedSpec {
+    pub fn new(spec: ManifestWorkSpec) -> Self {
+        let digest = super::slim::spec_digest(&spec);
+        Self { spec, digest }
+    }
+}
+
+impl PendingWork {
+    /// The ManifestWork to send.
+    pub fn to_work(&self) -> ManifestWork {
+        ManifestWork {
+            metadata: self.metadata.clone(),
+            spec: self.spec.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+/// Rendered specs of one round, by revision and kernel set.
+type Specs = BTreeMap<(String, Vec<String>), Result<Arc<SharedSpec>, Blocker>>;
+
 /// The fate of one cluster's ManifestWork this round.
 #[derive(Debug)]
 pub enum WorkPlan {
     /// Write this (new or changed).
-    Write(Box<ManifestWork>),
+    Write(Box<PendingWork>),
     /// The stored work already says what we want: writing it again would be a no-op patch.
     Keep(Arc<ManifestWork>),
     /// No work can be rendered (an older one, if any, is left alone).
@@ -84,7 +125,7 @@ pub fn desired_in(mcm: &ManagedClusterModule, observed: &Observed, rollout: Opti
         .collect();
 
     // Render per distinct revision and kernel set (10,000 clusters on 3 kernels render 3 Modules).
-    let mut specs: BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>> = BTreeMap::new();
+    let mut specs = Specs::new();
     let clusters: Vec<ClusterPlan> = observed
         .clusters
         .iter()
@@ -133,8 +174,8 @@ fn rollout_render(
     cluster: &SelectedCluster,
     observed: &Observed,
     rollout: Option<&Round>,
-    specs: &mut BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>>,
-) -> Result<Option<ManifestWork>, Blocker> {
+    specs: &mut Specs,
+) -> Result<Option<PendingWork>, Blocker> {
     let Some(rollout) = rollout else {
         return render(mcm, "", cluster, observed, specs).map(Some);
     };
@@ -142,7 +183,9 @@ fn rollout_render(
         return Ok(None);
     };
     let mut work = render(&at, &notes[0].1, cluster, observed, specs)?;
-    work.annotations_mut()
+    work.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
         .extend(notes.into_iter().map(|(k, v)| (k.to_owned(), v)));
     Ok(Some(work))
 }
@@ -154,32 +197,44 @@ fn render(
     revision: &str,
     cluster: &SelectedCluster,
     observed: &Observed,
-    specs: &mut BTreeMap<(String, Vec<String>), Result<ModuleSpec, Blocker>>,
-) -> Result<ManifestWork, Blocker> {
+    specs: &mut Specs,
+) -> Result<PendingWork, Blocker> {
     if let Some(b) = &observed.spec_error {
         return Err(b.clone());
     }
     let kernels = cluster.kernels.as_ref().map_err(Clone::clone)?;
     let spec = specs
         .entry((revision.to_owned(), kernels.clone()))
-        .or_insert_with(|| plan::render_spec(mcm, kernels, &observed.pins))
+        .or_insert_with(|| {
+            let module = plan::render_spec(mcm, kernels, &observed.pins)?;
+            let spec = manifestwork::work_spec(mcm, module).map_err(|e| Blocker {
+                reason: Reason::RenderError,
+                message: e.to_string(),
+            })?;
+            Ok(Arc::new(SharedSpec::new(spec)))
+        })
         .clone()?;
-    plan::work_for(mcm, &cluster.name, kernels, spec)
+    Ok(PendingWork {
+        metadata: plan::work_metadata_for(mcm, &cluster.name, kernels),
+        spec,
+    })
 }
 
 /// Does the stored work already say what we want? Then writing it again is pointless: a hub
 /// restart over 10,000 clusters must not cost 10,000 no-op patches.
-pub fn up_to_date(current: &ManifestWork, desired: &ManifestWork) -> bool {
-    let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
+pub fn up_to_date(current: &ManifestWork, desired: &PendingWork) -> bool {
+    let subset = |want: Option<&BTreeMap<String, String>>, have: &BTreeMap<String, String>| {
+        want.into_iter().flatten().all(|(k, v)| have.get(k) == Some(v))
     };
-    super::slim::work_spec_digest(current) == super::slim::spec_digest(&desired.spec)
+    let meta = &desired.metadata;
+    super::slim::work_spec_digest(current) == desired.spec.digest
         && current.metadata.deletion_timestamp.is_none()
-        && subset(desired.labels(), current.labels())
-        && subset(desired.annotations(), current.annotations())
-        && desired
-            .owner_references()
+        && subset(meta.labels.as_ref(), current.labels())
+        && subset(meta.annotations.as_ref(), current.annotations())
+        && meta
+            .owner_references
             .iter()
+            .flatten()
             .all(|o| current.owner_references().contains(o))
 }
 

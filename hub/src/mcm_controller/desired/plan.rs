@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kmm_api::{
     ManagedClusterModule, ModuleSpec,
     claims::{self, ClaimError},
@@ -266,9 +267,19 @@ pub fn work_for(
         reason: Reason::RenderError,
         message: e.to_string(),
     })?;
-    work.annotations_mut()
-        .insert(KERNELS_ANNOTATION.to_string(), kernels.join(","));
+    work.metadata = work_metadata_for(mcm, cluster, kernels);
     Ok(work)
+}
+
+/// The metadata of the work for `cluster`: [`super::manifestwork::work_metadata`] and the
+/// kernels its Module was rendered for.
+pub fn work_metadata_for(mcm: &ManagedClusterModule, cluster: &str, kernels: &[String]) -> ObjectMeta {
+    let mut metadata = super::manifestwork::work_metadata(mcm, cluster);
+    metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(KERNELS_ANNOTATION.to_string(), kernels.join(","));
+    metadata
 }
 
 /// The ManifestWork for one cluster, or why there is none.

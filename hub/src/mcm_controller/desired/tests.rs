@@ -64,7 +64,11 @@ fn summary(d: &Desired) -> (Vec<String>, Vec<String>, Vec<String>) {
         .clusters
         .iter()
         .map(|c| match &c.work {
-            WorkPlan::Write(w) => format!("{}: write {}", c.cluster, w.namespace().unwrap_or_default()),
+            WorkPlan::Write(w) => format!(
+                "{}: write {}",
+                c.cluster,
+                w.metadata.namespace.clone().unwrap_or_default()
+            ),
             WorkPlan::Keep(_) => format!("{}: keep", c.cluster),
             WorkPlan::Blocked(b) => format!("{}: blocked {}", c.cluster, b.reason),
         })
