@@ -172,12 +172,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (clusters, clusters_task) = reflect(
         Api::<ManagedCluster>::all(client.clone()),
-        watcher::Config::default(),
+        per_cluster_watch(),
         mcm_controller::slim::cluster,
     );
     let (works, works_task) = reflect(
         Api::<ManifestWork>::all(client.clone()),
-        watcher::Config::default().labels(MCM_NAME_LABEL),
+        per_cluster_watch().labels(MCM_NAME_LABEL),
         mcm_controller::slim::work,
     );
     let (jobs, jobs_task) = reflect(
@@ -300,12 +300,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller
         .watches(
             Api::<ManagedCluster>::all(client.clone()),
-            watcher::Config::default(),
+            per_cluster_watch(),
             move |cluster| mcms_for_cluster(&mcm_store, &works_for_mapper, &cluster),
         )
         .watches(
             Api::<ManifestWork>::all(client),
-            watcher::Config::default().labels(MCM_NAME_LABEL),
+            per_cluster_watch().labels(MCM_NAME_LABEL),
             |work| {
                 work.labels()
                     .get(MCM_NAME_LABEL)
@@ -323,6 +323,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await;
     info!("stopped");
     Ok(())
+}
+
+/// Objects per page of a per-cluster watch's initial list (kube-runtime lists 500). Trimming
+/// runs per decoded object, so each watch held a page of 500 whole ManifestWorks (Module,
+/// managedFields, status), raw and decoded, at once; glibc keeps such a peak.
+const LIST_PAGE: u32 = 100;
+
+/// The watch settings of a kind with one object per cluster (ManagedCluster, ManifestWork).
+fn per_cluster_watch() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE)
 }
 
 /// A store fed by its own watch, and the task driving it; `slim` trims each object to what the
