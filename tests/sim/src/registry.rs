@@ -251,6 +251,8 @@ impl Registry {
             T::builtin("apps", "v1", "Deployment", "deployments", true)
                 .with_status()
                 .short(&["deploy"]),
+            // The hub keeps each MCM's rollout revisions in ControllerRevisions.
+            T::builtin("apps", "v1", "ControllerRevision", "controllerrevisions", true),
             T::builtin("batch", "v1", "Job", "jobs", true)
                 .with_status()
                 .fields(&["status.successful"]),
