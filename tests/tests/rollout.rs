@@ -20,7 +20,7 @@ use std::{
 };
 
 use k8s_openapi::jiff::Timestamp;
-use kmm_api::{ManagedClusterModule, mcm::RolloutStatus, nmc::NodeModulesConfig, ocm::ManifestWork};
+use kmm_api::{ManagedClusterModule, Module, mcm::RolloutStatus, nmc::NodeModulesConfig, ocm::ManifestWork};
 use kmm_fleet_tests::{
     controlplane::ControlPlane,
     demo,
@@ -569,10 +569,21 @@ async fn a_new_image_rolls_out_in_waves_survives_a_hub_kill_and_a_bad_one_halts_
     assert!(
         halted
             .message
-            .contains("c4 (LoadFailed: 1 node(s) failing; c4-1: modprobe")
-            && halted.message.contains("kmm_absent failed"),
+            .contains("c4 (LoadFailed: 1 node(s) failing; c4-1: modprobe"),
         "{}",
         halted.message
+    );
+    // The condition keeps 200 bytes per cluster, and the worker's modprobe line carries the
+    // pod's folder under this clone's target dir, so a long clone path can cut the module name
+    // off there; the canary's own Module status names it.
+    let module = Api::<Module>::namespaced(fleet.spoke(CANARY).unwrap().cluster.client(), MODULE_NAMESPACE)
+        .get(MCM)
+        .await
+        .unwrap();
+    let conditions = module.status.map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c.message.contains("kmm_absent failed")),
+        "{conditions:?}"
     );
     // Longer than minSuccessTime: a gate that let anything through would move wave 2 by now.
     tokio::time::sleep(Duration::from_secs(15)).await;
