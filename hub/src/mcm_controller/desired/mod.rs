@@ -207,11 +207,7 @@ fn render(
         .entry((revision.to_owned(), kernels.clone()))
         .or_insert_with(|| {
             let module = plan::render_spec(mcm, kernels, &observed.pins)?;
-            let spec = manifestwork::work_spec(mcm, module).map_err(|e| Blocker {
-                reason: Reason::RenderError,
-                message: e.to_string(),
-            })?;
-            Ok(Arc::new(SharedSpec::new(spec)))
+            Ok(Arc::new(SharedSpec::new(plan::work_spec_for(mcm, module)?)))
         })
         .clone()?;
     Ok(PendingWork {

@@ -13,12 +13,12 @@ use kmm_api::{
     claims::{self, ClaimError},
     kernel::{KernelMapper, MappingError, normalize_kernel},
     module::TlsOptions,
-    ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork},
+    ocm::{KERNEL_VERSIONS_CLAIM, ManagedCluster, ManifestWork, ManifestWorkSpec},
     trim::{self, TrimError},
 };
 use kube::ResourceExt;
 
-use super::manifestwork::manifest_work;
+use super::manifestwork::work_spec;
 use crate::mcm_controller::observe::{LookupError, SelectedCluster};
 use crate::reason::Reason;
 
@@ -263,12 +263,19 @@ pub fn work_for(
     kernels: &[String],
     spec: ModuleSpec,
 ) -> Result<ManifestWork, Blocker> {
-    let mut work = manifest_work(mcm, cluster, spec).map_err(|e| Blocker {
+    Ok(ManifestWork {
+        metadata: work_metadata_for(mcm, cluster, kernels),
+        spec: work_spec_for(mcm, spec)?,
+        status: None,
+    })
+}
+
+/// [`work_spec`] for a rendered Module, a failure to serialize it as a `RenderError` blocker.
+pub fn work_spec_for(mcm: &ManagedClusterModule, spec: ModuleSpec) -> Result<ManifestWorkSpec, Blocker> {
+    work_spec(mcm, spec).map_err(|e| Blocker {
         reason: Reason::RenderError,
         message: e.to_string(),
-    })?;
-    work.metadata = work_metadata_for(mcm, cluster, kernels);
-    Ok(work)
+    })
 }
 
 /// The metadata of the work for `cluster`: [`super::manifestwork::work_metadata`] and the
