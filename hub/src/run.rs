@@ -20,13 +20,13 @@ use kmm_api::{
     ocm::{ManagedCluster, ManifestWork},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::ListParams,
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt, controller,
         events::{Recorder, Reporter},
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, Store},
         watcher,
     },
 };
@@ -36,10 +36,8 @@ use crate::{
     leader::{self, Leadership, LeaseConfig},
     mcm_controller::{
         self, Context,
-        desired::{
-            job::{JOB_TYPE_LABEL, JobSettings, Resources, defaults},
-            plan,
-        },
+        desired::job::{JOB_TYPE_LABEL, JobSettings, Resources, defaults},
+        triggers,
     },
     metrics::Metrics,
     registry::DigestResolver,
@@ -265,6 +263,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         clusters: clusters.clone(),
         works: works.clone(),
         recent_writes: Default::default(),
+        dirty: Default::default(),
+        memos: Default::default(),
         jobs,
         leader: leadership,
         config: mcm_controller::Config {
@@ -297,20 +297,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.concurrency,
     ));
     let works_for_mapper = works.clone();
+    let (dirty_clusters, dirty_works) = (ctx.dirty.clone(), ctx.dirty.clone());
     controller
         .watches(
             Api::<ManagedCluster>::all(client.clone()),
             per_cluster_watch(),
-            move |cluster| mcms_for_cluster(&mcm_store, &works_for_mapper, &cluster),
+            move |cluster| {
+                triggers::mcms_for_cluster(&mcm_store, &works_for_mapper, &dirty_clusters, &cluster)
+            },
         )
         .watches(
             Api::<ManifestWork>::all(client),
             per_cluster_watch().labels(MCM_NAME_LABEL),
-            |work| {
-                work.labels()
-                    .get(MCM_NAME_LABEL)
-                    .map(|name| ObjectRef::<DeserializeGuard<ManagedClusterModule>>::new(name))
-            },
+            move |work| triggers::mcm_for_work(&dirty_works, &work),
         )
         .with_config(
             controller::Config::default()
@@ -357,32 +356,6 @@ where
         .touched_objects()
         .for_each(|_| futures::future::ready(()));
     (reader, stream)
-}
-
-/// MCMs to reconcile when a cluster changes: those selecting it now, and those with a work in its
-/// namespace (it may just have stopped matching).
-pub fn mcms_for_cluster(
-    mcms: &Store<DeserializeGuard<ManagedClusterModule>>,
-    works: &Store<ManifestWork>,
-    cluster: &ManagedCluster,
-) -> Vec<ObjectRef<DeserializeGuard<ManagedClusterModule>>> {
-    let name = cluster.name_any();
-    let mut out: Vec<ObjectRef<DeserializeGuard<ManagedClusterModule>>> = mcms
-        .state()
-        .iter()
-        .filter(|m| m.0.as_ref().is_ok_and(|m| plan::selects(m, cluster)))
-        .map(|m| ObjectRef::new(&m.name_any()))
-        .collect();
-    for w in works
-        .state()
-        .iter()
-        .filter(|w| w.namespace().as_deref() == Some(name.as_str()))
-    {
-        if let Some(mcm) = w.labels().get(MCM_NAME_LABEL) {
-            out.push(ObjectRef::new(mcm));
-        }
-    }
-    out
 }
 
 async fn shutdown_signal() {

@@ -10,20 +10,33 @@
 //!  ManifestWork watch   ──▶ the MCM named by its label ─────────────────────────┼─▶ reconcile(MCM)
 //!  MCM watch ───────────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! The cluster and work watches also record the cluster in [`dirty`] ([`triggers`]). A reconcile
+//! whose MCM has a fresh [`memo`] of its last full reconcile looks at those clusters alone
+//! ([`incremental`]); an MCM change, the resync, a start and anything one cluster cannot decide
+//! alone look at the whole fleet.
 
 pub mod apply;
 pub mod build;
 pub mod desired;
+pub mod dirty;
 mod error;
 pub mod events;
 pub mod fleet_status;
+pub mod incremental;
+pub mod memo;
 pub mod observe;
 pub mod recent_writes;
 pub mod slim;
+pub mod triggers;
 pub mod trust;
 pub mod work_outcome;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kmm_api::{ManagedClusterModule, ocm::ManagedCluster, ocm::ManifestWork};
@@ -34,7 +47,7 @@ use kube::{
         controller::Action,
         events::Recorder,
         finalizer::{self, finalizer},
-        reflector::Store,
+        reflector::{ObjectRef, Store},
     },
 };
 use tracing::{instrument, warn};
@@ -82,6 +95,10 @@ pub struct Context {
     pub works: Store<ManifestWork>,
     /// The hub's own recent work writes, read until the cache holds them.
     pub recent_writes: recent_writes::RecentWrites,
+    /// Clusters changed since each MCM's last reconcile (filled by [`triggers`]).
+    pub dirty: Arc<dirty::DirtySet>,
+    /// Each MCM's last full reconcile, for reconciles of single clusters.
+    pub memos: memo::Memos,
     /// The hub's build and sign Jobs.
     pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
     /// Only the leader writes.
@@ -96,7 +113,9 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     if !ctx.leader.is_leader() {
-        // Followers keep their caches warm and check back; the leader does the writing.
+        // Followers keep their caches warm and check back; the leader does the writing. A memo
+        // from an earlier leadership may be stale by now.
+        ctx.memos.clear();
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     // A malformed MCM must not stall the watch: report it on the object and wait for a change.
@@ -137,8 +156,42 @@ pub fn error_policy(
 }
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let observed = observe::observe(mcm, ctx).await;
+    let name = mcm.name_any();
+    let dirty = ctx.dirty.take(&name);
+    let memo = ctx.memos.take(&name);
+    let age = memo.as_ref().map(|m| memo::MemoAge {
+        uid: m.uid.as_deref(),
+        generation: m.generation,
+        age: m.full_at.elapsed(),
+    });
+    let scope = memo::scope(
+        age,
+        mcm.metadata.uid.as_deref(),
+        mcm.metadata.generation,
+        ctx.config.resync,
+        dirty,
+    );
+    if let (memo::Scope::Clusters(clusters), Some(mut memo)) = (scope, memo) {
+        match incremental::reconcile_clusters(mcm, ctx, &mut memo, &clusters).await {
+            Ok(Some(after)) => {
+                ctx.memos.put(&name, memo);
+                return Ok(Action::requeue(after));
+            }
+            Ok(None) => tracing::debug!(clusters = clusters.len(), "needs a full reconcile"),
+            Err(e) => {
+                ctx.dirty.restore(&name, clusters);
+                return Err(e);
+            }
+        }
+    }
+    apply_full(mcm, ctx).await
+}
+
+/// Reconciles every selected cluster, and keeps a memo when the outcome allows reconciling
+/// single clusters next.
+async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let (observed, collisions) = observe::observe_checked(mcm, ctx).await;
     let observed_in = started.elapsed();
     let building = build::advance(mcm, ctx, &observed).await?;
     let observed = observed.with_pins(building.pins);
@@ -148,47 +201,34 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     let observed = observed.with_pins(rollout.pins);
     let desired = desired::desired_in(mcm, &observed, Some(&rollout.round));
     let views = apply::apply(ctx, mcm, desired).await?;
-
-    let kernels: BTreeSet<String> = views.iter().flat_map(|v| v.kernels.iter().cloned()).collect();
-    let images = plan::kernel_images(mcm, &kernels, &observed.pins);
-    let now = Time(Timestamp::now());
-    let mut new_status = fleet_status::fleet_status(
-        mcm.metadata.generation,
+    finish(
+        ctx,
+        mcm,
         &views,
-        &images,
-        mcm.status.as_ref(),
-        now.clone(),
-    );
-    crate::rollout::status::apply(
-        &mut new_status,
-        mcm.status.as_ref(),
+        &observed.pins,
         &rollout.round,
         rollout.invalid.as_deref(),
-        now.clone(),
-    );
-    new_status.kernel_readiness =
-        crate::preflight::readiness::kernel_readiness(mcm.status.as_ref(), &new_status.kernels, &now);
-    let mut problems = events::new_problems(mcm.status.as_ref(), &new_status);
-    problems.extend(crate::rollout::status::events(
-        crate::rollout::status::was_halted(mcm.status.as_ref()),
-        &rollout.round,
-    ));
-    events::publish(ctx, &mcm.object_ref(&()), problems).await;
-    for (job, event) in events::failed_job_events(mcm.status.as_ref(), &new_status, &building.failed) {
-        let reference = events::job_reference(&ctx.config.namespace, &job, &ctx.jobs);
-        events::publish(ctx, &reference, vec![event]).await;
+        &building.failed,
+    )
+    .await?;
+    let labels = |c: &str| {
+        ctx.clusters
+            .get(&ObjectRef::new(c))
+            .map(|c| c.labels().clone())
+            .unwrap_or_default()
+    };
+    let outcome = incremental::FullOutcome {
+        mcm,
+        observed: &observed,
+        collisions,
+        round: &rollout.round,
+        invalid: rollout.invalid.is_some(),
+        failed_jobs: !building.failed.is_empty(),
+        views: &views,
+    };
+    if let Some(memo) = incremental::remember(outcome, &labels, started) {
+        ctx.memos.put(&mcm.name_any(), memo);
     }
-    ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
-    ctx.metrics
-        .observe_rollout(&mcm.name_any(), new_status.rollout.as_ref());
-    ctx.metrics.observe_problems(
-        &mcm.name_any(),
-        views
-            .iter()
-            .filter_map(|v| v.problem())
-            .map(|(state, reason, _)| (state, reason)),
-    );
-    apply::write_status(ctx, mcm, &new_status).await?;
 
     // A spec error may be cured outside the MCM (a Secret granting it, say), which no watch
     // sees: look again soon rather than at the next resync.
@@ -205,7 +245,58 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     ))
 }
 
+/// The status from every selected cluster's view, its Events and metrics, and the status write
+/// when it changed.
+async fn finish(
+    ctx: &Context,
+    mcm: &ManagedClusterModule,
+    views: &[fleet_status::ClusterView],
+    pins: &BTreeMap<String, Pin>,
+    round: &crate::rollout::round::Round,
+    invalid: Option<&str>,
+    failed_jobs: &[build::FailedJob],
+) -> Result<(), Error> {
+    let kernels: BTreeSet<&String> = views.iter().flat_map(|v| v.kernels.iter()).collect();
+    let kernels: BTreeSet<String> = kernels.into_iter().cloned().collect();
+    let images = plan::kernel_images(mcm, &kernels, pins);
+    let now = Time(Timestamp::now());
+    let mut new_status = fleet_status::fleet_status(
+        mcm.metadata.generation,
+        views,
+        &images,
+        mcm.status.as_ref(),
+        now.clone(),
+    );
+    crate::rollout::status::apply(&mut new_status, mcm.status.as_ref(), round, invalid, now.clone());
+    new_status.kernel_readiness =
+        crate::preflight::readiness::kernel_readiness(mcm.status.as_ref(), &new_status.kernels, &now);
+    let mut problems = events::new_problems(mcm.status.as_ref(), &new_status);
+    problems.extend(crate::rollout::status::events(
+        crate::rollout::status::was_halted(mcm.status.as_ref()),
+        round,
+    ));
+    events::publish(ctx, &mcm.object_ref(&()), problems).await;
+    for (job, event) in events::failed_job_events(mcm.status.as_ref(), &new_status, failed_jobs) {
+        let reference = events::job_reference(&ctx.config.namespace, &job, &ctx.jobs);
+        events::publish(ctx, &reference, vec![event]).await;
+    }
+    ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
+    ctx.metrics
+        .observe_rollout(&mcm.name_any(), new_status.rollout.as_ref());
+    ctx.metrics.observe_problems(
+        &mcm.name_any(),
+        views
+            .iter()
+            .filter_map(|v| v.problem())
+            .map(|(state, reason, _)| (state, reason)),
+    );
+    apply::write_status(ctx, mcm, &new_status).await?;
+    Ok(())
+}
+
 async fn cleanup(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
+    ctx.memos.take(&mcm.name_any());
+    ctx.dirty.take(&mcm.name_any());
     let works = observe::own_works(mcm, &ctx.works.state());
     // The store may lag behind; ask the API too before declaring the fleet clean.
     let api: Api<ManifestWork> = Api::all(ctx.client.clone());

@@ -90,6 +90,15 @@ pub fn selected_clusters(
     mcm: &ManagedClusterModule,
     clusters: &[Arc<ManagedCluster>],
 ) -> Vec<SelectedCluster> {
+    selected_clusters_checked(mcm, clusters).0
+}
+
+/// [`selected_clusters`], and whether two kernels shared an image tag spelling (then a change on
+/// one cluster can change what another keeps, so no cluster is reconciled alone).
+pub fn selected_clusters_checked(
+    mcm: &ManagedClusterModule,
+    clusters: &[Arc<ManagedCluster>],
+) -> (Vec<SelectedCluster>, bool) {
     let mut out: Vec<SelectedCluster> = clusters
         .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none() && plan::selects(mcm, c))
@@ -104,8 +113,8 @@ pub fn selected_clusters(
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    plan::refuse_tag_collisions(&mut out);
-    out
+    let collisions = plan::refuse_tag_collisions(&mut out);
+    (out, collisions)
 }
 
 /// This MCM's ManifestWorks (by the MCM-name label), by namespace.
@@ -139,8 +148,13 @@ pub fn images_needed(
 
 /// Gathers the state one reconcile of `mcm` needs.
 pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
+    observe_checked(mcm, ctx).await.0
+}
+
+/// [`observe`], and whether kernels' tag spellings collided (see [`selected_clusters_checked`]).
+pub async fn observe_checked(mcm: &ManagedClusterModule, ctx: &Context) -> (Observed, bool) {
     let t = std::time::Instant::now();
-    let clusters = selected_clusters(mcm, &ctx.clusters.state());
+    let (clusters, collisions) = selected_clusters_checked(mcm, &ctx.clusters.state());
     let works = ctx
         .recent_writes
         .overlay(&mcm.name_any(), own_works(mcm, &ctx.works.state()));
@@ -155,12 +169,15 @@ pub async fn observe(mcm: &ManagedClusterModule, ctx: &Context) -> Observed {
     let auth = pull_auth(mcm, ctx).await;
     let pins = resolve(&ctx.resolver, images, &auth).await;
     tracing::debug!(?selected_in, resolved_in = ?t.elapsed(), "observe");
-    Observed {
-        clusters,
-        works,
-        pins,
-        spec_error,
-    }
+    (
+        Observed {
+            clusters,
+            works,
+            pins,
+            spec_error,
+        },
+        collisions,
+    )
 }
 
 /// Why the MCM may not have what it names (see [`trust`]): a forbidden namespace or service

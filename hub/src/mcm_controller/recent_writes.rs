@@ -71,6 +71,28 @@ impl RecentWrites {
         cached
     }
 
+    /// [`Self::overlay`] for one work: `cached` (the cache's copy of `namespace/name`), or the
+    /// hub's own later write of it. Leaves every other entry alone, so it costs O(1).
+    pub fn latest(
+        &self,
+        namespace: &str,
+        name: &str,
+        cached: Option<Arc<ManifestWork>>,
+    ) -> Option<Arc<ManifestWork>> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut entries = self.lock();
+        let Some((at, written)) = entries.get(&key) else {
+            return cached;
+        };
+        let stale = at.elapsed() > STAND_IN_FOR;
+        let caught_up = cached.as_ref().is_some_and(|c| !newer(written, c));
+        if stale || caught_up {
+            entries.remove(&key);
+            return cached;
+        }
+        Some(written.clone())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, (Instant, Arc<ManifestWork>)>> {
         // A panic elsewhere while holding the lock leaves the map usable: every entry is whole.
         self.entries
@@ -145,5 +167,27 @@ mod tests {
         assert!(recent.overlay("other", BTreeMap::new()).is_empty());
         recent.forget("b", "m");
         assert!(recent.overlay("m", BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn latest_reads_one_work_like_overlay() {
+        let recent = RecentWrites::default();
+        recent.record(&work("a", "u1", 2));
+        let generation = |w: Option<Arc<ManifestWork>>| w.and_then(|w| w.metadata.generation);
+        assert_eq!(
+            generation(recent.latest("a", "m", None)),
+            Some(2),
+            "not in the cache yet"
+        );
+        assert_eq!(
+            generation(recent.latest("a", "m", Some(Arc::new(work("a", "u1", 1))))),
+            Some(2)
+        );
+        assert_eq!(generation(recent.latest("b", "m", None)), None);
+        assert_eq!(
+            generation(recent.latest("a", "m", Some(Arc::new(work("a", "u1", 2))))),
+            Some(2)
+        );
+        assert!(recent.lock().is_empty(), "dropped once the cache caught up");
     }
 }

@@ -87,7 +87,8 @@ pub fn checked_cluster_kernels(cluster: &ManagedCluster) -> (Result<Vec<String>,
 /// different inputs. The spelling's owner is the kernel already written that way (`a_b` owns
 /// `a_b`, so an invented `a+b` cannot take a real `a_b`'s tag), else the smallest; every other
 /// spelling is dropped from the clusters reporting it, with a message naming the owner's cluster.
-pub fn refuse_tag_collisions(clusters: &mut [SelectedCluster]) {
+/// Returns whether any kernel was dropped.
+pub fn refuse_tag_collisions(clusters: &mut [SelectedCluster]) -> bool {
     let mut by_tag: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for c in clusters.iter() {
         let name = &c.name;
@@ -113,7 +114,7 @@ pub fn refuse_tag_collisions(clusters: &mut [SelectedCluster]) {
         }
     }
     if losers.is_empty() {
-        return;
+        return false;
     }
     for c in clusters.iter_mut() {
         let (kernels, refused) = (&mut c.kernels, &mut c.refused);
@@ -132,6 +133,7 @@ pub fn refuse_tag_collisions(clusters: &mut [SelectedCluster]) {
             *kernels = Err(Blocker::new(Reason::MalformedKernelClaim, refused.join("; ")));
         }
     }
+    true
 }
 
 /// An image the spoke will pull, with how to reach its registry.

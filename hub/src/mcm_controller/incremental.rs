@@ -1,0 +1,245 @@
+//! The reconcile of the clusters that changed, from the [`Memo`] of the last full one: each
+//! changed cluster is observed, planned, rendered and applied as the full reconcile would, and
+//! the status is counted from the memo's per-cluster views. Nothing here is O(clusters) but the
+//! planner pass and the status counts over cached values; no render, digest, store scan or API
+//! call for a cluster that did not change.
+//!
+//! It gives up (returns `None`, and the caller runs a full reconcile) whenever one cluster alone
+//! cannot decide: a cluster selected or dropped, a kernel no cluster ran before, a work not at
+//! the target revision, a rollout wave ready to start.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+
+use super::{
+    Context, Error, apply,
+    desired::{self, plan},
+    fleet_status::ClusterView,
+    memo::Memo,
+    observe::{self, Observed, SelectedCluster},
+};
+use crate::rollout::{
+    planner, revision,
+    round::{self, Assignment, Round},
+};
+
+/// One changed cluster, read for this reconcile.
+struct Changed {
+    index: usize,
+    selected: SelectedCluster,
+    work: Option<Arc<ManifestWork>>,
+    standing: planner::Cluster,
+}
+
+/// Reconciles `dirty` against `memo` and writes the status; `Ok(None)` when a full reconcile is
+/// needed instead (the memo may then be half updated: drop it). Returns when to look again.
+pub async fn reconcile_clusters(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+    memo: &mut Memo,
+    dirty: &BTreeSet<String>,
+) -> Result<Option<Duration>, Error> {
+    let now = Timestamp::now();
+    let name = mcm.name_any();
+    let mut changed = Vec::new();
+    for cluster in dirty {
+        match read_changed(mcm, ctx, memo, &name, cluster, now) {
+            Read::Unconcerned => {}
+            Read::NeedsFull => return Ok(None),
+            Read::Changed(c) => changed.push(*c),
+        }
+    }
+    for c in &changed {
+        memo.planned[c.index] = c.standing.clone();
+    }
+    let plan = planner::plan(&memo.planned, &memo.round.strategy, now);
+    if !plan.move_now.is_empty() {
+        return Ok(None); // a wave starts: the full reconcile moves it
+    }
+    memo.round.plan = plan;
+
+    let indices: Vec<usize> = changed.iter().map(|c| c.index).collect();
+    let mut works = BTreeMap::new();
+    let mut clusters = Vec::with_capacity(changed.len());
+    for c in changed {
+        if let Some(w) = c.work {
+            works.insert(c.selected.name.clone(), w);
+        }
+        clusters.push(c.selected);
+    }
+    let observed = Observed {
+        clusters,
+        works,
+        pins: memo.pins.clone(),
+        spec_error: None,
+    };
+    let desired = desired::desired_in(mcm, &observed, Some(&memo.round));
+    let views = apply::apply(ctx, mcm, desired).await?;
+    for (i, view) in indices.into_iter().zip(views) {
+        memo.views[i] = view;
+    }
+    super::finish(ctx, mcm, &memo.views, &memo.pins, &memo.round, None, &[]).await?;
+    Ok(Some(
+        memo.round
+            .plan
+            .recheck_after
+            .map_or(ctx.config.resync, |r| r.min(ctx.config.resync))
+            .min(ctx.config.resync.saturating_sub(memo.full_at.elapsed())),
+    ))
+}
+
+enum Read {
+    /// Neither selected now nor before: not this MCM's business.
+    Unconcerned,
+    NeedsFull,
+    Changed(Box<Changed>),
+}
+
+/// Reads one changed cluster from the stores, or says why it needs a full reconcile.
+fn read_changed(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+    memo: &Memo,
+    name: &str,
+    cluster: &str,
+    now: Timestamp,
+) -> Read {
+    let found = ctx
+        .clusters
+        .get(&ObjectRef::new(cluster))
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && plan::selects(mcm, c));
+    let (found, index) = match (found, memo.index.get(cluster)) {
+        (None, None) => return Read::Unconcerned,
+        (Some(found), Some(&index)) => (found, index),
+        _ => return Read::NeedsFull,
+    };
+    let (kernels, refused) = plan::checked_cluster_kernels(&found);
+    if kernels
+        .as_ref()
+        .is_ok_and(|ks| ks.iter().any(|k| !memo.accepted.contains(k)))
+    {
+        return Read::NeedsFull;
+    }
+    let target = memo.round.target.as_str();
+    let cached = ctx.works.get(&ObjectRef::new(name).within(cluster));
+    let work = ctx.recent_writes.latest(cluster, name, cached);
+    let at_target = work.as_deref().and_then(revision::of_work) == Some(target);
+    let rendered_at_target = matches!(
+        memo.round.assignments.get(cluster),
+        Some(Assignment::Render { revision, .. }) if revision == target
+    );
+    if !at_target || !rendered_at_target {
+        return Read::NeedsFull;
+    }
+    let unreachable = observe::unreachable(&found);
+    let standing = planner::Cluster {
+        name: cluster.to_owned(),
+        canary: is_canary(&memo.round, found.labels()),
+        standing: round::standing(work.as_deref(), target, unreachable.is_some(), now),
+    };
+    Read::Changed(Box::new(Changed {
+        index,
+        selected: SelectedCluster {
+            name: cluster.to_owned(),
+            kernels,
+            refused,
+            unreachable,
+        },
+        work,
+        standing,
+    }))
+}
+
+/// Does the rollout's canary selector pick a cluster with these labels?
+pub fn is_canary(round: &Round, labels: &BTreeMap<String, String>) -> bool {
+    let canary = &round.strategy.canary;
+    !canary.is_empty() && canary.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The memo of a full reconcile, when its outcome lets single clusters be reconciled alone:
+/// nothing blocks the fleet as a whole (spec error, unusable strategy, image not pinned, failed
+/// Job, tag collision), no wave is starting and every cluster is rendered from the target.
+pub struct FullOutcome<'a> {
+    pub mcm: &'a ManagedClusterModule,
+    pub observed: &'a Observed,
+    pub collisions: bool,
+    pub round: &'a Round,
+    pub invalid: bool,
+    pub failed_jobs: bool,
+    pub views: &'a [ClusterView],
+}
+
+/// See [`FullOutcome`]; `labels` reads a cluster's labels for the canary selector.
+pub fn remember(
+    outcome: FullOutcome<'_>,
+    labels: &dyn Fn(&str) -> BTreeMap<String, String>,
+    started: std::time::Instant,
+) -> Option<Memo> {
+    let FullOutcome {
+        mcm,
+        observed,
+        collisions,
+        round,
+        invalid,
+        failed_jobs,
+        views,
+    } = outcome;
+    let settled = observed.spec_error.is_none()
+        && !collisions
+        && !invalid
+        && !failed_jobs
+        && round.plan.move_now.is_empty()
+        && observed.pins.values().all(|p| matches!(p, plan::Pin::Pinned(_)))
+        && views.len() == observed.clusters.len()
+        && observed.clusters.iter().zip(views).all(|(c, v)| {
+            c.name == v.name
+                && matches!(round.assignments.get(&c.name),
+                    Some(Assignment::Render { revision, .. }) if *revision == round.target)
+        });
+    if !settled {
+        return None;
+    }
+    let now = Timestamp::now();
+    let planned = observed
+        .clusters
+        .iter()
+        .map(|c| planner::Cluster {
+            name: c.name.clone(),
+            canary: is_canary(round, &labels(&c.name)),
+            standing: round::standing(
+                observed.works.get(&c.name).map(AsRef::as_ref),
+                &round.target,
+                c.unreachable.is_some(),
+                now,
+            ),
+        })
+        .collect();
+    Some(Memo {
+        uid: mcm.metadata.uid.clone(),
+        generation: mcm.metadata.generation,
+        full_at: started,
+        round: round.clone(),
+        pins: observed.pins.clone(),
+        accepted: observed
+            .clusters
+            .iter()
+            .filter_map(|c| c.kernels.as_ref().ok())
+            .flatten()
+            .cloned()
+            .collect(),
+        views: views.to_vec(),
+        planned,
+        index: views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.clone(), i))
+            .collect(),
+    })
+}

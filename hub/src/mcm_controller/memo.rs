@@ -1,0 +1,141 @@
+//! What the last full reconcile of an MCM saw and decided, kept so that a change on one cluster
+//! costs the work of one cluster: its view for the status, its standing for the rollout planner,
+//! the round's assignments and the pins. [`scope`] (pure) decides when that is enough and when
+//! the whole fleet must be looked at again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use super::{desired::plan::Pin, fleet_status::ClusterView};
+use crate::rollout::{planner, round::Round};
+
+/// One MCM's last full reconcile, as far as an incremental one needs it.
+pub struct Memo {
+    /// The MCM it was made for: another uid or generation needs a full reconcile.
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    /// When the full reconcile ran: the periodic resync is a full one.
+    pub full_at: Instant,
+    /// The round decided then; every cluster is rendered from its target revision.
+    pub round: Round,
+    /// Every image the clusters' kernels need, pinned.
+    pub pins: BTreeMap<String, Pin>,
+    /// Kernels some cluster runs; a cluster reporting any other needs a full reconcile (a new
+    /// image to look up, a tag spelling to check against the fleet).
+    pub accepted: BTreeSet<String>,
+    /// Each selected cluster as the status sees it, sorted by name.
+    pub views: Vec<ClusterView>,
+    /// Each selected cluster as the planner sees it, in the order of `views`.
+    pub planned: Vec<planner::Cluster>,
+    /// Position of each cluster in `views` and `planned`.
+    pub index: HashMap<String, usize>,
+}
+
+/// How much of the fleet one reconcile looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every selected cluster: observe, build, rollout, render, apply.
+    Full,
+    /// Only these clusters (maybe none: then the status is recomputed from the memo).
+    Clusters(BTreeSet<String>),
+}
+
+/// What [`scope`] knows of a memo.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoAge<'a> {
+    pub uid: Option<&'a str>,
+    pub generation: Option<i64>,
+    pub age: Duration,
+}
+
+/// Full when there is no memo, the MCM changed (uid or generation) or the resync is due;
+/// otherwise only the clusters that changed. Anything an incremental reconcile finds it cannot
+/// decide alone (a new kernel, a new or removed cluster) makes it fall back to a full one.
+pub fn scope(
+    memo: Option<MemoAge<'_>>,
+    uid: Option<&str>,
+    generation: Option<i64>,
+    resync: Duration,
+    dirty: BTreeSet<String>,
+) -> Scope {
+    match memo {
+        Some(m) if m.uid == uid && m.generation == generation && m.age < resync => Scope::Clusters(dirty),
+        _ => Scope::Full,
+    }
+}
+
+/// Memos by MCM name.
+#[derive(Default)]
+pub struct Memos {
+    entries: Mutex<HashMap<String, Memo>>,
+}
+
+impl Memos {
+    /// Takes the memo of `mcm` out (a reconcile owns it while it runs; one runs per MCM).
+    pub fn take(&self, mcm: &str) -> Option<Memo> {
+        self.lock().remove(mcm)
+    }
+
+    pub fn put(&self, mcm: &str, memo: Memo) {
+        self.lock().insert(mcm.to_owned(), memo);
+    }
+
+    /// Drops every memo (this hub stopped leading: another may have written since).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Memo>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirty(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_a_fresh_memo_of_the_same_generation_allows_an_incremental_reconcile() {
+        let resync = Duration::from_secs(600);
+        let fresh = MemoAge {
+            uid: Some("u"),
+            generation: Some(3),
+            age: Duration::from_secs(5),
+        };
+        assert_eq!(
+            scope(Some(fresh), Some("u"), Some(3), resync, dirty(&["c1"])),
+            Scope::Clusters(dirty(&["c1"]))
+        );
+        // Nothing changed on a cluster (a status write, a requeue): the memo answers.
+        assert_eq!(
+            scope(Some(fresh), Some("u"), Some(3), resync, dirty(&[])),
+            Scope::Clusters(dirty(&[]))
+        );
+        assert_eq!(
+            scope(None, Some("u"), Some(3), resync, dirty(&["c1"])),
+            Scope::Full
+        );
+        assert_eq!(
+            scope(Some(fresh), Some("u"), Some(4), resync, dirty(&["c1"])),
+            Scope::Full
+        );
+        assert_eq!(
+            scope(Some(fresh), Some("v"), Some(3), resync, dirty(&["c1"])),
+            Scope::Full
+        );
+        let old = MemoAge { age: resync, ..fresh };
+        assert_eq!(
+            scope(Some(old), Some("u"), Some(3), resync, dirty(&["c1"])),
+            Scope::Full
+        );
+    }
+}
