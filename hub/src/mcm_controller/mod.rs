@@ -174,6 +174,7 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
     if let (memo::Scope::Clusters(clusters), Some(mut memo)) = (scope, memo) {
         match incremental::reconcile_clusters(mcm, ctx, &mut memo, &clusters).await {
             Ok(Some(after)) => {
+                tracing::debug!(clusters = clusters.len(), "reconciled the changed clusters");
                 ctx.memos.put(&name, memo);
                 return Ok(Action::requeue(after));
             }
@@ -226,7 +227,9 @@ async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action,
         failed_jobs: !building.failed.is_empty(),
         views: &views,
     };
-    if let Some(memo) = incremental::remember(outcome, &labels, started) {
+    let kept = incremental::remember(outcome, &labels, started);
+    tracing::debug!(memo = kept.is_some(), took = ?started.elapsed(), "full reconcile");
+    if let Some(memo) = kept {
         ctx.memos.put(&mcm.name_any(), memo);
     }
 
