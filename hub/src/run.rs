@@ -312,11 +312,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             move |work| triggers::mcm_for_work(&dirty_works, &work),
         )
         .with_config(
-            // No debounce: kube-runtime's is trailing-edge, so a fleet whose claims change every
-            // few milliseconds (a rolling kernel upgrade) postponed every reconcile until the
-            // changes stopped. Triggers arriving while a reconcile runs still collapse into one
-            // next reconcile, which takes every cluster marked dirty meanwhile.
-            controller::Config::default().concurrency(args.concurrency),
+            controller::Config::default()
+                .concurrency(args.concurrency)
+                .debounce(Duration::from_millis(200)),
         )
         .graceful_shutdown_on(shutdown_signal())
         .run(mcm_controller::reconcile, mcm_controller::error_policy, ctx)
