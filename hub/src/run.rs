@@ -312,9 +312,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             move |work| triggers::mcm_for_work(&dirty_works, &work),
         )
         .with_config(
-            controller::Config::default()
-                .concurrency(args.concurrency)
-                .debounce(Duration::from_millis(200)),
+            // No debounce: kube-runtime's is trailing-edge, so a fleet whose claims change every
+            // few milliseconds (a rolling kernel upgrade) would postpone every reconcile until
+            // the changes stop. Triggers arriving while a reconcile runs still collapse into one
+            // next reconcile, which takes every cluster marked dirty meanwhile.
+            controller::Config::default().concurrency(args.concurrency),
         )
         .graceful_shutdown_on(shutdown_signal())
         .run(mcm_controller::reconcile, mcm_controller::error_policy, ctx)

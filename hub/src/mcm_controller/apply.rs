@@ -117,6 +117,26 @@ pub async fn delete_work(ctx: &Context, work: &ManifestWork) -> Result<(), Error
 }
 
 /// Writes the status subresource when it differs from what is stored.
+/// Adds the hub's finalizer by server-side apply: the API server merges it into the finalizer set
+/// whatever the cache shows. (kube-runtime's own add is a JSON patch that tests the cached list,
+/// so a reconcile that starts before the watch delivers the first one's add was answered 422.)
+/// Returns the MCM as stored.
+pub async fn add_finalizer(ctx: &Context, mcm: &ManagedClusterModule) -> Result<ManagedClusterModule, Error> {
+    let api: Api<ManagedClusterModule> = Api::all(ctx.client.clone());
+    let body = json!({
+        "apiVersion": ManagedClusterModule::api_version(&()),
+        "kind": ManagedClusterModule::kind(&()),
+        "metadata": {"finalizers": [super::FINALIZER]},
+    });
+    let name = mcm.name_any();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("adding the finalizer to {name}"),
+            source,
+        })
+}
+
 pub async fn write_status(
     ctx: &Context,
     mcm: &ManagedClusterModule,

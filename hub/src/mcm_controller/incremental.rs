@@ -4,18 +4,20 @@
 //! planner pass and the status counts over cached values; no render, digest, store scan or API
 //! call for a cluster that did not change.
 //!
-//! It gives up (returns `None`, and the caller runs a full reconcile) whenever one cluster alone
-//! cannot decide: a cluster selected or dropped, a kernel no cluster ran before, a work not at
-//! the target revision, a rollout wave ready to start.
+//! A kernel no cluster ran before is let in here when its images pin to digests and its tag
+//! spelling is its own: a rolling kernel upgrade then never needs a look at the whole fleet. It
+//! gives up (returns `None`, and the caller runs a full reconcile) whenever one cluster alone
+//! cannot decide: a cluster selected or dropped, a new kernel with an image to build, sign or
+//! refuse, a work not at the target revision, a rollout wave ready to start.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::Duration,
 };
 
 use k8s_openapi::jiff::Timestamp;
-use kmm_api::{ManagedClusterModule, ocm::ManifestWork};
+use kmm_api::{ManagedClusterModule, kernel::normalize_kernel, ocm::ManifestWork};
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{
@@ -56,6 +58,16 @@ pub async fn reconcile_clusters(
             Read::Changed(c) => changed.push(*c),
         }
     }
+    let new_kernels: BTreeSet<String> = changed
+        .iter()
+        .filter_map(|c| c.selected.kernels.as_ref().ok())
+        .flatten()
+        .filter(|k| !memo.accepted.contains(*k))
+        .cloned()
+        .collect();
+    if !admit_kernels(mcm, ctx, memo, new_kernels).await {
+        return Ok(None);
+    }
     for c in &changed {
         memo.planned[c.index] = c.standing.clone();
     }
@@ -95,6 +107,56 @@ pub async fn reconcile_clusters(
     ))
 }
 
+/// Lets kernels no cluster ran at the last full reconcile in without another one: each needs an
+/// image-tag spelling of its own in the fleet ([`spellings_clash`]) and every image it maps to
+/// must pin to a digest (nothing to build or sign). `false` leaves the decision to a full
+/// reconcile, which builds, signs or refuses as it always does.
+async fn admit_kernels(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+    memo: &mut Memo,
+    kernels: BTreeSet<String>,
+) -> bool {
+    if kernels.is_empty() {
+        return true;
+    }
+    if spellings_clash(&memo.accepted, &kernels) {
+        return false;
+    }
+    let list: Vec<String> = kernels.iter().cloned().collect();
+    let Ok(images) = plan::images_for(mcm, &list) else {
+        return false;
+    };
+    let unknown: BTreeSet<plan::ImageRef> = images
+        .into_iter()
+        .filter(|i| !memo.pins.contains_key(&i.image))
+        .collect();
+    if !unknown.is_empty() {
+        let auth = observe::pull_auth(mcm, ctx).await;
+        let pins = observe::resolve(&ctx.resolver, unknown, &auth).await;
+        if !pins.values().all(|p| matches!(p, plan::Pin::Pinned(_))) {
+            return false;
+        }
+        memo.pins.extend(pins);
+    }
+    memo.accepted.extend(kernels);
+    true
+}
+
+/// Would `new` kernels share an image-tag spelling with a different kernel, known or new? Such a
+/// pair is refused by the full reconcile (see [`plan::refuse_tag_collisions`]), which also
+/// decides which spelling keeps the tag.
+pub fn spellings_clash(known: &BTreeSet<String>, new: &BTreeSet<String>) -> bool {
+    let mut owner: HashMap<String, &str> = known.iter().map(|k| (normalize_kernel(k), k.as_str())).collect();
+    for k in new {
+        match owner.insert(normalize_kernel(k), k) {
+            Some(other) if other != k => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 enum Read {
     /// Neither selected now nor before: not this MCM's business.
     Unconcerned,
@@ -121,12 +183,6 @@ fn read_changed(
         _ => return Read::NeedsFull,
     };
     let (kernels, refused) = plan::checked_cluster_kernels(&found);
-    if kernels
-        .as_ref()
-        .is_ok_and(|ks| ks.iter().any(|k| !memo.accepted.contains(k)))
-    {
-        return Read::NeedsFull;
-    }
     let target = memo.round.target.as_str();
     let cached = ctx.works.get(&ObjectRef::new(name).within(cluster));
     let work = ctx.recent_writes.latest(cluster, name, cached);
@@ -242,4 +298,34 @@ pub fn remember(
             .map(|(i, v)| (v.name.clone(), i))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(kernels: &[&str]) -> BTreeSet<String> {
+        kernels.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_new_kernel_with_its_own_spelling_does_not_clash() {
+        let known = set(&["6.1.0-29", "6.1.0-30+rt"]);
+        assert!(!spellings_clash(&known, &set(&["6.1.0-31"])));
+        // A kernel already known is no clash with itself.
+        assert!(!spellings_clash(&known, &set(&["6.1.0-30+rt", "6.1.0-31"])));
+    }
+
+    #[test]
+    fn a_new_kernel_spelled_like_a_known_one_clashes() {
+        let known = set(&["6.1.0-30+rt"]);
+        assert!(spellings_clash(&known, &set(&["6.1.0-30_rt"])));
+        let known = set(&["6.1.0-30_rt"]);
+        assert!(spellings_clash(&known, &set(&["6.1.0-30+rt"])));
+    }
+
+    #[test]
+    fn two_new_kernels_spelled_alike_clash() {
+        assert!(spellings_clash(&set(&[]), &set(&["5.14+a", "5.14_a"])));
+    }
 }

@@ -21,10 +21,10 @@ pub struct Memo {
     pub full_at: Instant,
     /// The round decided then; every cluster is rendered from its target revision.
     pub round: Round,
-    /// Every image the clusters' kernels need, pinned.
+    /// Every image the clusters' kernels need, pinned (new kernels' images are added).
     pub pins: BTreeMap<String, Pin>,
-    /// Kernels some cluster runs; a cluster reporting any other needs a full reconcile (a new
-    /// image to look up, a tag spelling to check against the fleet).
+    /// Kernels some cluster runs or ran since; a cluster reporting any other has its images
+    /// looked up and its tag spelling checked against these first (see `incremental`).
     pub accepted: BTreeSet<String>,
     /// Each selected cluster as the status sees it, sorted by name.
     pub views: Vec<ClusterView>,
@@ -53,7 +53,8 @@ pub struct MemoAge<'a> {
 
 /// Full when there is no memo, the MCM changed (uid or generation) or the resync is due;
 /// otherwise only the clusters that changed. Anything an incremental reconcile finds it cannot
-/// decide alone (a new kernel, a new or removed cluster) makes it fall back to a full one.
+/// decide alone (a new kernel with nothing pinned to it, a new or removed cluster) makes it fall
+/// back to a full one.
 pub fn scope(
     memo: Option<MemoAge<'_>>,
     uid: Option<&str>,

@@ -128,6 +128,12 @@ pub async fn reconcile(
         }
     };
     let _timer = ctx.metrics.reconcile_timer();
+    let mcm = if mcm.metadata.deletion_timestamp.is_none() && !mcm.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        Arc::new(apply::add_finalizer(&ctx, &mcm).await?)
+    } else {
+        mcm
+    };
     let api: Api<ManagedClusterModule> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, mcm, |event| async {
         match event {
