@@ -30,6 +30,8 @@ use kube::{
         watcher,
     },
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info};
 
 use crate::{
@@ -37,6 +39,7 @@ use crate::{
     mcm_controller::{
         self, Context,
         desired::job::{JOB_TYPE_LABEL, JobSettings, Resources, defaults},
+        memo::Memos,
         triggers,
     },
     metrics::Metrics,
@@ -168,20 +171,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(leader::run(client.clone(), lease, leadership.clone()));
     }
 
+    // The MCM controller's cluster and work triggers come from the stores' own watches (see
+    // `Triggers`), so a reconcile never reads a store older than the change that caused it.
+    let memos = Arc::new(Memos::default());
+    let (relisted, relisted_rx) = mpsc::channel(1);
+    let (cluster_triggers, cluster_rx) = Triggers::new(memos.clone(), relisted.clone());
+    let (work_triggers, work_rx) = Triggers::new(memos.clone(), relisted);
     let (clusters, clusters_task) = reflect(
         Api::<ManagedCluster>::all(client.clone()),
         per_cluster_watch(),
         mcm_controller::slim::cluster,
+        Some(cluster_triggers),
     );
     let (works, works_task) = reflect(
         Api::<ManifestWork>::all(client.clone()),
         per_cluster_watch().labels(MCM_NAME_LABEL),
         mcm_controller::slim::work,
+        Some(work_triggers),
     );
     let (jobs, jobs_task) = reflect(
         Api::<Job>::namespaced(client.clone(), &args.namespace),
         watcher::Config::default().labels(JOB_TYPE_LABEL),
         |job: &mut Job| job.metadata.managed_fields = None,
+        None,
     );
     let metrics = Arc::new({
         let (c, w, j) = (clusters.clone(), works.clone(), jobs.clone());
@@ -264,7 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         works: works.clone(),
         recent_writes: Default::default(),
         dirty: Default::default(),
-        memos: Default::default(),
+        memos,
         jobs,
         leader: leadership,
         config: mcm_controller::Config {
@@ -299,18 +311,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let works_for_mapper = works.clone();
     let (dirty_clusters, dirty_works) = (ctx.dirty.clone(), ctx.dirty.clone());
     controller
-        .watches(
-            Api::<ManagedCluster>::all(client.clone()),
-            per_cluster_watch(),
-            move |cluster| {
-                triggers::mcms_for_cluster(&mcm_store, &works_for_mapper, &dirty_clusters, &cluster)
-            },
-        )
-        .watches(
-            Api::<ManifestWork>::all(client),
-            per_cluster_watch().labels(MCM_NAME_LABEL),
-            move |work| triggers::mcm_for_work(&dirty_works, &work),
-        )
+        .watches_stream(ReceiverStream::new(cluster_rx).map(Ok), move |cluster| {
+            triggers::mcms_for_cluster(&mcm_store, &works_for_mapper, &dirty_clusters, &cluster)
+        })
+        .watches_stream(ReceiverStream::new(work_rx).map(Ok), move |work| {
+            triggers::mcm_for_work(&dirty_works, &work)
+        })
+        .reconcile_all_on(ReceiverStream::new(relisted_rx))
         .with_config(
             // No debounce: kube-runtime's is trailing-edge, so a fleet whose claims change every
             // few milliseconds (a rolling kernel upgrade) would postpone every reconcile until
@@ -336,12 +343,61 @@ fn per_cluster_watch() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE)
 }
 
+/// Objects a fleet store hands the MCM controller that it has not taken yet; past this, the
+/// store's watch waits for the controller.
+const TRIGGER_BUFFER: usize = 1024;
+
+/// What a fleet store tells the MCM controller once it has taken a change: the object (the
+/// trigger mappers read it and mark its cluster dirty), or that a re-list replaced the store (a
+/// change, a deletion even, may have gone unseen: every memo is dropped and every MCM is looked
+/// at whole). The first list is not passed on: the controller starts after it and looks at every
+/// MCM anyway.
+struct Triggers<K> {
+    objects: mpsc::Sender<K>,
+    relisted: mpsc::Sender<()>,
+    memos: Arc<Memos>,
+    lists: u32,
+}
+
+impl<K> Triggers<K> {
+    fn new(memos: Arc<Memos>, relisted: mpsc::Sender<()>) -> (Self, mpsc::Receiver<K>) {
+        let (objects, rx) = mpsc::channel(TRIGGER_BUFFER);
+        let triggers = Self {
+            objects,
+            relisted,
+            memos,
+            lists: 0,
+        };
+        (triggers, rx)
+    }
+
+    /// Passes on one event the store has just applied.
+    async fn pass(&mut self, event: watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                // A closed channel is a controller that stopped: nothing to tell.
+                let _ = self.objects.send(obj).await;
+            }
+            watcher::Event::InitDone => {
+                self.lists += 1;
+                if self.lists > 1 {
+                    self.memos.clear();
+                    // A full channel already holds a look at every MCM.
+                    let _ = self.relisted.try_send(());
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+}
+
 /// A store fed by its own watch, and the task driving it; `slim` trims each object to what the
-/// hub reads before the store keeps it.
+/// hub reads before the store keeps it, and `triggers` hears of each change after the store.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: impl FnMut(&mut K) + Send + 'static,
+    triggers: Option<Triggers<K>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -353,11 +409,19 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).modify(slim))
+    let mut events = reflector::reflector(writer, watcher::watcher(api, config).modify(slim))
         .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
-    (reader, stream)
+        .boxed();
+    let task = async move {
+        let mut triggers = triggers;
+        while let Some(event) = events.next().await {
+            // Watch errors are retried by the backoff; the store keeps what it had.
+            if let (Ok(event), Some(t)) = (event, triggers.as_mut()) {
+                t.pass(event).await;
+            }
+        }
+    };
+    (reader, task)
 }
 
 async fn shutdown_signal() {

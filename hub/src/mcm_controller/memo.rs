@@ -68,28 +68,40 @@ pub fn scope(
     }
 }
 
-/// Memos by MCM name.
+/// Memos by MCM name, with an epoch: [`Memos::clear`] (a re-listed store, a lost leadership)
+/// also refuses every memo a reconcile running meanwhile would put back.
 #[derive(Default)]
 pub struct Memos {
-    entries: Mutex<HashMap<String, Memo>>,
+    entries: Mutex<(u64, HashMap<String, Memo>)>,
 }
 
 impl Memos {
+    /// The epoch a reconcile starts in; pass it to [`Memos::put`].
+    pub fn epoch(&self) -> u64 {
+        self.lock().0
+    }
+
     /// Takes the memo of `mcm` out (a reconcile owns it while it runs; one runs per MCM).
     pub fn take(&self, mcm: &str) -> Option<Memo> {
-        self.lock().remove(mcm)
+        self.lock().1.remove(mcm)
     }
 
-    pub fn put(&self, mcm: &str, memo: Memo) {
-        self.lock().insert(mcm.to_owned(), memo);
+    /// Keeps `memo`, unless the memos were cleared since `epoch`.
+    pub fn put(&self, mcm: &str, memo: Memo, epoch: u64) {
+        let mut entries = self.lock();
+        if entries.0 == epoch {
+            entries.1.insert(mcm.to_owned(), memo);
+        }
     }
 
-    /// Drops every memo (this hub stopped leading: another may have written since).
+    /// Drops every memo: what they remember may have changed unseen.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut entries = self.lock();
+        entries.0 += 1;
+        entries.1.clear();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Memo>> {
+    fn lock(&self) -> MutexGuard<'_, (u64, HashMap<String, Memo>)> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -102,6 +114,34 @@ mod tests {
 
     fn dirty(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn memo() -> Memo {
+        Memo {
+            uid: None,
+            generation: None,
+            full_at: Instant::now(),
+            round: Round::default(),
+            pins: BTreeMap::new(),
+            accepted: BTreeSet::new(),
+            views: Vec::new(),
+            planned: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_memo_made_before_a_clear_is_not_kept() {
+        let memos = Memos::default();
+        let before = memos.epoch();
+        memos.put("m", memo(), before);
+        assert!(memos.take("m").is_some());
+        // A reconcile took its memo, the store re-listed meanwhile: what it puts back is stale.
+        memos.clear();
+        memos.put("m", memo(), before);
+        assert!(memos.take("m").is_none());
+        memos.put("m", memo(), memos.epoch());
+        assert!(memos.take("m").is_some());
     }
 
     #[test]

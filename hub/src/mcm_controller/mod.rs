@@ -98,7 +98,7 @@ pub struct Context {
     /// Clusters changed since each MCM's last reconcile (filled by [`triggers`]).
     pub dirty: Arc<dirty::DirtySet>,
     /// Each MCM's last full reconcile, for reconciles of single clusters.
-    pub memos: memo::Memos,
+    pub memos: Arc<memo::Memos>,
     /// The hub's build and sign Jobs.
     pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
     /// Only the leader writes.
@@ -163,6 +163,7 @@ pub fn error_policy(
 
 async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
     let name = mcm.name_any();
+    let epoch = ctx.memos.epoch();
     let dirty = ctx.dirty.take(&name);
     let memo = ctx.memos.take(&name);
     let age = memo.as_ref().map(|m| memo::MemoAge {
@@ -181,7 +182,7 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         match incremental::reconcile_clusters(mcm, ctx, &mut memo, &clusters).await {
             Ok(Some(after)) => {
                 tracing::debug!(clusters = clusters.len(), "reconciled the changed clusters");
-                ctx.memos.put(&name, memo);
+                ctx.memos.put(&name, memo, epoch);
                 return Ok(Action::requeue(after));
             }
             Ok(None) => tracing::debug!(clusters = clusters.len(), "needs a full reconcile"),
@@ -191,12 +192,12 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
             }
         }
     }
-    apply_full(mcm, ctx).await
+    apply_full(mcm, ctx, epoch).await
 }
 
 /// Reconciles every selected cluster, and keeps a memo when the outcome allows reconciling
 /// single clusters next.
-async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, Error> {
+async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context, epoch: u64) -> Result<Action, Error> {
     let started = Instant::now();
     let (observed, collisions) = observe::observe_checked(mcm, ctx).await;
     let observed_in = started.elapsed();
@@ -236,7 +237,7 @@ async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action,
     let kept = incremental::remember(outcome, &labels, started);
     tracing::debug!(memo = kept.is_some(), took = ?started.elapsed(), "full reconcile");
     if let Some(memo) = kept {
-        ctx.memos.put(&mcm.name_any(), memo);
+        ctx.memos.put(&mcm.name_any(), memo, epoch);
     }
 
     // A spec error may be cured outside the MCM (a Secret granting it, say), which no watch

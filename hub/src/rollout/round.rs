@@ -38,7 +38,7 @@ pub enum Assignment {
 }
 
 /// The rollout as decided for one reconcile.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Round {
     pub target: String,
     pub strategy: Strategy,
