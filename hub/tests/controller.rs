@@ -32,6 +32,8 @@ use support::{
 
 const K1: &str = "6.1.0-28-cloud-amd64";
 const K2: &str = "6.1.0-29-cloud-amd64";
+/// A kernel no cluster runs until b moves to it.
+const K3: &str = "6.1.0-30-cloud-amd64";
 
 fn mcm_yaml(registry: &str, name: &str) -> String {
     format!(
@@ -298,6 +300,49 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     assert!(
         work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
         "the kernel change of b wrote b's work only: {work_writes:#?}"
+    );
+
+    // b moves on to K3, a kernel no cluster ran: its image is looked up once (the registry's
+    // access log), b's work alone is rewritten to it, and the status counts it.
+    let d3 = fleet
+        .registry
+        .push_labelled(&format!("kmm/gpu-kmod:{K3}"))
+        .unwrap();
+    let lookups = fleet.registry.manifest_requests_of("kmm/gpu-kmod", K3);
+    let mark = audit_mark(&fleet).await;
+    fleet.set_kernels("b", &[K3]).await;
+    hub.wait("b's work follows a kernel new to the fleet", Duration::from_secs(180))
+        .eventually(|| async {
+            literals(&fleet.work("b", "gpu").await.unwrap()) == [(K3.to_string(), format!("{repo}@{d3}"))]
+        })
+        .await;
+    hub.wait("the status counts the new kernel", Duration::from_secs(60))
+        .eventually(|| async {
+            mcm_status(&fleet, "gpu").await.is_some_and(|s| {
+                let clusters = |k: &str| s.kernels.iter().find(|x| x.kernel == k).map(|x| x.clusters);
+                clusters(K3) == Some(1) && clusters(K1) == Some(1) && clusters(K2) == Some(1)
+            })
+        })
+        .await;
+    assert_eq!(
+        fleet.work("a", "gpu").await.unwrap().metadata.generation,
+        a_version,
+        "a untouched"
+    );
+    let audit = fleet.audit().await;
+    let work_writes: Vec<String> = writes_by(&audit[mark..], HUB_USER)
+        .into_iter()
+        .filter(|e| is_on(e, "manifestworks"))
+        .map(describe)
+        .collect();
+    assert!(
+        work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
+        "the move of b to a new kernel wrote b's work only: {work_writes:#?}"
+    );
+    assert_eq!(
+        fleet.registry.manifest_requests_of("kmm/gpu-kmod", K3) - lookups,
+        1,
+        "one registry lookup for the new kernel's image"
     );
 
     // a is relabelled out of the selector: its work and its Module go, b keeps its own.

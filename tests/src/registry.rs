@@ -113,6 +113,15 @@ impl Registry {
             .count()
     }
 
+    /// Manifest requests (GET or HEAD) answered for one tag or digest of `repo`.
+    pub fn manifest_requests_of(&self, repo: &str, reference: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let uri = format!("/v2/{repo}/manifests/{reference}");
+        log.lines()
+            .filter(|l| l.contains("response completed") && l.contains(&uri))
+            .count()
+    }
+
     /// Manifests pushed (PUT) to `repo`, from the access log: one per image written.
     pub fn manifest_pushes(&self, repo: &str) -> usize {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

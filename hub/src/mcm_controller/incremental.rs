@@ -68,14 +68,21 @@ pub async fn reconcile_clusters(
     if !admit_kernels(mcm, ctx, memo, new_kernels).await {
         return Ok(None);
     }
-    for c in &changed {
-        memo.planned[c.index] = c.standing.clone();
+    // The plan and the status are functions of every cluster's standing and view: when the
+    // changed clusters' are as before and no soak or deadline runs, they are as before too, and
+    // a batch costs only its own clusters (the hub's own writes coming back, mostly).
+    let timed = memo.round.plan.recheck_after.is_some();
+    let standings_moved = changed.iter().any(|c| memo.planned[c.index] != c.standing);
+    if standings_moved || timed {
+        for c in &changed {
+            memo.planned[c.index] = c.standing.clone();
+        }
+        let plan = planner::plan(&memo.planned, &memo.round.strategy, now);
+        if !plan.move_now.is_empty() {
+            return Ok(None); // a wave starts: the full reconcile moves it
+        }
+        memo.round.plan = plan;
     }
-    let plan = planner::plan(&memo.planned, &memo.round.strategy, now);
-    if !plan.move_now.is_empty() {
-        return Ok(None); // a wave starts: the full reconcile moves it
-    }
-    memo.round.plan = plan;
 
     let indices: Vec<usize> = changed.iter().map(|c| c.index).collect();
     let mut works = BTreeMap::new();
@@ -94,10 +101,16 @@ pub async fn reconcile_clusters(
     };
     let desired = desired::desired_in(mcm, &observed, Some(&memo.round));
     let views = apply::apply(ctx, mcm, desired).await?;
+    let mut views_moved = false;
     for (i, view) in indices.into_iter().zip(views) {
-        memo.views[i] = view;
+        if memo.views[i] != view {
+            memo.views[i] = view;
+            views_moved = true;
+        }
     }
-    super::finish(ctx, mcm, &memo.views, &memo.pins, &memo.round, None, &[]).await?;
+    if views_moved || standings_moved || timed {
+        super::finish(ctx, mcm, &memo.views, &memo.pins, &memo.round, None, &[]).await?;
+    }
     Ok(Some(
         memo.round
             .plan
