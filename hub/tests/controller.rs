@@ -311,11 +311,14 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
     let lookups = fleet.registry.manifest_requests_of("kmm/gpu-kmod", K3);
     let mark = audit_mark(&fleet).await;
     fleet.set_kernels("b", &[K3]).await;
-    hub.wait("b's work follows a kernel new to the fleet", Duration::from_secs(180))
-        .eventually(|| async {
-            literals(&fleet.work("b", "gpu").await.unwrap()) == [(K3.to_string(), format!("{repo}@{d3}"))]
-        })
-        .await;
+    hub.wait(
+        "b's work follows a kernel new to the fleet",
+        Duration::from_secs(180),
+    )
+    .eventually(|| async {
+        literals(&fleet.work("b", "gpu").await.unwrap()) == [(K3.to_string(), format!("{repo}@{d3}"))]
+    })
+    .await;
     hub.wait("the status counts the new kernel", Duration::from_secs(60))
         .eventually(|| async {
             mcm_status(&fleet, "gpu").await.is_some_and(|s| {

@@ -196,6 +196,8 @@ pub struct Fleet {
     /// The product images, when sign Jobs and worker pods run from them
     /// ([`Self::start_from_images`]).
     pub product_images: Option<ProductImages>,
+    /// How the OCM agents of spokes added from now on are started.
+    pub agent_options: AgentOptions,
 }
 
 impl Fleet {
@@ -325,6 +327,7 @@ impl Fleet {
             hub_kubeconfig,
             hub_env: Vec::new(),
             product_images,
+            agent_options: AgentOptions::default(),
         })
     }
 
@@ -509,8 +512,7 @@ impl Fleet {
         for node in nodes {
             cluster.wait_node_ready(&node.name).await?;
         }
-        let agent =
-            OcmAgent::start(&self.hub, &cluster, name, labels, &dir, &AgentOptions::default()).await?;
+        let agent = OcmAgent::start(&self.hub, &cluster, name, labels, &dir, &self.agent_options).await?;
         std::fs::create_dir_all(dir.join("host/lib/modules"))?;
         let mut spoke = Spoke {
             process: None,

@@ -375,6 +375,11 @@ fn dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_image_rolls_out_in_waves_survives_a_hub_kill_and_a_bad_one_halts_at_the_canary() {
     let mut fleet = Fleet::start(&dir()).await.unwrap();
+    // The work agents re-read the Modules' status faster than a node loads (about a second
+    // here): each load's dip to "not loaded" reaches the hub, and the agent writes again once
+    // the node is loaded. At the 1 s default a quick load could fall between two reads; the
+    // feedback then never changed and the wave gate passed on the old revision's counts.
+    fleet.agent_options.status_sync_interval = Duration::from_millis(200);
     fleet.push_prebuilt(K).unwrap();
     fleet
         .images
