@@ -102,6 +102,25 @@ async fn assert_nothing_refused(fleet: &Fleet, user: &str) {
     assert!(refused.is_empty(), "the apiserver refused {user}: {refused:#?}");
 }
 
+/// Since `mark`, the hub wrote b's work and no other (a's keeps `a_version`).
+async fn assert_only_b_written(fleet: &Fleet, mark: usize, a_version: Option<i64>, what: &str) {
+    assert_eq!(
+        fleet.work("a", "gpu").await.unwrap().metadata.generation,
+        a_version,
+        "a untouched"
+    );
+    let audit = fleet.audit().await;
+    let work_writes: Vec<String> = writes_by(&audit[mark..], HUB_USER)
+        .into_iter()
+        .filter(|e| is_on(e, "manifestworks"))
+        .map(describe)
+        .collect();
+    assert!(
+        work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
+        "{what} wrote b's work only: {work_writes:#?}"
+    );
+}
+
 /// Index of the next audit record: what happens from now on is `audit[mark..]`.
 async fn audit_mark(fleet: &Fleet) -> usize {
     fleet.audit().await.len()
@@ -286,21 +305,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             literals(&fleet.work("b", "gpu").await.unwrap()) == [(K2.to_string(), format!("{repo}@{d2}"))]
         })
         .await;
-    assert_eq!(
-        fleet.work("a", "gpu").await.unwrap().metadata.generation,
-        a_version,
-        "a untouched"
-    );
-    let audit = fleet.audit().await;
-    let work_writes: Vec<String> = writes_by(&audit[mark..], HUB_USER)
-        .into_iter()
-        .filter(|e| is_on(e, "manifestworks"))
-        .map(describe)
-        .collect();
-    assert!(
-        work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
-        "the kernel change of b wrote b's work only: {work_writes:#?}"
-    );
+    assert_only_b_written(&fleet, mark, a_version, "the kernel change of b").await;
 
     // b moves on to K3, a kernel no cluster ran: its image is looked up once (the registry's
     // access log), b's work alone is rewritten to it, and the status counts it.
@@ -327,21 +332,7 @@ async fn rolls_out_pinned_modules_follows_kernels_and_labels_and_cleans_up() {
             })
         })
         .await;
-    assert_eq!(
-        fleet.work("a", "gpu").await.unwrap().metadata.generation,
-        a_version,
-        "a untouched"
-    );
-    let audit = fleet.audit().await;
-    let work_writes: Vec<String> = writes_by(&audit[mark..], HUB_USER)
-        .into_iter()
-        .filter(|e| is_on(e, "manifestworks"))
-        .map(describe)
-        .collect();
-    assert!(
-        work_writes.iter().all(|w| w.contains(" b/gpu ")) && !work_writes.is_empty(),
-        "the move of b to a new kernel wrote b's work only: {work_writes:#?}"
-    );
+    assert_only_b_written(&fleet, mark, a_version, "the move of b to a new kernel").await;
     assert_eq!(
         fleet.registry.manifest_requests_of("kmm/gpu-kmod", K3) - lookups,
         1,
