@@ -210,7 +210,7 @@ fn read_changed(
     let unreachable = observe::unreachable(&found);
     let standing = planner::Cluster {
         name: cluster.to_owned(),
-        canary: is_canary(&memo.round, found.labels()),
+        canary: round::is_canary(&memo.round.strategy, found.labels()),
         standing: round::standing(work.as_deref(), target, unreachable.is_some(), now),
     };
     Read::Changed(Box::new(Changed {
@@ -224,12 +224,6 @@ fn read_changed(
         work,
         standing,
     }))
-}
-
-/// Does the rollout's canary selector pick a cluster with these labels?
-pub fn is_canary(round: &Round, labels: &BTreeMap<String, String>) -> bool {
-    let canary = &round.strategy.canary;
-    !canary.is_empty() && canary.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// The memo of a full reconcile, when its outcome lets single clusters be reconciled alone:
@@ -281,7 +275,7 @@ pub fn remember(
         .iter()
         .map(|c| planner::Cluster {
             name: c.name.clone(),
-            canary: is_canary(round, &labels(&c.name)),
+            canary: round::is_canary(&round.strategy, &labels(&c.name)),
             standing: round::standing(
                 observed.works.get(&c.name).map(AsRef::as_ref),
                 &round.target,

@@ -97,9 +97,10 @@ pub fn standing(work: Option<&ManifestWork>, target: &str, unreachable: bool, no
     }
 }
 
-/// Do `labels` carry every pair of `selector`?
-fn selects_labels(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// Does the strategy's canary selector pick a cluster with these labels? (An empty selector
+/// picks none.)
+pub fn is_canary(strategy: &Strategy, labels: &BTreeMap<String, String>) -> bool {
+    !strategy.canary.is_empty() && strategy.canary.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn moved_at(work: &ManifestWork) -> Option<Timestamp> {
@@ -119,7 +120,7 @@ pub fn decide(
 ) -> Round {
     let target_content = Content::of(mcm);
     let target = target_content.hash();
-    let canary = |name: &str| !strategy.canary.is_empty() && selects_labels(&strategy.canary, &labels(name));
+    let canary = |name: &str| is_canary(&strategy, &labels(name));
     let planned: Vec<planner::Cluster> = clusters
         .iter()
         .map(|c| planner::Cluster {
