@@ -60,6 +60,9 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_seconds: Histogram,
+    full_reconciles: Family<ErrorLabels, Counter>,
+    cluster_batches: Counter,
+    cluster_batch_clusters: Counter,
     pub work_writes: Counter,
     pub work_deletes: Counter,
     pub status_writes: Counter,
@@ -108,6 +111,9 @@ impl Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             reconcile_seconds: Histogram::new([0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 60.0]),
+            full_reconciles: Family::default(),
+            cluster_batches: Counter::default(),
+            cluster_batch_clusters: Counter::default(),
             work_writes: Counter::default(),
             work_deletes: Counter::default(),
             status_writes: Counter::default(),
@@ -148,6 +154,21 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Reconcile duration",
             m.reconcile_seconds.clone(),
+        );
+        reg.register(
+            "full_reconciles",
+            "Reconciles of a whole MCM's fleet, by why the per-cluster one could not do",
+            m.full_reconciles.clone(),
+        );
+        reg.register(
+            "cluster_batches",
+            "Reconciles of only the clusters that changed",
+            m.cluster_batches.clone(),
+        );
+        reg.register(
+            "cluster_batch_clusters",
+            "Changed clusters handled by those reconciles",
+            m.cluster_batch_clusters.clone(),
         );
         reg.register(
             "manifestwork_writes",
@@ -228,7 +249,27 @@ impl Metrics {
                 reason: reason.to_string(),
             }));
         }
+        for reason in crate::mcm_controller::memo::FullReason::ALL {
+            drop(m.full_reconciles.get_or_create(&ErrorLabels {
+                reason: reason.as_str().to_owned(),
+            }));
+        }
         Self { registry: root, ..m }
+    }
+
+    /// Counts a reconcile of the whole fleet of an MCM, by why it was needed.
+    pub fn full_reconcile(&self, reason: &str) {
+        self.full_reconciles
+            .get_or_create(&ErrorLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a reconcile of only the `clusters` that changed.
+    pub fn cluster_batch(&self, clusters: usize) {
+        self.cluster_batches.inc();
+        self.cluster_batch_clusters.inc_by(clusters as u64);
     }
 
     /// Reports `len()` of a watch cache as `kmm_hub_cache_objects{cache=name}` at each scrape.

@@ -105,6 +105,18 @@ fn hub_requests(audit: &[AuditEvent]) -> Vec<&AuditEvent> {
 }
 
 /// Sorted latencies' quantile (nearest rank).
+/// `kmm_hub_full_reconciles_total` by reason, from the hub's /metrics.
+async fn full_reconciles(hub: &kmm_fleet_tests::process::Process) -> BTreeMap<String, f64> {
+    let text = hub.http_get("/metrics").await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("kmm_hub_full_reconciles_total{reason=\""))
+        .filter_map(|l| {
+            let (reason, rest) = l.split_once('"')?;
+            Some((reason.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -201,6 +213,7 @@ async fn run(clusters: usize) {
     let mark = fleet.hub.audit_settled().await.unwrap().len();
     let registry_before = fleet.registry.manifest_requests("kmm/kmod");
     let (_, cpu_before) = proc_usage(hub.pid());
+    let full_before = full_reconciles(&hub).await;
     let mc: Api<DynamicObject> = Api::all_with(
         fleet.hub.client(),
         &kmm_fleet_tests::ocm::managed_cluster_resource(),
@@ -222,6 +235,7 @@ async fn run(clusters: usize) {
     let rolled = rolling.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, cpu_after) = proc_usage(hub.pid());
+    let full_after = full_reconciles(&hub).await;
     watch.abort();
     let mut latencies: Vec<f64> = {
         let (sent, seen) = (sent.lock().unwrap(), seen.lock().unwrap());
@@ -258,6 +272,16 @@ async fn run(clusters: usize) {
         "requests",
         clusters,
     );
+    // Each full reconcile is O(clusters) and holds back the changes behind it: say why.
+    let mut full = 0.0;
+    for (reason, after) in &full_after {
+        let n = after - full_before.get(reason).copied().unwrap_or(0.0);
+        if n > 0.0 {
+            println!("upgrade: {n} full reconciles, reason {reason}");
+        }
+        full += n;
+    }
+    bench("upgrade_full_reconciles", full, "count", clusters);
     bench(
         "upgrade_hub_cpu_per_change",
         (cpu_after - cpu_before) / changed.len() as f64 * 1000.0,

@@ -82,55 +82,122 @@ fn clip(s: &str) -> String {
     format!("{}...", kmm_api::text::head(s, MAX_MESSAGE))
 }
 
-/// The status for `clusters`; `previous` keeps condition transition times stable.
+/// The counts behind the status over a set of cluster views. A full reconcile counts every view
+/// ([`Tally::of`]); a per-cluster one swaps each changed cluster's old view for its new one
+/// ([`Tally::replace`]), so a change on one cluster costs O(log clusters), not a pass over the
+/// fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    desired: i64,
+    applied: i64,
+    blocked: i64,
+    degraded: i64,
+    pending: i64,
+    nodes_desired: i128,
+    nodes_loaded: i128,
+    per_kernel: BTreeMap<String, i64>,
+    /// Every cluster that needs attention, by name (the status names the first few).
+    problems: BTreeMap<String, ClusterProblem>,
+}
+
+impl Tally {
+    pub fn of(views: &[ClusterView]) -> Self {
+        let mut t = Self::default();
+        for v in views {
+            t.count(v, 1);
+        }
+        t
+    }
+
+    /// `old` is now `new` (the same cluster).
+    pub fn replace(&mut self, old: &ClusterView, new: &ClusterView) {
+        self.count(old, -1);
+        self.count(new, 1);
+    }
+
+    /// Every kernel some cluster reports.
+    pub fn kernels(&self) -> impl Iterator<Item = &String> {
+        self.per_kernel.keys()
+    }
+
+    /// `(state, reason)` of every cluster that needs attention.
+    pub fn problem_kinds(&self) -> impl Iterator<Item = (&str, String)> {
+        self.problems
+            .values()
+            .map(|p| (p.state.as_str(), p.reason.clone()))
+    }
+
+    /// Adds (`by` 1) or takes away (`by` -1) one cluster's view.
+    fn count(&mut self, c: &ClusterView, by: i64) {
+        self.desired += by;
+        for k in &c.kernels {
+            let n = self.per_kernel.entry(k.clone()).or_default();
+            *n += by;
+            if *n == 0 {
+                self.per_kernel.remove(k);
+            }
+        }
+        match &c.state {
+            ClusterState::Blocked(_) => self.blocked += by,
+            ClusterState::Work(_) if c.unreachable.is_some() => self.pending += by,
+            ClusterState::Work(w) => {
+                if w.applied {
+                    self.applied += by;
+                } else {
+                    self.pending += by;
+                }
+                if w.failure.is_some() || !c.refused.is_empty() {
+                    self.degraded += by;
+                }
+                // Exact in i128 whatever a spoke reports; saturated only in the status.
+                self.nodes_desired += i128::from(w.nodes_desired) * i128::from(by);
+                self.nodes_loaded += i128::from(w.nodes_loaded) * i128::from(by);
+            }
+        }
+        if by < 0 {
+            self.problems.remove(&c.name);
+        } else if let Some(p) = c.problem() {
+            self.problems.insert(c.name.clone(), p_of(&c.name, p));
+        }
+    }
+}
+
+fn sat32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX })
+}
+
+fn sat64(n: i128) -> i64 {
+    i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// The status from the fleet's [`Tally`]; `previous` keeps condition transition times stable.
 pub fn fleet_status(
     generation: Option<i64>,
-    clusters: &[ClusterView],
+    tally: &Tally,
     kernel_images: &BTreeMap<String, String>,
     previous: Option<&ManagedClusterModuleStatus>,
     now: Time,
 ) -> ManagedClusterModuleStatus {
     let mut s = ManagedClusterModuleStatus {
         observed_generation: generation,
+        number_desired: sat32(tally.desired),
+        number_applied: sat32(tally.applied),
+        number_blocked: sat32(tally.blocked),
+        number_degraded: sat32(tally.degraded),
+        nodes_desired: sat64(tally.nodes_desired),
+        nodes_loaded: sat64(tally.nodes_loaded),
+        problems_omitted: sat32(tally.problems.len().saturating_sub(MAX_PROBLEMS) as i64),
+        problems: tally.problems.values().take(MAX_PROBLEMS).cloned().collect(),
         ..Default::default()
     };
-    let mut per_kernel: BTreeMap<&str, i32> = BTreeMap::new();
-    let mut problems = Vec::new();
-    let mut pending = 0;
-    for c in clusters {
-        s.number_desired += 1;
-        for k in &c.kernels {
-            let n = per_kernel.entry(k.as_str()).or_default();
-            *n = n.saturating_add(1);
-        }
-        match &c.state {
-            ClusterState::Blocked(_) => s.number_blocked += 1,
-            ClusterState::Work(_) if c.unreachable.is_some() => pending += 1,
-            ClusterState::Work(w) => {
-                if w.applied {
-                    s.number_applied += 1;
-                } else {
-                    pending += 1;
-                }
-                if w.failure.is_some() || !c.refused.is_empty() {
-                    s.number_degraded += 1;
-                }
-                // Bounded per cluster (see work_outcome), saturating over the fleet.
-                s.nodes_desired = s.nodes_desired.saturating_add(w.nodes_desired);
-                s.nodes_loaded = s.nodes_loaded.saturating_add(w.nodes_loaded);
-            }
-        }
-        if let Some(p) = c.problem() {
-            problems.push(p_of(&c.name, p));
-        }
-    }
-    problems.sort_by(|a: &ClusterProblem, b| a.cluster.cmp(&b.cluster));
-    s.problems_omitted = problems.len().saturating_sub(MAX_PROBLEMS) as i32;
-    problems.truncate(MAX_PROBLEMS);
-    s.problems = problems;
+    let pending = tally.pending;
     // The kernels most clusters run first: kernels invented by a few spokes sort last and are
     // the ones omitted.
-    let mut per_kernel: Vec<(&str, i32)> = per_kernel.into_iter().collect();
+    let mut per_kernel: Vec<(&str, i32)> = tally
+        .per_kernel
+        .iter()
+        .map(|(k, n)| (k.as_str(), sat32(*n)))
+        .collect();
     per_kernel.sort_by(|(ka, na), (kb, nb)| nb.cmp(na).then(ka.cmp(kb)));
     s.kernels_omitted = per_kernel
         .len()

@@ -23,8 +23,8 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use super::{
     Context, Error, apply,
     desired::{self, plan},
-    fleet_status::ClusterView,
-    memo::Memo,
+    fleet_status::{ClusterView, Tally},
+    memo::{FullReason, Memo},
     observe::{self, Observed, SelectedCluster},
 };
 use crate::rollout::{
@@ -40,21 +40,31 @@ struct Changed {
     standing: planner::Cluster,
 }
 
-/// Reconciles `dirty` against `memo` and writes the status; `Ok(None)` when a full reconcile is
-/// needed instead (the memo may then be half updated: drop it). Returns when to look again.
+/// How a per-cluster reconcile ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; look again after this long.
+    Done(Duration),
+    /// A full reconcile is needed instead (the memo may be half updated: drop it).
+    Full(FullReason),
+}
+
+/// Reconciles `dirty` against `memo` and writes the status. After an error the memo is still
+/// sound: every change it took is one the clusters really made, and a retry of the same clusters
+/// redoes the rest.
 pub async fn reconcile_clusters(
     mcm: &ManagedClusterModule,
     ctx: &Context,
     memo: &mut Memo,
     dirty: &BTreeSet<String>,
-) -> Result<Option<Duration>, Error> {
+) -> Result<Outcome, Error> {
     let now = Timestamp::now();
     let name = mcm.name_any();
     let mut changed = Vec::new();
     for cluster in dirty {
         match read_changed(mcm, ctx, memo, &name, cluster, now) {
             Read::Unconcerned => {}
-            Read::NeedsFull => return Ok(None),
+            Read::NeedsFull(reason) => return Ok(Outcome::Full(reason)),
             Read::Changed(c) => changed.push(*c),
         }
     }
@@ -65,8 +75,8 @@ pub async fn reconcile_clusters(
         .filter(|k| !memo.accepted.contains(*k))
         .cloned()
         .collect();
-    if !admit_kernels(mcm, ctx, memo, new_kernels).await {
-        return Ok(None);
+    if let Err(reason) = admit_kernels(mcm, ctx, memo, new_kernels).await {
+        return Ok(Outcome::Full(reason));
     }
     // The plan and the status are functions of every cluster's standing and view: when the
     // changed clusters' are as before and no soak or deadline runs, they are as before too, and
@@ -79,7 +89,7 @@ pub async fn reconcile_clusters(
         }
         let plan = planner::plan(&memo.planned, &memo.round.strategy, now);
         if !plan.move_now.is_empty() {
-            return Ok(None); // a wave starts: the full reconcile moves it
+            return Ok(Outcome::Full(FullReason::WaveStarts)); // the full reconcile moves it
         }
         memo.round.plan = plan;
     }
@@ -104,14 +114,15 @@ pub async fn reconcile_clusters(
     let mut views_moved = false;
     for (i, view) in indices.into_iter().zip(views) {
         if memo.views[i] != view {
+            memo.tally.replace(&memo.views[i], &view);
             memo.views[i] = view;
             views_moved = true;
         }
     }
     if views_moved || standings_moved || timed {
-        super::finish(ctx, mcm, &memo.views, &memo.pins, &memo.round, None, &[]).await?;
+        super::finish(ctx, mcm, &memo.tally, &memo.pins, &memo.round, None, &[]).await?;
     }
-    Ok(Some(
+    Ok(Outcome::Done(
         memo.round
             .plan
             .recheck_after
@@ -122,23 +133,23 @@ pub async fn reconcile_clusters(
 
 /// Lets kernels no cluster ran at the last full reconcile in without another one: each needs an
 /// image-tag spelling of its own in the fleet ([`spellings_clash`]) and every image it maps to
-/// must pin to a digest (nothing to build or sign). `false` leaves the decision to a full
+/// must pin to a digest (nothing to build or sign). An error leaves the decision to a full
 /// reconcile, which builds, signs or refuses as it always does.
 async fn admit_kernels(
     mcm: &ManagedClusterModule,
     ctx: &Context,
     memo: &mut Memo,
     kernels: BTreeSet<String>,
-) -> bool {
+) -> Result<(), FullReason> {
     if kernels.is_empty() {
-        return true;
+        return Ok(());
     }
     if spellings_clash(&memo.accepted, &kernels) {
-        return false;
+        return Err(FullReason::KernelSpellingClash);
     }
     let list: Vec<String> = kernels.iter().cloned().collect();
     let Ok(images) = plan::images_for(mcm, &list) else {
-        return false;
+        return Err(FullReason::KernelNotPinned);
     };
     let unknown: BTreeSet<plan::ImageRef> = images
         .into_iter()
@@ -148,12 +159,12 @@ async fn admit_kernels(
         let auth = observe::pull_auth(mcm, ctx).await;
         let pins = observe::resolve(&ctx.resolver, unknown, &auth).await;
         if !pins.values().all(|p| matches!(p, plan::Pin::Pinned(_))) {
-            return false;
+            return Err(FullReason::KernelNotPinned);
         }
         memo.pins.extend(pins);
     }
     memo.accepted.extend(kernels);
-    true
+    Ok(())
 }
 
 /// Would `new` kernels share an image-tag spelling with a different kernel, known or new? Such a
@@ -173,7 +184,7 @@ pub fn spellings_clash(known: &BTreeSet<String>, new: &BTreeSet<String>) -> bool
 enum Read {
     /// Neither selected now nor before: not this MCM's business.
     Unconcerned,
-    NeedsFull,
+    NeedsFull(FullReason),
     Changed(Box<Changed>),
 }
 
@@ -193,7 +204,7 @@ fn read_changed(
     let (found, index) = match (found, memo.index.get(cluster)) {
         (None, None) => return Read::Unconcerned,
         (Some(found), Some(&index)) => (found, index),
-        _ => return Read::NeedsFull,
+        _ => return Read::NeedsFull(FullReason::ClusterJoinedOrLeft),
     };
     let (kernels, refused) = plan::checked_cluster_kernels(&found);
     let target = memo.round.target.as_str();
@@ -205,7 +216,7 @@ fn read_changed(
         Some(Assignment::Render { revision, .. }) if revision == target
     );
     if !at_target || !rendered_at_target {
-        return Read::NeedsFull;
+        return Read::NeedsFull(FullReason::NotAtTarget);
     }
     let unreachable = observe::unreachable(&found);
     let standing = planner::Cluster {
@@ -242,6 +253,7 @@ pub struct FullOutcome<'a> {
 /// See [`FullOutcome`]; `labels` reads a cluster's labels for the canary selector.
 pub fn remember(
     outcome: FullOutcome<'_>,
+    tally: Tally,
     labels: &dyn Fn(&str) -> BTreeMap<String, String>,
     started: std::time::Instant,
 ) -> Option<Memo> {
@@ -298,6 +310,7 @@ pub fn remember(
             .cloned()
             .collect(),
         views: views.to_vec(),
+        tally,
         planned,
         index: views
             .iter()

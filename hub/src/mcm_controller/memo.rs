@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{desired::plan::Pin, fleet_status::ClusterView};
+use super::{
+    desired::plan::Pin,
+    fleet_status::{ClusterView, Tally},
+};
 use crate::rollout::{planner, round::Round};
 
 /// One MCM's last full reconcile, as far as an incremental one needs it.
@@ -28,6 +31,8 @@ pub struct Memo {
     pub accepted: BTreeSet<String>,
     /// Each selected cluster as the status sees it, sorted by name.
     pub views: Vec<ClusterView>,
+    /// The status's counts over `views`, kept in step with them.
+    pub tally: Tally,
     /// Each selected cluster as the planner sees it, in the order of `views`.
     pub planned: Vec<planner::Cluster>,
     /// Position of each cluster in `views` and `planned`.
@@ -38,7 +43,7 @@ pub struct Memo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every selected cluster: observe, build, rollout, render, apply.
-    Full,
+    Full(FullReason),
     /// Only these clusters (maybe none: then the status is recomputed from the memo).
     Clusters(BTreeSet<String>),
 }
@@ -49,6 +54,56 @@ pub struct MemoAge<'a> {
     pub uid: Option<&'a str>,
     pub generation: Option<i64>,
     pub age: Duration,
+}
+
+/// Why a reconcile looks at the whole fleet: the `reason` label of
+/// `kmm_hub_full_reconciles_total` and of the hub's log line. A full reconcile costs O(clusters),
+/// so during a rolling upgrade any but `resync` and the first one is worth a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullReason {
+    /// No memo: the first reconcile, a re-listed cache, or a last full one that could not keep
+    /// one (something blocks the fleet, a wave was starting).
+    NoMemo,
+    /// The MCM itself changed (uid or generation).
+    McmChanged,
+    /// The periodic resync is due.
+    Resync,
+    /// A cluster became selected or stopped being selected.
+    ClusterJoinedOrLeft,
+    /// A changed cluster's work is not (rendered) at the target revision.
+    NotAtTarget,
+    /// A new kernel's image tag is spelled like another kernel's.
+    KernelSpellingClash,
+    /// A new kernel maps to no image, or an image that does not pin (to build, sign or refuse).
+    KernelNotPinned,
+    /// A rollout wave is ready to start.
+    WaveStarts,
+}
+
+impl FullReason {
+    pub const ALL: [Self; 8] = [
+        Self::NoMemo,
+        Self::McmChanged,
+        Self::Resync,
+        Self::ClusterJoinedOrLeft,
+        Self::NotAtTarget,
+        Self::KernelSpellingClash,
+        Self::KernelNotPinned,
+        Self::WaveStarts,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoMemo => "no_memo",
+            Self::McmChanged => "mcm_changed",
+            Self::Resync => "resync",
+            Self::ClusterJoinedOrLeft => "cluster_joined_or_left",
+            Self::NotAtTarget => "not_at_target",
+            Self::KernelSpellingClash => "kernel_spelling_clash",
+            Self::KernelNotPinned => "kernel_not_pinned",
+            Self::WaveStarts => "wave_starts",
+        }
+    }
 }
 
 /// Full when there is no memo, the MCM changed (uid or generation) or the resync is due;
@@ -63,8 +118,10 @@ pub fn scope(
     dirty: BTreeSet<String>,
 ) -> Scope {
     match memo {
-        Some(m) if m.uid == uid && m.generation == generation && m.age < resync => Scope::Clusters(dirty),
-        _ => Scope::Full,
+        None => Scope::Full(FullReason::NoMemo),
+        Some(m) if m.uid != uid || m.generation != generation => Scope::Full(FullReason::McmChanged),
+        Some(m) if m.age >= resync => Scope::Full(FullReason::Resync),
+        Some(_) => Scope::Clusters(dirty),
     }
 }
 
@@ -125,6 +182,7 @@ mod tests {
             pins: BTreeMap::new(),
             accepted: BTreeSet::new(),
             views: Vec::new(),
+            tally: Tally::default(),
             planned: Vec::new(),
             index: HashMap::new(),
         }
@@ -163,20 +221,20 @@ mod tests {
         );
         assert_eq!(
             scope(None, Some("u"), Some(3), resync, dirty(&["c1"])),
-            Scope::Full
+            Scope::Full(FullReason::NoMemo)
         );
         assert_eq!(
             scope(Some(fresh), Some("u"), Some(4), resync, dirty(&["c1"])),
-            Scope::Full
+            Scope::Full(FullReason::McmChanged)
         );
         assert_eq!(
             scope(Some(fresh), Some("v"), Some(3), resync, dirty(&["c1"])),
-            Scope::Full
+            Scope::Full(FullReason::McmChanged)
         );
         let old = MemoAge { age: resync, ..fresh };
         assert_eq!(
             scope(Some(old), Some("u"), Some(3), resync, dirty(&["c1"])),
-            Scope::Full
+            Scope::Full(FullReason::Resync)
         );
     }
 }

@@ -178,26 +178,40 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         ctx.config.resync,
         dirty,
     );
-    if let (memo::Scope::Clusters(clusters), Some(mut memo)) = (scope, memo) {
-        match incremental::reconcile_clusters(mcm, ctx, &mut memo, &clusters).await {
-            Ok(Some(after)) => {
-                tracing::debug!(clusters = clusters.len(), "reconciled the changed clusters");
-                ctx.memos.put(&name, memo, epoch);
-                return Ok(Action::requeue(after));
-            }
-            Ok(None) => tracing::debug!(clusters = clusters.len(), "needs a full reconcile"),
-            Err(e) => {
-                ctx.dirty.restore(&name, clusters);
-                return Err(e);
+    let reason = match (scope, memo) {
+        (memo::Scope::Clusters(clusters), Some(mut memo)) => {
+            match incremental::reconcile_clusters(mcm, ctx, &mut memo, &clusters).await {
+                Ok(incremental::Outcome::Done(after)) => {
+                    tracing::debug!(clusters = clusters.len(), "reconciled the changed clusters");
+                    ctx.metrics.cluster_batch(clusters.len());
+                    ctx.memos.put(&name, memo, epoch);
+                    return Ok(Action::requeue(after));
+                }
+                Ok(incremental::Outcome::Full(reason)) => reason,
+                Err(e) => {
+                    // The memo stays sound (see `reconcile_clusters`): a transient API error
+                    // must not cost the next reconcile the whole fleet.
+                    ctx.memos.put(&name, memo, epoch);
+                    ctx.dirty.restore(&name, clusters);
+                    return Err(e);
+                }
             }
         }
-    }
-    apply_full(mcm, ctx, epoch).await
+        (memo::Scope::Full(reason), _) => reason,
+        (memo::Scope::Clusters(_), None) => memo::FullReason::NoMemo,
+    };
+    ctx.metrics.full_reconcile(reason.as_str());
+    apply_full(mcm, ctx, epoch, reason).await
 }
 
 /// Reconciles every selected cluster, and keeps a memo when the outcome allows reconciling
 /// single clusters next.
-async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context, epoch: u64) -> Result<Action, Error> {
+async fn apply_full(
+    mcm: &ManagedClusterModule,
+    ctx: &Context,
+    epoch: u64,
+    reason: memo::FullReason,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let (observed, collisions) = observe::observe_checked(mcm, ctx).await;
     let observed_in = started.elapsed();
@@ -209,10 +223,11 @@ async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context, epoch: u64) -> Re
     let observed = observed.with_pins(rollout.pins);
     let desired = desired::desired_in(mcm, &observed, Some(&rollout.round));
     let views = apply::apply(ctx, mcm, desired).await?;
+    let tally = fleet_status::Tally::of(&views);
     finish(
         ctx,
         mcm,
-        &views,
+        &tally,
         &observed.pins,
         &rollout.round,
         rollout.invalid.as_deref(),
@@ -234,8 +249,15 @@ async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context, epoch: u64) -> Re
         failed_jobs: !building.failed.is_empty(),
         views: &views,
     };
-    let kept = incremental::remember(outcome, &labels, started);
-    tracing::debug!(memo = kept.is_some(), took = ?started.elapsed(), "full reconcile");
+    let kept = incremental::remember(outcome, tally, &labels, started);
+    tracing::info!(
+        mcm = %mcm.name_any(),
+        reason = reason.as_str(),
+        clusters = observed.clusters.len(),
+        memo = kept.is_some(),
+        took = ?started.elapsed(),
+        "full reconcile"
+    );
     if let Some(memo) = kept {
         ctx.memos.put(&mcm.name_any(), memo, epoch);
     }
@@ -255,24 +277,23 @@ async fn apply_full(mcm: &ManagedClusterModule, ctx: &Context, epoch: u64) -> Re
     ))
 }
 
-/// The status from every selected cluster's view, its Events and metrics, and the status write
-/// when it changed.
+/// The status from the counts over every selected cluster's view, its Events and metrics, and
+/// the status write when it changed.
 async fn finish(
     ctx: &Context,
     mcm: &ManagedClusterModule,
-    views: &[fleet_status::ClusterView],
+    tally: &fleet_status::Tally,
     pins: &BTreeMap<String, Pin>,
     round: &crate::rollout::round::Round,
     invalid: Option<&str>,
     failed_jobs: &[build::FailedJob],
 ) -> Result<(), Error> {
-    let kernels: BTreeSet<&String> = views.iter().flat_map(|v| v.kernels.iter()).collect();
-    let kernels: BTreeSet<String> = kernels.into_iter().cloned().collect();
+    let kernels: BTreeSet<String> = tally.kernels().cloned().collect();
     let images = plan::kernel_images(mcm, &kernels, pins);
     let now = Time(Timestamp::now());
     let mut new_status = fleet_status::fleet_status(
         mcm.metadata.generation,
-        views,
+        tally,
         &images,
         mcm.status.as_ref(),
         now.clone(),
@@ -293,13 +314,8 @@ async fn finish(
     ctx.metrics.observe_fleet(&mcm.name_any(), &new_status);
     ctx.metrics
         .observe_rollout(&mcm.name_any(), new_status.rollout.as_ref());
-    ctx.metrics.observe_problems(
-        &mcm.name_any(),
-        views
-            .iter()
-            .filter_map(|v| v.problem())
-            .map(|(state, reason, _)| (state, reason)),
-    );
+    ctx.metrics
+        .observe_problems(&mcm.name_any(), tally.problem_kinds());
     apply::write_status(ctx, mcm, &new_status).await?;
     Ok(())
 }

@@ -31,7 +31,7 @@ fn an_unreachable_cluster_is_a_problem_and_its_old_feedback_is_not_counted() {
     gone.unreachable =
         Some("the cluster is unreachable (ManagedClusterConditionAvailable Unknown ...)".into());
     let clusters = vec![view("a", &["k1"], applied(1, 1)), gone];
-    let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+    let s = fleet_status(Some(1), &Tally::of(&clusters), &BTreeMap::new(), None, now());
     assert_eq!((s.number_desired, s.number_applied), (2, 1));
     assert_eq!(
         (s.nodes_desired, s.nodes_loaded),
@@ -77,7 +77,7 @@ fn counts_kernels_and_conditions_for_a_mixed_fleet() {
         ),
     ];
     let images = BTreeMap::from([("k1".to_string(), "r/m@sha256:1".to_string())]);
-    let s = fleet_status(Some(3), &clusters, &images, None, now());
+    let s = fleet_status(Some(3), &Tally::of(&clusters), &images, None, now());
     assert_eq!(
         (
             s.number_desired,
@@ -121,11 +121,17 @@ fn counts_kernels_and_conditions_for_a_mixed_fleet() {
 #[test]
 fn a_fully_loaded_fleet_is_ready_and_transition_times_stay_put() {
     let clusters = vec![view("a", &["k1"], applied(2, 2))];
-    let first = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+    let first = fleet_status(Some(1), &Tally::of(&clusters), &BTreeMap::new(), None, now());
     assert_eq!(cond(&first, "Ready").status, "True");
     assert_eq!(cond(&first, "Degraded").status, "False");
     let later = Time(Timestamp::from_second(1_800_000_500).unwrap());
-    let second = fleet_status(Some(1), &clusters, &BTreeMap::new(), Some(&first), later);
+    let second = fleet_status(
+        Some(1),
+        &Tally::of(&clusters),
+        &BTreeMap::new(),
+        Some(&first),
+        later,
+    );
     assert_eq!(
         first, second,
         "an unchanged fleet gives a byte-identical status (no write)"
@@ -163,7 +169,7 @@ fn ten_thousand_blocked_clusters_keep_the_object_small() {
             )
         })
         .collect();
-    let s = fleet_status(Some(1), &clusters, &images, None, now());
+    let s = fleet_status(Some(1), &Tally::of(&clusters), &images, None, now());
     let size = serde_json::to_vec(&s).unwrap().len();
     assert!(size < 64 * 1024, "status is {size} bytes");
     assert_eq!(s.problems.len(), MAX_PROBLEMS);
@@ -190,9 +196,65 @@ fn kernels_most_clusters_run_come_first_and_the_rest_are_counted() {
         .map(|i| view(&format!("c{i}"), &["9.9.9-real"], applied(1, 1)))
         .collect();
     clusters.push(view("liar", &invented, applied(1, 1)));
-    let s = fleet_status(Some(1), &clusters, &BTreeMap::new(), None, now());
+    let s = fleet_status(Some(1), &Tally::of(&clusters), &BTreeMap::new(), None, now());
     assert_eq!(s.kernels[0].kernel, "9.9.9-real");
     assert_eq!(s.kernels[0].clusters, 5);
     assert_eq!(s.kernels.len(), MAX_KERNELS);
     assert_eq!(s.kernels_omitted, 301 - MAX_KERNELS as i32);
+}
+
+#[test]
+fn a_tally_kept_by_replacing_views_equals_one_counted_afresh() {
+    let failed = ClusterState::Work(WorkOutcome {
+        applied: true,
+        nodes_desired: 3,
+        nodes_loaded: 1,
+        failure: Some(("AppliedManifestWorkFailed".into(), "conflict".into())),
+        ..Default::default()
+    });
+    let mut unreachable = view("d", &["k2"], applied(4, 4));
+    unreachable.unreachable = Some("lease expired".into());
+    let mut refused = view("e", &["k1", "k3"], applied(1, 1));
+    refused.refused = vec!["k 3: not a kernel version".into()];
+    let before = vec![
+        view("a", &["k1"], applied(2, 2)),
+        view("b", &["k1", "k2"], blocked(Reason::ImageNotFound)),
+        view("c", &["k2"], failed.clone()),
+        unreachable,
+        refused,
+    ];
+    // Every cluster changes in some way: kernels move, problems come and go.
+    let after = vec![
+        view("a", &["k4"], failed),
+        view("b", &["k1", "k2"], applied(5, 5)),
+        view("c", &["k2"], applied(1, 0)),
+        view("d", &["k2"], applied(4, 4)),
+        view("e", &["k1"], blocked(Reason::ImageNotFound)),
+    ];
+    let mut tally = Tally::of(&before);
+    for (old, new) in before.iter().zip(&after) {
+        tally.replace(old, new);
+    }
+    assert_eq!(tally, Tally::of(&after));
+    let kernels: Vec<&String> = tally.kernels().collect();
+    assert_eq!(kernels, ["k1", "k2", "k4"], "k3 left with e's refusal");
+    let kinds: Vec<(&str, String)> = tally.problem_kinds().collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Degraded", "AppliedManifestWorkFailed".to_owned()),
+            ("Blocked", Reason::ImageNotFound.to_string())
+        ]
+    );
+    let s = fleet_status(Some(1), &tally, &BTreeMap::new(), None, now());
+    assert_eq!(
+        (
+            s.number_desired,
+            s.number_applied,
+            s.number_blocked,
+            s.number_degraded
+        ),
+        (5, 4, 1, 1)
+    );
+    assert_eq!((s.nodes_desired, s.nodes_loaded), (13, 10));
 }
