@@ -117,6 +117,16 @@ async fn full_reconciles(hub: &kmm_fleet_tests::process::Process) -> BTreeMap<St
         .collect()
 }
 
+/// Reconciles that took longer than 0.5 s so far (the duration histogram's count above that
+/// bucket): a change arriving meanwhile waits for it.
+async fn slow_reconciles(hub: &kmm_fleet_tests::process::Process) -> f64 {
+    let all = hub.metric("kmm_hub_reconcile_duration_seconds_count").await;
+    let fast = hub
+        .metric("kmm_hub_reconcile_duration_seconds_bucket{le=\"0.5\"}")
+        .await;
+    all.unwrap_or(0.0) - fast.unwrap_or(0.0)
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -214,6 +224,7 @@ async fn run(clusters: usize) {
     let registry_before = fleet.registry.manifest_requests("kmm/kmod");
     let (_, cpu_before) = proc_usage(hub.pid());
     let full_before = full_reconciles(&hub).await;
+    let slow_before = slow_reconciles(&hub).await;
     let mc: Api<DynamicObject> = Api::all_with(
         fleet.hub.client(),
         &kmm_fleet_tests::ocm::managed_cluster_resource(),
@@ -236,6 +247,7 @@ async fn run(clusters: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, cpu_after) = proc_usage(hub.pid());
     let full_after = full_reconciles(&hub).await;
+    let slow_after = slow_reconciles(&hub).await;
     watch.abort();
     let mut latencies: Vec<f64> = {
         let (sent, seen) = (sent.lock().unwrap(), seen.lock().unwrap());
@@ -282,6 +294,12 @@ async fn run(clusters: usize) {
         full += n;
     }
     bench("upgrade_full_reconciles", full, "count", clusters);
+    bench(
+        "upgrade_reconciles_over_half_a_second",
+        slow_after - slow_before,
+        "count",
+        clusters,
+    );
     bench(
         "upgrade_hub_cpu_per_change",
         (cpu_after - cpu_before) / changed.len() as f64 * 1000.0,

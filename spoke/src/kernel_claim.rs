@@ -43,6 +43,7 @@ use crate::{
     context::FIELD_MANAGER,
     error::{Error, is_status, kube_err},
     metrics::Metrics,
+    node_feed::{NodeFeed, NodeSignal},
 };
 
 #[path = "next_kernel.rs"]
@@ -144,10 +145,9 @@ pub struct ClaimReporting {
     pub synced: Arc<AtomicBool>,
 }
 
-/// One watch event of either kind, as the reflectors pass them on.
+/// A wake-up from the shared Node watch, or a claim watch event.
 enum Input {
-    /// `Ok(true)` once the initial list is done.
-    Nodes(Result<bool, watcher::Error>),
+    Nodes(NodeSignal),
     Claims(Result<Box<watcher::Event<ClusterClaim>>, watcher::Error>),
 }
 
@@ -166,18 +166,22 @@ enum Pending {
 /// Keeps the kernel-versions claims in step with the Nodes until the watches end. Reacts to Node
 /// and claim changes; writes only claims whose value differs, deletes continuation claims no
 /// longer needed. Watch and write failures are logged (once per distinct error, and when they
-/// clear), counted in the metrics, and keep `synced` false while a watch fails.
-pub async fn run(client: Client, report: ClaimReporting) {
-    let nodes_api = Api::<Node>::all(client.clone());
+/// clear), counted in the metrics, and keep `synced` false while a watch fails. The Nodes come
+/// from the spoke's shared watch (`feed`), which someone else drives.
+pub async fn run(client: Client, report: ClaimReporting, feed: NodeFeed) {
     let claims_api = Api::<ClusterClaim>::all(client.clone());
-    let (nodes, nodes_writer) = reflector::store();
+    let nodes = feed.nodes;
     let (claims, claims_writer) = reflector::store();
-    // The reflectors are polled only through `events`: nothing in this loop may wait on the
-    // stores themselves (that would stop the very streams that fill them).
-    let node_watch = watcher(nodes_api, crate::slim::per_node_watch()).modify(crate::slim::node);
-    let node_events = reflector(nodes_writer, node_watch)
-        .default_backoff()
-        .map(|r| Input::Nodes(r.map(|e| matches!(e, watcher::Event::InitDone))));
+    // The claim reflector is polled only through `events`: nothing in this loop may wait on
+    // its store (that would stop the very stream that fills it).
+    let mut signals = feed.signals;
+    signals.mark_changed(); // the first wake-up reads what the watch did before this started
+    let node_events = futures::stream::unfold(signals, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let signal = rx.borrow_and_update().clone();
+        Some((Input::Nodes(signal), rx))
+    });
+    let mut node_errors_seen = 0;
     let claim_events = reflector(
         claims_writer,
         watcher(claims_api.clone(), watcher::Config::default()),
@@ -194,9 +198,16 @@ pub async fn run(client: Client, report: ClaimReporting) {
     let mut next_logged = next_kernel::NextKernels::default();
     while let Some(input) = events.next().await {
         match input {
-            Input::Nodes(Ok(init_done)) => {
-                recovered("nodes", &mut node_error);
-                nodes_synced |= init_done;
+            Input::Nodes(signal) => {
+                for _ in node_errors_seen..signal.errors {
+                    report.metrics.watch_failed("nodes");
+                }
+                node_errors_seen = signal.errors;
+                match &signal.error {
+                    Some(error) => failed("nodes", error, &mut node_error),
+                    None => recovered("nodes", &mut node_error),
+                }
+                nodes_synced |= signal.listed;
             }
             Input::Claims(Ok(event)) => {
                 recovered("clusterclaims", &mut claim_error);
@@ -219,10 +230,6 @@ pub async fn run(client: Client, report: ClaimReporting) {
                     }
                     watcher::Event::Init => {}
                 }
-            }
-            Input::Nodes(Err(error)) => {
-                report.metrics.watch_failed("nodes");
-                failed("nodes", &error.to_string(), &mut node_error);
             }
             Input::Claims(Err(error)) => {
                 report.metrics.watch_failed("clusterclaims");

@@ -29,6 +29,7 @@ pub mod kernel_claim;
 pub mod metrics;
 pub mod module_controller;
 pub mod node_controller;
+pub mod node_feed;
 pub mod ordered_upgrade;
 pub mod policy;
 pub mod rbac;

@@ -227,8 +227,11 @@ pub async fn run_with(
             }),
     );
     let (nodes_tx, nodes_rx) = mpsc::channel(1);
-    let node_ctrl = node_controller::controller(client.clone(), nodes_rx)
-        .with_config(controller_config(settings.concurrency));
+    // One Node watch for the node controller (which drives it) and the claim writer.
+    let (node_feed, node_stream) = crate::node_feed::watch(client.clone());
+    let node_ctrl =
+        node_controller::controller(client.clone(), node_stream, node_feed.nodes.clone(), nodes_rx)
+            .with_config(controller_config(settings.concurrency));
     let module_ctrl = module_controller::controller(
         client.clone(),
         tokio_stream::wrappers::UnboundedReceiverStream::new(record_rx),
@@ -282,7 +285,7 @@ pub async fn run_with(
         };
         async move {
             tokio::select! {
-                () = kernel_claim::run(client, report) => {
+                () = kernel_claim::run(client, report, node_feed) => {
                     tracing::error!("the kernel-versions claim writer stopped");
                 }
                 () = stopped(rx) => {}

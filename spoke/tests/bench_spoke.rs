@@ -297,24 +297,25 @@ async fn spoke_with_1000_nodes() {
             .display()
             .to_string()
     });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // The environment the Deployment gives it (ConfigMap included: log level and format,
+    // concurrency, malloc arenas), the metrics address moved to a free port.
+    let deployed = kmm_fleet_tests::process::Deployed::render(
+        &kmm_test_kit::repo_root().join("manifests/spoke"),
+        "kmm-spoke",
+        "kmm-spoke-bench",
+        "KMM_SPOKE_METRICS_ADDR",
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", deployed.port);
+    let log = cluster.cp.dir().join("kmm-spoke-bench.log");
     let started = Instant::now();
     let mut child = std::process::Command::new(&bin)
-        .args([
-            "run",
-            "--managed",
-            "--worker-image",
-            "kmm-spoke:bench",
-            "--metrics-addr",
-            &addr,
-        ])
+        .args(&deployed.args)
+        .args(["--managed", "--worker-image", "kmm-spoke:bench"])
+        .envs(&deployed.env)
         .env("KUBECONFIG", &cluster.spoke_kubeconfig)
-        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();

@@ -10,13 +10,17 @@ mod common;
 use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use common::*;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kmm_agents::{Kubelet, KubeletOptions, NodeRegistration};
 use kmm_api::{
     claims::decode_kernel_claims,
     ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM},
 };
-use kmm_spoke::kernel_claim::{self, ClaimReporting};
+use kmm_spoke::{
+    kernel_claim::{self, ClaimReporting},
+    node_feed,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams},
@@ -37,10 +41,15 @@ async fn first_claim(client: &Client) -> Option<String> {
     claims(client).await.remove(KERNEL_VERSIONS_CLAIM)
 }
 
-/// The writer as kmm-spoke runs it, with its ServiceAccount's client.
+/// The writer as kmm-spoke runs it, with its ServiceAccount's client, on the shared Node watch
+/// (driven here, as the node controller drives it in kmm-spoke).
 fn start_writer(cluster: &SpokeCluster) -> (ClaimReporting, tokio::task::JoinHandle<()>) {
     let report = ClaimReporting::default();
-    let task = tokio::spawn(kernel_claim::run(cluster.spoke_client.clone(), report.clone()));
+    let (feed, nodes) = node_feed::watch(cluster.spoke_client.clone());
+    let writer = kernel_claim::run(cluster.spoke_client.clone(), report.clone(), feed);
+    let task = tokio::spawn(async move {
+        tokio::join!(nodes.for_each(|_| std::future::ready(())), writer);
+    });
     (report, task)
 }
 

@@ -112,7 +112,13 @@ fn the_deployment_sets_every_environment_setting() {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    let mut known = vec!["POD_NAME".to_string(), "KMM_LOG_FORMAT".into(), "RUST_LOG".into()];
+    // Read outside clap: the pod name (Events), the log settings, and glibc's malloc.
+    let mut known = vec![
+        "POD_NAME".to_string(),
+        "KMM_LOG_FORMAT".into(),
+        "RUST_LOG".into(),
+        "MALLOC_ARENA_MAX".into(),
+    ];
     for line in help.lines() {
         let Some(at) = line.find("[env: ") else { continue };
         let var = &line[at + 6..];

@@ -13,7 +13,7 @@ pub mod desired;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::core::v1::{Node, Pod},
     jiff::Timestamp,
@@ -23,9 +23,9 @@ use kube::{
     Api, ResourceExt,
     api::ListParams,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
-        reflector::{self, ObjectRef},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -41,17 +41,19 @@ use crate::{
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "node";
 
-/// Builds the node controller. `nodes_rx` receives "look at every node" signals.
-pub fn controller(client: kube::Client, nodes_rx: mpsc::Receiver<()>) -> Controller<Node> {
+/// Builds the node controller on the spoke's Node watch ([`crate::node_feed::watch`]: its
+/// applied Nodes and their cache). `nodes_rx` receives "look at every node" signals.
+pub fn controller(
+    client: kube::Client,
+    nodes: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    cache: Store<Node>,
+    nodes_rx: mpsc::Receiver<()>,
+) -> Controller<Node> {
     let trigger = futures::stream::unfold(
         nodes_rx,
         |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
     );
-    // The Node cache keeps only what a pass reads (`slim::node`).
-    let (nodes, writer) = reflector::store();
-    let watch =
-        watcher(Api::<Node>::all(client.clone()), crate::slim::per_node_watch()).modify(crate::slim::node);
-    Controller::for_stream(reflector::reflector(writer, watch).applied_objects(), nodes)
+    Controller::for_stream(nodes, cache)
         .watches(
             Api::<NodeModulesConfig>::all(client.clone()),
             crate::slim::per_node_watch(),
