@@ -348,3 +348,12 @@ async fn hub_on_kube_apiserver_1000_clusters() {
 async fn hub_on_kube_apiserver_10000_clusters() {
     run(10_000).await;
 }
+
+/// The largest size the issue names. Setup alone is 150,000 admin requests; the apiserver and
+/// etcd then hold 50,000 Namespaces, ManagedClusters and ManifestWorks (and the floor's 50,000
+/// more): about 20 minutes and a few GiB on the 2-core machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with `just bench`"]
+async fn hub_on_kube_apiserver_50000_clusters() {
+    run(50_000).await;
+}
