@@ -57,6 +57,18 @@ fn blocked(reason: Reason) -> ClusterState {
     })
 }
 
+/// Desired, applied, blocked and degraded clusters; desired and loaded nodes.
+fn counts(s: &ManagedClusterModuleStatus) -> (i32, i32, i32, i32, i64, i64) {
+    (
+        s.number_desired,
+        s.number_applied,
+        s.number_blocked,
+        s.number_degraded,
+        s.nodes_desired,
+        s.nodes_loaded,
+    )
+}
+
 fn cond<'a>(s: &'a ManagedClusterModuleStatus, t: &str) -> &'a Condition {
     s.conditions.iter().find(|c| c.type_ == t).unwrap()
 }
@@ -78,16 +90,7 @@ fn counts_kernels_and_conditions_for_a_mixed_fleet() {
     ];
     let images = BTreeMap::from([("k1".to_string(), "r/m@sha256:1".to_string())]);
     let s = fleet_status(Some(3), &Tally::of(&clusters), &images, None, now());
-    assert_eq!(
-        (
-            s.number_desired,
-            s.number_applied,
-            s.number_blocked,
-            s.number_degraded
-        ),
-        (4, 2, 1, 1)
-    );
-    assert_eq!((s.nodes_desired, s.nodes_loaded), (5, 3));
+    assert_eq!(counts(&s), (4, 2, 1, 1, 5, 3));
     assert_eq!(
         s.kernels,
         vec![
@@ -247,14 +250,5 @@ fn a_tally_kept_by_replacing_views_equals_one_counted_afresh() {
         ]
     );
     let s = fleet_status(Some(1), &tally, &BTreeMap::new(), None, now());
-    assert_eq!(
-        (
-            s.number_desired,
-            s.number_applied,
-            s.number_blocked,
-            s.number_degraded
-        ),
-        (5, 4, 1, 1)
-    );
-    assert_eq!((s.nodes_desired, s.nodes_loaded), (13, 10));
+    assert_eq!(counts(&s), (5, 4, 1, 1, 13, 10));
 }
