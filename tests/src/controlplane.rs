@@ -418,12 +418,20 @@ impl ControlPlane {
 
     /// Every request the apiserver has recorded so far (flushed every 200 ms; [`Self::audit_settled`]
     /// waits for that).
+    /// The apiserver rotates its audit log at 100 MB (lumberjack's default, which
+    /// `--audit-log-maxsize=0` keeps), so the rotated files are read first, oldest first.
     pub fn audit(&self) -> anyhow::Result<Vec<AuditEvent>> {
-        let text = std::fs::read_to_string(&self.state.audit_log).unwrap_or_default();
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
-            .collect())
+        let mut files = rotated_logs(&self.state.audit_log);
+        files.push(self.state.audit_log.clone());
+        let mut events = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            events.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok()),
+            );
+        }
+        Ok(events)
     }
 
     /// The audit log once its batches have been written (waits 1 s first).
@@ -450,6 +458,32 @@ impl ControlPlane {
     pub fn wait(&self, what: &str, timeout: Duration) -> Wait<'_> {
         Wait::new(what, timeout).context(|| self.log_tails(15))
     }
+}
+
+/// The rotated copies of `log` (`<stem>-<timestamp>.<ext>` beside it), oldest first: the
+/// timestamp in their names sorts as text.
+fn rotated_logs(log: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(stem), Some(ext)) = (
+        log.parent(),
+        log.file_stem().and_then(|s| s.to_str()),
+        log.extension().and_then(|e| e.to_str()),
+    ) else {
+        return Vec::new();
+    };
+    let (prefix, suffix) = (format!("{stem}-"), format!(".{ext}"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// One audit record (`audit.k8s.io/v1` Event at Metadata level).
@@ -534,4 +568,34 @@ fn tail(path: &Path, lines: usize) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     crate::process::tail_titled(&name, path, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_audit_logs_are_found_oldest_first_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("kmm-rotated-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "audit.log",
+            "audit-2026-11-27T09-03-57.299.log",
+            "audit-2026-11-27T08-51-53.398.log",
+            "audit-policy.yaml",
+            "kube-apiserver.log",
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let found = rotated_logs(&dir.join("audit.log"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let names: Vec<&str> = found.iter().filter_map(|p| p.file_name()?.to_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "audit-2026-11-27T08-51-53.398.log",
+                "audit-2026-11-27T09-03-57.299.log"
+            ]
+        );
+    }
 }

@@ -139,9 +139,10 @@ pub fn plan(clusters: &[Cluster], strategy: &Strategy, now: Timestamp) -> Plan {
             .map(|c| c.name.clone())
             .collect();
     }
+    let moving: std::collections::HashSet<&str> = out.move_now.iter().map(String::as_str).collect();
     out.pending = behind
         .iter()
-        .filter(|c| !out.move_now.contains(&c.name))
+        .filter(|c| !moving.contains(c.name.as_str()))
         .map(|c| c.name.clone())
         .collect();
     out
