@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{leader::Leadership, reason::Reason, registry::DigestResolver};
+use crate::{leader::Leadership, mcm_controller::memo::FullReason, reason::Reason, registry::DigestResolver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -249,7 +249,7 @@ impl Metrics {
                 reason: reason.to_string(),
             }));
         }
-        for reason in crate::mcm_controller::memo::FullReason::ALL {
+        for reason in FullReason::ALL {
             drop(m.full_reconciles.get_or_create(&ErrorLabels {
                 reason: reason.as_str().to_owned(),
             }));
@@ -258,10 +258,10 @@ impl Metrics {
     }
 
     /// Counts a reconcile of the whole fleet of an MCM, by why it was needed.
-    pub fn full_reconcile(&self, reason: &str) {
+    pub fn full_reconcile(&self, reason: FullReason) {
         self.full_reconciles
             .get_or_create(&ErrorLabels {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }

@@ -104,7 +104,6 @@ fn hub_requests(audit: &[AuditEvent]) -> Vec<&AuditEvent> {
     audit.iter().filter(|e| e.user.username == HUB_USER).collect()
 }
 
-/// Sorted latencies' quantile (nearest rank).
 /// `kmm_hub_full_reconciles_total` by reason, from the hub's /metrics.
 async fn full_reconciles(hub: &kmm_fleet_tests::process::Process) -> BTreeMap<String, f64> {
     let text = hub.http_get("/metrics").await.unwrap_or_default();
@@ -127,6 +126,7 @@ async fn slow_reconciles(hub: &kmm_fleet_tests::process::Process) -> f64 {
     all.unwrap_or(0.0) - fast.unwrap_or(0.0)
 }
 
+/// Sorted latencies' quantile (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

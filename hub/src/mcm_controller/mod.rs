@@ -47,7 +47,7 @@ use kube::{
         controller::Action,
         events::Recorder,
         finalizer::{self, finalizer},
-        reflector::{ObjectRef, Store},
+        reflector::Store,
     },
 };
 use tracing::{instrument, warn};
@@ -200,7 +200,7 @@ async fn apply_mcm(mcm: &ManagedClusterModule, ctx: &Context) -> Result<Action, 
         (memo::Scope::Full(reason), _) => reason,
         (memo::Scope::Clusters(_), None) => memo::FullReason::NoMemo,
     };
-    ctx.metrics.full_reconcile(reason.as_str());
+    ctx.metrics.full_reconcile(reason);
     apply_full(mcm, ctx, epoch, reason).await
 }
 
@@ -234,12 +234,7 @@ async fn apply_full(
         &building.failed,
     )
     .await?;
-    let labels = |c: &str| {
-        ctx.clusters
-            .get(&ObjectRef::new(c))
-            .map(|c| c.labels().clone())
-            .unwrap_or_default()
-    };
+    let labels = |c: &str| observe::cluster_labels(ctx, c);
     let outcome = incremental::FullOutcome {
         mcm,
         observed: &observed,

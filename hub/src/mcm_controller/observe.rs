@@ -14,7 +14,7 @@ use kmm_api::{
     labels::MCM_NAME_LABEL,
     ocm::{ManagedCluster, ManifestWork},
 };
-use kube::{Api, ResourceExt};
+use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 use oci_client::secrets::RegistryAuth;
 use thiserror::Error;
 
@@ -40,6 +40,15 @@ pub struct SelectedCluster {
     /// Why the hub cannot hear from it now (its `ManagedClusterConditionAvailable` is Unknown
     /// or False): what its ManifestWork reports is then old news.
     pub unreachable: Option<String>,
+}
+
+/// A cluster's ManagedCluster labels from the fleet cache, by key (none when it is gone): the
+/// rollout reads them per cluster, so a scan of the store here would make a round O(clusters²).
+pub fn cluster_labels(ctx: &Context, cluster: &str) -> BTreeMap<String, String> {
+    ctx.clusters
+        .get(&ObjectRef::new(cluster))
+        .map(|c| c.labels().clone())
+        .unwrap_or_default()
 }
 
 /// `Some(why)` when the cluster's `ManagedClusterConditionAvailable` condition is not True. A

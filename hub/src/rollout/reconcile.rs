@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 use kmm_api::ManagedClusterModule;
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::ResourceExt;
 
 use super::{
     revision::{self, Content},
@@ -59,14 +59,7 @@ pub async fn prepare(
     } else {
         BTreeMap::from([(hash.clone(), target)])
     };
-    // A keyed lookup: a scan of the store per cluster made this step O(clusters²), 7 minutes
-    // of a 50,000-cluster cold start.
-    let labels = |name: &str| {
-        ctx.clusters
-            .get(&ObjectRef::new(name))
-            .map(|c| c.labels().clone())
-            .unwrap_or_default()
-    };
+    let labels = |name: &str| observe::cluster_labels(ctx, name);
     let round = round::decide(
         mcm,
         &observed.clusters,
